@@ -1,0 +1,40 @@
+//! The numeric heart of rlhf: a trainable Llama-family language model on candle, its value and
+//! reward heads, a batched KV-cache sampler, and the RLHF losses as pure tensor functions.
+//!
+//! # Layout
+//! - [`config`]: `Config`, the model architecture as Hugging Face's `config.json` spells it.
+//! - [`llama`]: the decoder (`Llama`), differentiable for training and fused for inference.
+//! - [`heads`]: `ValueHead` (PPO critic) and `RewardHead` (reward model score).
+//! - [`init`]: `seeded_var_builder`, reproducible fresh weights (candle's CPU RNG has no seed).
+//! - [`padding`]: padding masks → positions and attention bias, shared by all forward passes.
+//! - [`sampling`]: `generate`, batched sampling that also returns behaviour log-probs.
+//! - [`rl`]: log-probs, entropy, KL estimators, masked statistics, GAE, PPO policy and value
+//!   losses, KL-penalised rewards, Bradley–Terry and K-way ranking losses, KL controllers.
+//!
+//! **Architecture invariant:** this crate does no IO and knows nothing of files, tonic, Redis
+//! or tokio. Weights come in and go out through `candle_nn::VarBuilder` / `VarMap`; whoever owns
+//! the files decides where they live.
+
+pub mod config;
+pub mod heads;
+pub mod init;
+pub mod llama;
+pub mod padding;
+pub mod rl;
+pub mod sampling;
+
+pub use config::Config;
+pub use heads::{RewardHead, ValueHead};
+pub use init::seeded_var_builder;
+pub use llama::{Kernels, KvCache, Llama};
+pub use rl::gae::{Gae, gae};
+pub use rl::kl::{KlEstimator, kl_estimate};
+pub use rl::kl_controller::KlController;
+pub use rl::logprobs::{entropy, next_token_logprobs, token_logprobs};
+pub use rl::masked::{masked_mean, masked_mean_rows, masked_var, whiten};
+pub use rl::ppo::{PolicyClip, PolicyLoss, ValueLoss, policy_loss, value_loss};
+pub use rl::preference::{
+    RankingError, bradley_terry_loss, log_sigmoid, pairwise_accuracy, ranking_loss, ranking_pairs, validate_ranking,
+};
+pub use rl::rewards::{RewardShaping, ShapedRewards, kl_penalized_rewards};
+pub use sampling::{Generation, SamplingParams, generate, tempered_logprobs};

@@ -1,0 +1,319 @@
+//! A Llama-family causal language model that trains: every op on the forward path has a backward.
+//!
+//! Architecture (Touvron et al. 2023; the same as SmolLM2 and, minus QKV biases, Qwen2):
+//! `h = embed(ids)`, then per layer `h += o(attn(rope(q(n1(h))), rope(k(n1(h))), v(n1(h))))`
+//! and `h += down(silu(gate(n2(h))) * up(n2(h)))` with RMSNorm `n1`, `n2`, then a final RMSNorm.
+//! Weight names are those of Hugging Face safetensors (`model.layers.0.self_attn.q_proj.weight`, …).
+//!
+//! candle-nn's fused `rms_norm`, `softmax_last_dim` and `rope` have no backward and silently cut the
+//! gradient, so they are used only under [`Kernels::Fused`], the no-grad path of sampling and
+//! scoring. [`Kernels::Differentiable`] composes plain ops; tests prove both agree and that every
+//! parameter receives a gradient.
+
+use candle_core::{D, DType, Device, Module, Result, Tensor};
+use candle_nn::{Embedding, Init, Linear, VarBuilder};
+
+use crate::config::Config;
+use crate::padding;
+
+/// Which implementation of the normalisation, softmax and rotary ops a forward pass uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    /// Composite ops with a backward: training and anything that needs gradients.
+    Differentiable,
+    /// candle's fused CPU kernels: faster, but the result has no autograd parents.
+    Fused,
+}
+
+/// Keys and values of every layer for the tokens seen so far, `[B, n_kv, T, head_dim]` each.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize) -> Self {
+        KvCache { layers: vec![None; num_layers] }
+    }
+
+    /// Number of cached positions (0 before the first forward pass).
+    pub fn len(&self) -> usize {
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        let (k, v) = match self.layers[layer].take() {
+            None => (k, v),
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+        };
+        self.layers[layer] = Some((k.clone(), v.clone()));
+        Ok((k, v))
+    }
+}
+
+/// Per-row rotary tables for one forward pass: `[B, T, head_dim / 2]` each.
+struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rotary {
+    /// HF Llama convention: `inv_freq_i = theta^(-2i/d)`, rotation by `rotate_half` (non-interleaved).
+    fn new(cfg: &Config, positions: &[Vec<u32>], dtype: DType, device: &Device) -> Result<Self> {
+        let half = cfg.head_dim() / 2;
+        let inv_freq: Vec<f64> =
+            (0..half).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim() as f64)).collect();
+        let (batch, len) = (positions.len(), positions.first().map_or(0, Vec::len));
+        let mut cos = Vec::with_capacity(batch * len * half);
+        let mut sin = Vec::with_capacity(batch * len * half);
+        for &p in positions.iter().flatten() {
+            for f in &inv_freq {
+                let angle = p as f64 * f;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        let cos = Tensor::from_vec(cos, (batch, len, half), device)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (batch, len, half), device)?.to_dtype(dtype)?;
+        Ok(Rotary { cos, sin })
+    }
+
+    /// Rotates `x: [B, H, T, head_dim]`.
+    fn apply(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        match kernels {
+            Kernels::Fused => candle_nn::rotary_emb::rope(&x.contiguous()?, &self.cos, &self.sin),
+            Kernels::Differentiable => {
+                let cos = Tensor::cat(&[&self.cos, &self.cos], D::Minus1)?.unsqueeze(1)?;
+                let sin = Tensor::cat(&[&self.sin, &self.sin], D::Minus1)?.unsqueeze(1)?;
+                let half = x.dim(D::Minus1)? / 2;
+                let rotated = Tensor::cat(
+                    &[&x.narrow(D::Minus1, half, half)?.neg()?, &x.narrow(D::Minus1, 0, half)?],
+                    D::Minus1,
+                )?;
+                x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+            }
+        }
+    }
+}
+
+/// Root-mean-square normalisation with a learned scale, `x / sqrt(mean(x²) + eps) · w`.
+#[derive(Debug, Clone)]
+struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn new(size: usize, eps: f64, vb: VarBuilder<'_>) -> Result<Self> {
+        Ok(RmsNorm { weight: vb.get_with_hints(size, "weight", Init::Const(1.0))?, eps })
+    }
+
+    fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        match kernels {
+            Kernels::Fused => candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32),
+            Kernels::Differentiable => candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps as f32),
+        }
+    }
+}
+
+fn softmax(x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+    match kernels {
+        Kernels::Fused => candle_nn::ops::softmax_last_dim(x),
+        Kernels::Differentiable => candle_nn::ops::softmax(x, D::Minus1),
+    }
+}
+
+fn linear(in_dim: usize, out_dim: usize, cfg: &Config, vb: VarBuilder<'_>) -> Result<Linear> {
+    let init = Init::Randn { mean: 0.0, stdev: cfg.initializer_range };
+    Ok(Linear::new(vb.get_with_hints((out_dim, in_dim), "weight", init)?, None))
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn new(cfg: &Config, vb: VarBuilder<'_>) -> Result<Self> {
+        let (h, d, kv) = (cfg.hidden_size, cfg.head_dim(), cfg.num_kv_heads());
+        Ok(Attention {
+            q_proj: linear(h, cfg.num_attention_heads * d, cfg, vb.pp("q_proj"))?,
+            k_proj: linear(h, kv * d, cfg, vb.pp("k_proj"))?,
+            v_proj: linear(h, kv * d, cfg, vb.pp("v_proj"))?,
+            o_proj: linear(cfg.num_attention_heads * d, h, cfg, vb.pp("o_proj"))?,
+            num_heads: cfg.num_attention_heads,
+            num_kv_heads: kv,
+            head_dim: d,
+        })
+    }
+
+    /// `x: [B, Tq, hidden]`, `bias: [B, 1, Tq, Tk]` → `[B, Tq, hidden]`.
+    fn forward(
+        &self,
+        x: &Tensor,
+        rotary: &Rotary,
+        bias: &Tensor,
+        cache: Option<(&mut KvCache, usize)>,
+        kernels: Kernels,
+    ) -> Result<Tensor> {
+        let (b, tq, _) = x.dims3()?;
+        let heads = |t: Tensor, n: usize| t.reshape((b, tq, n, self.head_dim))?.transpose(1, 2)?.contiguous();
+        let q = rotary.apply(&heads(self.q_proj.forward(x)?, self.num_heads)?, kernels)?;
+        let k = rotary.apply(&heads(self.k_proj.forward(x)?, self.num_kv_heads)?, kernels)?;
+        let v = heads(self.v_proj.forward(x)?, self.num_kv_heads)?;
+        let (k, v) = match cache {
+            Some((cache, layer)) => cache.append(layer, k, v)?,
+            None => (k, v),
+        };
+        let tk = k.dim(2)?;
+        // Grouped-query attention without copying K/V: the `group` query heads that share one
+        // key/value head are stacked along the time axis, so one batched matmul serves them all.
+        let group = self.num_heads / self.num_kv_heads;
+        let q = q.reshape((b, self.num_kv_heads, group * tq, self.head_dim))?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, self.num_heads, tq, tk))?.broadcast_add(bias)?;
+        let probs = softmax(&scores, kernels)?.reshape((b, self.num_kv_heads, group * tq, tk))?;
+        let out = probs.matmul(&v)?.reshape((b, self.num_heads, tq, self.head_dim))?;
+        let out = out.transpose(1, 2)?.reshape((b, tq, self.num_heads * self.head_dim))?;
+        self.o_proj.forward(&out)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn new(cfg: &Config, vb: VarBuilder<'_>) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Mlp {
+            gate_proj: linear(h, i, cfg, vb.pp("gate_proj"))?,
+            up_proj: linear(h, i, cfg, vb.pp("up_proj"))?,
+            down_proj: linear(i, h, cfg, vb.pp("down_proj"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = self.gate_proj.forward(x)?.silu()?;
+        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl DecoderLayer {
+    fn new(cfg: &Config, vb: VarBuilder<'_>) -> Result<Self> {
+        Ok(DecoderLayer {
+            input_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+            self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
+            post_attention_layernorm: RmsNorm::new(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                vb.pp("post_attention_layernorm"),
+            )?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+        })
+    }
+}
+
+/// The causal LM: decoder stack plus LM head. Value and reward heads live in [`crate::heads`].
+#[derive(Debug, Clone)]
+pub struct Llama {
+    embed_tokens: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    config: Config,
+}
+
+impl Llama {
+    /// Builds the model from `vb`: from a `VarMap` it creates fresh trainable weights, from
+    /// safetensors it loads them. The weight names are Hugging Face's.
+    pub fn new(config: &Config, vb: VarBuilder<'_>) -> Result<Self> {
+        config.validate()?;
+        let init = Init::Randn { mean: 0.0, stdev: config.initializer_range };
+        let embeddings =
+            vb.pp("model.embed_tokens").get_with_hints((config.vocab_size, config.hidden_size), "weight", init)?;
+        let embed_tokens = Embedding::new(embeddings.clone(), config.hidden_size);
+        let lm_head = if config.tie_word_embeddings {
+            Linear::new(embeddings, None)
+        } else {
+            linear(config.hidden_size, config.vocab_size, config, vb.pp("lm_head"))?
+        };
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| DecoderLayer::new(config, vb.pp(format!("model.layers.{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::new(config.hidden_size, config.rms_norm_eps, vb.pp("model.norm"))?;
+        Ok(Llama { embed_tokens, layers, norm, lm_head, config: config.clone() })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        self.embed_tokens.embeddings().device()
+    }
+
+    /// Final hidden states `[B, T, hidden]` of a padded batch.
+    /// `input_ids: [B, T]` (u32), `attention_mask: [B, T]` with 1 for real tokens and 0 for padding,
+    /// on either side.
+    pub fn hidden_states(&self, input_ids: &Tensor, attention_mask: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        let mask = padding::mask_rows(attention_mask)?;
+        let positions = padding::positions(&mask);
+        let bias = padding::attention_bias(&mask, input_ids.dim(1)?, input_ids.device())?;
+        self.forward_positions(input_ids, &positions, &bias, None, kernels)
+    }
+
+    /// Logits `[B, T, vocab]` of a padded batch; see [`Llama::hidden_states`].
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        self.lm_head(&self.hidden_states(input_ids, attention_mask, kernels)?)
+    }
+
+    /// Projects hidden states to logits.
+    pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(hidden)
+    }
+
+    /// The general forward pass: `input_ids: [B, Tq]` at `positions`, with an attention `bias`
+    /// `[B, 1, Tq, Tk]` over the cached keys plus the new ones. Appends to `cache` when given.
+    pub fn forward_positions(
+        &self,
+        input_ids: &Tensor,
+        positions: &[Vec<u32>],
+        bias: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        kernels: Kernels,
+    ) -> Result<Tensor> {
+        let mut h = self.embed_tokens.forward(input_ids)?;
+        let rotary = Rotary::new(&self.config, positions, h.dtype(), h.device())?;
+        let bias = bias.to_dtype(h.dtype())?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let attn_in = layer.input_layernorm.forward(&h, kernels)?;
+            let layer_cache = cache.as_deref_mut().map(|c| (c, i));
+            h = (&h + layer.self_attn.forward(&attn_in, &rotary, &bias, layer_cache, kernels)?)?;
+            let mlp_in = layer.post_attention_layernorm.forward(&h, kernels)?;
+            h = (&h + layer.mlp.forward(&mlp_in)?)?;
+        }
+        self.norm.forward(&h, kernels)
+    }
+}

@@ -1,0 +1,9 @@
+//! The model core's test suite, one binary: numeric checks of every RLHF function against
+//! hand-computed values, gradients against finite differences, and the model's training,
+//! padding, sampling and serialisation behaviour.
+
+mod gradients;
+mod helpers;
+mod losses;
+mod model;
+mod sampling;

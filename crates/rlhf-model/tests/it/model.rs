@@ -1,0 +1,216 @@
+//! The model: gradients reach every parameter, padding is invisible, the fused inference path
+//! matches the differentiable one, training overfits, and weights round-trip with HF names.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use rlhf_model::*;
+
+use crate::helpers::*;
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    scalar(&(a - b).unwrap().abs().unwrap().max_all().unwrap())
+}
+
+/// candle's fused ops silently cut the graph; this proves the training path does not.
+#[test]
+fn every_parameter_receives_a_gradient() {
+    for tied in [false, true] {
+        let mut cfg = tiny_config(23);
+        cfg.tie_word_embeddings = tied;
+        let varmap = VarMap::new();
+        let vb = seeded_var_builder(&varmap, 1, DType::F32, &Device::Cpu);
+        let model = Llama::new(&cfg, vb.clone()).unwrap();
+        let value = ValueHead::new(cfg.hidden_size, vb.clone()).unwrap();
+        let reward = RewardHead::new(cfg.hidden_size, vb).unwrap();
+        let (ids, mask) = padded(&[vec![1, 2, 3, 4], vec![5, 6, 7]], 0, true);
+        let hidden = model.hidden_states(&ids, &mask, Kernels::Differentiable).unwrap();
+        let logp = next_token_logprobs(&model.lm_head(&hidden).unwrap(), &ids).unwrap();
+        let loss = (logp.sum_all().unwrap()
+            + value.forward(&hidden).unwrap().sum_all().unwrap()
+            + reward.forward(&hidden, &mask).unwrap().sum_all().unwrap())
+        .unwrap();
+        let grads = loss.backward().unwrap();
+        let vars = varmap.data().lock().unwrap();
+        // embeddings, final norm, 9 per layer, the LM head unless tied, value weight + bias, score.
+        let expected = 2 + 9 * cfg.num_hidden_layers + usize::from(!tied) + 3;
+        assert_eq!(vars.len(), expected, "parameter count (tied = {tied})");
+        for (name, var) in vars.iter() {
+            let grad = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name} got no gradient (tied = {tied})"));
+            let norm = scalar(&grad.sqr().unwrap().sum_all().unwrap());
+            assert!(norm > 0.0 && norm.is_finite(), "{name} has gradient norm {norm} (tied = {tied})");
+        }
+    }
+}
+
+#[test]
+fn padding_on_either_side_changes_nothing() {
+    let cfg = tiny_config(29);
+    let (_vars, model) = tiny_model(&cfg, 2, DType::F32);
+    let rows = vec![vec![3, 1, 4, 1, 5, 9], vec![2, 6, 5], vec![8]];
+    for left in [true, false] {
+        let (ids, mask) = padded(&rows, 0, left);
+        let batch = model.forward(&ids, &mask, Kernels::Differentiable).unwrap();
+        for (b, row) in rows.iter().enumerate() {
+            let alone_ids = Tensor::new(row.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+            let alone = model.forward(&alone_ids, &alone_ids.ones_like().unwrap(), Kernels::Differentiable).unwrap();
+            let width = ids.dim(1).unwrap();
+            let start = if left { width - row.len() } else { 0 };
+            let in_batch = batch.narrow(0, b, 1).unwrap().narrow(1, start, row.len()).unwrap();
+            let diff = max_abs_diff(&in_batch, &alone);
+            assert!(diff < 1e-5, "row {b} (left padding = {left}) differs by {diff}");
+        }
+    }
+}
+
+#[test]
+fn fused_inference_matches_the_differentiable_forward() {
+    let cfg = tiny_config(31);
+    let (_vars, model) = tiny_model(&cfg, 4, DType::F32);
+    let (ids, mask) = padded(&[vec![1, 2, 3, 4, 5, 6, 7], vec![9, 8, 7]], 0, true);
+    let slow = model.forward(&ids, &mask, Kernels::Differentiable).unwrap();
+    let fast = model.forward(&ids, &mask, Kernels::Fused).unwrap();
+    let diff = max_abs_diff(&slow, &fast);
+    assert!(diff < 1e-4, "fused and differentiable logits differ by {diff}");
+}
+
+#[test]
+fn the_value_head_starts_at_zero_and_the_reward_head_reads_the_last_real_token() {
+    let cfg = tiny_config(13);
+    let varmap = VarMap::new();
+    let vb = seeded_var_builder(&varmap, 5, DType::F32, &Device::Cpu);
+    let model = Llama::new(&cfg, vb.clone()).unwrap();
+    let value = ValueHead::new(cfg.hidden_size, vb.clone()).unwrap();
+    let reward = RewardHead::new(cfg.hidden_size, vb).unwrap();
+    let (ids, mask) = padded(&[vec![1, 2, 3], vec![4, 5]], 0, false);
+    let hidden = model.hidden_states(&ids, &mask, Kernels::Differentiable).unwrap();
+    assert_eq!(vec1(&value.forward(&hidden).unwrap()), vec![0.0; 6]);
+    let scores = reward.forward(&hidden, &mask).unwrap();
+    // Row 1 is right-padded: its score equals scoring the unpadded sequence alone.
+    let alone = Tensor::new(&[[4u32, 5]], &Device::Cpu).unwrap();
+    let alone_hidden = model.hidden_states(&alone, &alone.ones_like().unwrap(), Kernels::Differentiable).unwrap();
+    let alone_score = reward.forward(&alone_hidden, &alone.ones_like().unwrap()).unwrap();
+    assert_close(&vec1(&scores)[1..], &vec1(&alone_score), 1e-5);
+    let no_real_token = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
+    assert!(reward.forward(&hidden, &no_real_token).is_err());
+}
+
+/// The training loop works: AdamW on next-token cross-entropy memorises a few sequences.
+#[test]
+fn a_tiny_model_overfits_a_handful_of_sequences() {
+    let cfg = tiny_config(20);
+    let (varmap, model) = tiny_model(&cfg, 11, DType::F32);
+    let rows = vec![
+        // Distinct first tokens: every next token is determined by what precedes it.
+        vec![1, 4, 7, 10, 13, 16, 19, 2],
+        vec![5, 9, 13, 17, 3],
+        vec![3, 5, 7, 9, 11, 13, 15],
+        vec![18, 16, 14, 12, 2],
+    ];
+    let (ids, mask) = padded(&rows, 0, false);
+    let width = ids.dim(1).unwrap();
+    let targets_mask = mask.narrow(1, 1, width - 1).unwrap();
+    let params = ParamsAdamW { lr: 1e-2, weight_decay: 0.0, ..Default::default() };
+    let mut opt = AdamW::new(varmap.all_vars(), params).unwrap();
+    let mut first = None;
+    let mut loss_value = f64::NAN;
+    for _ in 0..150 {
+        let logits = model.forward(&ids, &mask, Kernels::Differentiable).unwrap();
+        let logp = next_token_logprobs(&logits, &ids).unwrap();
+        let loss = masked_mean(&logp, &targets_mask).unwrap().neg().unwrap();
+        loss_value = scalar(&loss);
+        first.get_or_insert(loss_value);
+        opt.backward_step(&loss).unwrap();
+    }
+    let first = first.unwrap();
+    assert!(first > 2.0, "an untrained model should be uncertain, loss {first}");
+    assert!(loss_value < 0.05, "loss went from {first} to {loss_value}, expected < 0.05");
+}
+
+/// Weights leave through safetensors under Hugging Face names and come back identical.
+#[test]
+fn safetensors_round_trip_with_hf_names() {
+    let mut cfg = tiny_config(19);
+    cfg.num_hidden_layers = 1;
+    let (varmap, model) = tiny_model(&cfg, 9, DType::F32);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    varmap.save(&path).unwrap();
+
+    let loaded = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let mut names: Vec<&str> = loaded.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    let layer = |s: &str| format!("model.layers.0.{s}");
+    let mut expected: Vec<String> = vec![
+        "lm_head.weight".into(),
+        "model.embed_tokens.weight".into(),
+        "model.norm.weight".into(),
+        layer("input_layernorm.weight"),
+        layer("mlp.down_proj.weight"),
+        layer("mlp.gate_proj.weight"),
+        layer("mlp.up_proj.weight"),
+        layer("post_attention_layernorm.weight"),
+        layer("self_attn.k_proj.weight"),
+        layer("self_attn.o_proj.weight"),
+        layer("self_attn.q_proj.weight"),
+        layer("self_attn.v_proj.weight"),
+    ];
+    expected.sort_unstable();
+    assert_eq!(names, expected);
+    assert_eq!(loaded["model.layers.0.self_attn.k_proj.weight"].dims(), &[2 * 8, 32], "GQA: 2 kv heads × head_dim 8");
+
+    let reloaded = Llama::new(&cfg, VarBuilder::from_tensors(loaded, DType::F32, &Device::Cpu)).unwrap();
+    let (ids, mask) = padded(&[vec![1, 2, 3, 4], vec![5, 6]], 0, true);
+    let before = model.forward(&ids, &mask, Kernels::Differentiable).unwrap();
+    let after = reloaded.forward(&ids, &mask, Kernels::Differentiable).unwrap();
+    assert_eq!(max_abs_diff(&before, &after), 0.0);
+
+    // A tensor missing from the file is an error naming it, not a silently fresh weight.
+    let mut partial: HashMap<String, Tensor> = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    partial.remove("model.norm.weight");
+    let err = Llama::new(&cfg, VarBuilder::from_tensors(partial, DType::F32, &Device::Cpu)).unwrap_err();
+    assert!(err.to_string().contains("model.norm.weight"), "{err}");
+}
+
+/// SmolLM2-135M-Instruct's real `config.json` parses, including fields we ignore.
+#[test]
+fn hugging_face_config_json_parses_and_round_trips() {
+    let json = r#"{
+      "architectures": ["LlamaForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+      "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu", "hidden_size": 576,
+      "initializer_range": 0.041666666666666664, "intermediate_size": 1536,
+      "max_position_embeddings": 8192, "mlp_bias": false, "model_type": "llama",
+      "num_attention_heads": 9, "num_hidden_layers": 30, "num_key_value_heads": 3,
+      "pad_token_id": 2, "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_scaling": null,
+      "rope_theta": 100000, "tie_word_embeddings": true, "torch_dtype": "bfloat16",
+      "transformers_version": "4.42.3", "use_cache": true, "vocab_size": 49152
+    }"#;
+    let cfg: Config = serde_json::from_str(json).unwrap();
+    cfg.validate().unwrap();
+    assert_eq!((cfg.head_dim(), cfg.num_kv_heads(), cfg.tie_word_embeddings), (64, 3, true));
+    assert_eq!(cfg.eos_token_id.as_ref().unwrap().to_vec(), vec![2]);
+    let again: Config = serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
+    assert_eq!(again, cfg);
+    let llama3_eos: Config =
+        serde_json::from_str(&json.replace(r#""eos_token_id": 2"#, r#""eos_token_id": [128001, 128009]"#)).unwrap();
+    assert_eq!(llama3_eos.eos_token_id.unwrap().to_vec(), vec![128001, 128009]);
+
+    let mut bad = cfg.clone();
+    bad.num_key_value_heads = Some(4);
+    assert!(bad.validate().unwrap_err().to_string().contains("num_key_value_heads"));
+    assert!(serde_json::from_str::<Config>(r#"{"hidden_size": 64}"#).is_err());
+}
+
+#[test]
+fn scoring_logprobs_with_fused_kernels_match_training_logprobs() {
+    let cfg = tiny_config(37);
+    let (_vars, model) = tiny_model(&cfg, 8, DType::F32);
+    let (ids, mask) = padded(&[vec![5, 6, 7, 8, 9, 10], vec![1, 2, 3]], 0, true);
+    let train = next_token_logprobs(&model.forward(&ids, &mask, Kernels::Differentiable).unwrap(), &ids).unwrap();
+    let score = next_token_logprobs(&model.forward(&ids, &mask, Kernels::Fused).unwrap(), &ids).unwrap();
+    let real = mask.narrow(1, 1, 5).unwrap();
+    let diff = scalar(&((train - &score).unwrap().abs().unwrap() * real).unwrap().max_all().unwrap());
+    assert!(diff < 1e-4, "{diff}");
+    assert_eq!(score.dims(), &[2, 5]);
+}

@@ -1,0 +1,161 @@
+//! The sampler: its behaviour log-probs equal what a training forward pass recomputes, it is
+//! seeded, and it honours stop tokens, greedy decoding, top-k and top-p.
+
+use candle_core::{DType, Device, Tensor};
+use rlhf_model::*;
+
+use crate::helpers::*;
+
+const PAD: u32 = 0;
+
+fn prompts() -> Vec<Vec<u32>> {
+    vec![vec![3, 1, 4, 1, 5, 9, 2], vec![6, 5], vec![3, 5, 8, 9], vec![7]]
+}
+
+/// Recomputes the log-prob of every generated token with the differentiable full forward pass
+/// on each row alone (no padding, no cache), under `logits / temperature`.
+fn recomputed(model: &Llama, prompt: &[u32], generation: &Generation, temperature: f64) -> Vec<f64> {
+    let sequence: Vec<u32> = prompt.iter().chain(&generation.tokens).copied().collect();
+    let ids = Tensor::new(sequence.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let logits = model.forward(&ids, &ids.ones_like().unwrap(), Kernels::Differentiable).unwrap();
+    let n = sequence.len();
+    let logp = tempered_logprobs(&logits.narrow(1, 0, n - 1).unwrap(), &ids.narrow(1, 1, n - 1).unwrap(), temperature)
+        .unwrap();
+    vec1(&logp)[prompt.len() - 1..].to_vec()
+}
+
+#[test]
+fn behaviour_logprobs_equal_a_recomputed_forward_pass() {
+    let cfg = tiny_config(41);
+    let (_vars, model) = tiny_model(&cfg, 21, DType::F32);
+    let cases = [
+        SamplingParams { temperature: 1.0, ..Default::default() },
+        SamplingParams { temperature: 0.7, top_p: 0.9, ..Default::default() },
+        SamplingParams { temperature: 1.3, top_k: Some(5), top_p: 0.8, ..Default::default() },
+        SamplingParams { temperature: 0.0, ..Default::default() },
+    ];
+    for (i, case) in cases.into_iter().enumerate() {
+        let params = SamplingParams { max_new_tokens: 12, stop_tokens: vec![40], seed: 100 + i as u64, ..case };
+        let out = generate(&model, &prompts(), &params, PAD).unwrap();
+        let mut worst = 0f64;
+        for (prompt, generation) in prompts().iter().zip(&out) {
+            assert_eq!(generation.tokens.len(), generation.logprobs.len());
+            let expected = recomputed(&model, prompt, generation, params.temperature);
+            let got: Vec<f64> = generation.logprobs.iter().map(|&l| l as f64).collect();
+            for (g, e) in got.iter().zip(&expected) {
+                worst = worst.max((g - e).abs());
+            }
+        }
+        assert!(worst < 1e-4, "case {i} ({params:?}): log-probs differ by up to {worst}");
+    }
+}
+
+#[test]
+fn sampling_is_seeded() {
+    let cfg = tiny_config(41);
+    let (_vars, model) = tiny_model(&cfg, 22, DType::F32);
+    let params = SamplingParams { max_new_tokens: 10, seed: 5, ..Default::default() };
+    let a = generate(&model, &prompts(), &params, PAD).unwrap();
+    let b = generate(&model, &prompts(), &params, PAD).unwrap();
+    let c = generate(&model, &prompts(), &SamplingParams { seed: 6, ..params }, PAD).unwrap();
+    assert_eq!(a, b);
+    assert_ne!(a.iter().map(|g| &g.tokens).collect::<Vec<_>>(), c.iter().map(|g| &g.tokens).collect::<Vec<_>>());
+}
+
+#[test]
+fn greedy_and_top_k_1_follow_the_argmax() {
+    let cfg = tiny_config(41);
+    let (_vars, model) = tiny_model(&cfg, 23, DType::F32);
+    let greedy = generate(
+        &model,
+        &prompts(),
+        &SamplingParams { temperature: 0.0, max_new_tokens: 8, ..Default::default() },
+        PAD,
+    )
+    .unwrap();
+    let top1 = generate(
+        &model,
+        &prompts(),
+        &SamplingParams { temperature: 0.9, top_k: Some(1), max_new_tokens: 8, seed: 77, ..Default::default() },
+        PAD,
+    )
+    .unwrap();
+    for ((prompt, g), t) in prompts().iter().zip(&greedy).zip(&top1) {
+        assert_eq!(g.tokens, t.tokens);
+        // Each greedy token is the argmax of a fresh full forward pass over what came before.
+        let mut sequence = prompt.clone();
+        for &token in &g.tokens {
+            let ids = Tensor::new(sequence.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+            let logits = model.forward(&ids, &ids.ones_like().unwrap(), Kernels::Differentiable).unwrap();
+            let last = logits.squeeze(0).unwrap().get(sequence.len() - 1).unwrap();
+            assert_eq!(last.argmax(0).unwrap().to_scalar::<u32>().unwrap(), token);
+            sequence.push(token);
+        }
+    }
+}
+
+#[test]
+fn top_p_restricts_sampling_to_the_nucleus() {
+    // A tiny nucleus (top_p → 0) keeps only the most likely token: the same as greedy.
+    let cfg = tiny_config(41);
+    let (_vars, model) = tiny_model(&cfg, 24, DType::F32);
+    let greedy = generate(
+        &model,
+        &prompts(),
+        &SamplingParams { temperature: 0.0, max_new_tokens: 6, ..Default::default() },
+        PAD,
+    )
+    .unwrap();
+    let nucleus = generate(
+        &model,
+        &prompts(),
+        &SamplingParams { temperature: 1.0, top_p: 1e-6, max_new_tokens: 6, seed: 3, ..Default::default() },
+        PAD,
+    )
+    .unwrap();
+    for (g, n) in greedy.iter().zip(&nucleus) {
+        assert_eq!(g.tokens, n.tokens);
+        assert_ne!(g.logprobs, vec![0.0; g.logprobs.len()]);
+    }
+}
+
+#[test]
+fn stop_tokens_end_a_response_and_are_kept() {
+    let cfg = tiny_config(41);
+    let (_vars, model) = tiny_model(&cfg, 25, DType::F32);
+    // Find a token the model actually emits greedily, then make it the stop token.
+    let base = SamplingParams { temperature: 0.0, max_new_tokens: 10, ..Default::default() };
+    let free = generate(&model, &prompts(), &base, PAD).unwrap();
+    let stop = free[0].tokens[2];
+    let stopped = generate(&model, &prompts(), &SamplingParams { stop_tokens: vec![stop], ..base }, PAD).unwrap();
+    for (f, s) in free.iter().zip(&stopped) {
+        match f.tokens.iter().position(|&t| t == stop) {
+            Some(at) => {
+                assert_eq!(s.tokens, f.tokens[..=at].to_vec());
+                assert!(s.finished);
+            }
+            None => {
+                assert_eq!(s.tokens, f.tokens);
+                assert!(!s.finished);
+            }
+        }
+    }
+    assert!(stopped[0].finished && stopped[0].tokens.len() <= 3);
+}
+
+#[test]
+fn bad_sampling_requests_are_refused() {
+    let cfg = tiny_config(41);
+    let (_vars, model) = tiny_model(&cfg, 26, DType::F32);
+    let ok = SamplingParams::default();
+    let refused = |prompts: &[Vec<u32>], params: &SamplingParams| generate(&model, prompts, params, PAD).unwrap_err();
+    assert!(refused(&[vec![]], &ok).to_string().contains("at least one token"));
+    assert!(refused(&[vec![41]], &ok).to_string().contains("outside the vocabulary"));
+    assert!(
+        refused(&[vec![1]], &SamplingParams { temperature: f64::NAN, ..ok.clone() })
+            .to_string()
+            .contains("temperature")
+    );
+    assert!(refused(&[vec![1]], &SamplingParams { top_p: 0.0, ..ok.clone() }).to_string().contains("top_p"));
+    assert!(refused(&[vec![1]], &SamplingParams { top_k: Some(0), ..ok }).to_string().contains("top_k"));
+}
