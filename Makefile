@@ -1,0 +1,25 @@
+# The front door: each target is one cargo command. See README.md.
+CARGO ?= cargo
+
+.PHONY: run test bench lint fmt
+
+## run: the main job (today: the model-core benchmark; the full pipeline arrives with `rlhf run`)
+run:
+	$(CARGO) run --release -p rlhf -- bench
+
+## test: the whole suite, as CI runs it
+test:
+	$(CARGO) test --workspace
+
+## bench: training, sampling and scoring throughput, then sampling on one thread
+bench:
+	$(CARGO) run --release -p rlhf -- bench
+	RAYON_NUM_THREADS=1 $(CARGO) run --release -p rlhf -- bench --only sample
+
+## lint: formatting and clippy, warnings as errors
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all

@@ -1,0 +1,191 @@
+//! `rlhf bench`: throughput of the three hot paths of RLHF on a Llama-style model.
+//!
+//! - training: differentiable forward + next-token cross-entropy + backward + AdamW step;
+//! - sampling: batched KV-cache generation with behaviour log-probs;
+//! - scoring: a no-grad forward with the fused kernels plus token log-probs, as for reference
+//!   or old-policy log-probs.
+//!
+//! Figures are tokens per second of wall time, the median of the timed repetitions after one
+//! warm-up. candle reads its thread count from `RAYON_NUM_THREADS` once per process; decoding is
+//! usually faster on one thread, so compare `RAYON_NUM_THREADS=1 rlhf bench --only sample`.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
+use clap::{Args, ValueEnum};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rlhf_model::{Config, Kernels, Llama, SamplingParams, generate, masked_mean, next_token_logprobs, seeded_var_builder};
+use serde::Serialize;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Decoder layers.
+    #[arg(long, default_value_t = 4)]
+    layers: usize,
+    /// Hidden size.
+    #[arg(long, default_value_t = 256)]
+    hidden: usize,
+    /// Attention heads.
+    #[arg(long, default_value_t = 4)]
+    heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than --heads).
+    #[arg(long, default_value_t = 4)]
+    kv_heads: usize,
+    /// MLP intermediate size.
+    #[arg(long, default_value_t = 688)]
+    intermediate: usize,
+    /// Vocabulary size.
+    #[arg(long, default_value_t = 512)]
+    vocab: usize,
+    /// Sequences per batch.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Tokens per sequence for training and scoring.
+    #[arg(long, default_value_t = 128)]
+    seq_len: usize,
+    /// Prompt tokens per sequence for sampling.
+    #[arg(long, default_value_t = 32)]
+    prompt_len: usize,
+    /// New tokens per sequence for sampling.
+    #[arg(long, default_value_t = 64)]
+    new_tokens: usize,
+    /// Timed repetitions of each measurement (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Run only one measurement.
+    #[arg(long, value_enum)]
+    only: Option<Workload>,
+    /// Also print the results as one JSON line.
+    #[arg(long)]
+    json: bool,
+    /// Seed of the weights and the data.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Workload {
+    Train,
+    Sample,
+    Score,
+}
+
+#[derive(Debug, Serialize)]
+struct Measurement {
+    workload: Workload,
+    tokens_per_s: f64,
+    seconds_per_batch: f64,
+    tokens_per_batch: usize,
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let mut cfg = Config::tiny(args.vocab, args.hidden, args.layers, args.heads, args.kv_heads);
+    cfg.intermediate_size = args.intermediate;
+    cfg.validate()?;
+    let device = Device::Cpu;
+    let varmap = VarMap::new();
+    let model = Llama::new(&cfg, seeded_var_builder(&varmap, args.seed, DType::F32, &device))?;
+    let params: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default (all cores)".into());
+    println!(
+        "model: {} layers, hidden {}, {} heads ({} kv), intermediate {}, vocab {}: {:.2}M parameters, f32",
+        cfg.num_hidden_layers,
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        cfg.num_kv_heads(),
+        cfg.intermediate_size,
+        cfg.vocab_size,
+        params as f64 / 1e6
+    );
+    println!("threads: RAYON_NUM_THREADS={threads}; repeats: {} after 1 warm-up", args.repeats);
+
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let mut results = vec![];
+    let wanted = |w: Workload| args.only.is_none_or(|o| o == w);
+    if wanted(Workload::Train) {
+        results.push(bench_train(args, &model, &varmap, &mut rng)?);
+    }
+    if wanted(Workload::Sample) {
+        results.push(bench_sample(args, &model, &mut rng)?);
+    }
+    if wanted(Workload::Score) {
+        results.push(bench_score(args, &model, &mut rng)?);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&results)?);
+    }
+    Ok(())
+}
+
+fn random_ids(rng: &mut StdRng, batch: usize, len: usize, vocab: usize) -> Result<Tensor> {
+    let ids: Vec<u32> = (0..batch * len).map(|_| rng.random_range(0..vocab as u32)).collect();
+    Ok(Tensor::from_vec(ids, (batch, len), &Device::Cpu)?)
+}
+
+/// Runs `step` once to warm up, then `repeats` times, and reports the median.
+fn measure(
+    args: &BenchArgs,
+    workload: Workload,
+    tokens_per_batch: usize,
+    mut step: impl FnMut() -> Result<()>,
+) -> Result<Measurement> {
+    step().with_context(|| format!("{workload:?} warm-up"))?;
+    let mut times: Vec<f64> = (0..args.repeats.max(1))
+        .map(|_| {
+            let start = Instant::now();
+            step().map(|()| start.elapsed().as_secs_f64())
+        })
+        .collect::<Result<_>>()?;
+    times.sort_by(f64::total_cmp);
+    let seconds = times[times.len() / 2];
+    let m = Measurement { workload, tokens_per_s: tokens_per_batch as f64 / seconds, seconds_per_batch: seconds, tokens_per_batch };
+    println!(
+        "{:<8} {:>9.0} tokens/s   ({:.3} s per batch of {} tokens)",
+        format!("{workload:?}").to_lowercase(),
+        m.tokens_per_s,
+        m.seconds_per_batch,
+        m.tokens_per_batch
+    );
+    Ok(m)
+}
+
+fn bench_train(args: &BenchArgs, model: &Llama, varmap: &VarMap, rng: &mut StdRng) -> Result<Measurement> {
+    let ids = random_ids(rng, args.batch, args.seq_len, args.vocab)?;
+    let mask = Tensor::ones((args.batch, args.seq_len), DType::F32, &Device::Cpu)?;
+    let targets = mask.narrow(1, 1, args.seq_len - 1)?;
+    let mut opt = AdamW::new(varmap.all_vars(), ParamsAdamW { lr: 1e-4, ..Default::default() })?;
+    measure(args, Workload::Train, args.batch * args.seq_len, || {
+        let logits = model.forward(&ids, &mask, Kernels::Differentiable)?;
+        let loss = masked_mean(&next_token_logprobs(&logits, &ids)?, &targets)?.neg()?;
+        opt.backward_step(&loss)?;
+        Ok(())
+    })
+}
+
+fn bench_sample(args: &BenchArgs, model: &Llama, rng: &mut StdRng) -> Result<Measurement> {
+    let prompts: Vec<Vec<u32>> = (0..args.batch)
+        .map(|_| (0..args.prompt_len).map(|_| rng.random_range(0..args.vocab as u32)).collect())
+        .collect();
+    let mut seed = 0;
+    measure(args, Workload::Sample, args.batch * args.new_tokens, || {
+        seed += 1;
+        let params = SamplingParams { max_new_tokens: args.new_tokens, seed, ..Default::default() };
+        let out = generate(model, &prompts, &params, 0)?;
+        anyhow::ensure!(out.iter().all(|g| g.tokens.len() == args.new_tokens), "a sequence stopped early");
+        Ok(())
+    })
+}
+
+fn bench_score(args: &BenchArgs, model: &Llama, rng: &mut StdRng) -> Result<Measurement> {
+    let ids = random_ids(rng, args.batch, args.seq_len, args.vocab)?;
+    let mask = Tensor::ones((args.batch, args.seq_len), DType::F32, &Device::Cpu)?;
+    measure(args, Workload::Score, args.batch * args.seq_len, || {
+        let logits = model.forward(&ids, &mask, Kernels::Fused)?;
+        next_token_logprobs(&logits, &ids)?;
+        Ok(())
+    })
+}
