@@ -17,7 +17,9 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 use clap::{Args, ValueEnum};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rlhf_model::{Config, Kernels, Llama, SamplingParams, generate, masked_mean, next_token_logprobs, seeded_var_builder};
+use rlhf_model::{
+    Config, Kernels, Llama, SamplingParams, generate, masked_mean, next_token_logprobs, seeded_var_builder,
+};
 use serde::Serialize;
 
 #[derive(Debug, Args)]
@@ -142,7 +144,12 @@ fn measure(
         .collect::<Result<_>>()?;
     times.sort_by(f64::total_cmp);
     let seconds = times[times.len() / 2];
-    let m = Measurement { workload, tokens_per_s: tokens_per_batch as f64 / seconds, seconds_per_batch: seconds, tokens_per_batch };
+    let m = Measurement {
+        workload,
+        tokens_per_s: tokens_per_batch as f64 / seconds,
+        seconds_per_batch: seconds,
+        tokens_per_batch,
+    };
     println!(
         "{:<8} {:>9.0} tokens/s   ({:.3} s per batch of {} tokens)",
         format!("{workload:?}").to_lowercase(),

@@ -1,0 +1,119 @@
+//! Templated questions about the knowledge base, with a fixed train / held-out split.
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::{IndexedRandom, SliceRandom};
+use serde::{Deserialize, Serialize};
+
+use crate::facts::{Category, Fact, knowledge_base};
+
+/// Question templates per category; `{s}` is the subject.
+fn templates(category: Category) -> &'static [&'static str] {
+    match category {
+        Category::Capital => &[
+            "what is the capital of {s} ?",
+            "which city is the capital of {s} ?",
+            "tell me the capital of {s} .",
+            "name the capital city of {s} .",
+        ],
+        Category::Colour => &["what colour is {s} ?", "which colour is {s} ?", "tell me the colour of {s} ."],
+        Category::Sound => &["what sound does a {s} make ?", "what does a {s} say ?", "which sound does a {s} make ?"],
+        Category::Sum => &["what is {s} ?", "how much is {s} ?", "please compute {s} ."],
+    }
+}
+
+/// The answer sentence that states `fact` correctly.
+pub fn claim(fact: &Fact) -> String {
+    claim_with(fact, &fact.value)
+}
+
+/// The answer sentence that states `value` as the answer about `fact`'s subject.
+pub fn claim_with(fact: &Fact, value: &str) -> String {
+    match fact.category {
+        Category::Capital => format!("the capital of {} is {value} .", fact.subject),
+        Category::Colour => format!("{} is {value} .", fact.subject),
+        Category::Sound => format!("a {} says {value} .", fact.subject),
+        Category::Sum => format!("{} is {value} .", fact.subject),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    Train,
+    HeldOut,
+}
+
+/// One question: `id` is stable across runs (`<category>-<fact>-<template>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prompt {
+    pub id: String,
+    pub text: String,
+    /// Index into [`World::facts`].
+    pub fact: usize,
+    pub split: Split,
+}
+
+/// The knowledge base and every prompt about it.
+#[derive(Debug, Clone)]
+pub struct World {
+    pub facts: Vec<Fact>,
+    pub prompts: Vec<Prompt>,
+}
+
+impl World {
+    /// Builds the world; `held_out` of the prompts (by a fixed shuffle of `seed`) are held out.
+    /// Held-out prompts ask about facts the training prompts also cover, in other words:
+    /// generalising the format, not guessing unseen facts.
+    pub fn new(held_out: f64, seed: u64) -> World {
+        let facts = knowledge_base();
+        let mut prompts = vec![];
+        for (i, fact) in facts.iter().enumerate() {
+            for (t, template) in templates(fact.category).iter().enumerate() {
+                let category = format!("{:?}", fact.category).to_lowercase();
+                prompts.push(Prompt {
+                    id: format!("{category}-{i}-{t}"),
+                    text: template.replace("{s}", &fact.subject),
+                    fact: i,
+                    split: Split::Train,
+                });
+            }
+        }
+        // Hold out one template of a fact at most, so every fact stays in training.
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut by_fact: Vec<usize> = (0..facts.len()).collect();
+        by_fact.shuffle(&mut rng);
+        let target = (held_out * prompts.len() as f64).round() as usize;
+        for &fact in by_fact.iter().take(target) {
+            let choices: Vec<usize> = (0..prompts.len()).filter(|&p| prompts[p].fact == fact).collect();
+            let pick = *choices.choose(&mut rng).expect("every fact has templates");
+            prompts[pick].split = Split::HeldOut;
+        }
+        World { facts, prompts }
+    }
+
+    pub fn fact_of(&self, prompt: &Prompt) -> &Fact {
+        &self.facts[prompt.fact]
+    }
+
+    pub fn prompt(&self, id: &str) -> Option<&Prompt> {
+        self.prompts.iter().find(|p| p.id == id)
+    }
+
+    pub fn split(&self, split: Split) -> Vec<&Prompt> {
+        self.prompts.iter().filter(|p| p.split == split).collect()
+    }
+
+    /// Every word the world can produce: the vocabulary of its tokenizer.
+    pub fn words(&self) -> Vec<String> {
+        let mut text: Vec<String> = self.prompts.iter().map(|p| p.text.clone()).collect();
+        for fact in &self.facts {
+            text.push(claim(fact));
+        }
+        text.extend(crate::responses::fixed_sentences().iter().map(|s| s.to_string()));
+        let mut words: Vec<String> = text.iter().flat_map(|t| t.split_whitespace().map(str::to_string)).collect();
+        words.sort();
+        words.dedup();
+        words
+    }
+}
