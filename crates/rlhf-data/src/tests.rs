@@ -18,7 +18,7 @@ fn the_chat_format_encodes_and_decodes() {
     let prompt = tok.encode_prompt("what colour is the sky ?").unwrap();
     assert_eq!(prompt.first(), Some(&tok.user_id));
     assert_eq!(prompt.last(), Some(&tok.assistant_id));
-    assert_eq!(prompt.len(), 7);
+    assert_eq!(prompt.len(), 8);
     let response = tok.encode_response("the sky is blue .").unwrap();
     assert_eq!(response.last(), Some(&tok.eos_id));
     assert_eq!(tok.decode(&response).unwrap(), "the sky is blue .");
