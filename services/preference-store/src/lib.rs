@@ -1,0 +1,57 @@
+//! The preference store: K-way rankings kept whole, with annotator and time; pairs are derived
+//! from them on the way out and never stored instead of them.
+//!
+//! # Layout
+//! - [`PreferenceStore`]: the operations every backend offers (the gRPC service wraps it).
+//! - [`SqliteStore`]: the embedded default, one SQLite file.
+//!
+//! **Architecture invariant:** only this crate speaks SQL. A ranking that fails validation, or
+//! names an unknown prompt, is refused before anything is written; a valid one is written in a
+//! single transaction.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use rlhf_types::{InvalidRanking, Pair, Ranking};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid ranking: {0}")]
+    Invalid(#[from] InvalidRanking),
+    #[error("unknown prompt id {0:?}")]
+    UnknownPrompt(String),
+    #[error("ranking {0:?} is already stored")]
+    DuplicateRanking(String),
+    #[error("preference store: {0}")]
+    Storage(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Counts over the whole store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    pub rankings: u64,
+    pub pairs: u64,
+    pub prompts: u64,
+    pub annotators: u64,
+}
+
+/// What a preference backend offers.
+pub trait PreferenceStore: Send {
+    /// Makes prompt ids known; rankings of unknown prompts are refused.
+    fn register_prompts(&mut self, prompts: &[(String, String)]) -> Result<()>;
+    /// Validates and stores one ranking, whole.
+    fn submit(&mut self, ranking: &Ranking) -> Result<()>;
+    /// Rankings in the order they were stored, optionally of one prompt.
+    fn rankings(&self, prompt_id: Option<&str>) -> Result<Vec<Ranking>>;
+    /// Every stored ranking expanded into its C(K, 2) pairs.
+    fn pairs(&self) -> Result<Vec<Pair>> {
+        Ok(self.rankings(None)?.iter().flat_map(Ranking::pairs).collect())
+    }
+    fn stats(&self) -> Result<Stats>;
+}
+
+#[cfg(test)]
+mod tests;

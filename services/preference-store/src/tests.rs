@@ -1,0 +1,77 @@
+//! The store keeps rankings whole, derives pairs, and refuses bad input without writing.
+
+use rlhf_types::{RankedResponse, Ranking};
+
+use crate::*;
+
+fn ranking(id: &str, prompt: &str, order: Vec<usize>, k: usize) -> Ranking {
+    Ranking {
+        ranking_id: id.into(),
+        prompt_id: prompt.into(),
+        responses: (0..k)
+            .map(|i| RankedResponse {
+                response_id: format!("{id}-{i}"),
+                text: format!("answer {i}"),
+                tokens: vec![i as u32, 7],
+            })
+            .collect(),
+        order,
+        annotator_id: "annotator-1".into(),
+        created_unix_ms: 1_700_000_000_000,
+    }
+}
+
+fn store() -> SqliteStore {
+    let mut s = SqliteStore::in_memory().unwrap();
+    s.register_prompts(&[("p1".into(), "what is 1 plus 1 ?".into()), ("p2".into(), "hi".into())]).unwrap();
+    s
+}
+
+#[test]
+fn rankings_round_trip_whole_and_expand_to_pairs() {
+    let mut s = store();
+    let a = ranking("r1", "p1", vec![2, 0, 3, 1], 4);
+    let b = ranking("r2", "p2", vec![1, 0], 2);
+    s.submit(&a).unwrap();
+    s.submit(&b).unwrap();
+    assert_eq!(s.rankings(None).unwrap(), vec![a.clone(), b]);
+    assert_eq!(s.rankings(Some("p1")).unwrap(), vec![a]);
+    let pairs = s.pairs().unwrap();
+    assert_eq!(pairs.len(), 6 + 1);
+    assert_eq!((pairs[0].chosen.text.as_str(), pairs[0].rejected.text.as_str()), ("answer 2", "answer 0"));
+    assert_eq!(s.stats().unwrap(), Stats { rankings: 2, pairs: 7, prompts: 2, annotators: 1 });
+}
+
+#[test]
+fn bad_rankings_are_refused_and_nothing_is_stored() {
+    let mut s = store();
+    s.submit(&ranking("ok", "p1", vec![0, 1], 2)).unwrap();
+    let refused = [
+        ranking("dup-pos", "p1", vec![0, 0, 1], 3),
+        ranking("missing-pos", "p1", vec![0, 1], 3),
+        ranking("k1", "p1", vec![0], 1),
+        ranking("unknown", "nope", vec![0, 1], 2),
+        ranking("ok", "p1", vec![1, 0], 2),
+    ];
+    let messages: Vec<String> = refused.iter().map(|r| s.submit(r).unwrap_err().to_string()).collect();
+    assert!(messages[0].contains("more than once"), "{}", messages[0]);
+    assert!(messages[1].contains("3 were shown"), "{}", messages[1]);
+    assert!(messages[2].contains("at least 2"), "{}", messages[2]);
+    assert!(messages[3].contains("unknown prompt"), "{}", messages[3]);
+    assert!(messages[4].contains("already stored"), "{}", messages[4]);
+    assert_eq!(s.stats().unwrap().rankings, 1);
+    assert_eq!(s.rankings(None).unwrap()[0].order, vec![0, 1]);
+}
+
+#[test]
+fn the_file_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("prefs.sqlite");
+    {
+        let mut s = SqliteStore::open(&path).unwrap();
+        s.register_prompts(&[("p1".into(), "x".into())]).unwrap();
+        s.submit(&ranking("r1", "p1", vec![1, 0], 2)).unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.stats().unwrap().rankings, 1);
+}
