@@ -2,6 +2,7 @@
 //! reward heads, a batched KV-cache sampler, and the RLHF losses as pure tensor functions.
 //!
 //! # Layout
+//! - [`batch`]: `SequenceBatch`, prompt + response rows and the next-token grid RL math uses.
 //! - [`config`]: `Config`, the model architecture as Hugging Face's `config.json` spells it.
 //! - [`llama`]: the decoder (`Llama`), differentiable for training and fused for inference.
 //! - [`heads`]: `ValueHead` (PPO critic) and `RewardHead` (reward model score).
@@ -15,6 +16,7 @@
 //! or tokio. Weights come in and go out through `candle_nn::VarBuilder` / `VarMap`; whoever owns
 //! the files decides where they live.
 
+pub mod batch;
 pub mod config;
 pub mod heads;
 pub mod init;
@@ -23,6 +25,7 @@ pub mod padding;
 pub mod rl;
 pub mod sampling;
 
+pub use batch::SequenceBatch;
 pub use config::Config;
 pub use heads::{RewardHead, ValueHead};
 pub use init::seeded_var_builder;

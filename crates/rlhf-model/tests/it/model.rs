@@ -214,3 +214,29 @@ fn scoring_logprobs_with_fused_kernels_match_training_logprobs() {
     assert!(diff < 1e-4, "{diff}");
     assert_eq!(score.dims(), &[2, 5]);
 }
+
+#[test]
+fn sequence_batches_put_response_tokens_on_the_next_token_grid() {
+    let rows: Vec<(Vec<u32>, Vec<u32>)> = vec![(vec![1, 2, 3], vec![4, 5]), (vec![6], vec![7, 8, 9])];
+    let refs: Vec<(&[u32], &[u32])> = rows.iter().map(|(p, r)| (p.as_slice(), r.as_slice())).collect();
+    let batch = SequenceBatch::new(&refs, 0, &Device::Cpu).unwrap();
+    assert_eq!(batch.ids.to_vec2::<u32>().unwrap(), vec![vec![1, 2, 3, 4, 5], vec![6, 7, 8, 9, 0]]);
+    // Row 0: tokens 4, 5 are predicted at columns 2, 3; row 1: tokens 7, 8, 9 at columns 0, 1, 2.
+    assert_eq!(batch.response_mask.to_vec2::<f32>().unwrap(), vec![vec![0., 0., 1., 1.], vec![1., 1., 1., 0.]]);
+    let grid = batch.to_grid(&[vec![0.5, 0.25], vec![1.0, 2.0, 3.0]]).unwrap();
+    assert_eq!(grid.to_vec2::<f32>().unwrap(), vec![vec![0., 0., 0.5, 0.25], vec![1., 2., 3., 0.]]);
+    assert_eq!(batch.from_grid(&grid).unwrap(), vec![vec![0.5, 0.25], vec![1.0, 2.0, 3.0]]);
+    // The grid lines up with next_token_logprobs: column t scores ids[t + 1].
+    let cfg = tiny_config(10);
+    let (_v, model) = tiny_model(&cfg, 1, DType::F32);
+    let logits = model.forward(&batch.ids, &batch.attention_mask, Kernels::Fused).unwrap();
+    let logp = batch.from_grid(&next_token_logprobs(&logits, &batch.ids).unwrap()).unwrap();
+    let alone = Tensor::new(&[[6u32, 7, 8, 9]], &Device::Cpu).unwrap();
+    let alone_logp =
+        next_token_logprobs(&model.forward(&alone, &alone.ones_like().unwrap(), Kernels::Fused).unwrap(), &alone)
+            .unwrap();
+    assert_close(&logp[1].iter().map(|&x| x as f64).collect::<Vec<_>>(), &vec1(&alone_logp), 1e-5);
+    let sub = batch.select(&[1]).unwrap();
+    assert_eq!(sub.prompt_lens, vec![1]);
+    assert!(batch.to_grid(&[vec![1.0], vec![1.0, 2.0, 3.0]]).is_err());
+}

@@ -1,0 +1,147 @@
+//! A policy generator replica: samples responses with the policy version it serves.
+//!
+//! A weight update builds a complete new model first and swaps it in under a write lock, so a
+//! batch always runs on one version from start to end, and an update that is incomplete or
+//! holds a non-finite value is refused while the old version keeps serving.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use rlhf_model::{Config, Llama, SamplingParams, generate};
+use rlhf_types::Rollout;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("weight update to version {new} refused: serving version {serving} already")]
+    StaleVersion { new: u64, serving: u64 },
+    #[error("weight update refused: tensor {0} has a non-finite value")]
+    NonFinite(String),
+    #[error("weight update refused: {0}")]
+    BadWeights(String),
+    #[error("generation failed: {0}")]
+    Generation(String),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// One prompt to sample for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptTokens {
+    pub prompt_id: String,
+    pub tokens: Vec<u32>,
+}
+
+/// A batch of prompts to sample responses for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateRequest {
+    /// Part of every rollout id, so retries of the same request produce the same ids.
+    pub request_id: String,
+    pub prompts: Vec<PromptTokens>,
+    pub sampling: SamplingParams,
+    pub samples_per_prompt: usize,
+}
+
+struct Served {
+    version: u64,
+    model: Llama,
+}
+
+/// One replica.
+pub struct PolicyGenerator {
+    id: String,
+    config: Config,
+    pad_id: u32,
+    served: RwLock<Served>,
+}
+
+impl std::fmt::Debug for PolicyGenerator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyGenerator").field("id", &self.id).field("version", &self.version()).finish()
+    }
+}
+
+impl PolicyGenerator {
+    /// A replica serving `tensors` (HF names) as `version`.
+    pub fn new(id: &str, config: Config, pad_id: u32, tensors: HashMap<String, Tensor>, version: u64) -> Result<Self> {
+        let model = build(&config, tensors)?;
+        Ok(PolicyGenerator { id: id.to_string(), config, pad_id, served: RwLock::new(Served { version, model }) })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The policy version this replica serves.
+    pub fn version(&self) -> u64 {
+        self.served.read().map(|s| s.version).unwrap_or(0)
+    }
+
+    /// Switches to `version`, which must be newer, once the whole model is built and checked.
+    pub fn update_weights(&self, version: u64, tensors: HashMap<String, Tensor>) -> Result<()> {
+        let serving = self.version();
+        if version <= serving {
+            return Err(Error::StaleVersion { new: version, serving });
+        }
+        let model = build(&self.config, tensors)?;
+        let mut served = self.served.write().map_err(|_| Error::BadWeights("lock poisoned".into()))?;
+        *served = Served { version, model };
+        Ok(())
+    }
+
+    /// Samples `samples_per_prompt` responses for every prompt, all with one policy version.
+    pub fn generate(&self, request: &GenerateRequest) -> Result<Vec<Rollout>> {
+        if request.samples_per_prompt == 0 || request.prompts.is_empty() {
+            return Err(Error::InvalidRequest("no prompts or zero samples per prompt".into()));
+        }
+        let served = self.served.read().map_err(|_| Error::Generation("lock poisoned".into()))?;
+        let mut prompts = vec![];
+        for p in &request.prompts {
+            for _ in 0..request.samples_per_prompt {
+                prompts.push(p.tokens.clone());
+            }
+        }
+        let generations = generate(&served.model, &prompts, &request.sampling, self.pad_id)
+            .map_err(|e| Error::Generation(e.to_string()))?;
+        Ok(generations
+            .into_iter()
+            .enumerate()
+            .map(|(i, g)| {
+                let prompt = &request.prompts[i / request.samples_per_prompt];
+                Rollout {
+                    rollout_id: format!("{}-{i}", request.request_id),
+                    prompt_id: prompt.prompt_id.clone(),
+                    prompt_tokens: prompt.tokens.clone(),
+                    response_tokens: g.tokens,
+                    behaviour_logprobs: g.logprobs,
+                    policy_version: served.version,
+                    finished: g.finished,
+                    generator_id: self.id.clone(),
+                }
+            })
+            .collect())
+    }
+}
+
+/// Builds a model from named tensors, refusing missing, misshapen or non-finite weights.
+/// The tensors are copied, so the sender may keep training its own.
+fn build(config: &Config, tensors: HashMap<String, Tensor>) -> Result<Llama> {
+    let mut owned = HashMap::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let finite = t
+            .to_dtype(DType::F32)
+            .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+            .map_err(|e| Error::BadWeights(format!("{name}: {e}")))?
+            .iter()
+            .all(|v| v.is_finite());
+        if !finite {
+            return Err(Error::NonFinite(name));
+        }
+        owned.insert(name, t.copy().map_err(|e| Error::BadWeights(e.to_string()))?);
+    }
+    Llama::new(config, VarBuilder::from_tensors(owned, DType::F32, &Device::Cpu))
+        .map_err(|e| Error::BadWeights(e.to_string()))
+}

@@ -1,0 +1,58 @@
+//! PPO hyper-parameters.
+
+use rlhf_model::{KlController, KlEstimator};
+use serde::{Deserialize, Serialize};
+
+/// Everything PPO is tuned by; logged whole with every run (KL coefficients range over three
+/// orders of magnitude across frameworks, so nothing here is a hidden default).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PpoConfig {
+    pub learning_rate: f64,
+    /// Passes over each batch of rollouts.
+    pub epochs: usize,
+    pub minibatch_size: usize,
+    /// Ratio clip ε (both sides).
+    pub clip: f64,
+    /// Dual-clip constant c (> 1) for negative advantages; `None` turns it off.
+    pub dual_clip: Option<f64>,
+    /// Value clip around the old values; `None` turns it off.
+    pub value_clip: Option<f64>,
+    pub value_coef: f64,
+    pub gamma: f64,
+    pub lambda: f64,
+    pub kl: KlController,
+    pub kl_estimator: KlEstimator,
+    pub score_clip: Option<f64>,
+    pub missing_stop_penalty: Option<f64>,
+    pub whiten_advantages: bool,
+    pub max_grad_norm: Option<f64>,
+    /// Sampling temperature of the rollouts; log-probs are recomputed under the same one.
+    pub temperature: f64,
+    /// Rollouts more than this many versions behind the learner are refused (0 = on-policy).
+    pub max_staleness: u64,
+}
+
+impl Default for PpoConfig {
+    fn default() -> Self {
+        PpoConfig {
+            learning_rate: 1e-4,
+            epochs: 4,
+            minibatch_size: 32,
+            clip: 0.2,
+            dual_clip: None,
+            value_clip: Some(0.2),
+            value_coef: 0.1,
+            gamma: 1.0,
+            lambda: 0.95,
+            kl: KlController::Adaptive { coef: 0.1, target: 2.0, horizon: 2000.0 },
+            kl_estimator: KlEstimator::K1,
+            score_clip: Some(5.0),
+            missing_stop_penalty: Some(1.0),
+            whiten_advantages: true,
+            max_grad_norm: Some(1.0),
+            temperature: 1.0,
+            max_staleness: 0,
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! One PPO step over a batch of scored rollouts.
+
+use std::collections::{HashMap, HashSet};
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rlhf_model::{
+    Config, Kernels, Llama, PolicyClip, RewardShaping, SequenceBatch, ValueHead, entropy, gae, kl_penalized_rewards,
+    masked_mean, masked_mean_rows, policy_loss, seeded_var_builder, tempered_logprobs, value_loss, whiten,
+};
+use rlhf_types::ScoredRollout;
+use serde::Serialize;
+
+use crate::config::PpoConfig;
+use crate::grad::clip_grad_norm;
+use crate::{Error, Result};
+
+/// What one step did, for metrics and the reward-hacking monitor.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StepStats {
+    pub step: u64,
+    pub policy_version: u64,
+    pub rollouts: usize,
+    pub duplicates_skipped: usize,
+    /// Mean normalised reward-model score.
+    pub reward: f64,
+    /// Mean per-sequence KL(π_old ‖ π_ref), summed over tokens.
+    pub kl: f64,
+    pub kl_coef: f64,
+    pub entropy: f64,
+    pub response_length: f64,
+    pub policy_loss: f64,
+    pub value_loss: f64,
+    pub clip_fraction: f64,
+    pub value_clip_fraction: f64,
+    pub approx_kl: f64,
+    pub grad_norm: f64,
+}
+
+/// The policy, its value head, the optimizer and the KL controller.
+pub struct PpoLearner {
+    config: PpoConfig,
+    model_config: Config,
+    pad_id: u32,
+    varmap: VarMap,
+    policy: Llama,
+    value: ValueHead,
+    optimizer: AdamW,
+    version: u64,
+    step: u64,
+    seen: HashSet<String>,
+    /// Seeds the minibatch shuffles.
+    seed: u64,
+}
+
+impl std::fmt::Debug for PpoLearner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PpoLearner").field("step", &self.step).field("version", &self.version).finish_non_exhaustive()
+    }
+}
+
+impl PpoLearner {
+    /// Starts from `policy_tensors` (HF names; a `value_head` among them is kept, otherwise a
+    /// fresh zero head is made) at `version`.
+    pub fn new(
+        config: PpoConfig,
+        model_config: Config,
+        policy_tensors: HashMap<String, Tensor>,
+        pad_id: u32,
+        version: u64,
+        seed: u64,
+    ) -> Result<Self> {
+        let varmap = VarMap::new();
+        {
+            let mut data = varmap.data().lock().expect("fresh VarMap");
+            for (name, t) in policy_tensors {
+                data.insert(name, Var::from_tensor(&t.to_dtype(DType::F32)?.copy()?)?);
+            }
+        }
+        let vb = seeded_var_builder(&varmap, seed, DType::F32, &Device::Cpu);
+        let policy = Llama::new(&model_config, vb.clone())?;
+        let value = ValueHead::new(model_config.hidden_size, vb)?;
+        let params = ParamsAdamW { lr: config.learning_rate, weight_decay: 0.0, ..Default::default() };
+        let optimizer = AdamW::new(varmap.all_vars(), params)?;
+        Ok(PpoLearner {
+            config,
+            model_config,
+            pad_id,
+            varmap,
+            policy,
+            value,
+            optimizer,
+            version,
+            step: 0,
+            seen: HashSet::new(),
+            seed,
+        })
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    pub fn kl_coef(&self) -> f64 {
+        self.config.kl.coef()
+    }
+
+    pub fn config(&self) -> &PpoConfig {
+        &self.config
+    }
+
+    /// Restores the counters and KL controller of a resumed run.
+    pub fn restore(&mut self, step: u64, version: u64, kl: rlhf_model::KlController) {
+        (self.step, self.version, self.config.kl) = (step, version, kl);
+    }
+
+    /// All trainable weights (policy and value head), for checkpoints.
+    pub fn varmap(&self) -> &VarMap {
+        &self.varmap
+    }
+
+    /// Copies of the policy weights, for generators (the value head stays here).
+    pub fn policy_weights(&self) -> Result<HashMap<String, Tensor>> {
+        let data = self.varmap.data().lock().expect("VarMap lock");
+        data.iter()
+            .filter(|(name, _)| !name.starts_with("value_head"))
+            .map(|(name, var)| Ok((name.clone(), var.as_tensor().copy()?)))
+            .collect()
+    }
+
+    /// One PPO update: rollouts already trained on (same id) are skipped, rollouts older than
+    /// `max_staleness` versions are refused.
+    pub fn train_step(&mut self, batch: Vec<ScoredRollout>) -> Result<StepStats> {
+        let total = batch.len();
+        let mut fresh = vec![];
+        for s in batch {
+            let made_by = s.rollout.policy_version;
+            if self.version.saturating_sub(made_by) > self.config.max_staleness {
+                return Err(Error::Stale {
+                    id: s.rollout.rollout_id.clone(),
+                    made_by,
+                    current: self.version,
+                    max: self.config.max_staleness,
+                });
+            }
+            if self.seen.insert(s.rollout.rollout_id.clone()) {
+                fresh.push(s);
+            }
+        }
+        if fresh.is_empty() {
+            return Err(Error::EmptyBatch);
+        }
+        let cfg = self.config.clone();
+        let rows: Vec<(&[u32], &[u32])> =
+            fresh.iter().map(|s| (s.rollout.prompt_tokens.as_slice(), s.rollout.response_tokens.as_slice())).collect();
+        let batch = SequenceBatch::new(&rows, self.pad_id, &Device::Cpu)?;
+        let mask = &batch.response_mask;
+        let old_logp =
+            batch.to_grid(&fresh.iter().map(|s| s.rollout.behaviour_logprobs.clone()).collect::<Vec<_>>())?;
+        let ref_logp = batch.to_grid(&fresh.iter().map(|s| s.reference_logprobs.clone()).collect::<Vec<_>>())?;
+        let scores = Tensor::from_vec(fresh.iter().map(|s| s.score).collect::<Vec<_>>(), fresh.len(), &Device::Cpu)?;
+        let finished: Vec<bool> = fresh.iter().map(|s| s.rollout.finished).collect();
+
+        // Old values: the critic before this step's updates, on the next-token grid.
+        let width = batch.ids.dim(1)?;
+        let hidden = self.policy.hidden_states(&batch.ids, &batch.attention_mask, Kernels::Fused)?;
+        let old_values = self.value.forward(&hidden)?.narrow(1, 0, width - 1)?.detach();
+
+        let shaping = RewardShaping {
+            kl_coef: cfg.kl.coef(),
+            estimator: cfg.kl_estimator,
+            score_clip: cfg.score_clip,
+            missing_stop_penalty: cfg.missing_stop_penalty,
+        };
+        let shaped = kl_penalized_rewards(&scores, &old_logp, &ref_logp, mask, &finished, shaping)?;
+        let estimates = gae(&shaped.rewards, &old_values, mask, cfg.gamma, cfg.lambda, None)?;
+        let advantages =
+            if cfg.whiten_advantages { whiten(&estimates.advantages, mask, true)? } else { estimates.advantages };
+        let seq_kl = masked_mean_rows(&shaped.kl, &mask.ones_like()?)?.to_dtype(DType::F64)?;
+        let mean_kl = seq_kl.mean_all()?.to_scalar::<f64>()? * (width - 1) as f64;
+
+        let clip = PolicyClip { low: cfg.clip, high: cfg.clip, dual: cfg.dual_clip };
+        let vars = self.varmap.all_vars();
+        let n = fresh.len();
+        let mb = cfg.minibatch_size.max(1).min(n);
+        let mut sums = Sums::default();
+        for epoch in 0..cfg.epochs {
+            let mut order: Vec<usize> = (0..n).collect();
+            order.shuffle(&mut StdRng::seed_from_u64(self.seed ^ (self.step << 8) ^ epoch as u64));
+            for chunk in order.chunks(mb) {
+                let sub = batch.select(chunk)?;
+                let idx =
+                    Tensor::from_vec(chunk.iter().map(|&i| i as u32).collect::<Vec<_>>(), chunk.len(), &Device::Cpu)?;
+                let pick = |t: &Tensor| t.index_select(&idx, 0);
+                let (m, adv, ret, old_lp, old_v) = (
+                    &sub.response_mask,
+                    pick(&advantages)?,
+                    pick(&estimates.returns)?,
+                    pick(&old_logp)?,
+                    pick(&old_values)?,
+                );
+                let hidden = self.policy.hidden_states(&sub.ids, &sub.attention_mask, Kernels::Differentiable)?;
+                let logits = self.policy.lm_head(&hidden)?.narrow(1, 0, width - 1)?;
+                let targets = sub.ids.narrow(1, 1, width - 1)?;
+                let logp = tempered_logprobs(&logits, &targets, cfg.temperature)?;
+                let values = self.value.forward(&hidden)?.narrow(1, 0, width - 1)?;
+                let pl = policy_loss(&logp, &old_lp, &adv, m, clip)?;
+                let vl = value_loss(&values, &old_v, &ret, m, cfg.value_clip)?;
+                let loss = (&pl.loss + (&vl.loss * cfg.value_coef)?)?;
+                let mut grads = loss.backward()?;
+                let norm = match cfg.max_grad_norm {
+                    Some(max) => clip_grad_norm(&mut grads, &vars, max)?,
+                    None => 0.0,
+                };
+                self.optimizer.step(&grads)?;
+                if epoch == 0 {
+                    let h = masked_mean(&entropy(&(logits.detach() / cfg.temperature)?)?, m)?;
+                    sums.entropy += h.to_dtype(DType::F64)?.to_scalar::<f64>()? * chunk.len() as f64;
+                }
+                sums.add(&pl, &vl, norm)?;
+            }
+        }
+        let kl_coef = cfg.kl.coef();
+        self.config.kl.update(mean_kl, n);
+        self.step += 1;
+        self.version += 1;
+        let lengths: f64 = batch.response_lens.iter().sum::<usize>() as f64 / n as f64;
+        let k = sums.count.max(1) as f64;
+        Ok(StepStats {
+            step: self.step,
+            policy_version: self.version,
+            rollouts: n,
+            duplicates_skipped: total - n,
+            reward: scores.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()?,
+            kl: mean_kl,
+            kl_coef,
+            entropy: sums.entropy / n as f64,
+            response_length: lengths,
+            policy_loss: sums.policy_loss / k,
+            value_loss: sums.value_loss / k,
+            clip_fraction: sums.clip_fraction / k,
+            value_clip_fraction: sums.value_clip_fraction / k,
+            approx_kl: sums.approx_kl / k,
+            grad_norm: sums.grad_norm / k,
+        })
+    }
+
+    pub fn model_config(&self) -> &Config {
+        &self.model_config
+    }
+}
+
+#[derive(Default)]
+struct Sums {
+    count: usize,
+    entropy: f64,
+    policy_loss: f64,
+    value_loss: f64,
+    clip_fraction: f64,
+    value_clip_fraction: f64,
+    approx_kl: f64,
+    grad_norm: f64,
+}
+
+impl Sums {
+    fn add(&mut self, pl: &rlhf_model::PolicyLoss, vl: &rlhf_model::ValueLoss, norm: f64) -> Result<()> {
+        self.count += 1;
+        self.policy_loss += pl.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        self.value_loss += vl.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        self.clip_fraction += pl.clip_fraction as f64;
+        self.value_clip_fraction += vl.clip_fraction as f64;
+        self.approx_kl += pl.approx_kl as f64;
+        self.grad_norm += norm;
+        Ok(())
+    }
+}

@@ -1,0 +1,27 @@
+//! The PPO learner: owns the policy and its value head and turns batches of scored rollouts into
+//! PPO updates, each of which is a new policy version.
+//!
+//! # Layout
+//! - [`PpoConfig`]: every knob, with TRL/OpenRLHF-style defaults.
+//! - [`PpoLearner`]: `train_step` (rewards → GAE → clipped policy and value losses over several
+//!   epochs of minibatches) and the weights generators should serve next.
+//! - `grad`: global gradient-norm clipping.
+
+mod config;
+mod grad;
+mod learner;
+
+pub use config::PpoConfig;
+pub use learner::{PpoLearner, StepStats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("ppo: {0}")]
+    Model(#[from] candle_core::Error),
+    #[error("ppo: empty batch (every rollout was a duplicate or stale)")]
+    EmptyBatch,
+    #[error("ppo: rollout {id} was made by policy version {made_by}, more than {max} versions behind {current}")]
+    Stale { id: String, made_by: u64, current: u64, max: u64 },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,123 @@
+//! The reward scorer: the frozen judges of PPO.
+//!
+//! For each rollout it computes the reward model's score of prompt + response (normalised by the
+//! mean and standard deviation of the SFT policy's responses, so a reward of 1 means one SFT
+//! standard deviation) and the reference policy's log-prob of every response token.
+//! It consumes raw rollouts from one queue and publishes scored ones to the next, acknowledging
+//! a raw entry only after its scored result is published.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use rlhf_model::{Config, Kernels, Llama, RewardHead, SequenceBatch, next_token_logprobs};
+use rlhf_queue::Queue;
+use rlhf_types::{Rollout, ScoredRollout};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("scoring failed: {0}")]
+    Model(String),
+    #[error("the reward model gave a non-finite score for rollout {0}")]
+    NonFinite(String),
+    #[error(transparent)]
+    Queue(#[from] rlhf_queue::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn model_error(e: candle_core::Error) -> Error {
+    Error::Model(e.to_string())
+}
+
+/// Reward model + reference policy, both frozen.
+pub struct RewardScorer {
+    reward_model: Llama,
+    reward_head: RewardHead,
+    reference: Llama,
+    pad_id: u32,
+    /// Raw score ↦ (score - mean) / std.
+    normaliser: (f32, f32),
+}
+
+impl std::fmt::Debug for RewardScorer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RewardScorer").field("normaliser", &self.normaliser).finish_non_exhaustive()
+    }
+}
+
+impl RewardScorer {
+    pub fn new(
+        reward_config: &Config,
+        reward_tensors: HashMap<String, Tensor>,
+        reference_config: &Config,
+        reference_tensors: HashMap<String, Tensor>,
+        pad_id: u32,
+    ) -> Result<Self> {
+        let rvb = VarBuilder::from_tensors(reward_tensors, DType::F32, &Device::Cpu);
+        let reward_model = Llama::new(reward_config, rvb.clone()).map_err(model_error)?;
+        let reward_head = RewardHead::new(reward_config.hidden_size, rvb).map_err(model_error)?;
+        let reference =
+            Llama::new(reference_config, VarBuilder::from_tensors(reference_tensors, DType::F32, &Device::Cpu))
+                .map_err(model_error)?;
+        Ok(RewardScorer { reward_model, reward_head, reference, pad_id, normaliser: (0.0, 1.0) })
+    }
+
+    /// Sets the normalisation applied to raw reward-model scores.
+    pub fn set_normaliser(&mut self, mean: f32, std: f32) {
+        self.normaliser = (mean, std.max(1e-6));
+    }
+
+    /// Raw reward-model scores of (prompt, response) token sequences.
+    pub fn raw_scores(&self, rows: &[(&[u32], &[u32])]) -> Result<Vec<f32>> {
+        let batch = SequenceBatch::new(rows, self.pad_id, &Device::Cpu).map_err(model_error)?;
+        let hidden =
+            self.reward_model.hidden_states(&batch.ids, &batch.attention_mask, Kernels::Fused).map_err(model_error)?;
+        self.reward_head.forward(&hidden, &batch.attention_mask).and_then(|s| s.to_vec1::<f32>()).map_err(model_error)
+    }
+
+    /// Scores and reference log-probs for a batch of rollouts.
+    pub fn score(&self, rollouts: &[Rollout]) -> Result<Vec<ScoredRollout>> {
+        if rollouts.is_empty() {
+            return Ok(vec![]);
+        }
+        let rows: Vec<(&[u32], &[u32])> =
+            rollouts.iter().map(|r| (r.prompt_tokens.as_slice(), r.response_tokens.as_slice())).collect();
+        let raw = self.raw_scores(&rows)?;
+        let batch = SequenceBatch::new(&rows, self.pad_id, &Device::Cpu).map_err(model_error)?;
+        let logits = self.reference.forward(&batch.ids, &batch.attention_mask, Kernels::Fused).map_err(model_error)?;
+        let reference =
+            batch.from_grid(&next_token_logprobs(&logits, &batch.ids).map_err(model_error)?).map_err(model_error)?;
+        let (mean, std) = self.normaliser;
+        rollouts
+            .iter()
+            .zip(raw)
+            .zip(reference)
+            .map(|((rollout, raw), reference_logprobs)| {
+                if !raw.is_finite() {
+                    return Err(Error::NonFinite(rollout.rollout_id.clone()));
+                }
+                Ok(ScoredRollout { rollout: rollout.clone(), score: (raw - mean) / std, reference_logprobs })
+            })
+            .collect()
+    }
+
+    /// Moves up to `max` rollouts from `raw` to `scored`; returns how many it moved.
+    pub fn drain(
+        &self,
+        consumer: &str,
+        raw: &dyn Queue<Rollout>,
+        scored: &dyn Queue<ScoredRollout>,
+        max: usize,
+    ) -> Result<usize> {
+        let deliveries = raw.pop(consumer, max)?;
+        if deliveries.is_empty() {
+            return Ok(0);
+        }
+        let rollouts: Vec<Rollout> = deliveries.iter().map(|d| d.item.clone()).collect();
+        let results = self.score(&rollouts)?;
+        scored.push(results)?;
+        raw.ack(&deliveries.iter().map(|d| d.id).collect::<Vec<_>>())?;
+        Ok(deliveries.len())
+    }
+}
