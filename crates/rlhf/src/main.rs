@@ -2,6 +2,7 @@
 //! subcommand; a subcommand exists only once it works.
 
 mod bench;
+mod stages;
 
 use clap::{Parser, Subcommand};
 
@@ -21,12 +22,38 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the whole pipeline: SFT, preference collection, reward model, PPO, report.
+    ///
+    /// With no model or data given it runs the bundled assistant task. Everything goes to a run
+    /// directory; `--resume` continues a run that was stopped.
+    Run(stages::RunArgs),
+    /// Stage 1: supervised fine-tuning of the policy on the SFT data.
+    Sft(stages::RunArgs),
+    /// Stage 2: sample K responses per prompt from the SFT model and have annotators rank them;
+    /// rankings go to the preference store (preferences.sqlite in the run directory).
+    Collect(stages::RunArgs),
+    /// Stage 3: train the reward model (SFT network + scalar head) on the stored rankings.
+    Rm(stages::RunArgs),
+    /// Stage 4: PPO against the reward model with a KL penalty to the SFT model, with held-out
+    /// gold evaluation and the reward-hacking alarm.
+    Ppo(stages::RunArgs),
+    /// Print the default pipeline configuration (JSON); edit it and pass it with --config.
+    Config,
     /// Measure training, sampling and scoring throughput of the model core on this machine.
     Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Run(args) => stages::run_all(&args),
+        Command::Sft(args) => stages::run_one(&args, rlhf_pipeline::Stage::Sft),
+        Command::Collect(args) => stages::run_one(&args, rlhf_pipeline::Stage::Collect),
+        Command::Rm(args) => stages::run_one(&args, rlhf_pipeline::Stage::RewardModel),
+        Command::Ppo(args) => stages::run_one(&args, rlhf_pipeline::Stage::Ppo),
+        Command::Config => {
+            println!("{}", serde_json::to_string_pretty(&rlhf_pipeline::PipelineConfig::default())?);
+            Ok(())
+        }
         Command::Bench(args) => bench::run(&args),
     }
 }

@@ -1,0 +1,128 @@
+//! Stage 2, preference collection: the SFT policy (through a generator replica) samples K
+//! responses per prompt, simulated annotators rank them, and each ranking is stored whole.
+//!
+//! Rankings are collected for training prompts (reward-model training) and for held-out
+//! prompts (its evaluation). Prompts that already have a ranking are skipped, so a resumed
+//! collection continues where it stopped and never loses or duplicates a stored ranking.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use policy_generator::{GenerateRequest, PolicyGenerator, PromptTokens};
+use preference_store::{PreferenceStore, SqliteStore};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rlhf_model::SamplingParams;
+use rlhf_types::{RankedResponse, Ranking};
+use rlhf_world::{Annotator, Prompt, Split};
+
+use crate::config::PipelineConfig;
+use crate::progress::bar;
+use crate::run_dir::{CollectResult, RunDir};
+use crate::task::Task;
+use crate::{Error, Result};
+
+const PROMPTS_PER_REQUEST: usize = 16;
+
+/// The annotators of a run: the same noise and bias, distinct ids.
+pub fn annotators(config: &PipelineConfig) -> Vec<Annotator> {
+    (0..config.collect.annotators)
+        .map(|i| Annotator {
+            id: format!("sim-annotator-{i}"),
+            temperature: config.collect.annotator_temperature,
+            length_bias: config.collect.length_bias,
+        })
+        .collect()
+}
+
+/// Opens the run's preference store with every prompt of the world registered.
+pub fn open_store(run: &RunDir, task: &Task) -> Result<SqliteStore> {
+    let mut store = SqliteStore::open(&run.path("preferences.sqlite"))?;
+    let prompts: Vec<(String, String)> = task.world.prompts.iter().map(|p| (p.id.clone(), p.text.clone())).collect();
+    store.register_prompts(&prompts)?;
+    Ok(store)
+}
+
+/// A generator replica serving the SFT checkpoint.
+pub fn sft_generator(run: &RunDir, id: &str) -> Result<PolicyGenerator> {
+    let path = run.path("sft");
+    if !path.exists() {
+        return Err(Error::MissingStage { stage: "collect", missing: "sft" });
+    }
+    let ckpt = rlhf_data::load_checkpoint(&path)?;
+    Ok(PolicyGenerator::new(id, ckpt.config, ckpt.tokenizer.pad_id, ckpt.tensors, 0)?)
+}
+
+pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<CollectResult> {
+    let start = Instant::now();
+    let task = Task::load(run, config)?;
+    let generator = sft_generator(run, "generator-0")?;
+    let mut store = open_store(run, &task)?;
+    let done: HashSet<String> = store.rankings(None)?.into_iter().map(|r| r.prompt_id).collect();
+
+    let mut rng = StdRng::seed_from_u64(config.seed ^ 0xc011);
+    let mut train: Vec<&Prompt> = task.prompts(Split::Train);
+    train.shuffle(&mut rng);
+    if config.collect.train_prompts > 0 {
+        train.truncate(config.collect.train_prompts);
+    }
+    let wanted: Vec<&Prompt> = train.into_iter().chain(task.prompts(Split::HeldOut)).collect();
+    let todo: Vec<&Prompt> = wanted.into_iter().filter(|p| !done.contains(&p.id)).collect();
+    let annotators = annotators(config);
+    let progress = bar(todo.len() as u64, "collect");
+    for (n, chunk) in todo.chunks(PROMPTS_PER_REQUEST).enumerate() {
+        let prompts: Vec<PromptTokens> = chunk
+            .iter()
+            .map(|p| Ok(PromptTokens { prompt_id: p.id.clone(), tokens: task.encode_prompt(p)? }))
+            .collect::<Result<_>>()?;
+        // The request id names the first prompt, so a resumed run draws fresh, distinct ids.
+        let request = GenerateRequest {
+            request_id: format!("collect-{}", chunk[0].id),
+            prompts,
+            sampling: SamplingParams {
+                temperature: config.collect.temperature,
+                max_new_tokens: config.ppo.max_new_tokens,
+                stop_tokens: vec![task.tokenizer.eos_id],
+                seed: config.seed ^ (n as u64).wrapping_mul(0x9e37_79b9) ^ fnv(&chunk[0].id),
+                ..SamplingParams::default()
+            },
+            samples_per_prompt: config.collect.k,
+        };
+        let rollouts = generator.generate(&request)?;
+        for (prompt, group) in chunk.iter().zip(rollouts.chunks(config.collect.k)) {
+            let responses: Vec<RankedResponse> = group
+                .iter()
+                .map(|r| {
+                    let tokens = r.response_tokens.clone();
+                    Ok(RankedResponse { response_id: r.rollout_id.clone(), text: task.decode(&tokens)?, tokens })
+                })
+                .collect::<Result<_>>()?;
+            let annotator = &annotators[fnv(&prompt.id) as usize % annotators.len()];
+            let texts: Vec<String> = responses.iter().map(|r| r.text.clone()).collect();
+            let mut rank_rng = StdRng::seed_from_u64(config.seed ^ fnv(&prompt.id));
+            let order = annotator.rank(&task.world, task.world.fact_of(prompt), &texts, &mut rank_rng);
+            store.submit(&Ranking {
+                ranking_id: format!("ranking-{}", prompt.id),
+                prompt_id: prompt.id.clone(),
+                responses,
+                order,
+                annotator_id: annotator.id.clone(),
+                created_unix_ms: now_ms(),
+            })?;
+        }
+        progress.inc(chunk.len() as u64);
+    }
+    progress.finish_and_clear();
+    let stats = store.stats()?;
+    Ok(CollectResult { rankings: stats.rankings, pairs: stats.pairs, seconds: start.elapsed().as_secs_f64() })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// A stable hash of an id, for per-prompt seeds and annotator assignment.
+pub(crate) fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}

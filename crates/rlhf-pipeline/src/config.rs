@@ -1,0 +1,219 @@
+//! The pipeline's configuration: one JSON document, every field optional, defaults that run the
+//! bundled task on two CPU cores in a few minutes.
+
+use std::path::Path;
+
+use ppo_learner::PpoConfig;
+use rlhf_world::StyleMix;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Seeds everything: weights, data, sampling, annotators.
+    pub seed: u64,
+    pub world: WorldConfig,
+    pub model: ModelConfig,
+    pub sft: SftConfig,
+    pub collect: CollectConfig,
+    pub reward_model: RewardModelConfig,
+    pub ppo: PpoStageConfig,
+    pub monitor: MonitorConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorldConfig {
+    /// Share of prompts held out from every stage's training.
+    pub held_out: f64,
+    /// SFT responses per training prompt.
+    pub sft_responses_per_prompt: usize,
+    /// Share of each response style in the SFT data.
+    pub style_mix: StyleMix,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub intermediate_size: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SftConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CollectConfig {
+    /// Training prompts to collect rankings for (0: all).
+    pub train_prompts: usize,
+    /// Responses ranked per prompt (K).
+    pub k: usize,
+    pub temperature: f64,
+    /// Number of simulated annotators; rankings go to them in turn.
+    pub annotators: usize,
+    /// Plackett–Luce temperature of the annotators' noise.
+    pub annotator_temperature: f64,
+    /// Planted bias: utility the annotators add per sentence beyond the first.
+    pub length_bias: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RewardModelConfig {
+    pub epochs: usize,
+    /// Rankings per optimizer step.
+    pub batch_rankings: usize,
+    pub learning_rate: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PpoStageConfig {
+    pub steps: usize,
+    pub prompts_per_step: usize,
+    pub max_new_tokens: usize,
+    /// Evaluate on held-out prompts (and checkpoint) every this many steps.
+    pub eval_every: usize,
+    /// Responses per held-out prompt in each evaluation.
+    pub eval_samples_per_prompt: usize,
+    pub algorithm: PpoConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MonitorConfig {
+    /// Alarm when held-out responses grow longer than this multiple of the SFT model's.
+    pub max_length_ratio: f64,
+    /// The band the sequence KL to the SFT model must stay in, `[low, high]` nats.
+    pub kl_band: [f64; 2],
+    /// Evaluations over which proxy reward and gold win rate are compared.
+    pub window: usize,
+    /// Alarm when proxy reward rises by more than this over the window while gold win rate does not rise.
+    pub min_reward_rise: f64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            seed: 0,
+            world: WorldConfig::default(),
+            model: ModelConfig::default(),
+            sft: SftConfig::default(),
+            collect: CollectConfig::default(),
+            reward_model: RewardModelConfig::default(),
+            ppo: PpoStageConfig::default(),
+            monitor: MonitorConfig::default(),
+        }
+    }
+}
+
+impl Default for WorldConfig {
+    fn default() -> Self {
+        WorldConfig { held_out: 0.2, sft_responses_per_prompt: 6, style_mix: StyleMix::default() }
+    }
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            hidden_size: 128,
+            num_hidden_layers: 3,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            intermediate_size: 344,
+        }
+    }
+}
+
+impl Default for SftConfig {
+    fn default() -> Self {
+        SftConfig { epochs: 6, batch_size: 32, learning_rate: 2e-3 }
+    }
+}
+
+impl Default for CollectConfig {
+    fn default() -> Self {
+        CollectConfig {
+            train_prompts: 0,
+            k: 4,
+            temperature: 1.0,
+            annotators: 3,
+            annotator_temperature: 0.5,
+            length_bias: 0.0,
+        }
+    }
+}
+
+impl Default for RewardModelConfig {
+    fn default() -> Self {
+        RewardModelConfig { epochs: 3, batch_rankings: 16, learning_rate: 5e-4 }
+    }
+}
+
+impl Default for PpoStageConfig {
+    fn default() -> Self {
+        PpoStageConfig {
+            steps: 40,
+            prompts_per_step: 64,
+            max_new_tokens: 48,
+            eval_every: 5,
+            eval_samples_per_prompt: 2,
+            algorithm: PpoConfig::default(),
+        }
+    }
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig { max_length_ratio: 1.5, kl_band: [0.0, 10.0], window: 3, min_reward_rise: 0.3 }
+    }
+}
+
+impl PipelineConfig {
+    /// Reads a JSON config; unknown fields and out-of-range values are errors naming the field.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let config: PipelineConfig =
+            serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let fail = |msg: &str| Err(Error::Config(msg.to_string()));
+        if !(0.0..0.9).contains(&self.world.held_out) {
+            return fail("world.held_out must be in [0, 0.9)");
+        }
+        if self.collect.k < 2 {
+            return fail("collect.k must be at least 2: a ranking compares responses");
+        }
+        if self.collect.annotators == 0 {
+            return fail("collect.annotators must be at least 1");
+        }
+        if self.sft.batch_size == 0 || self.reward_model.batch_rankings == 0 || self.ppo.prompts_per_step == 0 {
+            return fail("batch sizes must be positive");
+        }
+        if self.ppo.eval_every == 0 || self.ppo.max_new_tokens == 0 || self.ppo.eval_samples_per_prompt == 0 {
+            return fail("ppo.eval_every, ppo.max_new_tokens and ppo.eval_samples_per_prompt must be positive");
+        }
+        let rates = [self.sft.learning_rate, self.reward_model.learning_rate, self.ppo.algorithm.learning_rate];
+        if rates.iter().any(|r| !(r.is_finite() && *r > 0.0)) {
+            return fail("learning rates must be positive and finite");
+        }
+        if self.monitor.kl_band[0] > self.monitor.kl_band[1] || self.monitor.window == 0 {
+            return fail("monitor.kl_band must be [low, high] with low <= high, and monitor.window positive");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,147 @@
+//! Held-out evaluation against the gold preference, and the reward-hacking alarm.
+//!
+//! Every evaluation samples responses to the held-out prompts from the current policy and
+//! compares each with the SFT model's response to the same prompt under the gold preference
+//! (win 1, tie ½, loss 0). The proxy reward (the reward model's score) of the same responses is
+//! recorded beside it: reward hacking is the proxy rising while the gold win rate does not.
+
+use std::collections::BTreeMap;
+
+use policy_generator::{GenerateRequest, PolicyGenerator, PromptTokens};
+use reward_scorer::RewardScorer;
+use rlhf_model::SamplingParams;
+use rlhf_world::gold::{self, AnswerType};
+use rlhf_world::{Prompt, Split};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{MonitorConfig, PipelineConfig};
+use crate::task::Task;
+use crate::Result;
+
+/// One evaluation of the policy on the held-out prompts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalPoint {
+    pub step: u64,
+    /// Gold-preference win rate against the SFT model's responses (ties count half).
+    pub gold_win_rate: f64,
+    /// Mean normalised reward-model score.
+    pub proxy_reward: f64,
+    /// Mean sequence KL(π ‖ π_SFT) of the sampled responses, Σ_t log π − log π_SFT.
+    pub kl_to_sft: f64,
+    /// Mean response length in tokens (end token included).
+    pub mean_length: f64,
+    /// Share of each answer type.
+    pub answer_types: BTreeMap<String, f64>,
+    /// A few responses to read.
+    pub samples: Vec<Sample>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub prompt: String,
+    pub response: String,
+    pub answer_type: String,
+}
+
+/// Evaluates policies on the held-out prompts against fixed SFT responses.
+#[derive(Debug)]
+pub struct Evaluator {
+    prompts: Vec<Prompt>,
+    request: GenerateRequest,
+    baseline: Vec<String>,
+}
+
+impl Evaluator {
+    /// Samples the SFT model's responses once; every later evaluation uses the same seed, so
+    /// policy and baseline share their random numbers and only the weights differ.
+    pub fn new(task: &Task, config: &PipelineConfig, sft: &PolicyGenerator) -> Result<Self> {
+        let prompts: Vec<Prompt> = task.prompts(Split::HeldOut).into_iter().cloned().collect();
+        let request = GenerateRequest {
+            request_id: "eval".into(),
+            prompts: prompts
+                .iter()
+                .map(|p| Ok(PromptTokens { prompt_id: p.id.clone(), tokens: task.encode_prompt(p)? }))
+                .collect::<Result<_>>()?,
+            sampling: SamplingParams {
+                temperature: 1.0,
+                max_new_tokens: config.ppo.max_new_tokens,
+                stop_tokens: vec![task.tokenizer.eos_id],
+                seed: config.seed ^ 0xe7a1,
+                ..SamplingParams::default()
+            },
+            samples_per_prompt: config.ppo.eval_samples_per_prompt,
+        };
+        let baseline = sft
+            .generate(&request)?
+            .iter()
+            .map(|r| task.decode(&r.response_tokens))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Evaluator { prompts, request, baseline })
+    }
+
+    pub fn evaluate(&self, task: &Task, policy: &PolicyGenerator, scorer: &RewardScorer, step: u64) -> Result<EvalPoint> {
+        let rollouts = policy.generate(&self.request)?;
+        let scored = scorer.score(&rollouts)?;
+        let k = self.request.samples_per_prompt;
+        let (mut wins, mut kl, mut length) = (0.0, 0.0, 0.0);
+        let mut types: BTreeMap<String, f64> = AnswerType::ALL.iter().map(|t| (t.name().to_string(), 0.0)).collect();
+        let mut samples = vec![];
+        for (i, s) in scored.iter().enumerate() {
+            let prompt = &self.prompts[i / k];
+            let fact = task.world.fact_of(prompt);
+            let text = task.decode(&s.rollout.response_tokens)?;
+            let answer = gold::classify(&task.world, fact, &text);
+            *types.get_mut(answer.name()).expect("every type listed") += 1.0;
+            wins += gold::gold_win(&task.world, fact, &text, &self.baseline[i]);
+            kl += s.rollout.behaviour_logprobs.iter().zip(&s.reference_logprobs).map(|(p, r)| (p - r) as f64).sum::<f64>();
+            length += s.rollout.response_tokens.len() as f64;
+            if i % k == 0 && samples.len() < 12 {
+                samples.push(Sample { prompt: prompt.text.clone(), response: text, answer_type: answer.name().into() });
+            }
+        }
+        let n = scored.len() as f64;
+        types.values_mut().for_each(|v| *v /= n);
+        Ok(EvalPoint {
+            step,
+            gold_win_rate: wins / n,
+            proxy_reward: scored.iter().map(|s| s.score as f64).sum::<f64>() / n,
+            kl_to_sft: kl / n,
+            mean_length: length / n,
+            answer_types: types,
+            samples,
+        })
+    }
+}
+
+/// The reward-hacking alarm: fires when responses grow too long, KL leaves its band, or the
+/// proxy reward keeps rising while the gold win rate stalls or falls.
+pub fn check_alarms(config: &MonitorConfig, evals: &[EvalPoint]) -> Vec<String> {
+    let (Some(first), Some(last)) = (evals.first(), evals.last()) else {
+        return vec![];
+    };
+    let mut alarms = vec![];
+    let ratio = last.mean_length / first.mean_length.max(1e-9);
+    if ratio > config.max_length_ratio {
+        alarms.push(format!(
+            "step {}: held-out responses are {ratio:.2}x as long as the SFT model's (bound {:.2}x)",
+            last.step, config.max_length_ratio
+        ));
+    }
+    if last.kl_to_sft > config.kl_band[1] {
+        alarms.push(format!(
+            "step {}: KL to the SFT model is {:.2} nats, above the band's {:.2}",
+            last.step, last.kl_to_sft, config.kl_band[1]
+        ));
+    }
+    if evals.len() > config.window {
+        let earlier = &evals[evals.len() - 1 - config.window];
+        let rise = last.proxy_reward - earlier.proxy_reward;
+        if rise > config.min_reward_rise && last.gold_win_rate <= earlier.gold_win_rate {
+            alarms.push(format!(
+                "step {}: proxy reward rose by {rise:.2} since step {} while the gold win rate went from {:.3} to {:.3}",
+                last.step, earlier.step, earlier.gold_win_rate, last.gold_win_rate
+            ));
+        }
+    }
+    alarms
+}

@@ -1,0 +1,85 @@
+//! The stages in order: each records its result in `state.json`; `run_all` with `resume`
+//! skips the finished ones and PPO continues from its last checkpoint.
+
+use crate::report;
+use crate::run_dir::RunDir;
+use crate::{Error, Result, collect, ppo, reward, sft};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Sft,
+    Collect,
+    RewardModel,
+    Ppo,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 4] = [Stage::Sft, Stage::Collect, Stage::RewardModel, Stage::Ppo];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Sft => "sft",
+            Stage::Collect => "collect",
+            Stage::RewardModel => "rm",
+            Stage::Ppo => "ppo",
+        }
+    }
+}
+
+/// Runs one stage and records its result; then refreshes the report.
+pub fn run_stage(run: &RunDir, stage: Stage) -> Result<()> {
+    let config = run.config()?;
+    let started = std::time::Instant::now();
+    eprintln!("stage {}: starting", stage.name());
+    match stage {
+        Stage::Sft => {
+            let result = sft::run(run, &config)?;
+            let mut state = run.state()?;
+            state.sft = Some(result);
+            run.save_state(&state)?;
+        }
+        Stage::Collect => {
+            let result = collect::run(run, &config)?;
+            let mut state = run.state()?;
+            state.collect = Some(result);
+            run.save_state(&state)?;
+        }
+        Stage::RewardModel => {
+            if run.state()?.collect.is_none() {
+                return Err(Error::MissingStage { stage: "rm", missing: "collect" });
+            }
+            let result = reward::run(run, &config)?;
+            let mut state = run.state()?;
+            state.reward_model = Some(result);
+            run.save_state(&state)?;
+        }
+        Stage::Ppo => {
+            let result = ppo::run(run, &config)?;
+            let mut state = run.state()?;
+            state.ppo = Some(result);
+            state.ppo_progress = None;
+            run.save_state(&state)?;
+        }
+    }
+    eprintln!("stage {}: done in {:.1} s", stage.name(), started.elapsed().as_secs_f64());
+    report::write(run)
+}
+
+/// Runs every stage not yet finished (all of them on a fresh run).
+pub fn run_all(run: &RunDir) -> Result<()> {
+    for stage in Stage::ALL {
+        let state = run.state()?;
+        let done = match stage {
+            Stage::Sft => state.sft.is_some(),
+            Stage::Collect => state.collect.is_some(),
+            Stage::RewardModel => state.reward_model.is_some(),
+            Stage::Ppo => state.ppo.is_some(),
+        };
+        if done {
+            eprintln!("stage {}: already finished, skipped", stage.name());
+            continue;
+        }
+        run_stage(run, stage)?;
+    }
+    Ok(())
+}

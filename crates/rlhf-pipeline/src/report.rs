@@ -1,0 +1,189 @@
+//! `summary.json` (the figures people check) and `report.html` (the plots people look at).
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::run_dir::RunDir;
+use crate::Result;
+
+mod svg;
+
+/// The headline figures of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub rm_heldout_accuracy: Option<f64>,
+    pub rm_noise_ceiling: Option<f64>,
+    pub rm_accuracy_vs_ceiling: Option<f64>,
+    pub gold_win_rate_vs_sft: Option<f64>,
+    pub kl_to_sft: Option<f64>,
+    pub kl_band: [f64; 2],
+    pub kl_within_band: Option<bool>,
+    pub hacking_alarm: bool,
+    pub alarms: Vec<String>,
+    pub answer_types_sft: Option<std::collections::BTreeMap<String, f64>>,
+    pub answer_types_ppo: Option<std::collections::BTreeMap<String, f64>>,
+    pub stage_seconds: std::collections::BTreeMap<String, f64>,
+}
+
+pub fn summary(run: &RunDir) -> Result<Summary> {
+    let config = run.config()?;
+    let state = run.state()?;
+    let rm = state.reward_model.as_ref();
+    let ppo = state.ppo.as_ref();
+    let mut stage_seconds = std::collections::BTreeMap::new();
+    if let Some(s) = &state.sft {
+        stage_seconds.insert("sft".into(), s.seconds);
+    }
+    if let Some(s) = &state.collect {
+        stage_seconds.insert("collect".into(), s.seconds);
+    }
+    if let Some(s) = rm {
+        stage_seconds.insert("rm".into(), s.seconds);
+    }
+    if let Some(s) = ppo {
+        stage_seconds.insert("ppo".into(), s.seconds);
+    }
+    let band = config.monitor.kl_band;
+    Ok(Summary {
+        rm_heldout_accuracy: rm.map(|r| r.heldout_accuracy),
+        rm_noise_ceiling: rm.map(|r| r.noise_ceiling),
+        rm_accuracy_vs_ceiling: rm.map(|r| r.heldout_accuracy / r.noise_ceiling),
+        gold_win_rate_vs_sft: ppo.map(|p| p.final_eval.gold_win_rate),
+        kl_to_sft: ppo.map(|p| p.kl_to_sft),
+        kl_band: band,
+        kl_within_band: ppo.map(|p| p.kl_to_sft >= band[0] && p.kl_to_sft <= band[1]),
+        hacking_alarm: ppo.is_some_and(|p| !p.alarms.is_empty())
+            || state.ppo_progress.as_ref().is_some_and(|p| !p.alarms.is_empty()),
+        alarms: ppo.map(|p| p.alarms.clone()).unwrap_or_default(),
+        answer_types_sft: ppo.map(|p| p.baseline_eval.answer_types.clone()),
+        answer_types_ppo: ppo.map(|p| p.final_eval.answer_types.clone()),
+        stage_seconds,
+    })
+}
+
+/// Writes `summary.json` and `report.html` for whatever stages have finished.
+pub fn write(run: &RunDir) -> Result<()> {
+    let summary = summary(run)?;
+    run.write_json("summary.json", &summary)?;
+    let html = html(run, &summary)?;
+    std::fs::write(run.path("report.html"), html).map_err(|e| crate::Error::Io(e.to_string()))
+}
+
+fn series(metrics: &[Value], stage: &str, x: &str, y: &str) -> Vec<(f64, f64)> {
+    metrics
+        .iter()
+        .filter(|m| m["stage"] == stage)
+        .filter_map(|m| Some((m[x].as_f64()?, m[y].as_f64()?)))
+        .collect()
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+fn html(run: &RunDir, summary: &Summary) -> Result<String> {
+    let metrics = run.metrics()?;
+    let state = run.state()?;
+    let mut body = String::new();
+    body.push_str("<h1>RLHF run report</h1>");
+    body.push_str(&format!("<p>Run directory: <code>{}</code></p>", escape(&run.root().display().to_string())));
+    let fmt = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.3}"));
+    body.push_str("<h2>Summary</h2><table>");
+    for (k, v) in [
+        ("reward-model held-out accuracy", fmt(summary.rm_heldout_accuracy)),
+        ("annotator noise ceiling", fmt(summary.rm_noise_ceiling)),
+        ("accuracy / ceiling", fmt(summary.rm_accuracy_vs_ceiling)),
+        ("gold win rate of PPO vs SFT", fmt(summary.gold_win_rate_vs_sft)),
+        ("KL to SFT (nats / sequence)", fmt(summary.kl_to_sft)),
+        ("KL band", format!("[{}, {}]", summary.kl_band[0], summary.kl_band[1])),
+        ("reward-hacking alarm", if summary.hacking_alarm { "FIRED".into() } else { "quiet".into() }),
+    ] {
+        body.push_str(&format!("<tr><th>{k}</th><td>{v}</td></tr>"));
+    }
+    for (stage, secs) in &summary.stage_seconds {
+        body.push_str(&format!("<tr><th>{stage} wall time</th><td>{secs:.1} s</td></tr>"));
+    }
+    body.push_str("</table>");
+    for alarm in &summary.alarms {
+        body.push_str(&format!("<p class=alarm>⚠ {}</p>", escape(alarm)));
+    }
+
+    body.push_str("<h2>Training losses</h2><div class=row>");
+    body.push_str(&svg::line_chart("SFT loss", "step", &[("loss", series(&metrics, "sft", "step", "loss"))], None));
+    body.push_str(&svg::line_chart("Reward-model loss", "step", &[("loss", series(&metrics, "rm", "step", "loss"))], None));
+    body.push_str("</div>");
+    if let Some(rm) = &state.reward_model {
+        body.push_str(&svg::bar_chart(
+            "Reward-model pairwise accuracy",
+            &[
+                ("train".into(), rm.train_accuracy),
+                ("held-out".into(), rm.heldout_accuracy),
+                ("noise ceiling".into(), rm.noise_ceiling),
+            ],
+            1.0,
+        ));
+    }
+    body.push_str("<h2>PPO</h2><div class=row>");
+    body.push_str(&svg::line_chart(
+        "Proxy reward (normalised RM score)",
+        "step",
+        &[("train", series(&metrics, "ppo", "step", "reward")), ("held-out", series(&metrics, "eval", "step", "proxy_reward"))],
+        None,
+    ));
+    body.push_str(&svg::line_chart(
+        "Gold win rate vs SFT (held-out)",
+        "step",
+        &[("win rate", series(&metrics, "eval", "step", "gold_win_rate"))],
+        Some((0.0, 1.0)),
+    ));
+    body.push_str(&svg::line_chart("KL to SFT (nats / sequence)", "step", &[("kl", series(&metrics, "ppo", "step", "kl"))], None));
+    body.push_str(&svg::line_chart(
+        "Response length (tokens)",
+        "step",
+        &[("train", series(&metrics, "ppo", "step", "response_length")), ("held-out", series(&metrics, "eval", "step", "mean_length"))],
+        None,
+    ));
+    body.push_str(&svg::line_chart(
+        "Policy entropy, clip fraction, approx. KL",
+        "step",
+        &[
+            ("entropy", series(&metrics, "ppo", "step", "entropy")),
+            ("clip fraction", series(&metrics, "ppo", "step", "clip_fraction")),
+            ("approx KL", series(&metrics, "ppo", "step", "approx_kl")),
+        ],
+        None,
+    ));
+    body.push_str(&svg::line_chart("Value loss", "step", &[("value loss", series(&metrics, "ppo", "step", "value_loss"))], None));
+    body.push_str("</div>");
+    if let Some(ppo) = &state.ppo {
+        body.push_str("<h2>Answer types on held-out prompts</h2>");
+        let groups: Vec<(String, Vec<(String, f64)>)> = ppo
+            .baseline_eval
+            .answer_types
+            .keys()
+            .map(|k| {
+                (k.clone(), vec![("SFT".into(), ppo.baseline_eval.answer_types[k]), ("PPO".into(), ppo.final_eval.answer_types[k])])
+            })
+            .collect();
+        body.push_str(&svg::grouped_bars("Share of responses", &groups));
+        body.push_str("<h2>Sample responses (held-out)</h2><table><tr><th>prompt</th><th>SFT</th><th>PPO</th></tr>");
+        for (a, b) in ppo.baseline_eval.samples.iter().zip(&ppo.final_eval.samples) {
+            body.push_str(&format!(
+                "<tr><td>{}</td><td>{} <small>({})</small></td><td>{} <small>({})</small></td></tr>",
+                escape(&a.prompt),
+                escape(&a.response),
+                a.answer_type,
+                escape(&b.response),
+                b.answer_type
+            ));
+        }
+        body.push_str("</table>");
+    }
+    Ok(format!(
+        "<!doctype html><html><head><meta charset=utf-8><title>RLHF report</title><style>
+body{{font-family:system-ui,sans-serif;margin:2em;max-width:1300px;color:#222}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}}
+.row{{display:flex;flex-wrap:wrap;gap:12px}}.alarm{{color:#b00;font-weight:bold}}svg{{background:#fff;border:1px solid #ddd}}
+</style></head><body>{body}</body></html>"
+    ))
+}

@@ -1,0 +1,181 @@
+//! Stage 3, the reward model: the SFT network with a scalar head, trained on whole rankings with
+//! the K-way loss (each prompt's C(K,2) pairs averaged, as InstructGPT did).
+//!
+//! Its held-out pairwise accuracy is reported beside the annotators' noise ceiling: how often
+//! the gold utility itself agrees with the same noisy labels (ties count half in both).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
+use preference_store::PreferenceStore;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use reward_scorer::RewardScorer;
+use rlhf_model::{Kernels, Llama, RewardHead, SequenceBatch, ranking_loss, seeded_var_builder};
+use rlhf_types::Ranking;
+use rlhf_world::{Split, gold};
+use serde_json::json;
+
+use crate::collect::open_store;
+use crate::config::PipelineConfig;
+use crate::progress::bar;
+use crate::run_dir::{RewardModelResult, RunDir};
+use crate::task::Task;
+use crate::{Error, Result};
+
+/// Prompt tokens by prompt id, for every prompt of the world.
+pub type PromptTokens = HashMap<String, Vec<u32>>;
+
+pub fn prompt_tokens(task: &Task) -> Result<PromptTokens> {
+    task.world.prompts.iter().map(|p| Ok((p.id.clone(), task.encode_prompt(p)?))).collect()
+}
+
+/// The (prompt, response) rows of some rankings, all responses of each in order.
+fn rows<'a>(rankings: &[&'a Ranking], prompts: &'a PromptTokens) -> Vec<(&'a [u32], &'a [u32])> {
+    rankings
+        .iter()
+        .flat_map(|r| r.responses.iter().map(move |x| (prompts[&r.prompt_id].as_slice(), x.tokens.as_slice())))
+        .collect()
+}
+
+/// Raw scores of every response of `rankings`, one `Vec` per ranking.
+pub fn score_rankings(scorer: &RewardScorer, rankings: &[&Ranking], prompts: &PromptTokens) -> Result<Vec<Vec<f32>>> {
+    let mut out = Vec::with_capacity(rankings.len());
+    for chunk in rankings.chunks(16) {
+        let scores = scorer.raw_scores(&rows(chunk, prompts))?;
+        let mut at = 0;
+        for r in chunk {
+            out.push(scores[at..at + r.responses.len()].to_vec());
+            at += r.responses.len();
+        }
+    }
+    Ok(out)
+}
+
+/// Share of the ranked pairs whose winner `score(ranking, response)` puts strictly higher
+/// (ties count half).
+pub fn agreement(rankings: &[&Ranking], score: impl Fn(usize, usize) -> f64) -> f64 {
+    let (mut sum, mut n) = (0.0, 0usize);
+    for (i, r) in rankings.iter().enumerate() {
+        for (a, &w) in r.order.iter().enumerate() {
+            for &l in &r.order[a + 1..] {
+                let (sw, sl) = (score(i, w), score(i, l));
+                sum += if sw > sl {
+                    1.0
+                } else if sw == sl {
+                    0.5
+                } else {
+                    0.0
+                };
+                n += 1;
+            }
+        }
+    }
+    if n == 0 { 0.0 } else { sum / n as f64 }
+}
+
+/// A scorer serving the run's reward model (and the SFT model as reference).
+pub fn load_scorer(run: &RunDir) -> Result<RewardScorer> {
+    for (stage, dir) in [("sft", "sft"), ("rm", "rm")] {
+        if !run.path(dir).exists() {
+            return Err(Error::MissingStage { stage: "ppo", missing: stage });
+        }
+    }
+    let rm = rlhf_data::load_checkpoint(&run.path("rm"))?;
+    let sft = rlhf_data::load_checkpoint(&run.path("sft"))?;
+    Ok(RewardScorer::new(&rm.config, rm.tensors, &sft.config, sft.tensors, sft.tokenizer.pad_id)?)
+}
+
+pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<RewardModelResult> {
+    let start = Instant::now();
+    let task = Task::load(run, config)?;
+    if !run.path("sft").exists() {
+        return Err(Error::MissingStage { stage: "rm", missing: "sft" });
+    }
+    let store = open_store(run, &task)?;
+    let rankings = store.rankings(None)?;
+    if rankings.is_empty() {
+        return Err(Error::MissingStage { stage: "rm", missing: "collect" });
+    }
+    let split_of = |r: &Ranking| task.world.prompt(&r.prompt_id).map(|p| p.split);
+    let train: Vec<&Ranking> = rankings.iter().filter(|r| split_of(r) == Some(Split::Train)).collect();
+    let held: Vec<&Ranking> = rankings.iter().filter(|r| split_of(r) == Some(Split::HeldOut)).collect();
+    let prompts = prompt_tokens(&task)?;
+
+    // Initialise from SFT; the score head is the only new weight.
+    let sft = rlhf_data::load_checkpoint(&run.path("sft"))?;
+    let varmap = VarMap::new();
+    {
+        let mut data = varmap.data().lock().expect("fresh VarMap");
+        for (name, t) in sft.tensors {
+            data.insert(name, Var::from_tensor(&t)?);
+        }
+    }
+    let vb = seeded_var_builder(&varmap, config.seed ^ 0x4e3, DType::F32, &Device::Cpu);
+    let model = Llama::new(&sft.config, vb.clone())?;
+    let head = RewardHead::new(sft.config.hidden_size, vb)?;
+    let lr = config.reward_model.learning_rate;
+    let mut optimizer = AdamW::new(varmap.all_vars(), ParamsAdamW { lr, weight_decay: 0.0, ..Default::default() })?;
+
+    let per_step = config.reward_model.batch_rankings;
+    let total = train.len().div_ceil(per_step) * config.reward_model.epochs;
+    let progress = bar(total as u64, "rm");
+    let mut rng = StdRng::seed_from_u64(config.seed ^ 0x7e3);
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    let mut step = 0;
+    for _ in 0..config.reward_model.epochs {
+        order.shuffle(&mut rng);
+        for chunk in order.chunks(per_step) {
+            let group: Vec<&Ranking> = chunk.iter().map(|&i| train[i]).collect();
+            let batch = SequenceBatch::new(&rows(&group, &prompts), task.tokenizer.pad_id, &Device::Cpu)?;
+            let hidden = model.hidden_states(&batch.ids, &batch.attention_mask, Kernels::Differentiable)?;
+            let rewards = head.forward(&hidden, &batch.attention_mask)?;
+            let mut offset = 0;
+            let orders: Vec<Vec<usize>> = group
+                .iter()
+                .map(|r| {
+                    let o = r.order.iter().map(|&i| i + offset).collect();
+                    offset += r.responses.len();
+                    o
+                })
+                .collect();
+            let loss = ranking_loss(&rewards, &orders)?;
+            optimizer.set_learning_rate(crate::sft::learning_rate(lr, step, total));
+            optimizer.backward_step(&loss)?;
+            step += 1;
+            let loss = loss.to_scalar::<f32>()? as f64;
+            run.metric(&json!({"stage": "rm", "step": step, "loss": loss}))?;
+            progress.set_message(format!("loss {loss:.3}"));
+            progress.inc(1);
+        }
+    }
+    progress.finish_and_clear();
+    rlhf_data::save_checkpoint(&run.path("rm"), &varmap, &sft.config, &task.tokenizer)?;
+
+    // Evaluate through the same scorer PPO will use.
+    let scorer = load_scorer(run)?;
+    let held_scores = score_rankings(&scorer, &held, &prompts)?;
+    let train_scores = score_rankings(&scorer, &train, &prompts)?;
+    let heldout_accuracy = agreement(&held, |i, j| held_scores[i][j] as f64);
+    let train_accuracy = agreement(&train, |i, j| train_scores[i][j] as f64);
+    let noise_ceiling = agreement(&held, |i, j| {
+        let fact = task.world.fact_of(task.world.prompt(&held[i].prompt_id).expect("registered prompt"));
+        gold::utility(gold::classify(&task.world, fact, &held[i].responses[j].text))
+    });
+    let all: Vec<f64> = train_scores.iter().flatten().map(|&s| s as f64).collect();
+    let mean = all.iter().sum::<f64>() / all.len().max(1) as f64;
+    let std = (all.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / all.len().max(1) as f64).sqrt();
+    run.metric(&json!({"stage": "rm_eval", "heldout_accuracy": heldout_accuracy, "noise_ceiling": noise_ceiling,
+                       "train_accuracy": train_accuracy}))?;
+    Ok(RewardModelResult {
+        heldout_accuracy,
+        noise_ceiling,
+        train_accuracy,
+        score_mean: mean as f32,
+        score_std: std as f32,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,155 @@
+//! The run directory: everything a run writes, and what a resumed run reads back.
+//!
+//! ```text
+//! runs/<run-id>/
+//!   config.json          the PipelineConfig the run was started with
+//!   state.json           which stages finished, and their results
+//!   tokenizer.json
+//!   sft/ rm/ ppo/        checkpoints (model.safetensors + config.json + tokenizer.json)
+//!   preferences.sqlite   every ranking, whole
+//!   metrics.jsonl        one line per training step and evaluation
+//!   report.html summary.json
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::PipelineConfig;
+use crate::eval::EvalPoint;
+use crate::{Error, Result};
+
+/// Results of the stages that finished, persisted after each one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunState {
+    pub sft: Option<SftResult>,
+    pub collect: Option<CollectResult>,
+    pub reward_model: Option<RewardModelResult>,
+    pub ppo: Option<PpoResult>,
+    /// PPO progress of an unfinished PPO stage, for `--resume`.
+    pub ppo_progress: Option<PpoProgress>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SftResult {
+    pub final_loss: f64,
+    pub examples: usize,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CollectResult {
+    pub rankings: u64,
+    pub pairs: u64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RewardModelResult {
+    pub heldout_accuracy: f64,
+    pub noise_ceiling: f64,
+    pub train_accuracy: f64,
+    /// Mean and standard deviation of raw scores of the SFT policy's responses.
+    pub score_mean: f32,
+    pub score_std: f32,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PpoResult {
+    pub steps: u64,
+    pub seconds: f64,
+    pub final_eval: EvalPoint,
+    pub baseline_eval: EvalPoint,
+    pub kl_to_sft: f64,
+    pub alarms: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PpoProgress {
+    pub step: u64,
+    pub version: u64,
+    pub kl: rlhf_model::KlController,
+    pub seconds: f64,
+    pub evals: Vec<EvalPoint>,
+    pub alarms: Vec<String>,
+}
+
+/// A run directory on disk.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    root: PathBuf,
+}
+
+impl RunDir {
+    /// Creates `root` for a new run, writing `config`; refuses a directory that already holds a run.
+    pub fn create(root: &Path, config: &PipelineConfig) -> Result<Self> {
+        if root.join("config.json").exists() {
+            return Err(Error::RunDir(format!(
+                "{} already holds a run; pass --resume to continue it or choose another --run-dir",
+                root.display()
+            )));
+        }
+        std::fs::create_dir_all(root).map_err(|e| Error::RunDir(format!("{}: {e}", root.display())))?;
+        let dir = RunDir { root: root.to_path_buf() };
+        dir.write_json("config.json", config)?;
+        dir.write_json("state.json", &RunState::default())?;
+        Ok(dir)
+    }
+
+    /// Opens an existing run.
+    pub fn open(root: &Path) -> Result<Self> {
+        if !root.join("config.json").exists() {
+            return Err(Error::RunDir(format!("{} holds no run (no config.json)", root.display())));
+        }
+        Ok(RunDir { root: root.to_path_buf() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    pub fn config(&self) -> Result<PipelineConfig> {
+        PipelineConfig::load(&self.path("config.json"))
+    }
+
+    pub fn state(&self) -> Result<RunState> {
+        self.read_json("state.json")
+    }
+
+    pub fn save_state(&self, state: &RunState) -> Result<()> {
+        self.write_json("state.json", state)
+    }
+
+    /// Appends one metrics record (a JSON object with at least `stage`).
+    pub fn metric(&self, record: &serde_json::Value) -> Result<()> {
+        Ok(rlhf_data::jsonl::append(&self.path("metrics.jsonl"), record)?)
+    }
+
+    pub fn metrics(&self) -> Result<Vec<serde_json::Value>> {
+        let path = self.path("metrics.jsonl");
+        if !path.exists() {
+            return Ok(vec![]);
+        }
+        Ok(rlhf_data::jsonl::read(&path)?)
+    }
+
+    pub fn read_json<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<T> {
+        let path = self.path(name);
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::RunDir(format!("{}: {e}", path.display())))?;
+        serde_json::from_str(&text).map_err(|e| Error::RunDir(format!("{}: {e}", path.display())))
+    }
+
+    /// Writes through a temporary file and a rename, so a crash never leaves half a file.
+    pub fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
+        let path = self.path(name);
+        let tmp = self.path(&format!(".{name}.tmp"));
+        let text = serde_json::to_string_pretty(value).map_err(|e| Error::RunDir(e.to_string()))?;
+        std::fs::write(&tmp, text).map_err(|e| Error::RunDir(format!("{}: {e}", tmp.display())))?;
+        std::fs::rename(&tmp, &path).map_err(|e| Error::RunDir(format!("{}: {e}", path.display())))
+    }
+}

@@ -1,0 +1,83 @@
+//! Stage 1, supervised fine-tuning: next-token cross-entropy on the responses of the SFT data
+//! (prompt tokens are context, not targets).
+
+use std::time::Instant;
+
+use candle_core::{DType, Device};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rlhf_model::{Kernels, Llama, SequenceBatch, masked_mean, next_token_logprobs, seeded_var_builder};
+use rlhf_world::responses::sft_data;
+use serde_json::json;
+
+use crate::config::PipelineConfig;
+use crate::progress::bar;
+use crate::run_dir::{RunDir, SftResult};
+use crate::task::Task;
+use crate::Result;
+
+/// Learning rate at `step` of `total`: linear warm-up over the first 5%, then cosine decay to 10%.
+pub fn learning_rate(base: f64, step: usize, total: usize) -> f64 {
+    let warmup = (total / 20).max(1);
+    if step < warmup {
+        return base * (step + 1) as f64 / warmup as f64;
+    }
+    let progress = (step - warmup) as f64 / (total - warmup).max(1) as f64;
+    base * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()))
+}
+
+pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<SftResult> {
+    let start = Instant::now();
+    let task = Task::load(run, config)?;
+    let model_config = task.model_config(config);
+    let mut rng = StdRng::seed_from_u64(config.seed ^ 0x5f7);
+    let data = sft_data(&task.world, &config.world.style_mix, config.world.sft_responses_per_prompt, &mut rng);
+    let examples: Vec<(Vec<u32>, Vec<u32>)> = data
+        .iter()
+        .map(|e| Ok((task.tokenizer.encode_prompt(&e.prompt)?, task.tokenizer.encode_response(&e.response)?)))
+        .collect::<Result<_>>()?;
+
+    let varmap = VarMap::new();
+    let model = Llama::new(&model_config, seeded_var_builder(&varmap, config.seed, DType::F32, &Device::Cpu))?;
+    let mut optimizer =
+        AdamW::new(varmap.all_vars(), ParamsAdamW { lr: config.sft.learning_rate, weight_decay: 0.01, ..Default::default() })?;
+    let batches_per_epoch = examples.len().div_ceil(config.sft.batch_size);
+    let total = batches_per_epoch * config.sft.epochs;
+    let progress = bar(total as u64, "sft");
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    let (mut step, mut recent) = (0usize, vec![]);
+    for _ in 0..config.sft.epochs {
+        order.shuffle(&mut rng);
+        for chunk in order.chunks(config.sft.batch_size) {
+            let rows: Vec<(&[u32], &[u32])> =
+                chunk.iter().map(|&i| (examples[i].0.as_slice(), examples[i].1.as_slice())).collect();
+            let batch = SequenceBatch::new(&rows, task.tokenizer.pad_id, &Device::Cpu)?;
+            let logits = model.forward(&batch.ids, &batch.attention_mask, Kernels::Differentiable)?;
+            let loss = masked_mean(&next_token_logprobs(&logits, &batch.ids)?, &batch.response_mask)?.neg()?;
+            optimizer.set_learning_rate(learning_rate(config.sft.learning_rate, step, total));
+            optimizer.backward_step(&loss)?;
+            let loss = loss.to_scalar::<f32>()? as f64;
+            recent.push(loss);
+            step += 1;
+            if step % 10 == 0 || step == total {
+                let mean = recent.iter().sum::<f64>() / recent.len() as f64;
+                run.metric(&json!({"stage": "sft", "step": step, "loss": mean}))?;
+                progress.set_message(format!("loss {mean:.3}"));
+                recent.clear();
+            }
+            progress.inc(1);
+        }
+    }
+    progress.finish_and_clear();
+    let final_loss = run
+        .metrics()?
+        .iter()
+        .rev()
+        .find(|m| m["stage"] == "sft")
+        .and_then(|m| m["loss"].as_f64())
+        .unwrap_or(f64::NAN);
+    rlhf_data::save_checkpoint(&run.path("sft"), &varmap, &model_config, &task.tokenizer)?;
+    Ok(SftResult { final_loss, examples: examples.len(), seconds: start.elapsed().as_secs_f64() })
+}

@@ -1,0 +1,105 @@
+//! The stage subcommands: `rlhf sft|collect|rm|ppo|run`, all reading and writing a run directory.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use rlhf_pipeline::{PipelineConfig, RunDir, Stage};
+
+/// Where a run lives and how it is configured.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The run directory (checkpoints, rankings, metrics, report). Default for a new run:
+    /// runs/run-<unix time>; with --resume: the most recent directory under runs/.
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// A JSON file with pipeline settings; any field left out keeps its default
+    /// (see `rlhf config` for all of them). Only read when the run is created.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Seed of everything: weights, data, sampling, annotators (overrides the config file).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Plant a bias in the simulated annotators: utility added per sentence beyond the first
+    /// (0 = none). Invites reward hacking by verbosity (overrides the config file).
+    #[arg(long)]
+    length_bias: Option<f64>,
+    /// Continue the run in --run-dir: finished stages are skipped, PPO resumes from its last
+    /// checkpoint, stored rankings are kept.
+    #[arg(long)]
+    resume: bool,
+}
+
+impl RunArgs {
+    fn config(&self) -> Result<PipelineConfig> {
+        let mut config = match &self.config {
+            Some(path) => PipelineConfig::load(path)?,
+            None => PipelineConfig::default(),
+        };
+        if let Some(seed) = self.seed {
+            config.seed = seed;
+        }
+        if let Some(bias) = self.length_bias {
+            config.collect.length_bias = bias;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Opens the run to continue, or creates a new one.
+    fn open(&self, allow_existing: bool) -> Result<RunDir> {
+        if self.resume {
+            let dir = match &self.run_dir {
+                Some(dir) => dir.clone(),
+                None => latest_run(Path::new("runs"))?,
+            };
+            eprintln!("resuming {}", dir.display());
+            return Ok(RunDir::open(&dir)?);
+        }
+        let dir = self.run_dir.clone().unwrap_or_else(|| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            PathBuf::from(format!("runs/run-{now}"))
+        });
+        if allow_existing && dir.join("config.json").exists() {
+            if self.config.is_some() || self.seed.is_some() || self.length_bias.is_some() {
+                bail!("{} already holds a run with its own config; settings are only read when a run is created", dir.display());
+            }
+            return Ok(RunDir::open(&dir)?);
+        }
+        Ok(RunDir::create(&dir, &self.config()?)?)
+    }
+}
+
+fn latest_run(root: &Path) -> Result<PathBuf> {
+    let mut runs: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(root)
+        .with_context(|| format!("no run to resume: {} cannot be read", root.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("config.json").exists())
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    runs.sort();
+    runs.pop().map(|(_, p)| p).with_context(|| format!("no run to resume under {}", root.display()))
+}
+
+/// `rlhf run`: every stage.
+pub fn run_all(args: &RunArgs) -> Result<()> {
+    let run = args.open(false)?;
+    eprintln!("run directory: {}", run.root().display());
+    rlhf_pipeline::run_all(&run)?;
+    finish(&run)
+}
+
+/// `rlhf sft` and friends: one stage, in a new or existing run directory.
+pub fn run_one(args: &RunArgs, stage: Stage) -> Result<()> {
+    let run = args.open(true)?;
+    eprintln!("run directory: {}", run.root().display());
+    rlhf_pipeline::run_stage(&run, stage)?;
+    finish(&run)
+}
+
+fn finish(run: &RunDir) -> Result<()> {
+    let summary = rlhf_pipeline::report::summary(run)?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    println!("report: {}", run.path("report.html").display());
+    Ok(())
+}
