@@ -59,7 +59,7 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<CollectResult> {
     let task = Task::load(run, config)?;
     let generator = sft_generator(run, "generator-0")?;
     let mut store = open_store(run, &task)?;
-    let done: HashSet<String> = store.rankings(None)?.into_iter().map(|r| r.prompt_id).collect();
+    let done: HashSet<String> = store.rankings(None)?.into_iter().map(|r| r.ranking_id).collect();
 
     let mut rng = StdRng::seed_from_u64(config.seed ^ 0xc011);
     let mut train: Vec<&Prompt> = task.prompts(Split::Train);
@@ -68,29 +68,35 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<CollectResult> {
         train.truncate(config.collect.train_prompts);
     }
     let wanted: Vec<&Prompt> = train.into_iter().chain(task.prompts(Split::HeldOut)).collect();
-    let todo: Vec<&Prompt> = wanted.into_iter().filter(|p| !done.contains(&p.id)).collect();
+    // (prompt, round): each round is a fresh sample of K responses and a fresh ranking.
+    let todo: Vec<(&Prompt, usize)> = (0..config.collect.rounds)
+        .flat_map(|round| wanted.iter().map(move |p| (*p, round)))
+        .filter(|(p, round)| !done.contains(&ranking_id(p, *round)))
+        .collect();
     let annotators = annotators(config);
     let progress = bar(todo.len() as u64, "collect");
-    for (n, chunk) in todo.chunks(PROMPTS_PER_REQUEST).enumerate() {
+    for chunk in todo.chunks(PROMPTS_PER_REQUEST) {
         let prompts: Vec<PromptTokens> = chunk
             .iter()
-            .map(|p| Ok(PromptTokens { prompt_id: p.id.clone(), tokens: task.encode_prompt(p)? }))
+            .map(|(p, _)| Ok(PromptTokens { prompt_id: p.id.clone(), tokens: task.encode_prompt(p)? }))
             .collect::<Result<_>>()?;
-        // The request id names the first prompt, so a resumed run draws fresh, distinct ids.
+        // The request id names the first ranking, so a resumed run draws fresh, distinct ids.
+        let first = ranking_id(chunk[0].0, chunk[0].1);
         let request = GenerateRequest {
-            request_id: format!("collect-{}", chunk[0].id),
+            request_id: format!("collect-{first}"),
             prompts,
             sampling: SamplingParams {
                 temperature: config.collect.temperature,
                 max_new_tokens: config.ppo.max_new_tokens,
                 stop_tokens: vec![task.tokenizer.eos_id],
-                seed: config.seed ^ (n as u64).wrapping_mul(0x9e37_79b9) ^ fnv(&chunk[0].id),
+                seed: config.seed ^ fnv(&first),
                 ..SamplingParams::default()
             },
             samples_per_prompt: config.collect.k,
         };
         let rollouts = generator.generate(&request)?;
-        for (prompt, group) in chunk.iter().zip(rollouts.chunks(config.collect.k)) {
+        for (&(prompt, round), group) in chunk.iter().zip(rollouts.chunks(config.collect.k)) {
+            let id = ranking_id(prompt, round);
             let responses: Vec<RankedResponse> = group
                 .iter()
                 .map(|r| {
@@ -98,12 +104,12 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<CollectResult> {
                     Ok(RankedResponse { response_id: r.rollout_id.clone(), text: task.decode(&tokens)?, tokens })
                 })
                 .collect::<Result<_>>()?;
-            let annotator = &annotators[fnv(&prompt.id) as usize % annotators.len()];
+            let annotator = &annotators[fnv(&id) as usize % annotators.len()];
             let texts: Vec<String> = responses.iter().map(|r| r.text.clone()).collect();
-            let mut rank_rng = StdRng::seed_from_u64(config.seed ^ fnv(&prompt.id));
+            let mut rank_rng = StdRng::seed_from_u64(config.seed ^ fnv(&id));
             let order = annotator.rank(&task.world, task.world.fact_of(prompt), &texts, &mut rank_rng);
             store.submit(&Ranking {
-                ranking_id: format!("ranking-{}", prompt.id),
+                ranking_id: id,
                 prompt_id: prompt.id.clone(),
                 responses,
                 order,
@@ -116,6 +122,10 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<CollectResult> {
     progress.finish_and_clear();
     let stats = store.stats()?;
     Ok(CollectResult { rankings: stats.rankings, pairs: stats.pairs, seconds: start.elapsed().as_secs_f64() })
+}
+
+fn ranking_id(prompt: &Prompt, round: usize) -> String {
+    format!("ranking-{}-{round}", prompt.id)
 }
 
 fn now_ms() -> i64 {

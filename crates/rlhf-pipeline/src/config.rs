@@ -57,6 +57,8 @@ pub struct SftConfig {
 pub struct CollectConfig {
     /// Training prompts to collect rankings for (0: all).
     pub train_prompts: usize,
+    /// Rankings collected per prompt, each over K fresh samples.
+    pub rounds: usize,
     /// Responses ranked per prompt (K).
     pub k: usize,
     pub temperature: f64,
@@ -138,7 +140,7 @@ impl Default for ModelConfig {
 
 impl Default for SftConfig {
     fn default() -> Self {
-        SftConfig { epochs: 6, batch_size: 32, learning_rate: 2e-3 }
+        SftConfig { epochs: 20, batch_size: 32, learning_rate: 3e-3 }
     }
 }
 
@@ -146,6 +148,7 @@ impl Default for CollectConfig {
     fn default() -> Self {
         CollectConfig {
             train_prompts: 0,
+            rounds: 3,
             k: 4,
             temperature: 1.0,
             annotators: 3,
@@ -157,7 +160,7 @@ impl Default for CollectConfig {
 
 impl Default for RewardModelConfig {
     fn default() -> Self {
-        RewardModelConfig { epochs: 3, batch_rankings: 16, learning_rate: 5e-4 }
+        RewardModelConfig { epochs: 6, batch_rankings: 16, learning_rate: 1e-3 }
     }
 }
 
@@ -194,6 +197,9 @@ impl PipelineConfig {
         let fail = |msg: &str| Err(Error::Config(msg.to_string()));
         if !(0.0..0.9).contains(&self.world.held_out) {
             return fail("world.held_out must be in [0, 0.9)");
+        }
+        if self.collect.rounds == 0 {
+            return fail("collect.rounds must be at least 1");
         }
         if self.collect.k < 2 {
             return fail("collect.k must be at least 2: a ranking compares responses");

@@ -14,9 +14,9 @@ use rlhf_world::gold::{self, AnswerType};
 use rlhf_world::{Prompt, Split};
 use serde::{Deserialize, Serialize};
 
+use crate::Result;
 use crate::config::{MonitorConfig, PipelineConfig};
 use crate::task::Task;
-use crate::Result;
 
 /// One evaluation of the policy on the held-out prompts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,15 +71,18 @@ impl Evaluator {
             },
             samples_per_prompt: config.ppo.eval_samples_per_prompt,
         };
-        let baseline = sft
-            .generate(&request)?
-            .iter()
-            .map(|r| task.decode(&r.response_tokens))
-            .collect::<Result<Vec<_>>>()?;
+        let baseline =
+            sft.generate(&request)?.iter().map(|r| task.decode(&r.response_tokens)).collect::<Result<Vec<_>>>()?;
         Ok(Evaluator { prompts, request, baseline })
     }
 
-    pub fn evaluate(&self, task: &Task, policy: &PolicyGenerator, scorer: &RewardScorer, step: u64) -> Result<EvalPoint> {
+    pub fn evaluate(
+        &self,
+        task: &Task,
+        policy: &PolicyGenerator,
+        scorer: &RewardScorer,
+        step: u64,
+    ) -> Result<EvalPoint> {
         let rollouts = policy.generate(&self.request)?;
         let scored = scorer.score(&rollouts)?;
         let k = self.request.samples_per_prompt;
@@ -93,7 +96,13 @@ impl Evaluator {
             let answer = gold::classify(&task.world, fact, &text);
             *types.get_mut(answer.name()).expect("every type listed") += 1.0;
             wins += gold::gold_win(&task.world, fact, &text, &self.baseline[i]);
-            kl += s.rollout.behaviour_logprobs.iter().zip(&s.reference_logprobs).map(|(p, r)| (p - r) as f64).sum::<f64>();
+            kl += s
+                .rollout
+                .behaviour_logprobs
+                .iter()
+                .zip(&s.reference_logprobs)
+                .map(|(p, r)| (p - r) as f64)
+                .sum::<f64>();
             length += s.rollout.response_tokens.len() as f64;
             if i % k == 0 && samples.len() < 12 {
                 samples.push(Sample { prompt: prompt.text.clone(), response: text, answer_type: answer.name().into() });

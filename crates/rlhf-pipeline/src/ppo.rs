@@ -11,9 +11,9 @@ use std::time::Instant;
 
 use policy_generator::{GenerateRequest, PolicyGenerator, PromptTokens};
 use ppo_learner::PpoLearner;
-use rand::{Rng, SeedableRng};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
 use rlhf_model::SamplingParams;
 use rlhf_queue::{InProcessQueue, Queue};
 use rlhf_types::{Rollout, ScoredRollout};
@@ -52,7 +52,8 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<PpoResult> {
         }
         None => (vec![], vec![], 0.0),
     };
-    let generator = PolicyGenerator::new("generator-0", ckpt.config, pad, learner.policy_weights()?, learner.version())?;
+    let generator =
+        PolicyGenerator::new("generator-0", ckpt.config, pad, learner.policy_weights()?, learner.version())?;
     if evals.is_empty() {
         evals.push(evaluator.evaluate(&task, &generator, &scorer, 0)?);
         run.metric(&eval_record(&evals[0]))?;

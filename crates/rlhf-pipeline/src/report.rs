@@ -3,8 +3,8 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::run_dir::RunDir;
 use crate::Result;
+use crate::run_dir::RunDir;
 
 mod svg;
 
@@ -70,11 +70,7 @@ pub fn write(run: &RunDir) -> Result<()> {
 }
 
 fn series(metrics: &[Value], stage: &str, x: &str, y: &str) -> Vec<(f64, f64)> {
-    metrics
-        .iter()
-        .filter(|m| m["stage"] == stage)
-        .filter_map(|m| Some((m[x].as_f64()?, m[y].as_f64()?)))
-        .collect()
+    metrics.iter().filter(|m| m["stage"] == stage).filter_map(|m| Some((m[x].as_f64()?, m[y].as_f64()?))).collect()
 }
 
 fn escape(s: &str) -> String {
@@ -110,7 +106,12 @@ fn html(run: &RunDir, summary: &Summary) -> Result<String> {
 
     body.push_str("<h2>Training losses</h2><div class=row>");
     body.push_str(&svg::line_chart("SFT loss", "step", &[("loss", series(&metrics, "sft", "step", "loss"))], None));
-    body.push_str(&svg::line_chart("Reward-model loss", "step", &[("loss", series(&metrics, "rm", "step", "loss"))], None));
+    body.push_str(&svg::line_chart(
+        "Reward-model loss",
+        "step",
+        &[("loss", series(&metrics, "rm", "step", "loss"))],
+        None,
+    ));
     body.push_str("</div>");
     if let Some(rm) = &state.reward_model {
         body.push_str(&svg::bar_chart(
@@ -127,7 +128,10 @@ fn html(run: &RunDir, summary: &Summary) -> Result<String> {
     body.push_str(&svg::line_chart(
         "Proxy reward (normalised RM score)",
         "step",
-        &[("train", series(&metrics, "ppo", "step", "reward")), ("held-out", series(&metrics, "eval", "step", "proxy_reward"))],
+        &[
+            ("train", series(&metrics, "ppo", "step", "reward")),
+            ("held-out", series(&metrics, "eval", "step", "proxy_reward")),
+        ],
         None,
     ));
     body.push_str(&svg::line_chart(
@@ -136,11 +140,19 @@ fn html(run: &RunDir, summary: &Summary) -> Result<String> {
         &[("win rate", series(&metrics, "eval", "step", "gold_win_rate"))],
         Some((0.0, 1.0)),
     ));
-    body.push_str(&svg::line_chart("KL to SFT (nats / sequence)", "step", &[("kl", series(&metrics, "ppo", "step", "kl"))], None));
+    body.push_str(&svg::line_chart(
+        "KL to SFT (nats / sequence)",
+        "step",
+        &[("kl", series(&metrics, "ppo", "step", "kl"))],
+        None,
+    ));
     body.push_str(&svg::line_chart(
         "Response length (tokens)",
         "step",
-        &[("train", series(&metrics, "ppo", "step", "response_length")), ("held-out", series(&metrics, "eval", "step", "mean_length"))],
+        &[
+            ("train", series(&metrics, "ppo", "step", "response_length")),
+            ("held-out", series(&metrics, "eval", "step", "mean_length")),
+        ],
         None,
     ));
     body.push_str(&svg::line_chart(
@@ -153,7 +165,12 @@ fn html(run: &RunDir, summary: &Summary) -> Result<String> {
         ],
         None,
     ));
-    body.push_str(&svg::line_chart("Value loss", "step", &[("value loss", series(&metrics, "ppo", "step", "value_loss"))], None));
+    body.push_str(&svg::line_chart(
+        "Value loss",
+        "step",
+        &[("value loss", series(&metrics, "ppo", "step", "value_loss"))],
+        None,
+    ));
     body.push_str("</div>");
     if let Some(ppo) = &state.ppo {
         body.push_str("<h2>Answer types on held-out prompts</h2>");
@@ -162,7 +179,13 @@ fn html(run: &RunDir, summary: &Summary) -> Result<String> {
             .answer_types
             .keys()
             .map(|k| {
-                (k.clone(), vec![("SFT".into(), ppo.baseline_eval.answer_types[k]), ("PPO".into(), ppo.final_eval.answer_types[k])])
+                (
+                    k.clone(),
+                    vec![
+                        ("SFT".into(), ppo.baseline_eval.answer_types[k]),
+                        ("PPO".into(), ppo.final_eval.answer_types[k]),
+                    ],
+                )
             })
             .collect();
         body.push_str(&svg::grouped_bars("Share of responses", &groups));

@@ -12,11 +12,11 @@ use rlhf_model::{Kernels, Llama, SequenceBatch, masked_mean, next_token_logprobs
 use rlhf_world::responses::sft_data;
 use serde_json::json;
 
+use crate::Result;
 use crate::config::PipelineConfig;
 use crate::progress::bar;
 use crate::run_dir::{RunDir, SftResult};
 use crate::task::Task;
-use crate::Result;
 
 /// Learning rate at `step` of `total`: linear warm-up over the first 5%, then cosine decay to 10%.
 pub fn learning_rate(base: f64, step: usize, total: usize) -> f64 {
@@ -41,8 +41,10 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<SftResult> {
 
     let varmap = VarMap::new();
     let model = Llama::new(&model_config, seeded_var_builder(&varmap, config.seed, DType::F32, &Device::Cpu))?;
-    let mut optimizer =
-        AdamW::new(varmap.all_vars(), ParamsAdamW { lr: config.sft.learning_rate, weight_decay: 0.01, ..Default::default() })?;
+    let mut optimizer = AdamW::new(
+        varmap.all_vars(),
+        ParamsAdamW { lr: config.sft.learning_rate, weight_decay: 0.01, ..Default::default() },
+    )?;
     let batches_per_epoch = examples.len().div_ceil(config.sft.batch_size);
     let total = batches_per_epoch * config.sft.epochs;
     let progress = bar(total as u64, "sft");
@@ -71,13 +73,8 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<SftResult> {
         }
     }
     progress.finish_and_clear();
-    let final_loss = run
-        .metrics()?
-        .iter()
-        .rev()
-        .find(|m| m["stage"] == "sft")
-        .and_then(|m| m["loss"].as_f64())
-        .unwrap_or(f64::NAN);
+    let final_loss =
+        run.metrics()?.iter().rev().find(|m| m["stage"] == "sft").and_then(|m| m["loss"].as_f64()).unwrap_or(f64::NAN);
     rlhf_data::save_checkpoint(&run.path("sft"), &varmap, &model_config, &task.tokenizer)?;
     Ok(SftResult { final_loss, examples: examples.len(), seconds: start.elapsed().as_secs_f64() })
 }

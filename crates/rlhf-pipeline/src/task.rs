@@ -4,9 +4,9 @@ use rlhf_data::ChatTokenizer;
 use rlhf_model::Config;
 use rlhf_world::{Prompt, Split, World};
 
+use crate::Result;
 use crate::config::PipelineConfig;
 use crate::run_dir::RunDir;
-use crate::Result;
 
 /// The world of a run and its tokenizer.
 #[derive(Debug, Clone)]

@@ -80,7 +80,7 @@ const SOUNDS: &[(&str, &str)] = &[
     ("donkey", "bray"),
 ];
 
-/// Every fact, in a fixed order: capitals, colours, sounds, then `a plus b` for a, b in 1..=9.
+/// Every fact, in a fixed order: capitals, colours, sounds, then `a plus b` for a, b in 1..=5.
 pub fn knowledge_base() -> Vec<Fact> {
     let pairs = |category, list: &[(&str, &str)]| {
         list.iter().map(|(s, v)| Fact { category, subject: s.to_string(), value: v.to_string() }).collect::<Vec<_>>()
@@ -88,8 +88,8 @@ pub fn knowledge_base() -> Vec<Fact> {
     let mut facts = pairs(Category::Capital, CAPITALS);
     facts.extend(pairs(Category::Colour, COLOURS));
     facts.extend(pairs(Category::Sound, SOUNDS));
-    for a in 1..=9 {
-        for b in 1..=9 {
+    for a in 1..=5 {
+        for b in 1..=5 {
             facts.push(Fact { category: Category::Sum, subject: format!("{a} plus {b}"), value: (a + b).to_string() });
         }
     }

@@ -62,7 +62,10 @@ impl RunArgs {
         });
         if allow_existing && dir.join("config.json").exists() {
             if self.config.is_some() || self.seed.is_some() || self.length_bias.is_some() {
-                bail!("{} already holds a run with its own config; settings are only read when a run is created", dir.display());
+                bail!(
+                    "{} already holds a run with its own config; settings are only read when a run is created",
+                    dir.display()
+                );
             }
             return Ok(RunDir::open(&dir)?);
         }

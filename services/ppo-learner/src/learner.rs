@@ -198,7 +198,7 @@ impl PpoLearner {
                 let sub = batch.select(chunk)?;
                 let idx =
                     Tensor::from_vec(chunk.iter().map(|&i| i as u32).collect::<Vec<_>>(), chunk.len(), &Device::Cpu)?;
-                let pick = |t: &Tensor| t.index_select(&idx, 0);
+                let pick = |t: &Tensor| t.contiguous()?.index_select(&idx, 0);
                 let (m, adv, ret, old_lp, old_v) = (
                     &sub.response_mask,
                     pick(&advantages)?,

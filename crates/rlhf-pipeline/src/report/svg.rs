@@ -13,12 +13,22 @@ fn ticks(lo: f64, hi: f64) -> Vec<f64> {
 }
 
 /// Lines over a shared x axis; `y_range` fixes the y axis (otherwise it fits the data).
-pub fn line_chart(title: &str, x_label: &str, lines: &[(&str, Vec<(f64, f64)>)], y_range: Option<(f64, f64)>) -> String {
-    let points: Vec<(f64, f64)> = lines.iter().flat_map(|(_, p)| p.iter().copied()).filter(|p| p.1.is_finite()).collect();
+pub fn line_chart(
+    title: &str,
+    x_label: &str,
+    lines: &[(&str, Vec<(f64, f64)>)],
+    y_range: Option<(f64, f64)>,
+) -> String {
+    let points: Vec<(f64, f64)> =
+        lines.iter().flat_map(|(_, p)| p.iter().copied()).filter(|p| p.1.is_finite()).collect();
     let mut out = format!("<svg width={W} height={H} xmlns='http://www.w3.org/2000/svg'>");
     out.push_str(&format!("<text x={} y=18 font-size=13 text-anchor=middle>{title}</text>", W / 2.0));
     if points.is_empty() {
-        out.push_str(&format!("<text x={} y={} font-size=12 text-anchor=middle fill=#888>no data yet</text></svg>", W / 2.0, H / 2.0));
+        out.push_str(&format!(
+            "<text x={} y={} font-size=12 text-anchor=middle fill=#888>no data yet</text></svg>",
+            W / 2.0,
+            H / 2.0
+        ));
         return out;
     }
     let (x0, x1) = points.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
@@ -40,7 +50,11 @@ pub fn line_chart(title: &str, x_label: &str, lines: &[(&str, Vec<(f64, f64)>)],
         ));
     }
     for t in ticks(x0, x1) {
-        out.push_str(&format!("<text x={:.1} y={} font-size=10 text-anchor=middle>{t:.0}</text>", sx(t), H - PAD_B + 14.0));
+        out.push_str(&format!(
+            "<text x={:.1} y={} font-size=10 text-anchor=middle>{t:.0}</text>",
+            sx(t),
+            H - PAD_B + 14.0
+        ));
     }
     out.push_str(&format!("<text x={} y={} font-size=11 text-anchor=middle>{x_label}</text>", W / 2.0, H - 6.0));
     for (i, (name, pts)) in lines.iter().enumerate() {
@@ -105,7 +119,11 @@ pub fn grouped_bars(title: &str, groups: &[(String, Vec<(String, f64)>)]) -> Str
                 v * 100.0
             ));
         }
-        out.push_str(&format!("<text x={} y={} font-size=11 text-anchor=middle>{name}</text>", gx + 32.0, H - PAD_B + 16.0));
+        out.push_str(&format!(
+            "<text x={} y={} font-size=11 text-anchor=middle>{name}</text>",
+            gx + 32.0,
+            H - PAD_B + 16.0
+        ));
     }
     if let Some((_, bars)) = groups.first() {
         for (b, (label, _)) in bars.iter().enumerate() {
