@@ -89,6 +89,7 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<CollectResult> {
                 temperature: config.collect.temperature,
                 max_new_tokens: config.ppo.max_new_tokens,
                 stop_tokens: vec![task.tokenizer.eos_id],
+                top_p: config.collect.top_p,
                 seed: config.seed ^ fnv(&first),
                 ..SamplingParams::default()
             },

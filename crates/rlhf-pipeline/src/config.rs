@@ -62,6 +62,8 @@ pub struct CollectConfig {
     /// Responses ranked per prompt (K).
     pub k: usize,
     pub temperature: f64,
+    /// Nucleus sampling: draw only from the most likely tokens holding this much probability.
+    pub top_p: f64,
     /// Number of simulated annotators; rankings go to them in turn.
     pub annotators: usize,
     /// Plackett–Luce temperature of the annotators' noise.
@@ -85,6 +87,9 @@ pub struct PpoStageConfig {
     pub steps: usize,
     pub prompts_per_step: usize,
     pub max_new_tokens: usize,
+    /// Nucleus sampling for rollouts and evaluations (the temperature is `algorithm.temperature`).
+    /// Behaviour log-probs stay those of the untruncated distribution, as in TRL and OpenRLHF.
+    pub top_p: f64,
     /// Evaluate on held-out prompts (and checkpoint) every this many steps.
     pub eval_every: usize,
     /// Responses per held-out prompt in each evaluation.
@@ -151,6 +156,7 @@ impl Default for CollectConfig {
             rounds: 3,
             k: 4,
             temperature: 1.0,
+            top_p: 0.95,
             annotators: 3,
             annotator_temperature: 0.5,
             length_bias: 0.0,
@@ -170,6 +176,7 @@ impl Default for PpoStageConfig {
             steps: 40,
             prompts_per_step: 64,
             max_new_tokens: 48,
+            top_p: 0.95,
             eval_every: 5,
             eval_samples_per_prompt: 2,
             algorithm: PpoConfig::default(),
@@ -212,6 +219,9 @@ impl PipelineConfig {
         }
         if self.ppo.eval_every == 0 || self.ppo.max_new_tokens == 0 || self.ppo.eval_samples_per_prompt == 0 {
             return fail("ppo.eval_every, ppo.max_new_tokens and ppo.eval_samples_per_prompt must be positive");
+        }
+        if !(self.collect.top_p > 0.0 && self.collect.top_p <= 1.0 && self.ppo.top_p > 0.0 && self.ppo.top_p <= 1.0) {
+            return fail("top_p must be in (0, 1]");
         }
         let rates = [self.sft.learning_rate, self.reward_model.learning_rate, self.ppo.algorithm.learning_rate];
         if rates.iter().any(|r| !(r.is_finite() && *r > 0.0)) {

@@ -66,6 +66,7 @@ impl Evaluator {
                 temperature: 1.0,
                 max_new_tokens: config.ppo.max_new_tokens,
                 stop_tokens: vec![task.tokenizer.eos_id],
+                top_p: config.ppo.top_p,
                 seed: config.seed ^ 0xe7a1,
                 ..SamplingParams::default()
             },

@@ -79,6 +79,7 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<PpoResult> {
                 temperature: config.ppo.algorithm.temperature,
                 max_new_tokens: config.ppo.max_new_tokens,
                 stop_tokens: vec![task.tokenizer.eos_id],
+                top_p: config.ppo.top_p,
                 seed: rng.random::<u64>(),
                 ..SamplingParams::default()
             },

@@ -34,6 +34,11 @@ pub struct RunState {
 pub struct SftResult {
     pub final_loss: f64,
     pub examples: usize,
+    /// Answer types of greedy answers to the training and held-out prompts.
+    #[serde(default)]
+    pub greedy_train: std::collections::BTreeMap<String, f64>,
+    #[serde(default)]
+    pub greedy_heldout: std::collections::BTreeMap<String, f64>,
     pub seconds: f64,
 }
 

@@ -1,6 +1,7 @@
 //! Stage 1, supervised fine-tuning: next-token cross-entropy on the responses of the SFT data
 //! (prompt tokens are context, not targets).
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use candle_core::{DType, Device};
@@ -8,7 +9,11 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rlhf_model::{Kernels, Llama, SequenceBatch, masked_mean, next_token_logprobs, seeded_var_builder};
+use rlhf_model::{
+    Kernels, Llama, SamplingParams, SequenceBatch, generate, masked_mean, next_token_logprobs, seeded_var_builder,
+};
+use rlhf_world::Split;
+use rlhf_world::gold::{self, AnswerType};
 use rlhf_world::responses::sft_data;
 use serde_json::json;
 
@@ -76,5 +81,40 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<SftResult> {
     let final_loss =
         run.metrics()?.iter().rev().find(|m| m["stage"] == "sft").and_then(|m| m["loss"].as_f64()).unwrap_or(f64::NAN);
     rlhf_data::save_checkpoint(&run.path("sft"), &varmap, &model_config, &task.tokenizer)?;
-    Ok(SftResult { final_loss, examples: examples.len(), seconds: start.elapsed().as_secs_f64() })
+    let greedy_train = greedy_answer_types(&task, &model, Split::Train, config.ppo.max_new_tokens)?;
+    let greedy_heldout = greedy_answer_types(&task, &model, Split::HeldOut, config.ppo.max_new_tokens)?;
+    run.metric(&json!({"stage": "sft_eval", "greedy_train": greedy_train, "greedy_heldout": greedy_heldout}))?;
+    Ok(SftResult {
+        final_loss,
+        examples: examples.len(),
+        greedy_train,
+        greedy_heldout,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Shares of answer types when the model answers every prompt of `split` greedily: its most
+/// likely answer, which tells whether it learned the facts at all.
+fn greedy_answer_types(
+    task: &Task,
+    model: &Llama,
+    split: Split,
+    max_new_tokens: usize,
+) -> Result<BTreeMap<String, f64>> {
+    let prompts = task.prompts(split);
+    let mut types: BTreeMap<String, f64> = AnswerType::ALL.iter().map(|t| (t.name().to_string(), 0.0)).collect();
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_new_tokens,
+        stop_tokens: vec![task.tokenizer.eos_id],
+        ..SamplingParams::default()
+    };
+    for chunk in prompts.chunks(64) {
+        let ids: Vec<Vec<u32>> = chunk.iter().map(|p| task.encode_prompt(p)).collect::<Result<_>>()?;
+        for (prompt, g) in chunk.iter().zip(generate(model, &ids, &params, task.tokenizer.pad_id)?) {
+            let answer = gold::classify(&task.world, task.world.fact_of(prompt), &task.decode(&g.tokens)?);
+            *types.get_mut(answer.name()).expect("listed") += 1.0 / prompts.len() as f64;
+        }
+    }
+    Ok(types)
 }

@@ -79,7 +79,7 @@ pub struct StyleMix {
 
 impl Default for StyleMix {
     fn default() -> Self {
-        StyleMix { concise: 0.25, verbose: 0.25, refusal: 0.15, wrong: 0.2, off_topic: 0.15 }
+        StyleMix { concise: 0.3, verbose: 0.25, refusal: 0.15, wrong: 0.1, off_topic: 0.2 }
     }
 }
 

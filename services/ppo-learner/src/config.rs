@@ -36,7 +36,7 @@ pub struct PpoConfig {
 impl Default for PpoConfig {
     fn default() -> Self {
         PpoConfig {
-            learning_rate: 1e-4,
+            learning_rate: 3e-5,
             epochs: 4,
             minibatch_size: 32,
             clip: 0.2,
