@@ -153,7 +153,7 @@ impl Default for CollectConfig {
     fn default() -> Self {
         CollectConfig {
             train_prompts: 0,
-            rounds: 3,
+            rounds: 8,
             k: 4,
             temperature: 1.0,
             top_p: 0.95,
@@ -166,14 +166,14 @@ impl Default for CollectConfig {
 
 impl Default for RewardModelConfig {
     fn default() -> Self {
-        RewardModelConfig { epochs: 6, batch_rankings: 16, learning_rate: 1e-3 }
+        RewardModelConfig { epochs: 2, batch_rankings: 16, learning_rate: 5e-4 }
     }
 }
 
 impl Default for PpoStageConfig {
     fn default() -> Self {
         PpoStageConfig {
-            steps: 40,
+            steps: 60,
             prompts_per_step: 64,
             max_new_tokens: 48,
             top_p: 0.95,
@@ -186,7 +186,7 @@ impl Default for PpoStageConfig {
 
 impl Default for MonitorConfig {
     fn default() -> Self {
-        MonitorConfig { max_length_ratio: 1.5, kl_band: [0.0, 10.0], window: 3, min_reward_rise: 0.3 }
+        MonitorConfig { max_length_ratio: 1.5, kl_band: [0.25, 6.0], window: 3, min_reward_rise: 0.3 }
     }
 }
 
