@@ -11,6 +11,7 @@ use crate::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[derive(Default)]
 pub struct PipelineConfig {
     /// Seeds everything: weights, data, sampling, annotators.
     pub seed: u64,
@@ -108,21 +109,6 @@ pub struct MonitorConfig {
     pub window: usize,
     /// Alarm when proxy reward rises by more than this over the window while gold win rate does not rise.
     pub min_reward_rise: f64,
-}
-
-impl Default for PipelineConfig {
-    fn default() -> Self {
-        PipelineConfig {
-            seed: 0,
-            world: WorldConfig::default(),
-            model: ModelConfig::default(),
-            sft: SftConfig::default(),
-            collect: CollectConfig::default(),
-            reward_model: RewardModelConfig::default(),
-            ppo: PpoStageConfig::default(),
-            monitor: MonitorConfig::default(),
-        }
-    }
 }
 
 impl Default for WorldConfig {

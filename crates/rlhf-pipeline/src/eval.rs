@@ -26,7 +26,8 @@ pub struct EvalPoint {
     pub gold_win_rate: f64,
     /// Mean normalised reward-model score.
     pub proxy_reward: f64,
-    /// Mean sequence KL(π ‖ π_SFT) of the sampled responses, Σ_t log π − log π_SFT.
+    /// Mean sequence KL(π ‖ π_SFT) of the sampled responses, Σ_t log π − log π_SFT, both at the
+    /// sampling temperature.
     pub kl_to_sft: f64,
     /// Mean response length in tokens (end token included).
     pub mean_length: f64,
@@ -63,7 +64,7 @@ impl Evaluator {
                 .map(|p| Ok(PromptTokens { prompt_id: p.id.clone(), tokens: task.encode_prompt(p)? }))
                 .collect::<Result<_>>()?,
             sampling: SamplingParams {
-                temperature: 1.0,
+                temperature: config.ppo.algorithm.temperature,
                 max_new_tokens: config.ppo.max_new_tokens,
                 stop_tokens: vec![task.tokenizer.eos_id],
                 top_p: config.ppo.top_p,

@@ -36,6 +36,7 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<PpoResult> {
     let rm = state.reward_model.clone().ok_or(Error::MissingStage { stage: "ppo", missing: "rm" })?;
     let mut scorer = load_scorer(run)?;
     scorer.set_normaliser(rm.score_mean, rm.score_std);
+    scorer.set_temperature(config.ppo.algorithm.temperature);
     let sft = sft_generator(run, "sft-baseline")?;
     let evaluator = Evaluator::new(&task, config, &sft)?;
 

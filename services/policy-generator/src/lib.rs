@@ -145,3 +145,6 @@ fn build(config: &Config, tensors: HashMap<String, Tensor>) -> Result<Llama> {
     Llama::new(config, VarBuilder::from_tensors(owned, DType::F32, &Device::Cpu))
         .map_err(|e| Error::BadWeights(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests;

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use rlhf_model::{Config, Kernels, Llama, RewardHead, SequenceBatch, next_token_logprobs};
+use rlhf_model::{Config, Kernels, Llama, RewardHead, SequenceBatch, tempered_logprobs};
 use rlhf_queue::Queue;
 use rlhf_types::{Rollout, ScoredRollout};
 
@@ -38,6 +38,9 @@ pub struct RewardScorer {
     pad_id: u32,
     /// Raw score ↦ (score - mean) / std.
     normaliser: (f32, f32),
+    /// Reference log-probs are taken under `logits / temperature`, the distribution the policy
+    /// samples from, so that the KL penalty compares like with like (as TRL does).
+    temperature: f64,
 }
 
 impl std::fmt::Debug for RewardScorer {
@@ -60,12 +63,17 @@ impl RewardScorer {
         let reference =
             Llama::new(reference_config, VarBuilder::from_tensors(reference_tensors, DType::F32, &Device::Cpu))
                 .map_err(model_error)?;
-        Ok(RewardScorer { reward_model, reward_head, reference, pad_id, normaliser: (0.0, 1.0) })
+        Ok(RewardScorer { reward_model, reward_head, reference, pad_id, normaliser: (0.0, 1.0), temperature: 1.0 })
     }
 
     /// Sets the normalisation applied to raw reward-model scores.
     pub fn set_normaliser(&mut self, mean: f32, std: f32) {
         self.normaliser = (mean, std.max(1e-6));
+    }
+
+    /// Sets the sampling temperature the reference log-probs are computed at.
+    pub fn set_temperature(&mut self, temperature: f64) {
+        self.temperature = temperature;
     }
 
     /// Raw reward-model scores of (prompt, response) token sequences.
@@ -86,8 +94,11 @@ impl RewardScorer {
         let raw = self.raw_scores(&rows)?;
         let batch = SequenceBatch::new(&rows, self.pad_id, &Device::Cpu).map_err(model_error)?;
         let logits = self.reference.forward(&batch.ids, &batch.attention_mask, Kernels::Fused).map_err(model_error)?;
-        let reference =
-            batch.from_grid(&next_token_logprobs(&logits, &batch.ids).map_err(model_error)?).map_err(model_error)?;
+        let width = batch.ids.dim(1).map_err(model_error)?;
+        let logits = logits.narrow(1, 0, width - 1).map_err(model_error)?;
+        let targets = batch.ids.narrow(1, 1, width - 1).map_err(model_error)?;
+        let logp = tempered_logprobs(&logits, &targets, self.temperature).map_err(model_error)?;
+        let reference = batch.from_grid(&logp).map_err(model_error)?;
         let (mean, std) = self.normaliser;
         rollouts
             .iter()
@@ -121,3 +132,6 @@ impl RewardScorer {
         Ok(deliveries.len())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,76 @@
+//! Scores and reference log-probs, and what happens when the reward model misbehaves.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use rlhf_model::{Config, Kernels, Llama, RewardHead, next_token_logprobs, seeded_var_builder};
+use rlhf_queue::{InProcessQueue, Queue};
+use rlhf_types::Rollout;
+
+use crate::*;
+
+fn model(seed: u64, with_head: bool) -> (Config, HashMap<String, Tensor>) {
+    let cfg = Config::tiny(20, 16, 1, 2, 1);
+    let varmap = VarMap::new();
+    let vb = seeded_var_builder(&varmap, seed, DType::F32, &Device::Cpu);
+    Llama::new(&cfg, vb.clone()).unwrap();
+    if with_head {
+        RewardHead::new(cfg.hidden_size, vb).unwrap();
+    }
+    let tensors = varmap.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+    (cfg, tensors)
+}
+
+fn rollout(id: &str, prompt: Vec<u32>, response: Vec<u32>) -> Rollout {
+    Rollout {
+        rollout_id: id.into(),
+        prompt_id: "p".into(),
+        behaviour_logprobs: vec![0.0; response.len()],
+        prompt_tokens: prompt,
+        response_tokens: response,
+        policy_version: 0,
+        finished: true,
+        generator_id: "g".into(),
+    }
+}
+
+#[test]
+fn reference_logprobs_match_the_reference_model_and_scores_are_normalised() {
+    let (rm_cfg, rm) = model(1, true);
+    let (ref_cfg, reference) = model(2, false);
+    let mut scorer = RewardScorer::new(&rm_cfg, rm, &ref_cfg, reference.clone(), 0).unwrap();
+    let rollouts = vec![rollout("a", vec![1, 2, 3], vec![4, 5]), rollout("b", vec![6], vec![7, 8, 9])];
+    let raw = scorer.score(&rollouts).unwrap();
+    scorer.set_normaliser(0.5, 2.0);
+    let normalised = scorer.score(&rollouts).unwrap();
+    for (r, n) in raw.iter().zip(&normalised) {
+        assert!((n.score - (r.score - 0.5) / 2.0).abs() < 1e-6);
+    }
+    // Row b alone through the reference model gives the same log-probs.
+    let ref_model =
+        Llama::new(&ref_cfg, candle_nn::VarBuilder::from_tensors(reference, DType::F32, &Device::Cpu)).unwrap();
+    let ids = Tensor::new(&[[6u32, 7, 8, 9]], &Device::Cpu).unwrap();
+    let logits = ref_model.forward(&ids, &ids.ones_like().unwrap(), Kernels::Fused).unwrap();
+    let expected: Vec<f32> = next_token_logprobs(&logits, &ids).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    for (got, want) in raw[1].reference_logprobs.iter().zip(&expected) {
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+    }
+    assert_eq!(raw[0].reference_logprobs.len(), 2);
+}
+
+#[test]
+fn a_non_finite_score_publishes_nothing_and_keeps_the_rollouts_pending() {
+    let (rm_cfg, mut rm) = model(1, true);
+    let nan = Tensor::full(f32::NAN, rm["score.weight"].shape(), &Device::Cpu).unwrap();
+    rm.insert("score.weight".into(), nan);
+    let (ref_cfg, reference) = model(2, false);
+    let scorer = RewardScorer::new(&rm_cfg, rm, &ref_cfg, reference, 0).unwrap();
+    let raw: InProcessQueue<Rollout> = InProcessQueue::new("raw");
+    let scored = InProcessQueue::new("scored");
+    raw.push(vec![rollout("a", vec![1, 2], vec![3])]).unwrap();
+    let err = scorer.drain("scorer", &raw, &scored, 10).unwrap_err();
+    assert!(matches!(err, Error::NonFinite(ref id) if id == "a"), "{err}");
+    assert_eq!(scored.ready().unwrap(), 0);
+    assert_eq!(raw.pending().unwrap(), 1, "the rollout is not acknowledged, so another scorer can retry it");
+}
