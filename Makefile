@@ -3,9 +3,9 @@ CARGO ?= cargo
 
 .PHONY: run test bench lint fmt
 
-## run: the main job (today: the model-core benchmark; the full pipeline arrives with `rlhf run`)
+## run: the main job: SFT, preference collection, reward model and PPO on the bundled task, then the report
 run:
-	$(CARGO) run --release -p rlhf -- bench
+	$(CARGO) run --release -p rlhf -- run
 
 ## test: the whole suite, as CI runs it
 test:
