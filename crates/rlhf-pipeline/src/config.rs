@@ -164,7 +164,7 @@ impl Default for PpoStageConfig {
             max_new_tokens: 48,
             top_p: 0.95,
             eval_every: 5,
-            eval_samples_per_prompt: 2,
+            eval_samples_per_prompt: 4,
             algorithm: PpoConfig::default(),
         }
     }

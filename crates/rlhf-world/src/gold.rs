@@ -72,14 +72,16 @@ pub fn classify(world: &World, fact: &Fact, response: &str) -> AnswerType {
     if names_other_value { AnswerType::Wrong } else { AnswerType::OffTopic }
 }
 
-/// The gold utility of an answer type; only the order matters to the gold preference.
+/// The gold utility of an answer type. Its order is the gold preference; its gaps set how
+/// reliably noisy annotators agree with it. A confident mistake sits two steps below an honest
+/// refusal, as annotation guidelines that treat hallucination as harmful would put it.
 pub fn utility(answer: AnswerType) -> f64 {
     match answer {
         AnswerType::Correct => 3.0,
         AnswerType::Verbose => 2.0,
         AnswerType::Refusal => 1.0,
-        AnswerType::Wrong => 0.0,
-        AnswerType::OffTopic => -1.0,
+        AnswerType::Wrong => -1.0,
+        AnswerType::OffTopic => -2.0,
     }
 }
 

@@ -45,7 +45,7 @@ impl Default for PpoConfig {
             value_coef: 0.1,
             gamma: 1.0,
             lambda: 0.95,
-            kl: KlController::Adaptive { coef: 0.1, target: 2.0, horizon: 2000.0 },
+            kl: KlController::Adaptive { coef: 0.2, target: 1.0, horizon: 2000.0 },
             kl_estimator: KlEstimator::K1,
             score_clip: Some(5.0),
             missing_stop_penalty: Some(1.0),
