@@ -81,5 +81,5 @@ pub fn run_all(run: &RunDir) -> Result<()> {
         }
         run_stage(run, stage)?;
     }
-    Ok(())
+    report::write(run)
 }

@@ -165,6 +165,18 @@ fn html(run: &RunDir, summary: &Summary) -> Result<String> {
         ],
         None,
     ));
+    let types: Vec<(&str, Vec<(f64, f64)>)> = ["correct", "verbose", "refusal", "wrong", "off_topic"]
+        .iter()
+        .map(|t| {
+            let points = metrics
+                .iter()
+                .filter(|m| m["stage"] == "eval")
+                .filter_map(|m| Some((m["step"].as_f64()?, m["answer_types"][*t].as_f64()?)))
+                .collect();
+            (*t, points)
+        })
+        .collect();
+    body.push_str(&svg::line_chart("Answer types on held-out prompts", "step", &types, Some((0.0, 1.0))));
     body.push_str(&svg::line_chart(
         "Value loss",
         "step",

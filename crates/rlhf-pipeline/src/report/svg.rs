@@ -6,7 +6,7 @@ const PAD_L: f64 = 52.0;
 const PAD_R: f64 = 12.0;
 const PAD_T: f64 = 28.0;
 const PAD_B: f64 = 36.0;
-const COLOURS: [&str; 4] = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"];
+const COLOURS: [&str; 5] = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"];
 
 fn ticks(lo: f64, hi: f64) -> Vec<f64> {
     (0..=4).map(|i| lo + (hi - lo) * i as f64 / 4.0).collect()
@@ -57,6 +57,7 @@ pub fn line_chart(
         ));
     }
     out.push_str(&format!("<text x={} y={} font-size=11 text-anchor=middle>{x_label}</text>", W / 2.0, H - 6.0));
+    let mut legend_x = PAD_L + 8.0;
     for (i, (name, pts)) in lines.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
         let path: Vec<String> =
@@ -68,12 +69,12 @@ pub fn line_chart(
             }
         }
         out.push_str(&format!(
-            "<rect x={} y={} width=10 height=3 fill={colour} /><text x={} y={} font-size=10>{name}</text>",
-            PAD_L + 8.0 + 110.0 * i as f64,
+            "<rect x={legend_x} y={} width=10 height=3 fill={colour} /><text x={} y={} font-size=10>{name}</text>",
             PAD_T + 2.0,
-            PAD_L + 22.0 + 110.0 * i as f64,
+            legend_x + 14.0,
             PAD_T + 6.0
         ));
+        legend_x += 24.0 + 6.0 * name.len() as f64;
     }
     out.push_str("</svg>");
     out
