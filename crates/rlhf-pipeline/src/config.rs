@@ -139,7 +139,7 @@ impl Default for CollectConfig {
     fn default() -> Self {
         CollectConfig {
             train_prompts: 0,
-            rounds: 8,
+            rounds: 16,
             k: 4,
             temperature: 1.0,
             top_p: 0.95,
