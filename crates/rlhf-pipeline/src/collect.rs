@@ -8,12 +8,11 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use policy_generator::{GenerateRequest, PolicyGenerator, PromptTokens};
+use policy_generator::{GenerateRequest, PolicyGenerator};
 use preference_store::{PreferenceStore, SqliteStore};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rlhf_model::SamplingParams;
 use rlhf_types::{RankedResponse, Ranking};
 use rlhf_world::{Annotator, Prompt, Split};
 
@@ -76,23 +75,18 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<CollectResult> {
     let annotators = annotators(config);
     let progress = bar(todo.len() as u64, "collect");
     for chunk in todo.chunks(PROMPTS_PER_REQUEST) {
-        let prompts: Vec<PromptTokens> = chunk
-            .iter()
-            .map(|(p, _)| Ok(PromptTokens { prompt_id: p.id.clone(), tokens: task.encode_prompt(p)? }))
-            .collect::<Result<_>>()?;
+        let prompts = task.prompt_tokens(chunk.iter().map(|(p, _)| *p))?;
         // The request id names the first ranking, so a resumed run draws fresh, distinct ids.
         let first = ranking_id(chunk[0].0, chunk[0].1);
         let request = GenerateRequest {
             request_id: format!("collect-{first}"),
             prompts,
-            sampling: SamplingParams {
-                temperature: config.collect.temperature,
-                max_new_tokens: config.ppo.max_new_tokens,
-                stop_tokens: vec![task.tokenizer.eos_id],
-                top_p: config.collect.top_p,
-                seed: config.seed ^ fnv(&first),
-                ..SamplingParams::default()
-            },
+            sampling: task.sampling(
+                config.collect.temperature,
+                config.collect.top_p,
+                config.ppo.max_new_tokens,
+                config.seed ^ fnv(&first),
+            ),
             samples_per_prompt: config.collect.k,
         };
         let rollouts = generator.generate(&request)?;

@@ -7,9 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use policy_generator::{GenerateRequest, PolicyGenerator, PromptTokens};
+use policy_generator::{GenerateRequest, PolicyGenerator};
 use reward_scorer::RewardScorer;
-use rlhf_model::SamplingParams;
 use rlhf_world::gold::{self, AnswerType};
 use rlhf_world::{Prompt, Split};
 use serde::{Deserialize, Serialize};
@@ -59,18 +58,13 @@ impl Evaluator {
         let prompts: Vec<Prompt> = task.prompts(Split::HeldOut).into_iter().cloned().collect();
         let request = GenerateRequest {
             request_id: "eval".into(),
-            prompts: prompts
-                .iter()
-                .map(|p| Ok(PromptTokens { prompt_id: p.id.clone(), tokens: task.encode_prompt(p)? }))
-                .collect::<Result<_>>()?,
-            sampling: SamplingParams {
-                temperature: config.ppo.algorithm.temperature,
-                max_new_tokens: config.ppo.max_new_tokens,
-                stop_tokens: vec![task.tokenizer.eos_id],
-                top_p: config.ppo.top_p,
-                seed: config.seed ^ 0xe7a1,
-                ..SamplingParams::default()
-            },
+            prompts: task.prompt_tokens(&prompts)?,
+            sampling: task.sampling(
+                config.ppo.algorithm.temperature,
+                config.ppo.top_p,
+                config.ppo.max_new_tokens,
+                config.seed ^ 0xe7a1,
+            ),
             samples_per_prompt: config.ppo.eval_samples_per_prompt,
         };
         let baseline =

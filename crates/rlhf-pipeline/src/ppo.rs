@@ -9,12 +9,11 @@
 
 use std::time::Instant;
 
-use policy_generator::{GenerateRequest, PolicyGenerator, PromptTokens};
+use policy_generator::{GenerateRequest, PolicyGenerator};
 use ppo_learner::PpoLearner;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
-use rlhf_model::SamplingParams;
 use rlhf_queue::{InProcessQueue, Queue};
 use rlhf_types::{Rollout, ScoredRollout};
 use rlhf_world::Split;
@@ -72,18 +71,13 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<PpoResult> {
         let picked: Vec<_> = train.choose_multiple(&mut rng, config.ppo.prompts_per_step).collect();
         let request = GenerateRequest {
             request_id: format!("ppo-{step}"),
-            prompts: picked
-                .iter()
-                .map(|p| Ok(PromptTokens { prompt_id: p.id.clone(), tokens: task.encode_prompt(p)? }))
-                .collect::<Result<_>>()?,
-            sampling: SamplingParams {
-                temperature: config.ppo.algorithm.temperature,
-                max_new_tokens: config.ppo.max_new_tokens,
-                stop_tokens: vec![task.tokenizer.eos_id],
-                top_p: config.ppo.top_p,
-                seed: rng.random::<u64>(),
-                ..SamplingParams::default()
-            },
+            prompts: task.prompt_tokens(picked.iter().copied().copied())?,
+            sampling: task.sampling(
+                config.ppo.algorithm.temperature,
+                config.ppo.top_p,
+                config.ppo.max_new_tokens,
+                rng.random::<u64>(),
+            ),
             samples_per_prompt: 1,
         };
         raw.push(generator.generate(&request)?)?;

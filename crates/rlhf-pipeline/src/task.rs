@@ -1,7 +1,8 @@
 //! The bundled task as the stages see it: the world, its tokenizer, and encoded prompts.
 
+use policy_generator::PromptTokens;
 use rlhf_data::ChatTokenizer;
-use rlhf_model::Config;
+use rlhf_model::{Config, SamplingParams};
 use rlhf_world::{Prompt, Split, World};
 
 use crate::Result;
@@ -55,6 +56,26 @@ impl Task {
 
     pub fn encode_prompt(&self, prompt: &Prompt) -> Result<Vec<u32>> {
         Ok(self.tokenizer.encode_prompt(&prompt.text)?)
+    }
+
+    /// Prompts as a generator takes them.
+    pub fn prompt_tokens<'a>(&self, prompts: impl IntoIterator<Item = &'a Prompt>) -> Result<Vec<PromptTokens>> {
+        prompts
+            .into_iter()
+            .map(|p| Ok(PromptTokens { prompt_id: p.id.clone(), tokens: self.encode_prompt(p)? }))
+            .collect()
+    }
+
+    /// Sampling settings in the chat format: a response ends with `<eos>`.
+    pub fn sampling(&self, temperature: f64, top_p: f64, max_new_tokens: usize, seed: u64) -> SamplingParams {
+        SamplingParams {
+            temperature,
+            top_p,
+            max_new_tokens,
+            stop_tokens: vec![self.tokenizer.eos_id],
+            seed,
+            ..SamplingParams::default()
+        }
     }
 
     /// Response text without the end-of-sequence token.

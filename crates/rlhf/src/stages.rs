@@ -48,7 +48,13 @@ impl RunArgs {
 
     /// Opens the run to continue, or creates a new one.
     fn open(&self, allow_existing: bool) -> Result<RunDir> {
+        let overrides = self.config.is_some() || self.seed.is_some() || self.length_bias.is_some();
         if self.resume {
+            if overrides {
+                bail!(
+                    "--resume continues a run with the settings it was created with; drop --config, --seed and --length-bias"
+                );
+            }
             let dir = match &self.run_dir {
                 Some(dir) => dir.clone(),
                 None => latest_run(Path::new("runs"))?,
@@ -61,7 +67,7 @@ impl RunArgs {
             PathBuf::from(format!("runs/run-{now}"))
         });
         if allow_existing && dir.join("config.json").exists() {
-            if self.config.is_some() || self.seed.is_some() || self.length_bias.is_some() {
+            if overrides {
                 bail!(
                     "{} already holds a run with its own config; settings are only read when a run is created",
                     dir.display()
