@@ -9,7 +9,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rlhf_model::{
     Config, Kernels, Llama, PolicyClip, RewardShaping, SequenceBatch, ValueHead, entropy, gae, kl_penalized_rewards,
-    masked_mean, masked_mean_rows, policy_loss, seeded_var_builder, tempered_logprobs, value_loss, whiten,
+    masked_mean, policy_loss, seeded_var_builder, tempered_logprobs, value_loss, whiten,
 };
 use rlhf_types::ScoredRollout;
 use serde::Serialize;
@@ -183,8 +183,8 @@ impl PpoLearner {
         let estimates = gae(&shaped.rewards, &old_values, mask, cfg.gamma, cfg.lambda, None)?;
         let advantages =
             if cfg.whiten_advantages { whiten(&estimates.advantages, mask, true)? } else { estimates.advantages };
-        let seq_kl = masked_mean_rows(&shaped.kl, &mask.ones_like()?)?.to_dtype(DType::F64)?;
-        let mean_kl = seq_kl.mean_all()?.to_scalar::<f64>()? * (width - 1) as f64;
+        // Sequence KL: the masked per-token estimates summed over each response, then averaged.
+        let mean_kl = shaped.kl.sum(1)?.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()?;
 
         let clip = PolicyClip { low: cfg.clip, high: cfg.clip, dual: cfg.dual_clip };
         let vars = self.varmap.all_vars();
