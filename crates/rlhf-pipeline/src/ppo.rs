@@ -82,10 +82,10 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<PpoResult> {
         };
         raw.push(generator.generate(&request)?)?;
         scorer.drain("scorer-0", &raw, &scored, usize::MAX)?;
-        let deliveries = scored.pop("learner", usize::MAX)?;
+        let deliveries = scored.pop("learner", usize::MAX, std::time::Duration::ZERO)?;
         let stats = learner.train_step(deliveries.iter().map(|d| d.item.clone()).collect())?;
         generator.update_weights(learner.version(), learner.policy_weights()?)?;
-        scored.ack(&deliveries.iter().map(|d| d.id).collect::<Vec<_>>())?;
+        scored.ack(&deliveries.iter().map(|d| d.id.clone()).collect::<Vec<_>>())?;
         let mut record = serde_json::to_value(&stats).map_err(|e| Error::Io(e.to_string()))?;
         record["stage"] = json!("ppo");
         run.metric(&record)?;

@@ -121,14 +121,14 @@ impl RewardScorer {
         scored: &dyn Queue<ScoredRollout>,
         max: usize,
     ) -> Result<usize> {
-        let deliveries = raw.pop(consumer, max)?;
+        let deliveries = raw.pop(consumer, max, std::time::Duration::ZERO)?;
         if deliveries.is_empty() {
             return Ok(0);
         }
         let rollouts: Vec<Rollout> = deliveries.iter().map(|d| d.item.clone()).collect();
         let results = self.score(&rollouts)?;
         scored.push(results)?;
-        raw.ack(&deliveries.iter().map(|d| d.id).collect::<Vec<_>>())?;
+        raw.ack(&deliveries.iter().map(|d| d.id.clone()).collect::<Vec<_>>())?;
         Ok(deliveries.len())
     }
 }

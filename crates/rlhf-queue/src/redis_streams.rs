@@ -1,0 +1,332 @@
+//! A queue on a Redis stream with one consumer group.
+//!
+//! - push: `XADD` with the item as JSON in field `data` and its trace context in `traceparent`.
+//! - pop: `XREADGROUP … >`; ack: `XACK`, then `XTRIM MINID` to the oldest entry still pending
+//!   (or the first never delivered). A plain `MAXLEN` would delete un-acknowledged entries.
+//! - claim_stale: `XAUTOCLAIM`, with the delivery counts read back from `XPENDING`; an entry past
+//!   the delivery limit, or one that does not parse, goes to `<stream>:dead` and is acknowledged.
+//!
+//! The connection is synchronous: every caller of a queue is a worker thread that blocks on it
+//! anyway, and it keeps tokio out of this crate. It reconnects once on a dropped connection.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::streams::{
+    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamPendingCountReply,
+    StreamPendingReply, StreamRangeReply, StreamReadOptions, StreamReadReply, StreamTrimOptions, StreamTrimmingMode,
+};
+use redis::{Commands, Connection, RedisResult};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{DEFAULT_MAX_DELIVERIES, Delivery, EntryId, Error, Queue, Result, Traced};
+
+/// XAUTOCLAIM and XPENDING scan in pages of this size.
+const PAGE: usize = 1_000;
+
+/// Where the stream lives and how it treats poison entries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisQueueOptions {
+    pub url: String,
+    pub stream: String,
+    pub group: String,
+    pub max_deliveries: u32,
+}
+
+impl RedisQueueOptions {
+    pub fn new(url: &str, stream: &str) -> Self {
+        RedisQueueOptions {
+            url: url.to_string(),
+            stream: stream.to_string(),
+            group: format!("{stream}:workers"),
+            max_deliveries: DEFAULT_MAX_DELIVERIES,
+        }
+    }
+}
+
+/// A Redis stream used as a [`Queue`].
+pub struct RedisQueue<T> {
+    options: RedisQueueOptions,
+    dead_stream: String,
+    client: redis::Client,
+    connection: Mutex<Option<Connection>>,
+    /// Blocking reads get their own connection, so a push is not stuck behind a waiting pop.
+    reader: Mutex<Option<Connection>>,
+    _items: PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for RedisQueue<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisQueue").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+impl<T> RedisQueue<T> {
+    /// Connects and creates the stream and its consumer group when they do not exist yet.
+    pub fn connect(options: RedisQueueOptions) -> Result<Self> {
+        let client = redis::Client::open(options.url.as_str()).map_err(|e| backend(&options.stream, e))?;
+        let queue = RedisQueue {
+            dead_stream: format!("{}:dead", options.stream),
+            options,
+            client,
+            connection: Mutex::new(None),
+            reader: Mutex::new(None),
+            _items: PhantomData,
+        };
+        queue.with_connection(|c| {
+            let created: RedisResult<()> = c.xgroup_create_mkstream(&queue.options.stream, &queue.options.group, "0");
+            match created {
+                Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+                other => other,
+            }
+        })?;
+        Ok(queue)
+    }
+
+    pub fn options(&self) -> &RedisQueueOptions {
+        &self.options
+    }
+
+    /// Runs `f` on the connection, reconnecting and retrying once when the connection dropped.
+    fn with_connection<R>(&self, f: impl FnMut(&mut Connection) -> RedisResult<R>) -> Result<R> {
+        self.on(&self.connection, f)
+    }
+
+    fn on<R>(&self, connection: &Mutex<Option<Connection>>, mut f: impl FnMut(&mut Connection) -> RedisResult<R>) -> Result<R> {
+        let mut slot = connection.lock().map_err(|_| self.error("connection lock poisoned"))?;
+        for attempt in 0..2 {
+            if slot.is_none() {
+                *slot = Some(self.client.get_connection().map_err(|e| backend(&self.options.stream, e))?);
+            }
+            match f(slot.as_mut().expect("connected above")) {
+                Ok(r) => return Ok(r),
+                Err(e) if attempt == 0 && (e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()) => {
+                    *slot = None;
+                }
+                Err(e) => return Err(backend(&self.options.stream, e)),
+            }
+        }
+        Err(self.error("connection lost twice"))
+    }
+
+    fn error(&self, message: &str) -> Error {
+        Error::Backend { queue: self.options.stream.clone(), message: message.to_string() }
+    }
+
+    /// Frees every entry below the oldest one still needed: pending, or never delivered.
+    fn trim(&self, c: &mut Connection) -> RedisResult<()> {
+        let pending: StreamPendingReply = c.xpending(&self.options.stream, &self.options.group)?;
+        let min_id = match pending {
+            StreamPendingReply::Data(data) if data.count > 0 => data.start_id,
+            _ => {
+                let groups: StreamInfoGroupsReply = c.xinfo_groups(&self.options.stream)?;
+                let Some(group) = groups.groups.iter().find(|g| g.name == self.options.group) else { return Ok(()) };
+                match successor(&group.last_delivered_id) {
+                    Some(id) => id,
+                    None => return Ok(()),
+                }
+            }
+        };
+        let _: usize = c.xtrim_options(&self.options.stream, &StreamTrimOptions::minid(StreamTrimmingMode::Exact, min_id))?;
+        Ok(())
+    }
+
+    /// Moves entries to the dead-letter stream and acknowledges them, in one transaction.
+    fn bury(&self, c: &mut Connection, entries: &[(StreamId, usize, &str)]) -> RedisResult<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (entry, deliveries, reason) in entries {
+            let data: String = entry.get("data").unwrap_or_default();
+            let traceparent: String = entry.get("traceparent").unwrap_or_default();
+            pipe.xadd(
+                &self.dead_stream,
+                "*",
+                &[
+                    ("data", data.as_str()),
+                    ("traceparent", traceparent.as_str()),
+                    ("source_id", entry.id.as_str()),
+                    ("deliveries", &deliveries.to_string()),
+                    ("reason", reason),
+                ],
+            )
+            .ignore();
+            pipe.xack(&self.options.stream, &self.options.group, &[&entry.id]).ignore();
+        }
+        pipe.query::<()>(c)
+    }
+}
+
+/// The smallest stream id above `id`.
+fn successor(id: &str) -> Option<String> {
+    let (ms, seq) = id.split_once('-')?;
+    let (ms, seq): (u64, u64) = (ms.parse().ok()?, seq.parse().ok()?);
+    if ms == 0 && seq == 0 {
+        return None;
+    }
+    Some(match seq.checked_add(1) {
+        Some(seq) => format!("{ms}-{seq}"),
+        None => format!("{}-0", ms + 1),
+    })
+}
+
+fn backend(queue: &str, e: redis::RedisError) -> Error {
+    Error::Backend { queue: queue.to_string(), message: e.to_string() }
+}
+
+fn decode<T: DeserializeOwned>(entry: &StreamId) -> std::result::Result<Traced<T>, String> {
+    let data: String = entry.get("data").ok_or("entry has no data field")?;
+    let item = serde_json::from_str(&data).map_err(|e| format!("entry does not parse: {e}"))?;
+    Ok(Traced { item, traceparent: entry.get::<String>("traceparent").filter(|t| !t.is_empty()) })
+}
+
+impl<T: Serialize + DeserializeOwned + Send> Queue<T> for RedisQueue<T> {
+    fn push_traced(&self, items: Vec<Traced<T>>) -> Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let encoded = items
+            .iter()
+            .map(|t| serde_json::to_string(&t.item).map(|data| (data, t.traceparent.clone().unwrap_or_default())))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| self.error(&format!("item does not serialise: {e}")))?;
+        self.with_connection(|c| {
+            let mut pipe = redis::pipe();
+            for (data, traceparent) in &encoded {
+                pipe.xadd(&self.options.stream, "*", &[("data", data.as_str()), ("traceparent", traceparent.as_str())])
+                    .ignore();
+            }
+            pipe.query::<()>(c)
+        })
+    }
+
+    fn pop(&self, consumer: &str, max: usize, wait: Duration) -> Result<Vec<Delivery<T>>> {
+        let mut options = StreamReadOptions::default().group(&self.options.group, consumer).count(max.clamp(1, PAGE));
+        if !wait.is_zero() {
+            options = options.block(wait.as_millis().max(1) as usize);
+        }
+        let reply: Option<StreamReadReply> =
+            self.on(&self.reader, |c| c.xread_options(&[&self.options.stream], &[">"], &options))?;
+        let entries: Vec<StreamId> = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect();
+        let mut out = Vec::with_capacity(entries.len());
+        let mut poison = vec![];
+        for entry in &entries {
+            match decode::<T>(entry) {
+                Ok(t) => out.push(Delivery { id: entry.id.clone(), deliveries: 1, item: t.item, traceparent: t.traceparent }),
+                Err(reason) => poison.push((entry.clone(), 1, reason)),
+            }
+        }
+        if !poison.is_empty() {
+            let poison: Vec<(StreamId, usize, &str)> = poison.iter().map(|(e, n, r)| (e.clone(), *n, r.as_str())).collect();
+            self.with_connection(|c| self.bury(c, &poison))?;
+        }
+        Ok(out)
+    }
+
+    fn ack(&self, ids: &[EntryId]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.with_connection(|c| {
+            let _: usize = c.xack(&self.options.stream, &self.options.group, ids)?;
+            self.trim(c)
+        })
+    }
+
+    fn claim_stale(&self, consumer: &str, min_idle: Duration, max: usize) -> Result<Vec<Delivery<T>>> {
+        let max = max.clamp(1, PAGE);
+        let idle_ms = min_idle.as_millis() as usize;
+        let (claimed, counts) = self.with_connection(|c| {
+            let mut claimed: Vec<StreamId> = vec![];
+            let mut cursor = "0-0".to_string();
+            loop {
+                let reply: StreamAutoClaimReply = c.xautoclaim_options(
+                    &self.options.stream,
+                    &self.options.group,
+                    consumer,
+                    idle_ms,
+                    &cursor,
+                    StreamAutoClaimOptions::default().count(max - claimed.len()),
+                )?;
+                claimed.extend(reply.claimed);
+                cursor = reply.next_stream_id;
+                if cursor == "0-0" || claimed.len() >= max {
+                    break;
+                }
+            }
+            let mut counts = HashMap::new();
+            if let (Some(first), Some(last)) = (claimed.first(), claimed.last()) {
+                let pending: StreamPendingCountReply = c.xpending_consumer_count(
+                    &self.options.stream,
+                    &self.options.group,
+                    &first.id,
+                    &last.id,
+                    PAGE * 10,
+                    consumer,
+                )?;
+                counts.extend(pending.ids.into_iter().map(|p| (p.id, p.times_delivered)));
+            }
+            Ok((claimed, counts))
+        })?;
+        let mut out = vec![];
+        let mut poison: Vec<(StreamId, usize, String)> = vec![];
+        for entry in claimed {
+            let deliveries = counts.get(&entry.id).copied().unwrap_or(1);
+            if deliveries > self.options.max_deliveries as usize {
+                poison.push((entry, deliveries, format!("delivered {deliveries} times")));
+                continue;
+            }
+            match decode::<T>(&entry) {
+                Ok(t) => out.push(Delivery {
+                    id: entry.id.clone(),
+                    deliveries: deliveries as u32,
+                    item: t.item,
+                    traceparent: t.traceparent,
+                }),
+                Err(reason) => poison.push((entry, deliveries, reason)),
+            }
+        }
+        if !poison.is_empty() {
+            let poison: Vec<(StreamId, usize, &str)> = poison.iter().map(|(e, n, r)| (e.clone(), *n, r.as_str())).collect();
+            self.with_connection(|c| {
+                self.bury(c, &poison)?;
+                self.trim(c)
+            })?;
+        }
+        Ok(out)
+    }
+
+    fn ready(&self) -> Result<usize> {
+        self.with_connection(|c| {
+            let groups: StreamInfoGroupsReply = c.xinfo_groups(&self.options.stream)?;
+            let Some(group) = groups.groups.into_iter().find(|g| g.name == self.options.group) else { return Ok(0) };
+            if let Some(lag) = group.lag {
+                return Ok(lag);
+            }
+            // Redis leaves the lag unknown after some deletions: count what lies past the cursor.
+            let after = format!("({}", group.last_delivered_id);
+            let range: StreamRangeReply = c.xrange(&self.options.stream, after, "+")?;
+            Ok(range.ids.len())
+        })
+    }
+
+    fn pending(&self) -> Result<usize> {
+        self.with_connection(|c| {
+            let reply: StreamPendingReply = c.xpending(&self.options.stream, &self.options.group)?;
+            Ok(reply.count())
+        })
+    }
+
+    fn stored(&self) -> Result<usize> {
+        self.with_connection(|c| c.xlen(&self.options.stream))
+    }
+
+    fn dead_letters(&self) -> Result<usize> {
+        self.with_connection(|c| c.xlen(&self.dead_stream))
+    }
+}

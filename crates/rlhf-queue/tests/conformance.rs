@@ -1,0 +1,45 @@
+//! Both queue implementations against the one conformance suite; Redis on a private server.
+
+use rlhf_harness::RedisServer;
+use rlhf_queue::{InProcessQueue, Queue, RedisQueue, RedisQueueOptions, conformance};
+
+#[test]
+fn in_process_queue_conforms() {
+    conformance::suite(|name, max| InProcessQueue::<String>::with_max_deliveries(name, max));
+}
+
+#[test]
+fn redis_queue_conforms() {
+    let redis = RedisServer::start().expect("start a private redis-server");
+    conformance::suite(|name, max| {
+        let mut options = RedisQueueOptions::new(&redis.url(), name);
+        options.max_deliveries = max;
+        RedisQueue::<String>::connect(options).expect("connect")
+    });
+}
+
+#[test]
+fn redis_entries_that_do_not_parse_go_to_the_dead_letter_stream() {
+    let redis = RedisServer::start().expect("start a private redis-server");
+    let options = RedisQueueOptions::new(&redis.url(), "typed");
+    // Someone writes text into a stream of numbers.
+    let writer = RedisQueue::<String>::connect(options.clone()).unwrap();
+    writer.push(vec!["not a number".into()]).unwrap();
+    let reader = RedisQueue::<u64>::connect(options).unwrap();
+    reader.push(vec![7]).unwrap();
+    let got = reader.pop("worker-1", 10, std::time::Duration::ZERO).unwrap();
+    assert_eq!(got.iter().map(|d| d.item).collect::<Vec<_>>(), [7]);
+    assert_eq!((reader.dead_letters().unwrap(), reader.pending().unwrap()), (1, 1));
+}
+
+#[test]
+fn redis_queue_survives_a_server_restart_of_its_connection() {
+    let redis = RedisServer::start().expect("start a private redis-server");
+    let q = RedisQueue::<String>::connect(RedisQueueOptions::new(&redis.url(), "reconnect")).unwrap();
+    q.push(vec!["a".into()]).unwrap();
+    // Drop every client connection on the server side; the queue reconnects on its next call.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_connection().unwrap();
+    let _: () = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal").arg("SKIPME").arg("yes").query(&mut c).unwrap();
+    assert_eq!(q.pop("worker-1", 1, std::time::Duration::ZERO).unwrap().len(), 1);
+}

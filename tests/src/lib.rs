@@ -1,0 +1,133 @@
+//! The integration harness: real processes on loopback, each one killed when its handle drops,
+//! so a failing test never leaves a redis-server or a service behind.
+//!
+//! # Layout
+//! - [`free_port`]: a loopback port nothing listens on.
+//! - [`RedisServer`]: a private, diskless redis-server on a free port.
+//! - [`Child`]: any service process (usually `rlhf serve …`), killed on drop, restartable.
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A loopback TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind a loopback port")
+}
+
+/// Waits until something accepts TCP connections on `port`.
+pub fn wait_for_port(port: u16, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(format!("nothing listens on 127.0.0.1:{port} after {timeout:?}"))
+}
+
+/// A child process that is killed (SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct Child {
+    name: String,
+    program: String,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    process: Option<std::process::Child>,
+}
+
+impl Child {
+    /// Starts `program args`, with its stderr forwarded to ours line by line under `name`.
+    pub fn spawn(name: &str, program: impl AsRef<Path>, args: &[String], envs: &[(&str, &str)]) -> Result<Self, String> {
+        let mut child = Child {
+            name: name.to_string(),
+            program: program.as_ref().display().to_string(),
+            args: args.to_vec(),
+            envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            process: None,
+        };
+        child.start()?;
+        Ok(child)
+    }
+
+    /// Starts the process again with the same command line (after [`Child::kill`]).
+    pub fn start(&mut self) -> Result<(), String> {
+        self.kill();
+        let mut process = Command::new(&self.program)
+            .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {} ({}): {e}", self.name, self.program))?;
+        if let Some(stderr) = process.stderr.take() {
+            let name = self.name.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("[{name}] {line}");
+                }
+            });
+        }
+        self.process = Some(process);
+        Ok(())
+    }
+
+    /// SIGKILL, as a crashed machine would stop: no shutdown handler runs.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.process.as_mut().is_some_and(|p| matches!(p.try_wait(), Ok(None)))
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(|p| p.id())
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A private redis-server: no persistence, loopback only, on a free port.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    _child: Child,
+}
+
+impl RedisServer {
+    /// Starts one, or explains how to install redis-server when it is missing.
+    pub fn start() -> Result<Self, String> {
+        let port = free_port();
+        let args: Vec<String> =
+            ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "no"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        let child = Child::spawn("redis", "redis-server", &args, &[])
+            .map_err(|e| format!("{e} (install it with `apt-get install redis-server`)"))?;
+        wait_for_port(port, Duration::from_secs(10))?;
+        Ok(RedisServer { port, _child: child })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<port>/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
