@@ -4,6 +4,12 @@
 //! batch always runs on one version from start to end, and an update that is incomplete or
 //! holds a non-finite value is refused while the old version keeps serving.
 
+mod service;
+pub mod weights;
+pub mod wire;
+
+pub use service::{GeneratorServiceConfig, run};
+
 use std::collections::HashMap;
 use std::sync::RwLock;
 

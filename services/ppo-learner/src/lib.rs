@@ -6,12 +6,16 @@
 //! - [`PpoLearner`]: `train_step` (rewards → GAE → clipped policy and value losses over several
 //!   epochs of minibatches) and the weights generators should serve next.
 //! - `grad`: global gradient-norm clipping.
+//! - [`fanout`]: rollout requests spread over generator replicas (least-loaded first, an
+//!   in-flight limit, deadlines, retries elsewhere) and weight pushes to every replica.
 
 mod config;
+pub mod fanout;
 mod grad;
 mod learner;
 
 pub use config::PpoConfig;
+pub use fanout::{Fanout, FanoutConfig, FanoutError};
 pub use learner::{PpoLearner, StepStats};
 
 #[derive(Debug, thiserror::Error)]

@@ -9,8 +9,10 @@
 //! names an unknown prompt, is refused before anything is written; a valid one is written in a
 //! single transaction.
 
+mod service;
 mod sqlite;
 
+pub use service::{PreferenceServiceConfig, run};
 pub use sqlite::SqliteStore;
 
 use rlhf_types::{InvalidRanking, Pair, Ranking};

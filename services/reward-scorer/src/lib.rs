@@ -6,6 +6,10 @@
 //! It consumes raw rollouts from one queue and publishes scored ones to the next, acknowledging
 //! a raw entry only after its scored result is published.
 
+mod service;
+
+pub use service::{ScorerServiceConfig, run};
+
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};

@@ -1,0 +1,79 @@
+//! What every rlhf gRPC service shares.
+//!
+//! # Layout
+//! - [`serve`]: runs a service's routes with server reflection on a listener until shutdown.
+//! - [`health`]: the grpc.health.v1 reporter a service flips to SERVING once its model loaded.
+//! - [`trace`]: W3C trace context in gRPC metadata and queue entries.
+//! - [`auth`]: bearer tokens, compared in constant time.
+//! - [`endpoint`]: client channels with connect timeouts.
+
+pub mod auth;
+pub mod trace;
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic::transport::{Channel, Endpoint};
+
+pub use tonic_health::ServingStatus;
+pub use tonic_health::server::HealthReporter;
+
+/// Largest message a service accepts or sends: a score request of a full PPO batch fits.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// A health reporter (every service starts NOT_SERVING) and the health service to route.
+pub fn health() -> (HealthReporter, tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>) {
+    tonic_health::server::health_reporter()
+}
+
+/// Serves `routes` plus server reflection on `listener` until `shutdown` resolves; in-flight
+/// calls finish first.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(rlhf_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the bundled descriptor sets are valid");
+    tonic::transport::Server::builder()
+        .add_routes(routes.add_service(reflection))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// A lazily connecting channel to `url` (`http://host:port`), with a connect timeout so a dead
+/// peer fails fast instead of hanging a request.
+pub fn endpoint(url: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+/// Resolves on Ctrl-C or SIGTERM (what Kubernetes sends), so a service drains and exits.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

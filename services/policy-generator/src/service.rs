@@ -1,0 +1,179 @@
+//! The generator replica as a gRPC service: `Generate`, `UpdateWeights`, `GetStatus`, plus
+//! health (NOT_SERVING until the first weights arrive) and reflection.
+//!
+//! A replica starts without a model; the learner pushes the current version to it before it
+//! sends work, so a replica that restarts picks up the current weights the same way.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
+
+use rlhf_proto::v1::policy_generator_server::{PolicyGenerator as GeneratorRpc, PolicyGeneratorServer};
+use rlhf_proto::v1::{
+    GenerateResponse, GeneratorStatus, GeneratorStatusRequest, UpdateWeightsResponse, WeightChunk,
+};
+use rlhf_rpc::{HealthReporter, trace};
+use tokio::net::TcpListener;
+use tokio_stream::{Stream, StreamExt};
+use tonic::service::Routes;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::weights::Assembler;
+use crate::{Error, GenerateRequest, PolicyGenerator};
+
+/// Settings of one replica.
+#[derive(Debug, Clone)]
+pub struct GeneratorServiceConfig {
+    /// Names the replica in rollouts, traces and status.
+    pub id: String,
+}
+
+struct Replica {
+    id: String,
+    generator: RwLock<Option<Arc<PolicyGenerator>>>,
+    in_flight: AtomicU32,
+    /// One weight update at a time; a second waits rather than racing the first.
+    updating: tokio::sync::Mutex<()>,
+    health: HealthReporter,
+}
+
+/// Decrements the in-flight count however the request ends.
+struct InFlight<'a>(&'a AtomicU32);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn status(e: Error) -> Status {
+    match e {
+        Error::StaleVersion { .. } => Status::failed_precondition(e.to_string()),
+        Error::InvalidRequest(_) | Error::NonFinite(_) | Error::BadWeights(_) => Status::invalid_argument(e.to_string()),
+        Error::Generation(_) => Status::internal(e.to_string()),
+    }
+}
+
+impl Replica {
+    fn current(&self) -> Option<Arc<PolicyGenerator>> {
+        self.generator.read().ok().and_then(|g| g.clone())
+    }
+}
+
+type RolloutStream = Pin<Box<dyn Stream<Item = Result<GenerateResponse, Status>> + Send>>;
+
+struct Service(Arc<Replica>);
+
+#[tonic::async_trait]
+impl GeneratorRpc for Service {
+    type GenerateStream = RolloutStream;
+
+    async fn generate(&self, request: Request<rlhf_proto::v1::GenerateRequest>) -> Result<Response<RolloutStream>, Status> {
+        let context = trace::from_metadata(request.metadata());
+        let span = context.span("generator.generate");
+        let request = request.into_inner();
+        let generator = self.0.current().ok_or_else(|| Status::unavailable("no policy weights loaded yet"))?;
+        if generator.version() < request.min_policy_version {
+            return Err(Status::failed_precondition(format!(
+                "serving version {} but the request needs {}",
+                generator.version(),
+                request.min_policy_version
+            )));
+        }
+        let sampling = crate::wire::sampling_from_proto(
+            request.sampling.ok_or_else(|| Status::invalid_argument("sampling is required"))?,
+        );
+        let domain = GenerateRequest {
+            request_id: request.request_id.clone(),
+            prompts: crate::wire::prompts_from_proto(request.prompts),
+            sampling,
+            samples_per_prompt: request.samples_per_prompt as usize,
+        };
+        let replica = self.0.clone();
+        replica.in_flight.fetch_add(1, Ordering::SeqCst);
+        let rollouts = tokio::task::spawn_blocking(move || {
+            let _guard = InFlight(&replica.in_flight);
+            span.in_scope(|| {
+                tracing::debug!(request = %domain.request_id, prompts = domain.prompts.len(), "generating");
+                generator.generate(&domain)
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(format!("generation task: {e}")))?
+        .map_err(status)?;
+        let request_id = request.request_id;
+        let stream = tokio_stream::iter(rollouts)
+            .map(move |r| Ok(GenerateResponse { request_id: request_id.clone(), rollout: Some(r.into()) }));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn update_weights(&self, request: Request<Streaming<WeightChunk>>) -> Result<Response<UpdateWeightsResponse>, Status> {
+        let context = trace::from_metadata(request.metadata());
+        let mut chunks = request.into_inner();
+        let _one_at_a_time = self.0.updating.lock().await;
+        let mut assembler = Assembler::default();
+        while let Some(chunk) = chunks.next().await {
+            assembler.push(chunk?).map_err(status)?;
+        }
+        let update = assembler.finish().map_err(status)?;
+        let replica = self.0.clone();
+        let span = context.span("generator.update_weights");
+        let serving = tokio::task::spawn_blocking(move || -> Result<u64, Error> {
+            let _entered = span.enter();
+            if let Some(current) = replica.current() {
+                if update.version == current.version() {
+                    return Ok(update.version);
+                }
+                current.update_weights(update.version, update.tensors)?;
+                return Ok(current.version());
+            }
+            let config = update
+                .config
+                .ok_or_else(|| Error::BadWeights("the first update of an empty replica needs model_config_json".into()))?;
+            let generator = PolicyGenerator::new(&replica.id, config, update.pad_id, update.tensors, update.version)?;
+            *replica.generator.write().map_err(|_| Error::BadWeights("lock poisoned".into()))? = Some(Arc::new(generator));
+            Ok(update.version)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("update task: {e}")))?
+        .map_err(status)?;
+        self.0.health.set_serving::<PolicyGeneratorServer<Service>>().await;
+        self.0.health.set_service_status("", rlhf_rpc::ServingStatus::Serving).await;
+        tracing::info!(replica = %self.0.id, version = serving, "serving policy version");
+        Ok(Response::new(UpdateWeightsResponse { serving_version: serving }))
+    }
+
+    async fn get_status(&self, _: Request<GeneratorStatusRequest>) -> Result<Response<GeneratorStatus>, Status> {
+        let current = self.0.current();
+        Ok(Response::new(GeneratorStatus {
+            generator_id: self.0.id.clone(),
+            serving_version: current.as_ref().map_or(0, |g| g.version()),
+            in_flight_requests: self.0.in_flight.load(Ordering::SeqCst),
+            ready: current.is_some(),
+        }))
+    }
+}
+
+/// Serves one replica on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: GeneratorServiceConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (health, health_service) = rlhf_rpc::health();
+    health.set_not_serving::<PolicyGeneratorServer<Service>>().await;
+    health.set_service_status("", rlhf_rpc::ServingStatus::NotServing).await;
+    let replica = Arc::new(Replica {
+        id: config.id,
+        generator: RwLock::new(None),
+        in_flight: AtomicU32::new(0),
+        updating: tokio::sync::Mutex::new(()),
+        health,
+    });
+    let service = PolicyGeneratorServer::new(Service(replica))
+        .max_decoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES);
+    rlhf_rpc::serve(listener, Routes::new(health_service).add_service(service), shutdown).await
+}
+

@@ -1,0 +1,123 @@
+//! The preference store as a gRPC service. Writes need the bearer token when one is configured;
+//! an invalid ranking is refused with INVALID_ARGUMENT and nothing is written.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use rlhf_proto::v1::preference_store_server::{PreferenceStore as StoreRpc, PreferenceStoreServer};
+use rlhf_proto::v1::{
+    ExportPairsRequest, ListRankingsRequest, PreferencePair, Ranking as RankingMessage, StatsRequest, StatsResponse,
+    SubmitRankingRequest, SubmitRankingResponse,
+};
+use rlhf_proto::{ranking_from_proto, ranking_to_proto};
+use rlhf_rpc::{auth, trace};
+use tokio::net::TcpListener;
+use tokio_stream::Stream;
+use tonic::service::Routes;
+use tonic::{Request, Response, Status};
+
+use crate::{Error, PreferenceStore};
+
+/// Settings of the preference service.
+#[derive(Debug, Clone, Default)]
+pub struct PreferenceServiceConfig {
+    /// Bearer token required by `SubmitRanking`; `None` leaves writes open (loopback use).
+    pub token: Option<String>,
+}
+
+type Store = Arc<Mutex<Box<dyn PreferenceStore>>>;
+
+struct Service {
+    store: Store,
+    token: Option<String>,
+}
+
+fn status(e: Error) -> Status {
+    match e {
+        Error::Invalid(_) | Error::UnknownPrompt(_) => Status::invalid_argument(e.to_string()),
+        Error::DuplicateRanking(_) => Status::already_exists(e.to_string()),
+        Error::Storage(_) => Status::internal(e.to_string()),
+    }
+}
+
+/// Runs `f` on the store on a blocking thread.
+async fn with_store<R: Send + 'static>(
+    store: &Store,
+    f: impl FnOnce(&mut dyn PreferenceStore) -> crate::Result<R> + Send + 'static,
+) -> Result<R, Status> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut guard = store.lock().map_err(|_| Status::internal("store lock poisoned"))?;
+        f(guard.as_mut()).map_err(status)
+    })
+    .await
+    .map_err(|e| Status::internal(e.to_string()))?
+}
+
+type Items<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl StoreRpc for Service {
+    async fn submit_ranking(&self, request: Request<SubmitRankingRequest>) -> Result<Response<SubmitRankingResponse>, Status> {
+        auth::check_bearer(&request, self.token.as_deref())?;
+        let span = trace::from_metadata(request.metadata()).span("preferences.submit");
+        let ranking = request.into_inner().ranking.ok_or_else(|| Status::invalid_argument("ranking is required"))?;
+        let ranking = ranking_from_proto(ranking);
+        let id = ranking.ranking_id.clone();
+        with_store(&self.store, move |s| span.in_scope(|| s.submit(&ranking))).await?;
+        Ok(Response::new(SubmitRankingResponse { ranking_id: id }))
+    }
+
+    type ListRankingsStream = Items<RankingMessage>;
+
+    async fn list_rankings(&self, request: Request<ListRankingsRequest>) -> Result<Response<Self::ListRankingsStream>, Status> {
+        let filter = request.into_inner();
+        let prompt = filter.prompt_id.clone();
+        let rankings = with_store(&self.store, move |s| s.rankings(prompt.as_deref())).await?;
+        let items: Vec<Result<RankingMessage, Status>> = rankings
+            .into_iter()
+            .filter(|r| filter.annotator_id.as_ref().is_none_or(|a| &r.annotator_id == a))
+            .map(|r| Ok(ranking_to_proto(r)))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(items))))
+    }
+
+    type ExportPairsStream = Items<PreferencePair>;
+
+    async fn export_pairs(&self, request: Request<ExportPairsRequest>) -> Result<Response<Self::ExportPairsStream>, Status> {
+        let annotator = request.into_inner().annotator_id;
+        let rankings = with_store(&self.store, |s| s.rankings(None)).await?;
+        let items: Vec<Result<PreferencePair, Status>> = rankings
+            .iter()
+            .filter(|r| annotator.as_ref().is_none_or(|a| &r.annotator_id == a))
+            .flat_map(|r| r.pairs())
+            .map(|p| Ok(p.into()))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(items))))
+    }
+
+    async fn stats(&self, _: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
+        let stats = with_store(&self.store, |s| s.stats()).await?;
+        Ok(Response::new(StatsResponse {
+            rankings: stats.rankings,
+            pairs: stats.pairs,
+            prompts: stats.prompts,
+            annotators: stats.annotators,
+        }))
+    }
+}
+
+/// Serves `store` on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: PreferenceServiceConfig,
+    store: Box<dyn PreferenceStore>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (health, health_service) = rlhf_rpc::health();
+    health.set_serving::<PreferenceStoreServer<Service>>().await;
+    let service = PreferenceStoreServer::new(Service { store: Arc::new(Mutex::new(store)), token: config.token })
+        .max_decoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES);
+    rlhf_rpc::serve(listener, Routes::new(health_service).add_service(service), shutdown).await
+}
