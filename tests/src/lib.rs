@@ -89,6 +89,19 @@ impl Child {
         self.process.as_mut().is_some_and(|p| matches!(p.try_wait(), Ok(None)))
     }
 
+    /// Waits for the process to exit by itself; `None` if it still runs after `timeout`.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.process.as_mut().map(|p| p.try_wait()) {
+                self.process = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().map(|p| p.id())
     }

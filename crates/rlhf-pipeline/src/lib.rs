@@ -7,6 +7,7 @@
 //! - [`run_dir`]: the run directory: checkpoints, state, metrics, report.
 //! - [`task`]: the bundled assistant world, its tokenizer and the chat format.
 //! - [`sft`], [`collect`], [`reward`], [`ppo`]: the stages; each reads and writes the run directory.
+//! - [`cluster`]: the PPO stage's distributed backend (generator replicas, Redis streams).
 //! - [`eval`]: held-out evaluation against the gold preference, and the reward-hacking alarm.
 //! - [`report`]: `report.html` (with SVG plots) and `summary.json`.
 //! - [`pipeline`]: all stages in order, skipping finished ones on `--resume`.
@@ -15,6 +16,7 @@
 //! (`policy-generator`, `reward-scorer`, `preference-store`, `ppo-learner`) and rollouts travel
 //! only through `rlhf-queue`; going distributed swaps the transport, not this code.
 
+pub mod cluster;
 pub mod collect;
 pub mod config;
 pub mod eval;
@@ -28,7 +30,7 @@ pub mod sft;
 pub mod task;
 
 pub use config::PipelineConfig;
-pub use pipeline::{Stage, run_all, run_stage};
+pub use pipeline::{PpoRunner, Stage, run_all, run_all_with, run_stage, run_stage_with};
 pub use run_dir::RunDir;
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +55,8 @@ pub enum Error {
     Learner(#[from] ppo_learner::Error),
     #[error(transparent)]
     Queue(#[from] rlhf_queue::Error),
+    #[error(transparent)]
+    Fanout(#[from] ppo_learner::FanoutError),
     #[error("{0}")]
     Io(String),
 }

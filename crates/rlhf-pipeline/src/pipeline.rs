@@ -26,8 +26,16 @@ impl Stage {
     }
 }
 
+/// How the PPO stage runs: [`crate::ppo::run`] in one process, or over the services.
+pub type PpoRunner<'a> = &'a mut dyn FnMut(&RunDir, &crate::PipelineConfig) -> Result<crate::run_dir::PpoResult>;
+
 /// Runs one stage and records its result; then refreshes the report.
 pub fn run_stage(run: &RunDir, stage: Stage) -> Result<()> {
+    run_stage_with(run, stage, &mut ppo::run)
+}
+
+/// [`run_stage`] with PPO run by `ppo`.
+pub fn run_stage_with(run: &RunDir, stage: Stage, ppo: PpoRunner<'_>) -> Result<()> {
     let config = run.config()?;
     let started = std::time::Instant::now();
     eprintln!("stage {}: starting", stage.name());
@@ -54,7 +62,7 @@ pub fn run_stage(run: &RunDir, stage: Stage) -> Result<()> {
             run.save_state(&state)?;
         }
         Stage::Ppo => {
-            let result = ppo::run(run, &config)?;
+            let result = ppo(run, &config)?;
             let mut state = run.state()?;
             state.ppo = Some(result);
             state.ppo_progress = None;
@@ -67,6 +75,11 @@ pub fn run_stage(run: &RunDir, stage: Stage) -> Result<()> {
 
 /// Runs every stage not yet finished (all of them on a fresh run).
 pub fn run_all(run: &RunDir) -> Result<()> {
+    run_all_with(run, &mut ppo::run)
+}
+
+/// [`run_all`] with PPO run by `ppo`.
+pub fn run_all_with(run: &RunDir, ppo: PpoRunner<'_>) -> Result<()> {
     for stage in Stage::ALL {
         let state = run.state()?;
         let done = match stage {
@@ -79,7 +92,7 @@ pub fn run_all(run: &RunDir) -> Result<()> {
             eprintln!("stage {}: already finished, skipped", stage.name());
             continue;
         }
-        run_stage(run, stage)?;
+        run_stage_with(run, stage, &mut *ppo)?;
     }
     report::write(run)
 }

@@ -1,20 +1,30 @@
 //! Stage 4, PPO: the policy (with a value head) starts from SFT, the frozen reference is SFT,
 //! the reward is the reward model.
 //!
-//! Each step runs the same path as the distributed system: the learner asks a generator
-//! replica for rollouts, they go through the raw queue to the scorer, come back scored through
-//! the next queue, the learner trains on them, acknowledges them and pushes the new policy
-//! version to the generator. Every `eval_every` steps it evaluates on held-out prompts, checks
-//! the reward-hacking alarm and checkpoints (policy, value head, step, KL controller).
+//! Each step runs the same path in both modes, through a [`RolloutBackend`]: the learner asks
+//! generator replicas for rollouts, they go through the raw queue to the scorer and come back
+//! scored through the next queue; the learner trains on them and pushes the new policy version
+//! to the generators. Every `eval_every` steps it evaluates on held-out prompts, checks the
+//! reward-hacking alarm and checkpoints (policy, value head, step, KL controller), and only then
+//! acknowledges the queue entries those steps consumed, so a crash between checkpoints loses no
+//! rollout that the checkpoint does not already account for.
+//!
+//! - [`Embedded`]: one process: an in-process generator, scorer and queues.
+//! - `crate::cluster::ClusterBackend`: generator replicas over gRPC, Redis streams, a scorer service.
 
-use std::time::Instant;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use candle_core::Tensor;
 use policy_generator::{GenerateRequest, PolicyGenerator};
-use ppo_learner::PpoLearner;
+use ppo_learner::{PpoLearner, StepStats};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
-use rlhf_queue::{InProcessQueue, Queue};
+use reward_scorer::RewardScorer;
+use rlhf_model::Config;
+use rlhf_queue::{Delivery, EntryId, InProcessQueue, Queue};
 use rlhf_types::{Rollout, ScoredRollout};
 use rlhf_world::Split;
 use serde_json::json;
@@ -28,14 +38,136 @@ use crate::run_dir::{PpoProgress, PpoResult, RunDir};
 use crate::task::Task;
 use crate::{Error, Result};
 
+/// Where a PPO step's rollouts come from and where new policy versions go.
+pub trait RolloutBackend {
+    /// Prompts per generation request; a step's prompts are cut into requests of this size.
+    fn prompts_per_request(&self) -> usize;
+    /// Makes `version` (these weights) the one the generators serve.
+    fn publish(&mut self, version: u64, weights: &HashMap<String, Tensor>, config: &Config, pad_id: u32) -> Result<()>;
+    /// The scored rollouts of `requests`, sampled by policy `version`: each rollout exactly once.
+    fn rollouts(&mut self, version: u64, requests: Vec<GenerateRequest>) -> Result<Vec<Delivery<ScoredRollout>>>;
+    /// Releases queue entries consumed by steps that are now checkpointed.
+    fn acknowledge(&mut self, ids: Vec<EntryId>) -> Result<()>;
+    /// Sees every step's statistics (the distributed learner reports them over gRPC).
+    fn observe(&mut self, _stats: &StepStats) {}
+    /// True when someone asked for a checkpoint after this step.
+    fn checkpoint_wanted(&mut self) -> bool {
+        false
+    }
+    /// A checkpoint of `step` was written to `path`.
+    fn checkpointed(&mut self, _path: &str, _step: u64) {}
+}
+
+/// The one-process backend: an in-process generator and scorer, in-process queues.
+pub struct Embedded {
+    scorer: Arc<RewardScorer>,
+    generator: Option<PolicyGenerator>,
+    raw: InProcessQueue<Rollout>,
+    scored: InProcessQueue<ScoredRollout>,
+}
+
+impl std::fmt::Debug for Embedded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Embedded").finish_non_exhaustive()
+    }
+}
+
+impl Embedded {
+    pub fn new(scorer: Arc<RewardScorer>) -> Self {
+        Embedded { scorer, generator: None, raw: InProcessQueue::new("rollouts"), scored: InProcessQueue::new("scored") }
+    }
+}
+
+impl RolloutBackend for Embedded {
+    fn prompts_per_request(&self) -> usize {
+        usize::MAX
+    }
+
+    fn publish(&mut self, version: u64, weights: &HashMap<String, Tensor>, config: &Config, pad_id: u32) -> Result<()> {
+        match &self.generator {
+            Some(g) => g.update_weights(version, weights.clone())?,
+            None => {
+                self.generator =
+                    Some(PolicyGenerator::new("generator-0", config.clone(), pad_id, weights.clone(), version)?)
+            }
+        }
+        Ok(())
+    }
+
+    fn rollouts(&mut self, _version: u64, requests: Vec<GenerateRequest>) -> Result<Vec<Delivery<ScoredRollout>>> {
+        let generator = self.generator.as_ref().ok_or_else(|| Error::Io("no policy published yet".into()))?;
+        for request in &requests {
+            self.raw.push(generator.generate(request)?)?;
+        }
+        self.scorer.drain("scorer-0", &self.raw, &self.scored, usize::MAX)?;
+        Ok(self.scored.pop("learner", usize::MAX, Duration::ZERO)?)
+    }
+
+    fn acknowledge(&mut self, ids: Vec<EntryId>) -> Result<()> {
+        Ok(self.scored.ack(&ids)?)
+    }
+}
+
+/// Runs the PPO stage in one process.
 pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<PpoResult> {
-    let start = Instant::now();
-    let task = Task::load(run, config)?;
-    let mut state = run.state()?;
-    let rm = state.reward_model.clone().ok_or(Error::MissingStage { stage: "ppo", missing: "rm" })?;
+    let scorer = Arc::new(prepared_scorer(run, config)?);
+    run_with(run, config, scorer.clone(), &mut Embedded::new(scorer))
+}
+
+/// The reward model and reference policy, normalised and tempered as this run needs them.
+pub fn prepared_scorer(run: &RunDir, config: &PipelineConfig) -> Result<RewardScorer> {
+    let rm = run.state()?.reward_model.ok_or(Error::MissingStage { stage: "ppo", missing: "rm" })?;
     let mut scorer = load_scorer(run)?;
     scorer.set_normaliser(rm.score_mean, rm.score_std);
     scorer.set_temperature(config.ppo.algorithm.temperature);
+    Ok(scorer)
+}
+
+/// One step's generation requests: the step's prompts cut into requests of at most `per_request`
+/// prompts, each with its own seed, so a retried request reproduces its rollout ids. With one
+/// request, the id and seed are those the embedded run has always used.
+pub fn step_requests(
+    task: &Task,
+    config: &PipelineConfig,
+    step: u64,
+    per_request: usize,
+    id_suffix: &str,
+) -> Result<Vec<GenerateRequest>> {
+    let train: Vec<_> = task.prompts(Split::Train);
+    let mut rng = StdRng::seed_from_u64(config.seed ^ 0x5eed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let picked: Vec<_> = train.choose_multiple(&mut rng, config.ppo.prompts_per_step).copied().collect();
+    let seed = rng.random::<u64>();
+    let chunks: Vec<_> = picked.chunks(per_request.max(1)).collect();
+    let single = chunks.len() == 1;
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            Ok(GenerateRequest {
+                request_id: if single { format!("ppo-{step}{id_suffix}") } else { format!("ppo-{step}-{i}{id_suffix}") },
+                prompts: task.prompt_tokens(chunk.iter().copied())?,
+                sampling: task.sampling(
+                    config.ppo.algorithm.temperature,
+                    config.ppo.top_p,
+                    config.ppo.max_new_tokens,
+                    seed ^ (i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d),
+                ),
+                samples_per_prompt: 1,
+            })
+        })
+        .collect()
+}
+
+/// Runs (or resumes) the PPO stage with rollouts from `backend`; `scorer` serves evaluation.
+pub fn run_with(
+    run: &RunDir,
+    config: &PipelineConfig,
+    scorer: Arc<RewardScorer>,
+    backend: &mut dyn RolloutBackend,
+) -> Result<PpoResult> {
+    let start = Instant::now();
+    let task = Task::load(run, config)?;
+    let mut state = run.state()?;
     let sft = sft_generator(run, "sft-baseline")?;
     let evaluator = Evaluator::new(&task, config, &sft)?;
 
@@ -52,49 +184,45 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<PpoResult> {
         }
         None => (vec![], vec![], 0.0),
     };
-    let generator =
-        PolicyGenerator::new("generator-0", ckpt.config, pad, learner.policy_weights()?, learner.version())?;
+    let weights = learner.policy_weights()?;
+    backend.publish(learner.version(), &weights, &ckpt.config, pad)?;
+    // Evaluation samples with its own copy of the policy, refreshed at each evaluation.
+    let eval_policy = PolicyGenerator::new("evaluator", ckpt.config.clone(), pad, weights, learner.version())?;
     if evals.is_empty() {
-        evals.push(evaluator.evaluate(&task, &generator, &scorer, 0)?);
+        evals.push(evaluator.evaluate(&task, &eval_policy, &scorer, 0)?);
         run.metric(&eval_record(&evals[0]))?;
     }
 
-    let raw: InProcessQueue<Rollout> = InProcessQueue::new("rollouts");
-    let scored: InProcessQueue<ScoredRollout> = InProcessQueue::new("scored");
-    let train: Vec<_> = task.prompts(Split::Train);
     let steps = config.ppo.steps as u64;
+    let per_request = backend.prompts_per_request();
+    // Rollout ids of a distributed run name this learner's incarnation, so entries left in the
+    // streams by an earlier, crashed incarnation never pass for this one's.
+    let suffix = if per_request == usize::MAX { String::new() } else { format!("@{:08x}", rand::random::<u32>()) };
     let progress = bar(steps, "ppo");
     progress.set_position(learner.step());
+    let mut consumed: Vec<EntryId> = vec![];
     while learner.step() < steps {
-        let step = learner.step();
-        let mut rng = StdRng::seed_from_u64(config.seed ^ 0x5eed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        let picked: Vec<_> = train.choose_multiple(&mut rng, config.ppo.prompts_per_step).collect();
-        let request = GenerateRequest {
-            request_id: format!("ppo-{step}"),
-            prompts: task.prompt_tokens(picked.iter().copied().copied())?,
-            sampling: task.sampling(
-                config.ppo.algorithm.temperature,
-                config.ppo.top_p,
-                config.ppo.max_new_tokens,
-                rng.random::<u64>(),
-            ),
-            samples_per_prompt: 1,
-        };
-        raw.push(generator.generate(&request)?)?;
-        scorer.drain("scorer-0", &raw, &scored, usize::MAX)?;
-        let deliveries = scored.pop("learner", usize::MAX, std::time::Duration::ZERO)?;
-        let stats = learner.train_step(deliveries.iter().map(|d| d.item.clone()).collect())?;
-        generator.update_weights(learner.version(), learner.policy_weights()?)?;
-        scored.ack(&deliveries.iter().map(|d| d.id.clone()).collect::<Vec<_>>())?;
+        let step_started = Instant::now();
+        let requests = step_requests(&task, config, learner.step(), per_request, &suffix)?;
+        let deliveries = backend.rollouts(learner.version(), requests)?;
+        let rollout_seconds = step_started.elapsed().as_secs_f64();
+        consumed.extend(deliveries.iter().map(|d| d.id.clone()));
+        let stats = learner.train_step(deliveries.into_iter().map(|d| d.item).collect())?;
+        let weights = learner.policy_weights()?;
+        backend.publish(learner.version(), &weights, learner.model_config(), pad)?;
+        backend.observe(&stats);
         let mut record = serde_json::to_value(&stats).map_err(|e| Error::Io(e.to_string()))?;
         record["stage"] = json!("ppo");
+        record["rollout_seconds"] = json!(rollout_seconds);
+        record["step_seconds"] = json!(step_started.elapsed().as_secs_f64());
         run.metric(&record)?;
         progress.set_message(format!("reward {:.2} kl {:.2}", stats.reward, stats.kl));
         progress.inc(1);
 
         let step = learner.step();
-        if step % config.ppo.eval_every as u64 == 0 || step == steps {
-            let point = evaluator.evaluate(&task, &generator, &scorer, step)?;
+        if step % config.ppo.eval_every as u64 == 0 || step == steps || backend.checkpoint_wanted() {
+            eval_policy.update_weights(learner.version(), weights)?;
+            let point = evaluator.evaluate(&task, &eval_policy, &scorer, step)?;
             run.metric(&eval_record(&point))?;
             evals.push(point);
             for alarm in check_alarms(&config.monitor, &evals) {
@@ -112,6 +240,8 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<PpoResult> {
                 alarms: alarms.clone(),
             });
             run.save_state(&state)?;
+            backend.acknowledge(std::mem::take(&mut consumed))?;
+            backend.checkpointed(&run.path("ppo").display().to_string(), step);
         }
     }
     progress.finish_and_clear();

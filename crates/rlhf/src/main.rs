@@ -1,7 +1,7 @@
-//! `rlhf`: the one binary of the project. Every pipeline stage and, later, every service is a
-//! subcommand; a subcommand exists only once it works.
+//! `rlhf`: the one binary of the project. Every pipeline stage and every service is a subcommand.
 
 mod bench;
+mod serve;
 mod stages;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +37,9 @@ enum Command {
     /// Stage 4: PPO against the reward model with a KL penalty to the SFT model, with held-out
     /// gold evaluation and the reward-hacking alarm.
     Ppo(stages::RunArgs),
+    /// Run one service as its own process: generator, scorer, preferences or learner.
+    #[command(subcommand)]
+    Serve(serve::Service),
     /// Print the default pipeline configuration (JSON); edit it and pass it with --config.
     Config,
     /// Measure training, sampling and scoring throughput of the model core on this machine.
@@ -55,5 +58,6 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench::run(&args),
+        Command::Serve(service) => serve::run(service),
     }
 }

@@ -27,10 +27,14 @@ use crate::{Error, GenerateRequest, PolicyGenerator};
 pub struct GeneratorServiceConfig {
     /// Names the replica in rollouts, traces and status.
     pub id: String,
+    /// Pause before each streamed rollout. Fault injection for tests: it widens the window in
+    /// which a replica can be killed in the middle of a batch. Zero in production.
+    pub stream_delay: std::time::Duration,
 }
 
 struct Replica {
     id: String,
+    stream_delay: std::time::Duration,
     generator: RwLock<Option<Arc<PolicyGenerator>>>,
     in_flight: AtomicU32,
     /// One weight update at a time; a second waits rather than racing the first.
@@ -38,12 +42,13 @@ struct Replica {
     health: HealthReporter,
 }
 
-/// Decrements the in-flight count however the request ends.
-struct InFlight<'a>(&'a AtomicU32);
+/// Decrements the in-flight count however the request ends (even when the client hangs up
+/// in the middle of the stream).
+struct InFlight(Arc<Replica>);
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -90,10 +95,10 @@ impl GeneratorRpc for Service {
             sampling,
             samples_per_prompt: request.samples_per_prompt as usize,
         };
-        let replica = self.0.clone();
-        replica.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.0.in_flight.fetch_add(1, Ordering::SeqCst);
+        let in_flight = InFlight(self.0.clone());
+        let delay = self.0.stream_delay;
         let rollouts = tokio::task::spawn_blocking(move || {
-            let _guard = InFlight(&replica.in_flight);
             span.in_scope(|| {
                 tracing::debug!(request = %domain.request_id, prompts = domain.prompts.len(), "generating");
                 generator.generate(&domain)
@@ -103,9 +108,8 @@ impl GeneratorRpc for Service {
         .map_err(|e| Status::internal(format!("generation task: {e}")))?
         .map_err(status)?;
         let request_id = request.request_id;
-        let stream = tokio_stream::iter(rollouts)
-            .map(move |r| Ok(GenerateResponse { request_id: request_id.clone(), rollout: Some(r.into()) }));
-        Ok(Response::new(Box::pin(stream)))
+        let stream = async_stream(rollouts, request_id, delay, in_flight);
+        Ok(Response::new(stream))
     }
 
     async fn update_weights(&self, request: Request<Streaming<WeightChunk>>) -> Result<Response<UpdateWeightsResponse>, Status> {
@@ -155,6 +159,29 @@ impl GeneratorRpc for Service {
     }
 }
 
+/// Streams `rollouts`, holding the in-flight guard until the last one is sent.
+fn async_stream(
+    rollouts: Vec<rlhf_types::Rollout>,
+    request_id: String,
+    delay: std::time::Duration,
+    in_flight: InFlight,
+) -> RolloutStream {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        let _in_flight = in_flight;
+        for rollout in rollouts {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let message = GenerateResponse { request_id: request_id.clone(), rollout: Some(rollout.into()) };
+            if tx.send(Ok(message)).await.is_err() {
+                break;
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
 /// Serves one replica on `listener` until `shutdown` resolves.
 pub async fn run(
     config: GeneratorServiceConfig,
@@ -166,6 +193,7 @@ pub async fn run(
     health.set_service_status("", rlhf_rpc::ServingStatus::NotServing).await;
     let replica = Arc::new(Replica {
         id: config.id,
+        stream_delay: config.stream_delay,
         generator: RwLock::new(None),
         in_flight: AtomicU32::new(0),
         updating: tokio::sync::Mutex::new(()),

@@ -13,10 +13,12 @@ mod config;
 pub mod fanout;
 mod grad;
 mod learner;
+mod service;
 
 pub use config::PpoConfig;
 pub use fanout::{Fanout, FanoutConfig, FanoutError};
 pub use learner::{PpoLearner, StepStats};
+pub use service::{StatusBoard, run};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

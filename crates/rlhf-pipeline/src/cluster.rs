@@ -1,0 +1,216 @@
+//! The PPO stage's distributed backend: rollout requests fan out to generator replicas over
+//! gRPC, their rollouts go into the raw Redis stream, a scorer service moves them to the scored
+//! stream, and the learner reads them back.
+//!
+//! The learner pushes each request's rollouts to the raw stream once (a retried request yields
+//! the same ids, which are skipped), then reads the scored stream until it has every rollout of
+//! the step exactly once. Entries it does not need (duplicates, rollouts of another learner
+//! incarnation, stale versions) are acknowledged at once; the ones it trains on only after the
+//! checkpoint that covers them.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use candle_core::Tensor;
+use policy_generator::GenerateRequest;
+use ppo_learner::{Fanout, FanoutConfig, StatusBoard, StepStats};
+use rlhf_model::Config;
+use rlhf_queue::{Delivery, EntryId, Queue, Traced};
+use rlhf_types::{Rollout, ScoredRollout};
+
+use crate::ppo::RolloutBackend;
+use crate::{Error, Result};
+
+/// Knobs of the distributed backend.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub fanout: FanoutConfig,
+    pub prompts_per_request: usize,
+    /// Rollouts at most this many versions behind the learner are trained on (0: on-policy).
+    pub max_staleness: u64,
+    /// A step fails when its scored rollouts have not all arrived after this long.
+    pub scored_timeout: Duration,
+    /// The learner's consumer name in the scored stream's group.
+    pub consumer: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            fanout: FanoutConfig::default(),
+            prompts_per_request: 16,
+            max_staleness: 0,
+            scored_timeout: Duration::from_secs(300),
+            consumer: "learner".into(),
+        }
+    }
+}
+
+/// What the backend did so far, for tests and the run's metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterCounters {
+    pub raw_pushed: u64,
+    pub duplicates_dropped: u64,
+    pub foreign_dropped: u64,
+    pub stale_dropped: u64,
+}
+
+pub struct ClusterBackend {
+    runtime: tokio::runtime::Runtime,
+    fanout: Fanout,
+    raw: Arc<dyn Queue<Rollout>>,
+    scored: Arc<dyn Queue<ScoredRollout>>,
+    config: ClusterConfig,
+    chunks: Arc<Vec<rlhf_proto::v1::WeightChunk>>,
+    counters: ClusterCounters,
+    board: Arc<StatusBoard>,
+}
+
+impl std::fmt::Debug for ClusterBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterBackend").field("fanout", &self.fanout).field("counters", &self.counters).finish()
+    }
+}
+
+impl ClusterBackend {
+    /// Replicas at `generators`; `raw` and `scored` are the two streams around the scorer.
+    /// Entries this consumer held when an earlier incarnation died are released first: the
+    /// steps they belonged to were not checkpointed and will be run again.
+    pub fn new(
+        generators: &[String],
+        raw: Arc<dyn Queue<Rollout>>,
+        scored: Arc<dyn Queue<ScoredRollout>>,
+        config: ClusterConfig,
+    ) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Io(format!("tokio runtime: {e}")))?;
+        let fanout = {
+            let _guard = runtime.enter();
+            Fanout::new(generators, config.fanout.clone())?
+        };
+        loop {
+            let left = scored.claim_stale(&config.consumer, Duration::ZERO, 1_000)?;
+            if left.is_empty() {
+                break;
+            }
+            tracing::info!(entries = left.len(), "released entries of an earlier learner incarnation");
+            scored.ack(&left.iter().map(|d| d.id.clone()).collect::<Vec<_>>())?;
+        }
+        Ok(ClusterBackend {
+            runtime,
+            fanout,
+            raw,
+            scored,
+            config,
+            chunks: Arc::new(vec![]),
+            counters: ClusterCounters::default(),
+            board: Arc::new(StatusBoard::default()),
+        })
+    }
+
+    /// What the learner's gRPC service reports.
+    pub fn board(&self) -> Arc<StatusBoard> {
+        self.board.clone()
+    }
+
+    pub fn counters(&self) -> &ClusterCounters {
+        &self.counters
+    }
+
+    pub fn replicas(&self) -> Vec<ppo_learner::fanout::ReplicaReport> {
+        self.fanout.report()
+    }
+}
+
+impl RolloutBackend for ClusterBackend {
+    fn prompts_per_request(&self) -> usize {
+        self.config.prompts_per_request
+    }
+
+    fn publish(&mut self, version: u64, weights: &HashMap<String, Tensor>, config: &Config, pad_id: u32) -> Result<()> {
+        self.chunks = Arc::new(policy_generator::weights::encode(version, weights, config, pad_id)?);
+        let chunks = self.chunks.clone();
+        let serving = self.runtime.block_on(self.fanout.publish(version, chunks));
+        tracing::debug!(version, serving, "published policy version");
+        Ok(())
+    }
+
+    fn rollouts(&mut self, version: u64, requests: Vec<GenerateRequest>) -> Result<Vec<Delivery<ScoredRollout>>> {
+        let expected: HashSet<String> = requests
+            .iter()
+            .flat_map(|r| (0..r.prompts.len() * r.samples_per_prompt).map(move |i| format!("{}-{i}", r.request_id)))
+            .collect();
+        let mut pushed: HashSet<String> = HashSet::new();
+        let mut push_error = None;
+        let raw = self.raw.clone();
+        let counters = &mut self.counters;
+        self.runtime.block_on(self.fanout.generate(&requests, version, self.chunks.clone(), |_, rollouts, context| {
+            let fresh: Vec<Traced<Rollout>> = rollouts
+                .into_iter()
+                .filter(|r| pushed.insert(r.rollout_id.clone()))
+                .map(|r| Traced { item: r, traceparent: Some(context.child().header()) })
+                .collect();
+            counters.raw_pushed += fresh.len() as u64;
+            if let Err(e) = raw.push_traced(fresh) {
+                push_error.get_or_insert(e);
+            }
+        }))?;
+        if let Some(e) = push_error {
+            return Err(e.into());
+        }
+
+        let deadline = Instant::now() + self.config.scored_timeout;
+        let mut got: HashMap<String, Delivery<ScoredRollout>> = HashMap::with_capacity(expected.len());
+        while got.len() < expected.len() {
+            if Instant::now() > deadline {
+                return Err(Error::Io(format!(
+                    "{} of {} scored rollouts arrived within {:?}: is the scorer running?",
+                    got.len(),
+                    expected.len(),
+                    self.config.scored_timeout
+                )));
+            }
+            let batch = self.scored.pop(&self.config.consumer, expected.len() - got.len(), Duration::from_millis(500))?;
+            let mut drop: Vec<EntryId> = vec![];
+            for delivery in batch {
+                let rollout = &delivery.item.rollout;
+                if !expected.contains(&rollout.rollout_id) {
+                    self.counters.foreign_dropped += 1;
+                    drop.push(delivery.id);
+                } else if rollout.policy_version + self.config.max_staleness < version {
+                    self.counters.stale_dropped += 1;
+                    drop.push(delivery.id);
+                } else if got.contains_key(&rollout.rollout_id) {
+                    self.counters.duplicates_dropped += 1;
+                    drop.push(delivery.id);
+                } else {
+                    got.insert(rollout.rollout_id.clone(), delivery);
+                }
+            }
+            self.scored.ack(&drop)?;
+        }
+        let mut deliveries: Vec<Delivery<ScoredRollout>> = got.into_values().collect();
+        deliveries.sort_by(|a, b| a.item.rollout.rollout_id.cmp(&b.item.rollout.rollout_id));
+        Ok(deliveries)
+    }
+
+    fn acknowledge(&mut self, ids: Vec<EntryId>) -> Result<()> {
+        Ok(self.scored.ack(&ids)?)
+    }
+
+    fn observe(&mut self, stats: &StepStats) {
+        self.board.record(stats);
+    }
+
+    fn checkpoint_wanted(&mut self) -> bool {
+        self.board.checkpoint_wanted()
+    }
+
+    fn checkpointed(&mut self, path: &str, step: u64) {
+        self.board.checkpointed(path, step);
+    }
+}

@@ -1,0 +1,258 @@
+//! `rlhf serve generator|scorer|preferences|learner`: each service as its own process, the way
+//! it runs on Kubernetes. Every one answers grpc.health.v1 and server reflection, logs to
+//! stderr (`RUST_LOG` filters) and drains on SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use rlhf_pipeline::cluster::{ClusterBackend, ClusterConfig};
+use rlhf_pipeline::{PipelineConfig, RunDir};
+use rlhf_queue::{Queue, RedisQueue, RedisQueueOptions};
+use rlhf_types::{Rollout, ScoredRollout};
+
+#[derive(Debug, Subcommand)]
+pub enum Service {
+    /// A policy generator replica. It starts without a model (health NOT_SERVING) and serves
+    /// whatever version the learner pushes to it. Run several, each on its own port; with
+    /// RAYON_NUM_THREADS=1 each decodes fastest on a small CPU.
+    Generator(GeneratorArgs),
+    /// The reward scorer: loads the reward model and reference policy of --run-dir once the
+    /// reward model exists, moves rollouts from the raw stream to the scored stream, and answers
+    /// `Score` calls.
+    Scorer(ScorerArgs),
+    /// The preference store over a SQLite file. Writes need `Authorization: Bearer <token>` when
+    /// RLHF_PREFERENCES_TOKEN is set.
+    Preferences(PreferencesArgs),
+    /// The PPO learner: runs the unfinished stages of --run-dir, with PPO's rollouts coming from
+    /// the generator replicas through Redis and the scorer, then writes the report and exits.
+    Learner(LearnerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct Listen {
+    /// Address to serve gRPC on.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct Streams {
+    /// Redis holding the rollout streams.
+    #[arg(long, default_value = "redis://127.0.0.1:6379/")]
+    redis: String,
+    /// Prefix of the stream names (`<prefix>:rollouts`, `<prefix>:scored`), so that runs can
+    /// share one Redis.
+    #[arg(long, default_value = "rlhf")]
+    streams: String,
+}
+
+impl Streams {
+    fn open(&self) -> Result<(Arc<dyn Queue<Rollout>>, Arc<dyn Queue<ScoredRollout>>)> {
+        let raw = RedisQueue::<Rollout>::connect(RedisQueueOptions::new(&self.redis, &format!("{}:rollouts", self.streams)))
+            .with_context(|| format!("connecting to {}", self.redis))?;
+        let scored =
+            RedisQueue::<ScoredRollout>::connect(RedisQueueOptions::new(&self.redis, &format!("{}:scored", self.streams)))?;
+        Ok((Arc::new(raw), Arc::new(scored)))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct GeneratorArgs {
+    #[command(flatten)]
+    listen: Listen,
+    /// The replica's name in rollouts and traces (default: generator-<port>).
+    #[arg(long)]
+    id: Option<String>,
+    /// Fault injection for tests: pause this many milliseconds before each streamed rollout.
+    #[arg(long, default_value_t = 0, hide = true)]
+    stream_delay_ms: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ScorerArgs {
+    #[command(flatten)]
+    listen: Listen,
+    #[command(flatten)]
+    streams: Streams,
+    /// The run whose reward model and SFT reference to load.
+    #[arg(long)]
+    run_dir: PathBuf,
+    /// Consumer name in the raw stream's group; give each scorer its own.
+    #[arg(long, default_value = "scorer-0")]
+    consumer: String,
+    /// Rollouts per forward pass.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct PreferencesArgs {
+    #[command(flatten)]
+    listen: Listen,
+    /// The SQLite file (created if missing).
+    #[arg(long, default_value = "preferences.sqlite")]
+    db: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct LearnerArgs {
+    #[command(flatten)]
+    listen: Listen,
+    #[command(flatten)]
+    streams: Streams,
+    /// The run directory: created with the default config (or --config) if it does not exist.
+    #[arg(long)]
+    run_dir: PathBuf,
+    /// Pipeline settings for a new run (see `rlhf config`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Generator replicas, comma-separated: http://127.0.0.1:50061,http://127.0.0.1:50062
+    #[arg(long, value_delimiter = ',', required = true)]
+    generators: Vec<String>,
+    /// Prompts per generation request (a PPO step's prompts are spread over replicas in requests of this size).
+    #[arg(long, default_value_t = 16)]
+    prompts_per_request: usize,
+    /// Requests in flight per replica.
+    #[arg(long, default_value_t = 1)]
+    in_flight: usize,
+    /// Seconds a generation request may take before it is retried on another replica.
+    #[arg(long, default_value_t = 120)]
+    deadline_secs: u64,
+    /// Train on rollouts at most this many policy versions old (0: strictly on-policy).
+    #[arg(long, default_value_t = 0)]
+    max_staleness: u64,
+}
+
+pub fn run(service: Service) -> Result<()> {
+    init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    match service {
+        Service::Generator(args) => runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind(args.listen.listen).await?;
+            let port = listener.local_addr()?.port();
+            let id = args.id.unwrap_or_else(|| format!("generator-{port}"));
+            tracing::info!(%id, addr = %args.listen.listen, "generator replica listening");
+            let config = policy_generator::GeneratorServiceConfig {
+                id,
+                stream_delay: Duration::from_millis(args.stream_delay_ms),
+            };
+            policy_generator::run(config, listener, rlhf_rpc::shutdown_signal()).await?;
+            Ok(())
+        }),
+        Service::Scorer(args) => {
+            let (raw, scored) = args.streams.open()?;
+            let run_dir = args.run_dir.clone();
+            let load = move || load_scorer_when_ready(&run_dir);
+            let config = reward_scorer::ScorerServiceConfig {
+                consumer: args.consumer,
+                batch: args.batch,
+                ..Default::default()
+            };
+            runtime.block_on(async {
+                let listener = tokio::net::TcpListener::bind(args.listen.listen).await?;
+                tracing::info!(addr = %args.listen.listen, "scorer listening");
+                reward_scorer::run(config, load, raw, scored, listener, rlhf_rpc::shutdown_signal())
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))
+            })
+        }
+        Service::Preferences(args) => {
+            let store = preference_store::SqliteStore::open(&args.db)?;
+            let token = std::env::var("RLHF_PREFERENCES_TOKEN").ok().filter(|t| !t.is_empty());
+            runtime.block_on(async {
+                let listener = tokio::net::TcpListener::bind(args.listen.listen).await?;
+                tracing::info!(addr = %args.listen.listen, db = %args.db.display(), auth = token.is_some(), "preference store listening");
+                preference_store::run(
+                    preference_store::PreferenceServiceConfig { token },
+                    Box::new(store),
+                    listener,
+                    rlhf_rpc::shutdown_signal(),
+                )
+                .await?;
+                Ok(())
+            })
+        }
+        Service::Learner(args) => run_learner(args, runtime),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn,hyper=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The scorer may start before the reward model exists: it waits for the `rm` stage.
+fn load_scorer_when_ready(run_dir: &std::path::Path) -> std::result::Result<reward_scorer::RewardScorer, String> {
+    let mut announced = false;
+    loop {
+        if run_dir.join("config.json").exists() {
+            let run = RunDir::open(run_dir).map_err(|e| e.to_string())?;
+            if run.state().map_err(|e| e.to_string())?.reward_model.is_some() {
+                let config = run.config().map_err(|e| e.to_string())?;
+                return rlhf_pipeline::ppo::prepared_scorer(&run, &config).map_err(|e| e.to_string());
+            }
+        }
+        if !announced {
+            tracing::info!(run = %run_dir.display(), "waiting for the reward model");
+            announced = true;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn run_learner(args: LearnerArgs, runtime: tokio::runtime::Runtime) -> Result<()> {
+    let run = if args.run_dir.join("config.json").exists() {
+        if args.config.is_some() {
+            bail!("{} already holds a run with its own config; drop --config", args.run_dir.display());
+        }
+        RunDir::open(&args.run_dir)?
+    } else {
+        let config = match &args.config {
+            Some(path) => PipelineConfig::load(path)?,
+            None => PipelineConfig::default(),
+        };
+        config.validate()?;
+        RunDir::create(&args.run_dir, &config)?
+    };
+    let (raw, scored) = args.streams.open()?;
+    let cluster = ClusterConfig {
+        fanout: ppo_learner::FanoutConfig {
+            in_flight_per_replica: args.in_flight.max(1),
+            deadline: Duration::from_secs(args.deadline_secs),
+            ..Default::default()
+        },
+        prompts_per_request: args.prompts_per_request.max(1),
+        max_staleness: args.max_staleness,
+        ..Default::default()
+    };
+    let mut backend = ClusterBackend::new(&args.generators, raw, scored, cluster)?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let listener = runtime.block_on(tokio::net::TcpListener::bind(args.listen.listen))?;
+    tracing::info!(addr = %args.listen.listen, run = %run.root().display(), "learner listening");
+    let server = runtime.spawn(ppo_learner::run(backend.board(), listener, async {
+        let _ = stopped.await;
+    }));
+    let mut ppo = |run: &RunDir, config: &PipelineConfig| {
+        let scorer = Arc::new(rlhf_pipeline::ppo::prepared_scorer(run, config)?);
+        let result = rlhf_pipeline::ppo::run_with(run, config, scorer, &mut backend);
+        tracing::info!(counters = ?backend.counters(), replicas = ?backend.replicas(), "rollout backend");
+        result
+    };
+    let outcome = rlhf_pipeline::run_all_with(&run, &mut ppo);
+    let _ = stop.send(());
+    let _ = runtime.block_on(server);
+    outcome?;
+    let summary = rlhf_pipeline::report::summary(&run)?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    println!("report: {}", run.path("report.html").display());
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! End to end over real transport: a private redis-server, generator replicas and the other
+//! services as child processes of the `rlhf` binary, on loopback.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rlhf_harness::{Child, RedisServer, free_port, wait_for_port};
+use rlhf_pipeline::cluster::{ClusterBackend, ClusterConfig};
+use rlhf_pipeline::{PipelineConfig, RunDir, Stage};
+use rlhf_proto::v1::policy_generator_client::PolicyGeneratorClient;
+use rlhf_proto::v1::preference_store_client::PreferenceStoreClient;
+use rlhf_proto::v1::{GeneratorStatusRequest, Ranking, StatsRequest, SubmitRankingRequest};
+use rlhf_queue::{Queue, RedisQueue, RedisQueueOptions};
+use rlhf_types::{Rollout, ScoredRollout};
+
+const TINY: &str = r#"{"model": {"hidden_size": 32, "num_hidden_layers": 1, "intermediate_size": 64},
+    "world": {"sft_responses_per_prompt": 2}, "sft": {"epochs": 1},
+    "collect": {"rounds": 1, "train_prompts": 24}, "reward_model": {"epochs": 1},
+    "ppo": {"steps": 6, "prompts_per_step": 16, "eval_every": 3, "max_new_tokens": 16}}"#;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_rlhf")
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+const QUIET: [(&str, &str); 2] = [("RUST_BACKTRACE", "0"), ("RUST_LOG", "warn")];
+
+/// A generator replica on a free port.
+fn generator(name: &str, port: u16, extra: &[&str]) -> Child {
+    let mut a = args(&["serve", "generator", "--listen", &format!("127.0.0.1:{port}"), "--id", name]);
+    a.extend(args(extra));
+    let child = Child::spawn(name, bin(), &a, &QUIET).unwrap();
+    wait_for_port(port, Duration::from_secs(30)).unwrap();
+    child
+}
+
+fn scorer(run: &Path, redis: &RedisServer, streams: &str) -> Child {
+    let port = free_port();
+    let a = args(&[
+        "serve", "scorer", "--listen", &format!("127.0.0.1:{port}"), "--run-dir", run.to_str().unwrap(),
+        "--redis", &redis.url(), "--streams", streams,
+    ]);
+    let child = Child::spawn("scorer", bin(), &a, &QUIET).unwrap();
+    wait_for_port(port, Duration::from_secs(30)).unwrap();
+    child
+}
+
+fn url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap()
+}
+
+fn status(rt: &tokio::runtime::Runtime, port: u16) -> Option<rlhf_proto::v1::GeneratorStatus> {
+    rt.block_on(async {
+        let mut client = PolicyGeneratorClient::connect(url(port)).await.ok()?;
+        Some(client.get_status(GeneratorStatusRequest {}).await.ok()?.into_inner())
+    })
+}
+
+/// A run directory with SFT, collection and the reward model done, ready for PPO.
+fn prepared_run(dir: &Path) -> RunDir {
+    let config: PipelineConfig = serde_json::from_str(TINY).unwrap();
+    let run = RunDir::create(&dir.join("run"), &config).unwrap();
+    for stage in [Stage::Sft, Stage::Collect, Stage::RewardModel] {
+        rlhf_pipeline::run_stage(&run, stage).unwrap();
+    }
+    run
+}
+
+fn ppo_records(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["stage"] == "ppo")
+        .collect()
+}
+
+fn streams(redis: &RedisServer, prefix: &str) -> (RedisQueue<Rollout>, RedisQueue<ScoredRollout>) {
+    (
+        RedisQueue::connect(RedisQueueOptions::new(&redis.url(), &format!("{prefix}:rollouts"))).unwrap(),
+        RedisQueue::connect(RedisQueueOptions::new(&redis.url(), &format!("{prefix}:scored"))).unwrap(),
+    )
+}
+
+/// Every PPO step trained on exactly its prompts' rollouts, once each.
+fn assert_every_step_complete(run: &Path, steps: usize, prompts_per_step: u64) {
+    let records = ppo_records(run);
+    assert_eq!(records.len(), steps, "one metrics record per PPO step");
+    for r in &records {
+        assert_eq!(r["rollouts"].as_u64(), Some(prompts_per_step), "a rollout was lost: {r}");
+        assert_eq!(r["duplicates_skipped"].as_u64(), Some(0), "a duplicate reached the learner: {r}");
+    }
+}
+
+#[test]
+fn four_services_as_processes_run_ppo_over_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = prepared_run(dir.path());
+    let redis = RedisServer::start().unwrap();
+    let (g1, g2) = (free_port(), free_port());
+    let _generators = [generator("gen-a", g1, &[]), generator("gen-b", g2, &[])];
+    let _scorer = scorer(run.root(), &redis, "e2e");
+    let prefs_port = free_port();
+    let db = run.path("preferences.sqlite");
+    let _prefs = Child::spawn(
+        "preferences",
+        bin(),
+        &args(&["serve", "preferences", "--listen", &format!("127.0.0.1:{prefs_port}"), "--db", db.to_str().unwrap()]),
+        &[("RUST_BACKTRACE", "0"), ("RUST_LOG", "warn"), ("RLHF_PREFERENCES_TOKEN", "s3cret")],
+    )
+    .unwrap();
+    wait_for_port(prefs_port, Duration::from_secs(30)).unwrap();
+
+    let learner_port = free_port();
+    let mut learner = Child::spawn(
+        "learner",
+        bin(),
+        &args(&[
+            "serve", "learner", "--listen", &format!("127.0.0.1:{learner_port}"), "--run-dir",
+            run.root().to_str().unwrap(), "--redis", &redis.url(), "--streams", "e2e", "--generators",
+            &format!("{},{}", url(g1), url(g2)), "--prompts-per-request", "4",
+        ]),
+        &QUIET,
+    )
+    .unwrap();
+    let exit = learner.wait_timeout(Duration::from_secs(300)).expect("the learner finishes");
+    assert!(exit.success(), "learner failed: {exit:?}");
+    assert!(run.path("summary.json").exists() && run.path("report.html").exists());
+    assert_every_step_complete(run.root(), 6, 16);
+
+    // Both replicas took work and serve the final version.
+    let rt = runtime();
+    for port in [g1, g2] {
+        let s = status(&rt, port).unwrap();
+        assert!(s.ready);
+        assert_eq!(s.serving_version, 6);
+    }
+    // Everything the learner consumed was acknowledged after the final checkpoint, and freed.
+    let (raw, scored) = streams(&redis, "e2e");
+    assert_eq!((raw.pending().unwrap(), scored.pending().unwrap()), (0, 0));
+    assert_eq!((raw.stored().unwrap(), scored.stored().unwrap()), (0, 0));
+    assert_eq!(scored.dead_letters().unwrap(), 0);
+
+    // The preference store serves the run's rankings and guards writes with the token.
+    rt.block_on(async {
+        let mut client = PreferenceStoreClient::connect(url(prefs_port)).await.unwrap();
+        let before = client.stats(StatsRequest {}).await.unwrap().into_inner();
+        assert!(before.rankings > 0);
+        let bad = Ranking { ranking_id: "r-x".into(), prompt_id: "nope".into(), order: vec![0, 0], ..Default::default() };
+        let refused = client.submit_ranking(SubmitRankingRequest { ranking: Some(bad.clone()) }).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        let mut request = tonic::Request::new(SubmitRankingRequest { ranking: Some(bad) });
+        request.metadata_mut().insert("authorization", "Bearer s3cret".parse().unwrap());
+        assert_eq!(client.submit_ranking(request).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!(client.stats(StatsRequest {}).await.unwrap().into_inner(), before);
+    });
+}
+
+#[test]
+fn a_replica_killed_mid_batch_loses_nothing_and_comes_back_with_current_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = prepared_run(dir.path());
+    let redis = RedisServer::start().unwrap();
+    let (g1, g2) = (free_port(), free_port());
+    // Replica B streams slowly, so that it can be killed in the middle of a batch.
+    let _a = generator("gen-a", g1, &[]);
+    let mut b = generator("gen-b", g2, &["--stream-delay-ms", "30"]);
+    let _scorer = scorer(run.root(), &redis, "kill");
+
+    let (raw, scored) = streams(&redis, "kill");
+    let config = ClusterConfig {
+        prompts_per_request: 4,
+        fanout: ppo_learner::FanoutConfig { deadline: Duration::from_secs(60), ..Default::default() },
+        ..Default::default()
+    };
+    let mut backend = ClusterBackend::new(&[url(g1), url(g2)], Arc::new(raw), Arc::new(scored), config).unwrap();
+    let learner = {
+        let run = RunDir::open(run.root()).unwrap();
+        std::thread::spawn(move || {
+            let config = run.config().unwrap();
+            let scorer = Arc::new(rlhf_pipeline::ppo::prepared_scorer(&run, &config).unwrap());
+            let result = rlhf_pipeline::ppo::run_with(&run, &config, scorer, &mut backend);
+            (result, backend)
+        })
+    };
+
+    // Kill B (SIGKILL) while it is in the middle of a request of a step after the first.
+    let rt = runtime();
+    let start = Instant::now();
+    loop {
+        assert!(start.elapsed() < Duration::from_secs(120), "replica B never got a request after step 1");
+        if let Some(s) = status(&rt, g2) {
+            if s.in_flight_requests > 0 && s.serving_version >= 1 {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    b.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    b.start().unwrap();
+    wait_for_port(g2, Duration::from_secs(30)).unwrap();
+
+    let (result, backend) = learner.join().unwrap();
+    let result = result.expect("PPO completes despite the dead replica");
+    assert_eq!(result.steps, 6);
+    assert_every_step_complete(run.root(), 6, 16);
+    let replicas = backend.replicas();
+    assert!(replicas[1].failures >= 1, "the kill did not hit a request: {replicas:?}");
+    assert_eq!(backend.counters().duplicates_dropped + backend.counters().foreign_dropped, 0);
+
+    // The restarted replica was given the current weights.
+    let s = status(&rt, g2).expect("replica B is back");
+    assert!(s.ready, "restarted replica has no weights");
+    assert_eq!(s.serving_version, 6);
+    let (raw, scored) = streams(&redis, "kill");
+    assert_eq!((raw.pending().unwrap(), scored.pending().unwrap()), (0, 0));
+}
