@@ -1,11 +1,15 @@
 # The front door: each target is one cargo command. See README.md.
 CARGO ?= cargo
 
-.PHONY: run test bench lint fmt
+.PHONY: run cluster test bench lint fmt
 
 ## run: the main job: SFT, preference collection, reward model and PPO on the bundled task, then the report
 run:
 	$(CARGO) run --release -p rlhf -- run
+
+## cluster: the same pipeline through the four services as separate processes (private redis-server, 2 generator replicas)
+cluster:
+	CARGO=$(CARGO) deploy/local/cluster.sh
 
 ## test: the whole suite, as CI runs it
 test:

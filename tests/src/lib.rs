@@ -41,7 +41,12 @@ pub struct Child {
 
 impl Child {
     /// Starts `program args`, with its stderr forwarded to ours line by line under `name`.
-    pub fn spawn(name: &str, program: impl AsRef<Path>, args: &[String], envs: &[(&str, &str)]) -> Result<Self, String> {
+    pub fn spawn(
+        name: &str,
+        program: impl AsRef<Path>,
+        args: &[String],
+        envs: &[(&str, &str)],
+    ) -> Result<Self, String> {
         let mut child = Child {
             name: name.to_string(),
             program: program.as_ref().display().to_string(),
@@ -124,11 +129,21 @@ impl RedisServer {
     /// Starts one, or explains how to install redis-server when it is missing.
     pub fn start() -> Result<Self, String> {
         let port = free_port();
-        let args: Vec<String> =
-            ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "no"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
+        let args: Vec<String> = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let child = Child::spawn("redis", "redis-server", &args, &[])
             .map_err(|e| format!("{e} (install it with `apt-get install redis-server`)"))?;
         wait_for_port(port, Duration::from_secs(10))?;

@@ -47,13 +47,19 @@ impl Default for ClusterConfig {
     }
 }
 
-/// What the backend did so far, for tests and the run's metrics.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What the backend did so far, for tests and for seeing where a step's time goes.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClusterCounters {
     pub raw_pushed: u64,
     pub duplicates_dropped: u64,
     pub foreign_dropped: u64,
     pub stale_dropped: u64,
+    /// From the first request sent to the last rollout pushed to the raw stream.
+    pub generate_seconds: f64,
+    /// From then until the last scored rollout of the step arrived.
+    pub scored_wait_seconds: f64,
+    /// Encoding and pushing new weights to the replicas.
+    pub publish_seconds: f64,
 }
 
 pub struct ClusterBackend {
@@ -132,9 +138,11 @@ impl RolloutBackend for ClusterBackend {
     }
 
     fn publish(&mut self, version: u64, weights: &HashMap<String, Tensor>, config: &Config, pad_id: u32) -> Result<()> {
+        let started = Instant::now();
         self.chunks = Arc::new(policy_generator::weights::encode(version, weights, config, pad_id)?);
         let chunks = self.chunks.clone();
         let serving = self.runtime.block_on(self.fanout.publish(version, chunks));
+        self.counters.publish_seconds += started.elapsed().as_secs_f64();
         tracing::debug!(version, serving, "published policy version");
         Ok(())
     }
@@ -144,24 +152,32 @@ impl RolloutBackend for ClusterBackend {
             .iter()
             .flat_map(|r| (0..r.prompts.len() * r.samples_per_prompt).map(move |i| format!("{}-{i}", r.request_id)))
             .collect();
+        let started = Instant::now();
         let mut pushed: HashSet<String> = HashSet::new();
         let mut push_error = None;
         let raw = self.raw.clone();
         let counters = &mut self.counters;
-        self.runtime.block_on(self.fanout.generate(&requests, version, self.chunks.clone(), |_, rollouts, context| {
-            let fresh: Vec<Traced<Rollout>> = rollouts
-                .into_iter()
-                .filter(|r| pushed.insert(r.rollout_id.clone()))
-                .map(|r| Traced { item: r, traceparent: Some(context.child().header()) })
-                .collect();
-            counters.raw_pushed += fresh.len() as u64;
-            if let Err(e) = raw.push_traced(fresh) {
-                push_error.get_or_insert(e);
-            }
-        }))?;
+        self.runtime.block_on(self.fanout.generate(
+            &requests,
+            version,
+            self.chunks.clone(),
+            |_, rollouts, traceparent| {
+                let fresh: Vec<Traced<Rollout>> = rollouts
+                    .into_iter()
+                    .filter(|r| pushed.insert(r.rollout_id.clone()))
+                    .map(|r| Traced { item: r, traceparent: Some(traceparent.to_string()) })
+                    .collect();
+                counters.raw_pushed += fresh.len() as u64;
+                if let Err(e) = raw.push_traced(fresh) {
+                    push_error.get_or_insert(e);
+                }
+            },
+        ))?;
         if let Some(e) = push_error {
             return Err(e.into());
         }
+        let generated = Instant::now();
+        self.counters.generate_seconds += (generated - started).as_secs_f64();
 
         let deadline = Instant::now() + self.config.scored_timeout;
         let mut got: HashMap<String, Delivery<ScoredRollout>> = HashMap::with_capacity(expected.len());
@@ -174,25 +190,29 @@ impl RolloutBackend for ClusterBackend {
                     self.config.scored_timeout
                 )));
             }
-            let batch = self.scored.pop(&self.config.consumer, expected.len() - got.len(), Duration::from_millis(500))?;
-            let mut drop: Vec<EntryId> = vec![];
+            let batch =
+                self.scored.pop(&self.config.consumer, expected.len() - got.len(), Duration::from_millis(500))?;
+            let mut unused: Vec<EntryId> = vec![];
             for delivery in batch {
                 let rollout = &delivery.item.rollout;
                 if !expected.contains(&rollout.rollout_id) {
                     self.counters.foreign_dropped += 1;
-                    drop.push(delivery.id);
+                    unused.push(delivery.id);
                 } else if rollout.policy_version + self.config.max_staleness < version {
                     self.counters.stale_dropped += 1;
-                    drop.push(delivery.id);
+                    unused.push(delivery.id);
                 } else if got.contains_key(&rollout.rollout_id) {
                     self.counters.duplicates_dropped += 1;
-                    drop.push(delivery.id);
+                    unused.push(delivery.id);
                 } else {
+                    // The rollout's trace ends back at the learner.
+                    drop(rlhf_rpc::trace::Hop::start("learner.consume", delivery.traceparent.as_deref()));
                     got.insert(rollout.rollout_id.clone(), delivery);
                 }
             }
-            self.scored.ack(&drop)?;
+            self.scored.ack(&unused)?;
         }
+        self.counters.scored_wait_seconds += generated.elapsed().as_secs_f64();
         let mut deliveries: Vec<Delivery<ScoredRollout>> = got.into_values().collect();
         deliveries.sort_by(|a, b| a.item.rollout.rollout_id.cmp(&b.item.rollout.rollout_id));
         Ok(deliveries)

@@ -74,7 +74,12 @@ impl std::fmt::Debug for Embedded {
 
 impl Embedded {
     pub fn new(scorer: Arc<RewardScorer>) -> Self {
-        Embedded { scorer, generator: None, raw: InProcessQueue::new("rollouts"), scored: InProcessQueue::new("scored") }
+        Embedded {
+            scorer,
+            generator: None,
+            raw: InProcessQueue::new("rollouts"),
+            scored: InProcessQueue::new("scored"),
+        }
     }
 }
 
@@ -144,7 +149,11 @@ pub fn step_requests(
         .enumerate()
         .map(|(i, chunk)| {
             Ok(GenerateRequest {
-                request_id: if single { format!("ppo-{step}{id_suffix}") } else { format!("ppo-{step}-{i}{id_suffix}") },
+                request_id: if single {
+                    format!("ppo-{step}{id_suffix}")
+                } else {
+                    format!("ppo-{step}-{i}{id_suffix}")
+                },
                 prompts: task.prompt_tokens(chunk.iter().copied())?,
                 sampling: task.sampling(
                     config.ppo.algorithm.temperature,

@@ -114,6 +114,27 @@ impl RunDir {
         &self.root
     }
 
+    /// Takes the run for this process: a second writer (another `rlhf run`, a second learner)
+    /// would interleave checkpoints and metrics. Held until the returned guard drops; the
+    /// operating system releases it when a process dies.
+    pub fn lock(&self) -> Result<RunLock> {
+        let path = self.path(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::RunDir(format!("{}: {e}", path.display())))?;
+        match file.try_lock() {
+            Ok(()) => Ok(RunLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::RunDir(format!(
+                "{} is in use by another process (a running `rlhf run` or learner); wait for it or stop it",
+                self.root.display()
+            ))),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::RunDir(format!("{}: {e}", path.display()))),
+        }
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.root.join(name)
     }
@@ -157,4 +178,10 @@ impl RunDir {
         std::fs::write(&tmp, text).map_err(|e| Error::RunDir(format!("{}: {e}", tmp.display())))?;
         std::fs::rename(&tmp, &path).map_err(|e| Error::RunDir(format!("{}: {e}", path.display())))
     }
+}
+
+/// Exclusive use of a run directory by this process (see [`RunDir::lock`]).
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
 }

@@ -11,7 +11,7 @@ use crate::{Queue, Traced};
 
 const NOW: Duration = Duration::ZERO;
 
-fn items<Q>(deliveries: &[crate::Delivery<String>]) -> Vec<&str> {
+fn items(deliveries: &[crate::Delivery<String>]) -> Vec<&str> {
     deliveries.iter().map(|d| d.item.as_str()).collect()
 }
 
@@ -25,7 +25,7 @@ pub fn at_least_once<Q: Queue<String>>(make: impl Fn(&str, u32) -> Q) {
     let q = make("at-least-once", 5);
     q.push(vec!["a".into(), "b".into(), "c".into()]).unwrap();
     let first = q.pop("worker-1", 2, NOW).unwrap();
-    assert_eq!(items::<Q>(&first), ["a", "b"]);
+    assert_eq!(items(&first), ["a", "b"]);
     assert!(first.iter().all(|d| d.deliveries == 1));
     assert_eq!((q.ready().unwrap(), q.pending().unwrap()), (1, 2));
     q.ack(&ids(&first[..1])).unwrap();
@@ -33,7 +33,7 @@ pub fn at_least_once<Q: Queue<String>>(make: impl Fn(&str, u32) -> Q) {
     let taken = q.claim_stale("worker-2", NOW, 10).unwrap();
     assert_eq!(taken.iter().map(|d| (d.item.as_str(), d.deliveries)).collect::<Vec<_>>(), [("b", 2)]);
     let rest = q.pop("worker-2", 10, NOW).unwrap();
-    assert_eq!(items::<Q>(&rest), ["c"]);
+    assert_eq!(items(&rest), ["c"]);
     q.ack(&ids(&taken)).unwrap();
     q.ack(&ids(&rest)).unwrap();
     assert_eq!((q.ready().unwrap(), q.pending().unwrap()), (0, 0));
@@ -58,13 +58,13 @@ pub fn dead_letters_after_max_deliveries<Q: Queue<String>>(make: impl Fn(&str, u
     let q = make("poison", 2);
     q.push(vec!["poison".into(), "fine".into()]).unwrap();
     let first = q.pop("worker-1", 1, NOW).unwrap();
-    assert_eq!(items::<Q>(&first), ["poison"]);
+    assert_eq!(items(&first), ["poison"]);
     let second = q.claim_stale("worker-2", NOW, 10).unwrap();
     assert_eq!(second.iter().map(|d| d.deliveries).collect::<Vec<_>>(), [2]);
     // A third delivery would pass the limit of 2.
     assert!(q.claim_stale("worker-3", NOW, 10).unwrap().is_empty());
     assert_eq!((q.dead_letters().unwrap(), q.pending().unwrap()), (1, 0));
-    assert_eq!(items::<Q>(&q.pop("worker-3", 10, NOW).unwrap()), ["fine"]);
+    assert_eq!(items(&q.pop("worker-3", 10, NOW).unwrap()), ["fine"]);
 }
 
 /// Acknowledging frees storage, but never of an entry that is pending or not yet delivered.
@@ -81,7 +81,7 @@ pub fn trimming_keeps_unacknowledged_entries<Q: Queue<String>>(make: impl Fn(&st
     assert!(q.stored().unwrap() >= 32, "an un-acknowledged entry was trimmed");
     // The held entries are still there to take over, and the undelivered ones to read.
     let taken = q.claim_stale("worker-2", NOW, 10).unwrap();
-    assert_eq!(items::<Q>(&taken), ["item-5", "item-12"]);
+    assert_eq!(items(&taken), ["item-5", "item-12"]);
     q.ack(&ids(&taken)).unwrap();
     let rest = q.pop("worker-2", 100, NOW).unwrap();
     assert_eq!(rest.len(), 30);
@@ -102,7 +102,7 @@ pub fn pop_waits_for_a_push<Q: Queue<String> + 'static>(make: impl Fn(&str, u32)
     };
     let got = q.pop("worker-1", 1, Duration::from_secs(20)).unwrap();
     producer.join().unwrap();
-    assert_eq!(items::<Q>(&got), ["late"]);
+    assert_eq!(items(&got), ["late"]);
 }
 
 /// The trace context travels with the entry.

@@ -95,7 +95,11 @@ impl<T> RedisQueue<T> {
         self.on(&self.connection, f)
     }
 
-    fn on<R>(&self, connection: &Mutex<Option<Connection>>, mut f: impl FnMut(&mut Connection) -> RedisResult<R>) -> Result<R> {
+    fn on<R>(
+        &self,
+        connection: &Mutex<Option<Connection>>,
+        mut f: impl FnMut(&mut Connection) -> RedisResult<R>,
+    ) -> Result<R> {
         let mut slot = connection.lock().map_err(|_| self.error("connection lock poisoned"))?;
         for attempt in 0..2 {
             if slot.is_none() {
@@ -103,7 +107,9 @@ impl<T> RedisQueue<T> {
             }
             match f(slot.as_mut().expect("connected above")) {
                 Ok(r) => return Ok(r),
-                Err(e) if attempt == 0 && (e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()) => {
+                Err(e)
+                    if attempt == 0 && (e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()) =>
+                {
                     *slot = None;
                 }
                 Err(e) => return Err(backend(&self.options.stream, e)),
@@ -130,7 +136,8 @@ impl<T> RedisQueue<T> {
                 }
             }
         };
-        let _: usize = c.xtrim_options(&self.options.stream, &StreamTrimOptions::minid(StreamTrimmingMode::Exact, min_id))?;
+        let _: usize =
+            c.xtrim_options(&self.options.stream, &StreamTrimOptions::minid(StreamTrimmingMode::Exact, min_id))?;
         Ok(())
     }
 
@@ -217,12 +224,15 @@ impl<T: Serialize + DeserializeOwned + Send> Queue<T> for RedisQueue<T> {
         let mut poison = vec![];
         for entry in &entries {
             match decode::<T>(entry) {
-                Ok(t) => out.push(Delivery { id: entry.id.clone(), deliveries: 1, item: t.item, traceparent: t.traceparent }),
+                Ok(t) => {
+                    out.push(Delivery { id: entry.id.clone(), deliveries: 1, item: t.item, traceparent: t.traceparent })
+                }
                 Err(reason) => poison.push((entry.clone(), 1, reason)),
             }
         }
         if !poison.is_empty() {
-            let poison: Vec<(StreamId, usize, &str)> = poison.iter().map(|(e, n, r)| (e.clone(), *n, r.as_str())).collect();
+            let poison: Vec<(StreamId, usize, &str)> =
+                poison.iter().map(|(e, n, r)| (e.clone(), *n, r.as_str())).collect();
             self.with_connection(|c| self.bury(c, &poison))?;
         }
         Ok(out)
@@ -292,7 +302,8 @@ impl<T: Serialize + DeserializeOwned + Send> Queue<T> for RedisQueue<T> {
             }
         }
         if !poison.is_empty() {
-            let poison: Vec<(StreamId, usize, &str)> = poison.iter().map(|(e, n, r)| (e.clone(), *n, r.as_str())).collect();
+            let poison: Vec<(StreamId, usize, &str)> =
+                poison.iter().map(|(e, n, r)| (e.clone(), *n, r.as_str())).collect();
             self.with_connection(|c| {
                 self.bury(c, &poison)?;
                 self.trim(c)

@@ -5,7 +5,7 @@ use rlhf_queue::{InProcessQueue, Queue, RedisQueue, RedisQueueOptions, conforman
 
 #[test]
 fn in_process_queue_conforms() {
-    conformance::suite(|name, max| InProcessQueue::<String>::with_max_deliveries(name, max));
+    conformance::suite(InProcessQueue::<String>::with_max_deliveries);
 }
 
 #[test]
@@ -40,6 +40,7 @@ fn redis_queue_survives_a_server_restart_of_its_connection() {
     // Drop every client connection on the server side; the queue reconnects on its next call.
     let client = redis::Client::open(redis.url()).unwrap();
     let mut c = client.get_connection().unwrap();
-    let _: () = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal").arg("SKIPME").arg("yes").query(&mut c).unwrap();
+    let _: () =
+        redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal").arg("SKIPME").arg("yes").query(&mut c).unwrap();
     assert_eq!(q.pop("worker-1", 1, std::time::Duration::ZERO).unwrap().len(), 1);
 }

@@ -3,11 +3,13 @@
 //! # Layout
 //! - [`serve`]: runs a service's routes with server reflection on a listener until shutdown.
 //! - [`health`]: the grpc.health.v1 reporter a service flips to SERVING once its model loaded.
-//! - [`trace`]: W3C trace context in gRPC metadata and queue entries.
+//! - [`trace`]: W3C trace context in gRPC metadata and queue entries; [`telemetry`]: the
+//!   subscriber, with OTLP export when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 //! - [`auth`]: bearer tokens, compared in constant time.
 //! - [`endpoint`]: client channels with connect timeouts.
 
 pub mod auth;
+pub mod telemetry;
 pub mod trace;
 
 use std::future::Future;
@@ -25,7 +27,8 @@ pub use tonic_health::server::HealthReporter;
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// A health reporter (every service starts NOT_SERVING) and the health service to route.
-pub fn health() -> (HealthReporter, tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>) {
+pub fn health()
+-> (HealthReporter, tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>) {
     tonic_health::server::health_reporter()
 }
 
@@ -50,10 +53,7 @@ pub async fn serve(
 /// A lazily connecting channel to `url` (`http://host:port`), with a connect timeout so a dead
 /// peer fails fast instead of hanging a request.
 pub fn endpoint(url: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(url.to_string())?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect_lazy())
+    Ok(Endpoint::from_shared(url.to_string())?.connect_timeout(Duration::from_secs(2)).tcp_nodelay(true).connect_lazy())
 }
 
 /// Resolves on Ctrl-C or SIGTERM (what Kubernetes sends), so a service drains and exits.

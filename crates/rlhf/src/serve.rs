@@ -50,13 +50,30 @@ pub struct Streams {
     streams: String,
 }
 
+/// The raw and the scored rollout streams.
+type StreamPair = (Arc<dyn Queue<Rollout>>, Arc<dyn Queue<ScoredRollout>>);
+
 impl Streams {
-    fn open(&self) -> Result<(Arc<dyn Queue<Rollout>>, Arc<dyn Queue<ScoredRollout>>)> {
-        let raw = RedisQueue::<Rollout>::connect(RedisQueueOptions::new(&self.redis, &format!("{}:rollouts", self.streams)))
-            .with_context(|| format!("connecting to {}", self.redis))?;
-        let scored =
-            RedisQueue::<ScoredRollout>::connect(RedisQueueOptions::new(&self.redis, &format!("{}:scored", self.streams)))?;
-        Ok((Arc::new(raw), Arc::new(scored)))
+    /// Connects to both streams, waiting up to 30 s for Redis: services start in any order.
+    fn open(&self) -> Result<StreamPair> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let raw = RedisQueue::<Rollout>::connect(RedisQueueOptions::new(
+                &self.redis,
+                &format!("{}:rollouts", self.streams),
+            ));
+            let scored = RedisQueue::<ScoredRollout>::connect(RedisQueueOptions::new(
+                &self.redis,
+                &format!("{}:scored", self.streams),
+            ));
+            match (raw, scored) {
+                (Ok(raw), Ok(scored)) => return Ok((Arc::new(raw), Arc::new(scored))),
+                (Err(e), _) | (_, Err(e)) if std::time::Instant::now() > deadline => {
+                    return Err(e).with_context(|| format!("connecting to {}", self.redis));
+                }
+                _ => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
     }
 }
 
@@ -128,8 +145,17 @@ pub struct LearnerArgs {
 }
 
 pub fn run(service: Service) -> Result<()> {
-    init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let name = match &service {
+        Service::Generator(_) => "rlhf-generator",
+        Service::Scorer(_) => "rlhf-scorer",
+        Service::Preferences(_) => "rlhf-preferences",
+        Service::Learner(_) => "rlhf-learner",
+    };
+    let _telemetry = {
+        let _inside = runtime.enter();
+        rlhf_rpc::telemetry::init(name)
+    };
     match service {
         Service::Generator(args) => runtime.block_on(async {
             let listener = tokio::net::TcpListener::bind(args.listen.listen).await?;
@@ -147,11 +173,8 @@ pub fn run(service: Service) -> Result<()> {
             let (raw, scored) = args.streams.open()?;
             let run_dir = args.run_dir.clone();
             let load = move || load_scorer_when_ready(&run_dir);
-            let config = reward_scorer::ScorerServiceConfig {
-                consumer: args.consumer,
-                batch: args.batch,
-                ..Default::default()
-            };
+            let config =
+                reward_scorer::ScorerServiceConfig { consumer: args.consumer, batch: args.batch, ..Default::default() };
             runtime.block_on(async {
                 let listener = tokio::net::TcpListener::bind(args.listen.listen).await?;
                 tracing::info!(addr = %args.listen.listen, "scorer listening");
@@ -178,16 +201,6 @@ pub fn run(service: Service) -> Result<()> {
         }
         Service::Learner(args) => run_learner(args, runtime),
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn,hyper=warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 /// The scorer may start before the reward model exists: it waits for the `rm` stage.
@@ -223,6 +236,7 @@ fn run_learner(args: LearnerArgs, runtime: tokio::runtime::Runtime) -> Result<()
         config.validate()?;
         RunDir::create(&args.run_dir, &config)?
     };
+    let _lock = run.lock()?;
     let (raw, scored) = args.streams.open()?;
     let cluster = ClusterConfig {
         fanout: ppo_learner::FanoutConfig {

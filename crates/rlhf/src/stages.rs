@@ -93,6 +93,7 @@ fn latest_run(root: &Path) -> Result<PathBuf> {
 /// `rlhf run`: every stage.
 pub fn run_all(args: &RunArgs) -> Result<()> {
     let run = args.open(false)?;
+    let _lock = run.lock()?;
     eprintln!("run directory: {}", run.root().display());
     rlhf_pipeline::run_all(&run)?;
     finish(&run)
@@ -101,6 +102,7 @@ pub fn run_all(args: &RunArgs) -> Result<()> {
 /// `rlhf sft` and friends: one stage, in a new or existing run directory.
 pub fn run_one(args: &RunArgs, stage: Stage) -> Result<()> {
     let run = args.open(true)?;
+    let _lock = run.lock()?;
     eprintln!("run directory: {}", run.root().display());
     rlhf_pipeline::run_stage(&run, stage)?;
     finish(&run)

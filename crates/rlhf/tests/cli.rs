@@ -20,6 +20,12 @@ fn every_stage_explains_itself() {
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("Usage: rlhf"), "{stage}: {text}");
     }
+    for service in ["generator", "scorer", "preferences", "learner"] {
+        let out = rlhf().args(["serve", service, "--help"]).output().unwrap();
+        assert!(out.status.success(), "serve {service} --help failed");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(&format!("Usage: rlhf serve {service}")) && text.contains("--listen"), "{text}");
+    }
     let out = rlhf().args(["run", "--help"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("--resume") && text.contains("--length-bias") && text.contains("--config"), "{text}");

@@ -13,6 +13,9 @@ use rlhf_proto::v1::preference_store_client::PreferenceStoreClient;
 use rlhf_proto::v1::{GeneratorStatusRequest, Ranking, StatsRequest, SubmitRankingRequest};
 use rlhf_queue::{Queue, RedisQueue, RedisQueueOptions};
 use rlhf_types::{Rollout, ScoredRollout};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 const TINY: &str = r#"{"model": {"hidden_size": 32, "num_hidden_layers": 1, "intermediate_size": 64},
     "world": {"sft_responses_per_prompt": 2}, "sft": {"epochs": 1},
@@ -41,8 +44,16 @@ fn generator(name: &str, port: u16, extra: &[&str]) -> Child {
 fn scorer(run: &Path, redis: &RedisServer, streams: &str) -> Child {
     let port = free_port();
     let a = args(&[
-        "serve", "scorer", "--listen", &format!("127.0.0.1:{port}"), "--run-dir", run.to_str().unwrap(),
-        "--redis", &redis.url(), "--streams", streams,
+        "serve",
+        "scorer",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--run-dir",
+        run.to_str().unwrap(),
+        "--redis",
+        &redis.url(),
+        "--streams",
+        streams,
     ]);
     let child = Child::spawn("scorer", bin(), &a, &QUIET).unwrap();
     wait_for_port(port, Duration::from_secs(30)).unwrap();
@@ -61,6 +72,37 @@ fn status(rt: &tokio::runtime::Runtime, port: u16) -> Option<rlhf_proto::v1::Gen
     rt.block_on(async {
         let mut client = PolicyGeneratorClient::connect(url(port)).await.ok()?;
         Some(client.get_status(GeneratorStatusRequest {}).await.ok()?.into_inner())
+    })
+}
+
+fn health(rt: &tokio::runtime::Runtime, port: u16) -> Option<ServingStatus> {
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(url(port)).ok()?.connect().await.ok()?;
+        let mut client = HealthClient::new(channel);
+        let reply = client.check(HealthCheckRequest { service: String::new() }).await.ok()?.into_inner();
+        ServingStatus::try_from(reply.status).ok()
+    })
+}
+
+/// The services a server lists through gRPC reflection (what `grpcurl list` shows).
+fn reflected_services(rt: &tokio::runtime::Runtime, port: u16) -> Vec<String> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(url(port)).unwrap().connect().await.unwrap();
+        let mut client = ServerReflectionClient::new(channel);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut replies = client.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+        let reply = replies.message().await.unwrap().unwrap();
+        match reply.message_response {
+            Some(MessageResponse::ListServicesResponse(list)) => list.service.into_iter().map(|s| s.name).collect(),
+            other => panic!("unexpected reflection reply {other:?}"),
+        }
     })
 }
 
@@ -119,14 +161,30 @@ fn four_services_as_processes_run_ppo_over_redis() {
     .unwrap();
     wait_for_port(prefs_port, Duration::from_secs(30)).unwrap();
 
+    // Replicas start empty: not serving until the learner pushes weights.
+    let rt = runtime();
+    assert_eq!(health(&rt, g1), Some(ServingStatus::NotServing));
+    assert!(reflected_services(&rt, g1).contains(&"rlhf.v1.PolicyGenerator".to_string()));
+
     let learner_port = free_port();
     let mut learner = Child::spawn(
         "learner",
         bin(),
         &args(&[
-            "serve", "learner", "--listen", &format!("127.0.0.1:{learner_port}"), "--run-dir",
-            run.root().to_str().unwrap(), "--redis", &redis.url(), "--streams", "e2e", "--generators",
-            &format!("{},{}", url(g1), url(g2)), "--prompts-per-request", "4",
+            "serve",
+            "learner",
+            "--listen",
+            &format!("127.0.0.1:{learner_port}"),
+            "--run-dir",
+            run.root().to_str().unwrap(),
+            "--redis",
+            &redis.url(),
+            "--streams",
+            "e2e",
+            "--generators",
+            &format!("{},{}", url(g1), url(g2)),
+            "--prompts-per-request",
+            "4",
         ]),
         &QUIET,
     )
@@ -137,12 +195,28 @@ fn four_services_as_processes_run_ppo_over_redis() {
     assert_every_step_complete(run.root(), 6, 16);
 
     // Both replicas took work and serve the final version.
-    let rt = runtime();
     for port in [g1, g2] {
         let s = status(&rt, port).unwrap();
         assert!(s.ready);
         assert_eq!(s.serving_version, 6);
+        assert_eq!(health(&rt, port), Some(ServingStatus::Serving));
     }
+    // A corrupted weight update is refused and the replica keeps serving its version.
+    rt.block_on(async {
+        let config: rlhf_model::Config =
+            serde_json::from_str(&std::fs::read_to_string(run.path("ppo/config.json")).unwrap()).unwrap();
+        let tensors =
+            candle_core::safetensors::load(run.path("ppo/model.safetensors"), &candle_core::Device::Cpu).unwrap();
+        let policy: std::collections::HashMap<_, _> =
+            tensors.into_iter().filter(|(name, _)| !name.starts_with("value_head")).collect();
+        let mut chunks = policy_generator::weights::encode(7, &policy, &config, 0).unwrap();
+        chunks[3].data[0] ^= 1;
+        let mut client = PolicyGeneratorClient::connect(url(g1)).await.unwrap();
+        let refused = client.update_weights(tokio_stream::iter(chunks)).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
+        assert!(refused.message().contains("checksum"), "{refused}");
+    });
+    assert_eq!(status(&rt, g1).unwrap().serving_version, 6);
     // Everything the learner consumed was acknowledged after the final checkpoint, and freed.
     let (raw, scored) = streams(&redis, "e2e");
     assert_eq!((raw.pending().unwrap(), scored.pending().unwrap()), (0, 0));
@@ -154,7 +228,8 @@ fn four_services_as_processes_run_ppo_over_redis() {
         let mut client = PreferenceStoreClient::connect(url(prefs_port)).await.unwrap();
         let before = client.stats(StatsRequest {}).await.unwrap().into_inner();
         assert!(before.rankings > 0);
-        let bad = Ranking { ranking_id: "r-x".into(), prompt_id: "nope".into(), order: vec![0, 0], ..Default::default() };
+        let bad =
+            Ranking { ranking_id: "r-x".into(), prompt_id: "nope".into(), order: vec![0, 0], ..Default::default() };
         let refused = client.submit_ranking(SubmitRankingRequest { ranking: Some(bad.clone()) }).await.unwrap_err();
         assert_eq!(refused.code(), tonic::Code::Unauthenticated);
         let mut request = tonic::Request::new(SubmitRankingRequest { ranking: Some(bad) });
@@ -197,10 +272,8 @@ fn a_replica_killed_mid_batch_loses_nothing_and_comes_back_with_current_weights(
     let start = Instant::now();
     loop {
         assert!(start.elapsed() < Duration::from_secs(120), "replica B never got a request after step 1");
-        if let Some(s) = status(&rt, g2) {
-            if s.in_flight_requests > 0 && s.serving_version >= 1 {
-                break;
-            }
+        if status(&rt, g2).is_some_and(|s| s.in_flight_requests > 0 && s.serving_version >= 1) {
+            break;
         }
         std::thread::sleep(Duration::from_millis(5));
     }

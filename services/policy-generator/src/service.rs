@@ -10,10 +10,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
 use rlhf_proto::v1::policy_generator_server::{PolicyGenerator as GeneratorRpc, PolicyGeneratorServer};
-use rlhf_proto::v1::{
-    GenerateResponse, GeneratorStatus, GeneratorStatusRequest, UpdateWeightsResponse, WeightChunk,
-};
-use rlhf_rpc::{HealthReporter, trace};
+use rlhf_proto::v1::{GenerateResponse, GeneratorStatus, GeneratorStatusRequest, UpdateWeightsResponse, WeightChunk};
+use rlhf_rpc::HealthReporter;
+use rlhf_rpc::trace::Hop;
 use tokio::net::TcpListener;
 use tokio_stream::{Stream, StreamExt};
 use tonic::service::Routes;
@@ -55,7 +54,9 @@ impl Drop for InFlight {
 fn status(e: Error) -> Status {
     match e {
         Error::StaleVersion { .. } => Status::failed_precondition(e.to_string()),
-        Error::InvalidRequest(_) | Error::NonFinite(_) | Error::BadWeights(_) => Status::invalid_argument(e.to_string()),
+        Error::InvalidRequest(_) | Error::NonFinite(_) | Error::BadWeights(_) => {
+            Status::invalid_argument(e.to_string())
+        }
         Error::Generation(_) => Status::internal(e.to_string()),
     }
 }
@@ -74,9 +75,11 @@ struct Service(Arc<Replica>);
 impl GeneratorRpc for Service {
     type GenerateStream = RolloutStream;
 
-    async fn generate(&self, request: Request<rlhf_proto::v1::GenerateRequest>) -> Result<Response<RolloutStream>, Status> {
-        let context = trace::from_metadata(request.metadata());
-        let span = context.span("generator.generate");
+    async fn generate(
+        &self,
+        request: Request<rlhf_proto::v1::GenerateRequest>,
+    ) -> Result<Response<RolloutStream>, Status> {
+        let span = Hop::from_metadata("generator.generate", request.metadata()).span;
         let request = request.into_inner();
         let generator = self.0.current().ok_or_else(|| Status::unavailable("no policy weights loaded yet"))?;
         if generator.version() < request.min_policy_version {
@@ -112,8 +115,11 @@ impl GeneratorRpc for Service {
         Ok(Response::new(stream))
     }
 
-    async fn update_weights(&self, request: Request<Streaming<WeightChunk>>) -> Result<Response<UpdateWeightsResponse>, Status> {
-        let context = trace::from_metadata(request.metadata());
+    async fn update_weights(
+        &self,
+        request: Request<Streaming<WeightChunk>>,
+    ) -> Result<Response<UpdateWeightsResponse>, Status> {
+        let span = Hop::from_metadata("generator.update_weights", request.metadata()).span;
         let mut chunks = request.into_inner();
         let _one_at_a_time = self.0.updating.lock().await;
         let mut assembler = Assembler::default();
@@ -122,7 +128,6 @@ impl GeneratorRpc for Service {
         }
         let update = assembler.finish().map_err(status)?;
         let replica = self.0.clone();
-        let span = context.span("generator.update_weights");
         let serving = tokio::task::spawn_blocking(move || -> Result<u64, Error> {
             let _entered = span.enter();
             if let Some(current) = replica.current() {
@@ -132,11 +137,12 @@ impl GeneratorRpc for Service {
                 current.update_weights(update.version, update.tensors)?;
                 return Ok(current.version());
             }
-            let config = update
-                .config
-                .ok_or_else(|| Error::BadWeights("the first update of an empty replica needs model_config_json".into()))?;
+            let config = update.config.ok_or_else(|| {
+                Error::BadWeights("the first update of an empty replica needs model_config_json".into())
+            })?;
             let generator = PolicyGenerator::new(&replica.id, config, update.pad_id, update.tensors, update.version)?;
-            *replica.generator.write().map_err(|_| Error::BadWeights("lock poisoned".into()))? = Some(Arc::new(generator));
+            *replica.generator.write().map_err(|_| Error::BadWeights("lock poisoned".into()))? =
+                Some(Arc::new(generator));
             Ok(update.version)
         })
         .await
@@ -204,4 +210,3 @@ pub async fn run(
         .max_encoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES);
     rlhf_rpc::serve(listener, Routes::new(health_service).add_service(service), shutdown).await
 }
-

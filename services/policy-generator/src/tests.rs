@@ -67,3 +67,72 @@ fn a_bad_update_is_refused_and_the_old_version_keeps_serving() {
         before.iter().map(|r| &r.behaviour_logprobs).collect::<Vec<_>>()
     );
 }
+
+mod wire_weights {
+    use super::*;
+    use crate::weights::{Assembler, CHUNK_BYTES, encode};
+
+    fn assemble(chunks: Vec<rlhf_proto::v1::WeightChunk>) -> Result<crate::weights::WeightUpdate> {
+        let mut a = Assembler::default();
+        for c in chunks {
+            a.push(c)?;
+        }
+        a.finish()
+    }
+
+    #[test]
+    fn a_version_survives_the_trip_through_chunks_bit_for_bit() {
+        let (cfg, mut tensors) = weights(3);
+        // One tensor larger than a chunk, so it is split.
+        let big = Tensor::arange(0f32, (CHUNK_BYTES / 4 + 1000) as f32, &Device::Cpu).unwrap();
+        tensors.insert("extra.big".into(), big);
+        let chunks = encode(5, &tensors, &cfg, 0).unwrap();
+        assert!(chunks.iter().filter(|c| c.tensor_name == "extra.big").count() == 2);
+        assert!(!chunks[0].model_config_json.is_empty() && chunks[1..].iter().all(|c| c.model_config_json.is_empty()));
+        let update = assemble(chunks).unwrap();
+        assert_eq!(update.version, 5);
+        assert_eq!(update.config.as_ref(), Some(&cfg));
+        assert_eq!(update.tensors.len(), tensors.len());
+        for (name, t) in &tensors {
+            let got = update.tensors[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(got, t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), "{name}");
+        }
+    }
+
+    #[test]
+    fn corrupt_incomplete_or_mixed_updates_are_refused() {
+        let (cfg, tensors) = weights(4);
+        let good = encode(2, &tensors, &cfg, 0).unwrap();
+        let refused = |chunks: Vec<rlhf_proto::v1::WeightChunk>, why: &str| {
+            let err = assemble(chunks).expect_err(why).to_string();
+            assert!(err.contains("refused"), "{why}: {err}");
+        };
+        let mut flipped = good.clone();
+        flipped[1].data[0] ^= 0x40;
+        refused(flipped, "a flipped bit fails the checksum");
+        refused(good[..good.len() - 1].to_vec(), "a missing tensor");
+        let mut mixed = good.clone();
+        mixed[2].policy_version = 3;
+        refused(mixed, "two versions in one stream");
+        let mut gap = good.clone();
+        gap[1].offset += 4;
+        refused(gap, "a gap in a tensor's bytes");
+        let mut bad_config = good.clone();
+        bad_config[0].model_config_json = "{\"hidden_size\": \"wide\"}".into();
+        refused(bad_config, "a config that does not parse");
+    }
+
+    #[test]
+    fn a_non_finite_update_that_arrives_intact_still_leaves_the_old_version_serving() {
+        let (cfg, tensors) = weights(5);
+        let generator = PolicyGenerator::new("gen-0", cfg.clone(), 0, tensors.clone(), 1).unwrap();
+        let mut poisoned = tensors.clone();
+        let name = poisoned.keys().next().unwrap().clone();
+        let shape = poisoned[&name].dims().to_vec();
+        poisoned.insert(name, Tensor::full(f32::NAN, shape, &Device::Cpu).unwrap());
+        let update = assemble(encode(2, &poisoned, &cfg, 0).unwrap()).unwrap();
+        assert!(matches!(generator.update_weights(update.version, update.tensors), Err(Error::NonFinite(_))));
+        assert_eq!(generator.version(), 1);
+        assert_eq!(generator.generate(&request()).unwrap().len(), 2);
+    }
+}

@@ -18,7 +18,12 @@ use crate::{Error, Result};
 pub const CHUNK_BYTES: usize = 1 << 20;
 
 /// Cuts `tensors` (f32) into the chunks of `version`, tensor by tensor in name order.
-pub fn encode(version: u64, tensors: &HashMap<String, Tensor>, config: &Config, pad_id: u32) -> Result<Vec<WeightChunk>> {
+pub fn encode(
+    version: u64,
+    tensors: &HashMap<String, Tensor>,
+    config: &Config,
+    pad_id: u32,
+) -> Result<Vec<WeightChunk>> {
     let config_json = serde_json::to_string(config).map_err(|e| Error::BadWeights(e.to_string()))?;
     let names: std::collections::BTreeSet<&String> = tensors.keys().collect();
     let mut chunks = vec![];
@@ -126,7 +131,12 @@ impl Assembler {
             return bad(format!("{}: chunk after the tensor's last one", chunk.tensor_name));
         }
         if chunk.offset != partial.bytes.len() as u64 {
-            return bad(format!("{}: chunk at byte {} but {} bytes arrived", chunk.tensor_name, chunk.offset, partial.bytes.len()));
+            return bad(format!(
+                "{}: chunk at byte {} but {} bytes arrived",
+                chunk.tensor_name,
+                chunk.offset,
+                partial.bytes.len()
+            ));
         }
         let expected = shape.iter().product::<usize>() * dtype.size_in_bytes();
         if partial.bytes.len() + chunk.data.len() > expected {
@@ -141,11 +151,7 @@ impl Assembler {
     pub fn finish(self) -> Result<WeightUpdate> {
         let version = self.version.ok_or_else(|| Error::BadWeights("empty update".into()))?;
         if self.partial.len() != self.tensor_count as usize {
-            return Err(Error::BadWeights(format!(
-                "{} of {} tensors arrived",
-                self.partial.len(),
-                self.tensor_count
-            )));
+            return Err(Error::BadWeights(format!("{} of {} tensors arrived", self.partial.len(), self.tensor_count)));
         }
         let mut tensors = HashMap::with_capacity(self.partial.len());
         for (name, p) in self.partial {

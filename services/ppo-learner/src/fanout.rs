@@ -19,7 +19,7 @@ use policy_generator::GenerateRequest;
 use policy_generator::wire::request_to_proto;
 use rlhf_proto::v1::WeightChunk;
 use rlhf_proto::v1::policy_generator_client::PolicyGeneratorClient;
-use rlhf_rpc::trace::{self, TraceContext};
+use rlhf_rpc::trace::{self, Hop};
 use rlhf_types::Rollout;
 use tokio::task::JoinSet;
 use tonic::Request;
@@ -92,21 +92,24 @@ impl std::fmt::Debug for Fanout {
 async fn push_weights(
     mut client: PolicyGeneratorClient<Channel>,
     chunks: Arc<Vec<WeightChunk>>,
-    context: &TraceContext,
+    traceparent: &str,
 ) -> Result<u64, tonic::Status> {
     let stream = tokio_stream::iter(chunks.as_ref().clone());
-    let reply = client.update_weights(trace::inject(Request::new(stream), context)).await?;
+    let reply = client.update_weights(trace::inject(Request::new(stream), traceparent)).await?;
     Ok(reply.into_inner().serving_version)
 }
 
 async fn generate_on(
     mut client: PolicyGeneratorClient<Channel>,
     request: rlhf_proto::v1::GenerateRequest,
-    context: &TraceContext,
+    traceparent: &str,
 ) -> Result<Vec<Rollout>, String> {
     let expected = request.prompts.len() * request.samples_per_prompt as usize;
-    let mut stream =
-        client.generate(trace::inject(Request::new(request), context)).await.map_err(|s| s.to_string())?.into_inner();
+    let mut stream = client
+        .generate(trace::inject(Request::new(request), traceparent))
+        .await
+        .map_err(|s| s.to_string())?
+        .into_inner();
     let mut rollouts = Vec::with_capacity(expected);
     while let Some(message) = stream.message().await.map_err(|s| s.to_string())? {
         let rollout = message.rollout.ok_or("a response without a rollout")?;
@@ -148,7 +151,12 @@ impl Fanout {
     pub fn report(&self) -> Vec<ReplicaReport> {
         self.replicas
             .iter()
-            .map(|r| ReplicaReport { url: r.url.clone(), serving: r.serving, requests: r.requests, failures: r.failures })
+            .map(|r| ReplicaReport {
+                url: r.url.clone(),
+                serving: r.serving,
+                requests: r.requests,
+                failures: r.failures,
+            })
             .collect()
     }
 
@@ -172,17 +180,17 @@ impl Fanout {
 
     /// Pushes `version` to every replica that is not resting; returns how many now serve it.
     pub async fn publish(&mut self, version: u64, chunks: Arc<Vec<WeightChunk>>) -> usize {
-        let context = TraceContext::root();
+        let hop = Hop::start("learner.publish_weights", None);
         let now = Instant::now();
         let mut pushes = JoinSet::new();
         for (i, r) in self.replicas.iter().enumerate() {
             if r.down_until.is_some_and(|t| t > now) || r.serving == Some(version) {
                 continue;
             }
-            let (client, chunks, context) = (r.client.clone(), chunks.clone(), context.child());
+            let (client, chunks, traceparent) = (r.client.clone(), chunks.clone(), hop.header());
             let deadline = self.config.deadline;
             pushes.spawn(async move {
-                let result = tokio::time::timeout(deadline, push_weights(client, chunks, &context)).await;
+                let result = tokio::time::timeout(deadline, push_weights(client, chunks, &traceparent)).await;
                 (i, result)
             });
         }
@@ -198,18 +206,19 @@ impl Fanout {
     }
 
     /// Runs every request on some replica serving `version` (pushing `chunks` first where
-    /// needed) and hands each request's complete rollouts, with the request's trace context,
-    /// to `deliver` as soon as they arrive.
+    /// needed) and hands each request's complete rollouts, with the `traceparent` of the
+    /// request's span, to `deliver` as soon as they arrive.
     pub async fn generate(
         &mut self,
         requests: &[GenerateRequest],
         version: u64,
         chunks: Arc<Vec<WeightChunk>>,
-        mut deliver: impl FnMut(&GenerateRequest, Vec<Rollout>, &TraceContext),
+        mut deliver: impl FnMut(&GenerateRequest, Vec<Rollout>, &str),
     ) -> Result<(), FanoutError> {
         let mut waiting: VecDeque<(usize, u32, String)> = (0..requests.len()).map(|i| (i, 0, String::new())).collect();
         let mut running = JoinSet::new();
-        let contexts: Vec<TraceContext> = requests.iter().map(|_| TraceContext::root()).collect();
+        // One trace per request: its rollouts' journey through generator and scorer hangs off it.
+        let hops: Vec<Hop> = requests.iter().map(|_| Hop::start("learner.generate_request", None)).collect();
         loop {
             let now = Instant::now();
             while !waiting.is_empty() {
@@ -220,17 +229,18 @@ impl Fanout {
                 replica.requests += 1;
                 let needs_weights = replica.serving != Some(version);
                 let client = replica.client.clone();
-                let (chunks, context, deadline) = (chunks.clone(), contexts[index].child(), self.config.deadline);
+                let (chunks, traceparent, deadline) = (chunks.clone(), hops[index].header(), self.config.deadline);
                 let wire = request_to_proto(&requests[index], version);
                 running.spawn(async move {
                     let work = async {
                         if needs_weights {
-                            let serving = push_weights(client.clone(), chunks, &context).await.map_err(|s| s.to_string())?;
+                            let serving =
+                                push_weights(client.clone(), chunks, &traceparent).await.map_err(|s| s.to_string())?;
                             if serving != version {
                                 return Err(format!("serves {serving} after a push of {version}"));
                             }
                         }
-                        generate_on(client, wire, &context).await
+                        generate_on(client, wire, &traceparent).await
                     };
                     let result = match tokio::time::timeout(deadline, work).await {
                         Ok(result) => result,
@@ -258,7 +268,7 @@ impl Fanout {
             match result {
                 Ok(rollouts) => {
                     self.replicas[r].serving = Some(version);
-                    deliver(&requests[index], rollouts, &contexts[index]);
+                    deliver(&requests[index], rollouts, &hops[index].header());
                 }
                 Err(why) => {
                     self.mark_failed(r, &why);

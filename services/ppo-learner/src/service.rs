@@ -61,7 +61,10 @@ impl LearnerRpc for Service {
         Ok(Response::new(self.0.status()))
     }
 
-    async fn save_checkpoint(&self, _: Request<SaveCheckpointRequest>) -> Result<Response<SaveCheckpointResponse>, Status> {
+    async fn save_checkpoint(
+        &self,
+        _: Request<SaveCheckpointRequest>,
+    ) -> Result<Response<SaveCheckpointResponse>, Status> {
         let (tx, rx) = oneshot::channel();
         self.0.waiting.lock().map_err(|_| Status::internal("lock poisoned"))?.push(tx);
         let (path, step) = rx.await.map_err(|_| Status::aborted("training ended before the next checkpoint"))?;

@@ -11,7 +11,8 @@ use rlhf_proto::v1::{
     SubmitRankingRequest, SubmitRankingResponse,
 };
 use rlhf_proto::{ranking_from_proto, ranking_to_proto};
-use rlhf_rpc::{auth, trace};
+use rlhf_rpc::auth;
+use rlhf_rpc::trace::Hop;
 use tokio::net::TcpListener;
 use tokio_stream::Stream;
 use tonic::service::Routes;
@@ -59,9 +60,12 @@ type Items<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl StoreRpc for Service {
-    async fn submit_ranking(&self, request: Request<SubmitRankingRequest>) -> Result<Response<SubmitRankingResponse>, Status> {
+    async fn submit_ranking(
+        &self,
+        request: Request<SubmitRankingRequest>,
+    ) -> Result<Response<SubmitRankingResponse>, Status> {
         auth::check_bearer(&request, self.token.as_deref())?;
-        let span = trace::from_metadata(request.metadata()).span("preferences.submit");
+        let span = Hop::from_metadata("preferences.submit", request.metadata()).span;
         let ranking = request.into_inner().ranking.ok_or_else(|| Status::invalid_argument("ranking is required"))?;
         let ranking = ranking_from_proto(ranking);
         let id = ranking.ranking_id.clone();
@@ -71,7 +75,10 @@ impl StoreRpc for Service {
 
     type ListRankingsStream = Items<RankingMessage>;
 
-    async fn list_rankings(&self, request: Request<ListRankingsRequest>) -> Result<Response<Self::ListRankingsStream>, Status> {
+    async fn list_rankings(
+        &self,
+        request: Request<ListRankingsRequest>,
+    ) -> Result<Response<Self::ListRankingsStream>, Status> {
         let filter = request.into_inner();
         let prompt = filter.prompt_id.clone();
         let rankings = with_store(&self.store, move |s| s.rankings(prompt.as_deref())).await?;
@@ -85,7 +92,10 @@ impl StoreRpc for Service {
 
     type ExportPairsStream = Items<PreferencePair>;
 
-    async fn export_pairs(&self, request: Request<ExportPairsRequest>) -> Result<Response<Self::ExportPairsStream>, Status> {
+    async fn export_pairs(
+        &self,
+        request: Request<ExportPairsRequest>,
+    ) -> Result<Response<Self::ExportPairsStream>, Status> {
         let annotator = request.into_inner().annotator_id;
         let rankings = with_store(&self.store, |s| s.rankings(None)).await?;
         let items: Vec<Result<PreferencePair, Status>> = rankings

@@ -47,6 +47,8 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self> {
         let conn = Connection::open(path).map_err(|e| Error::Storage(format!("{}: {e}", path.display())))?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(storage)?;
+        // The preference service and a pipeline stage may share one file: wait for the other's lock.
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(storage)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(storage)?;
         conn.execute_batch(SCHEMA).map_err(storage)?;
         Ok(SqliteStore { conn })

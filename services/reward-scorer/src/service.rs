@@ -14,7 +14,7 @@ use std::time::Duration;
 use rlhf_proto::v1::reward_scorer_server::{RewardScorer as ScorerRpc, RewardScorerServer};
 use rlhf_proto::v1::{ScoreRequest, ScoreResponse};
 use rlhf_queue::{Delivery, Queue, Traced};
-use rlhf_rpc::trace::{self, TraceContext};
+use rlhf_rpc::trace::Hop;
 use rlhf_types::{Rollout, ScoredRollout};
 use tokio::net::TcpListener;
 use tonic::service::Routes;
@@ -44,7 +44,7 @@ struct Service(Arc<tokio::sync::OnceCell<Arc<RewardScorer>>>);
 #[tonic::async_trait]
 impl ScorerRpc for Service {
     async fn score(&self, request: Request<ScoreRequest>) -> std::result::Result<Response<ScoreResponse>, Status> {
-        let context = trace::from_metadata(request.metadata());
+        let hop = Hop::from_metadata("scorer.score", request.metadata());
         let scorer = self.0.get().cloned().ok_or_else(|| Status::unavailable("the reward model is still loading"))?;
         let rollouts = request
             .into_inner()
@@ -53,7 +53,7 @@ impl ScorerRpc for Service {
             .map(Rollout::try_from)
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let scored = tokio::task::spawn_blocking(move || context.span("scorer.score").in_scope(|| scorer.score(&rollouts)))
+        let scored = tokio::task::spawn_blocking(move || hop.span.in_scope(|| scorer.score(&rollouts)))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -91,9 +91,8 @@ fn score_batch(
     let mut done = vec![];
     for (delivery, result) in deliveries.iter().zip(results) {
         if let Some(result) = result {
-            let context = delivery.traceparent.as_deref().and_then(TraceContext::parse).map(|c| c.child());
-            let _hop = context.as_ref().map(|c| c.span("scorer.score_rollout").entered());
-            publish.push(Traced { item: result, traceparent: context.map(|c| c.header()) });
+            let hop = Hop::start("scorer.score_rollout", delivery.traceparent.as_deref());
+            publish.push(Traced { item: result, traceparent: Some(hop.header()) });
             done.push(delivery.id.clone());
         }
     }

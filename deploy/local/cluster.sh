@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# `make cluster`: the bundled pipeline through the four services as separate processes on
+# loopback, the way they run on Kubernetes: a private redis-server, two generator replicas, the
+# scorer, the preference store and the learner. The learner runs the stages, PPO's rollouts go
+# through the replicas, Redis and the scorer, and the run directory ends with the same
+# report.html and summary.json as `make run`.
+#
+# Settings (environment): RUN_DIR (default runs/cluster-<unix time>), CONFIG (a pipeline config
+# JSON for a new run), LEARNER_ARGS (extra `rlhf serve learner` flags), CARGO.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+CARGO=${CARGO:-cargo}
+if ! command -v redis-server >/dev/null; then
+    echo "redis-server is not installed (Debian/Ubuntu: apt-get install redis-server)" >&2
+    exit 1
+fi
+$CARGO build --release -p rlhf
+BIN=target/release/rlhf
+
+RUN=${RUN_DIR:-runs/cluster-$(date +%s)}
+LOGS=$RUN/logs
+mkdir -p "$LOGS"
+
+# The first port at or above $1 that nothing listens on.
+free_port() {
+    local p=$1
+    while (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do p=$((p + 1)); done
+    echo "$p"
+}
+REDIS_PORT=$(free_port 6390)
+G0=$(free_port 50061)
+G1=$(free_port $((G0 + 1)))
+SCORER=$(free_port $((G1 + 1)))
+PREFS=$(free_port $((SCORER + 1)))
+LEARNER=$(free_port $((PREFS + 1)))
+REDIS=redis://127.0.0.1:$REDIS_PORT/
+
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >"$LOGS/redis.log" 2>&1 &
+pids+=($!)
+# One thread per replica: on a small CPU, decoding is faster single-threaded (see README, Benchmarks).
+RAYON_NUM_THREADS=1 $BIN serve generator --listen "127.0.0.1:$G0" --id generator-0 2>"$LOGS/generator-0.log" &
+pids+=($!)
+RAYON_NUM_THREADS=1 $BIN serve generator --listen "127.0.0.1:$G1" --id generator-1 2>"$LOGS/generator-1.log" &
+pids+=($!)
+$BIN serve scorer --listen "127.0.0.1:$SCORER" --run-dir "$RUN" --redis "$REDIS" 2>"$LOGS/scorer.log" &
+pids+=($!)
+$BIN serve preferences --listen "127.0.0.1:$PREFS" --db "$RUN/preferences.sqlite" 2>"$LOGS/preferences.log" &
+pids+=($!)
+
+echo "cluster: redis :$REDIS_PORT, generators :$G0 :$G1, scorer :$SCORER, preferences :$PREFS, learner :$LEARNER" >&2
+echo "cluster: run directory $RUN, service logs in $LOGS" >&2
+config_args=()
+if [[ -n "${CONFIG:-}" ]]; then config_args=(--config "$CONFIG"); fi
+# shellcheck disable=SC2086
+$BIN serve learner --listen "127.0.0.1:$LEARNER" --run-dir "$RUN" --redis "$REDIS" \
+    --generators "http://127.0.0.1:$G0,http://127.0.0.1:$G1" "${config_args[@]}" ${LEARNER_ARGS:-}
