@@ -10,7 +10,9 @@ use rlhf_pipeline::cluster::{ClusterBackend, ClusterConfig};
 use rlhf_pipeline::{PipelineConfig, RunDir, Stage};
 use rlhf_proto::v1::policy_generator_client::PolicyGeneratorClient;
 use rlhf_proto::v1::preference_store_client::PreferenceStoreClient;
-use rlhf_proto::v1::{GeneratorStatusRequest, Ranking, StatsRequest, SubmitRankingRequest};
+use rlhf_proto::v1::{
+    ExportPairsRequest, GeneratorStatusRequest, ListRankingsRequest, Ranking, StatsRequest, SubmitRankingRequest,
+};
 use rlhf_queue::{Queue, RedisQueue, RedisQueueOptions};
 use rlhf_types::{Rollout, ScoredRollout};
 use tonic_health::pb::HealthCheckRequest;
@@ -236,6 +238,22 @@ fn four_services_as_processes_run_ppo_over_redis() {
         request.metadata_mut().insert("authorization", "Bearer s3cret".parse().unwrap());
         assert_eq!(client.submit_ranking(request).await.unwrap_err().code(), tonic::Code::InvalidArgument);
         assert_eq!(client.stats(StatsRequest {}).await.unwrap().into_inner(), before);
+        // Rankings stream back whole, and pairs are derived from them: C(K, 2) each.
+        let mut rankings = client.list_rankings(ListRankingsRequest::default()).await.unwrap().into_inner();
+        let mut listed = 0;
+        let mut expected_pairs = 0;
+        while let Some(r) = rankings.message().await.unwrap() {
+            listed += 1;
+            expected_pairs += r.order.len() * (r.order.len() - 1) / 2;
+        }
+        assert_eq!(listed, before.rankings);
+        let mut pairs = client.export_pairs(ExportPairsRequest::default()).await.unwrap().into_inner();
+        let mut exported = 0;
+        while let Some(p) = pairs.message().await.unwrap() {
+            assert_ne!(p.chosen.unwrap().response_id, p.rejected.unwrap().response_id);
+            exported += 1;
+        }
+        assert_eq!((exported, exported as u64), (expected_pairs, before.pairs));
     });
 }
 

@@ -1,0 +1,92 @@
+//! The fan-out against real generator servers on loopback (in-process): a replica that hangs
+//! past the deadline has its work retried on the other, which serves the pushed version.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use policy_generator::{GenerateRequest, GeneratorServiceConfig, PromptTokens};
+use ppo_learner::{Fanout, FanoutConfig, FanoutError};
+use rlhf_model::{Config, SamplingParams, seeded_var_builder};
+
+fn weights() -> (Config, HashMap<String, Tensor>) {
+    let cfg = Config::tiny(20, 16, 1, 2, 1);
+    let varmap = VarMap::new();
+    rlhf_model::Llama::new(&cfg, seeded_var_builder(&varmap, 1, DType::F32, &Device::Cpu)).unwrap();
+    let tensors = varmap.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+    (cfg, tensors)
+}
+
+/// Starts a replica on a free port; returns its URL.
+async fn replica(id: &str, stream_delay: Duration) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let config = GeneratorServiceConfig { id: id.into(), stream_delay };
+    tokio::spawn(policy_generator::run(config, listener, std::future::pending()));
+    url
+}
+
+fn requests(n: usize) -> Vec<GenerateRequest> {
+    (0..n)
+        .map(|i| GenerateRequest {
+            request_id: format!("req-{i}"),
+            prompts: vec![PromptTokens { prompt_id: format!("p{i}"), tokens: vec![1, 2, 3] }],
+            sampling: SamplingParams { max_new_tokens: 4, seed: i as u64, ..Default::default() },
+            samples_per_prompt: 2,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_replica_passes_its_deadline_and_its_work_moves_to_the_other() {
+    let healthy = replica("healthy", Duration::ZERO).await;
+    let hung = replica("hung", Duration::from_secs(30)).await;
+    let (cfg, tensors) = weights();
+    let chunks = Arc::new(policy_generator::weights::encode(3, &tensors, &cfg, 0).unwrap());
+    let config = FanoutConfig {
+        in_flight_per_replica: 1,
+        deadline: Duration::from_millis(1500),
+        max_attempts: 4,
+        cooldown: Duration::from_millis(100),
+    };
+    let mut fanout = Fanout::new(&[healthy.clone(), hung.clone()], config).unwrap();
+    let mut delivered: Vec<(String, String, u64)> = vec![];
+    let mut traces = HashSet::new();
+    fanout
+        .generate(&requests(4), 3, chunks, |request, rollouts, traceparent| {
+            traces.insert(traceparent.to_string());
+            for r in rollouts {
+                assert!(r.rollout_id.starts_with(&request.request_id));
+                delivered.push((r.rollout_id, r.generator_id, r.policy_version));
+            }
+        })
+        .await
+        .unwrap();
+    // Every rollout exactly once, all from the healthy replica, all of the pushed version.
+    let ids: HashSet<_> = delivered.iter().map(|(id, _, _)| id.clone()).collect();
+    assert_eq!((delivered.len(), ids.len()), (8, 8));
+    assert!(delivered.iter().all(|(_, g, v)| g == "healthy" && *v == 3), "{delivered:?}");
+    assert_eq!(traces.len(), 4, "one trace per request");
+    let report = fanout.report();
+    assert!(report[1].failures >= 1, "{report:?}");
+    assert_eq!(report[0].serving, Some(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_replica_down_a_request_gives_up_after_its_attempts() {
+    // Nothing listens on these ports.
+    let dead: Vec<String> = (0..2)
+        .map(|_| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        })
+        .collect();
+    let (cfg, tensors) = weights();
+    let chunks = Arc::new(policy_generator::weights::encode(1, &tensors, &cfg, 0).unwrap());
+    let config = FanoutConfig { cooldown: Duration::from_millis(10), max_attempts: 3, ..Default::default() };
+    let mut fanout = Fanout::new(&dead, config).unwrap();
+    let err = fanout.generate(&requests(1), 1, chunks, |_, _, _| panic!("nothing to deliver")).await.unwrap_err();
+    assert!(matches!(err, FanoutError::GaveUp { attempts: 3, .. }), "{err}");
+}
