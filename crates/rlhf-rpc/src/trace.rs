@@ -126,6 +126,21 @@ pub fn inject<T>(mut request: Request<T>, traceparent: &str) -> Request<T> {
     request
 }
 
+/// Puts `traceparent` into a response's metadata, so the caller can continue the trace from
+/// the server's span.
+pub fn inject_response<T>(mut response: tonic::Response<T>, traceparent: &str) -> tonic::Response<T> {
+    if let Ok(value) = traceparent.parse() {
+        response.metadata_mut().insert(HEADER, value);
+    }
+    response
+}
+
+/// The `traceparent` a peer put into metadata, if it is well formed.
+pub fn extract(metadata: &MetadataMap) -> Option<String> {
+    let value = metadata.get(HEADER)?.to_str().ok()?;
+    TraceContext::parse(value).map(|c| c.header())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -199,7 +199,7 @@ pub fn run(service: Service) -> Result<()> {
                 Ok(())
             })
         }
-        Service::Learner(args) => run_learner(args, runtime),
+        Service::Learner(args) => run_learner(args, &runtime),
     }
 }
 
@@ -222,7 +222,7 @@ fn load_scorer_when_ready(run_dir: &std::path::Path) -> std::result::Result<rewa
     }
 }
 
-fn run_learner(args: LearnerArgs, runtime: tokio::runtime::Runtime) -> Result<()> {
+fn run_learner(args: LearnerArgs, runtime: &tokio::runtime::Runtime) -> Result<()> {
     let run = if args.run_dir.join("config.json").exists() {
         if args.config.is_some() {
             bail!("{} already holds a run with its own config; drop --config", args.run_dir.display());

@@ -79,7 +79,9 @@ impl GeneratorRpc for Service {
         &self,
         request: Request<rlhf_proto::v1::GenerateRequest>,
     ) -> Result<Response<RolloutStream>, Status> {
-        let span = Hop::from_metadata("generator.generate", request.metadata()).span;
+        let hop = Hop::from_metadata("generator.generate", request.metadata());
+        let traceparent = hop.header();
+        let span = hop.span;
         let request = request.into_inner();
         let generator = self.0.current().ok_or_else(|| Status::unavailable("no policy weights loaded yet"))?;
         if generator.version() < request.min_policy_version {
@@ -112,7 +114,8 @@ impl GeneratorRpc for Service {
         .map_err(status)?;
         let request_id = request.request_id;
         let stream = async_stream(rollouts, request_id, delay, in_flight);
-        Ok(Response::new(stream))
+        // The rollouts' next hop (the scorer, via the learner's queue) hangs off this span.
+        Ok(rlhf_rpc::trace::inject_response(Response::new(stream), &traceparent))
     }
 
     async fn update_weights(

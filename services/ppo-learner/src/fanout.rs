@@ -103,13 +103,13 @@ async fn generate_on(
     mut client: PolicyGeneratorClient<Channel>,
     request: rlhf_proto::v1::GenerateRequest,
     traceparent: &str,
-) -> Result<Vec<Rollout>, String> {
+) -> Result<(Vec<Rollout>, Option<String>), String> {
     let expected = request.prompts.len() * request.samples_per_prompt as usize;
-    let mut stream = client
-        .generate(trace::inject(Request::new(request), traceparent))
-        .await
-        .map_err(|s| s.to_string())?
-        .into_inner();
+    let response =
+        client.generate(trace::inject(Request::new(request), traceparent)).await.map_err(|s| s.to_string())?;
+    // The generator's span, for the rollouts' next hop.
+    let generator_span = trace::extract(response.metadata());
+    let mut stream = response.into_inner();
     let mut rollouts = Vec::with_capacity(expected);
     while let Some(message) = stream.message().await.map_err(|s| s.to_string())? {
         let rollout = message.rollout.ok_or("a response without a rollout")?;
@@ -118,7 +118,7 @@ async fn generate_on(
     if rollouts.len() != expected {
         return Err(format!("the stream ended after {} of {expected} rollouts", rollouts.len()));
     }
-    Ok(rollouts)
+    Ok((rollouts, generator_span))
 }
 
 impl Fanout {
@@ -206,8 +206,9 @@ impl Fanout {
     }
 
     /// Runs every request on some replica serving `version` (pushing `chunks` first where
-    /// needed) and hands each request's complete rollouts, with the `traceparent` of the
-    /// request's span, to `deliver` as soon as they arrive.
+    /// needed) and hands each request's complete rollouts, with the `traceparent` of the span
+    /// that produced them (the generator's, else the learner's request span), to `deliver` as
+    /// soon as they arrive.
     pub async fn generate(
         &mut self,
         requests: &[GenerateRequest],
@@ -266,9 +267,10 @@ impl Fanout {
             })?;
             self.replicas[r].in_flight -= 1;
             match result {
-                Ok(rollouts) => {
+                Ok((rollouts, generator_span)) => {
                     self.replicas[r].serving = Some(version);
-                    deliver(&requests[index], rollouts, &hops[index].header());
+                    let parent = generator_span.unwrap_or_else(|| hops[index].header());
+                    deliver(&requests[index], rollouts, &parent);
                 }
                 Err(why) => {
                     self.mark_failed(r, &why);
