@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # `make cluster`: the bundled pipeline through the four services as separate processes on
 # loopback, the way they run on Kubernetes: a private redis-server, two generator replicas, the
-# scorer, the preference store and the learner. The learner runs the stages, PPO's rollouts go
-# through the replicas, Redis and the scorer, and the run directory ends with the same
-# report.html and summary.json as `make run`.
+# scorer, the preference store and the learner. The learner trains (SFT, reward model, PPO);
+# collection samples on the replicas and submits rankings to the preference service (with a
+# bearer token), the reward model reads them back from it, PPO's rollouts go through the
+# replicas, Redis and the scorer; the run directory ends with the same report.html and
+# summary.json as `make run`.
 #
 # Settings (environment): RUN_DIR (default runs/cluster-<unix time>), CONFIG (a pipeline config
 # JSON for a new run), LEARNER_ARGS (extra `rlhf serve learner` flags), CARGO.
@@ -35,6 +37,9 @@ SCORER=$(free_port $((G1 + 1)))
 PREFS=$(free_port $((SCORER + 1)))
 LEARNER=$(free_port $((PREFS + 1)))
 REDIS=redis://127.0.0.1:$REDIS_PORT/
+# Writes to the preference service need this token; the learner sends it.
+RLHF_PREFERENCES_TOKEN=${RLHF_PREFERENCES_TOKEN:-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}
+export RLHF_PREFERENCES_TOKEN
 
 pids=()
 cleanup() {
@@ -61,4 +66,5 @@ config_args=()
 if [[ -n "${CONFIG:-}" ]]; then config_args=(--config "$CONFIG"); fi
 # shellcheck disable=SC2086
 $BIN serve learner --listen "127.0.0.1:$LEARNER" --run-dir "$RUN" --redis "$REDIS" \
-    --generators "http://127.0.0.1:$G0,http://127.0.0.1:$G1" "${config_args[@]}" ${LEARNER_ARGS:-}
+    --generators "http://127.0.0.1:$G0,http://127.0.0.1:$G1" --preferences "http://127.0.0.1:$PREFS" \
+    "${config_args[@]}" ${LEARNER_ARGS:-}

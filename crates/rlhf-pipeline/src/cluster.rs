@@ -69,6 +69,8 @@ pub struct ClusterBackend {
     scored: Arc<dyn Queue<ScoredRollout>>,
     config: ClusterConfig,
     chunks: Arc<Vec<rlhf_proto::v1::WeightChunk>>,
+    /// The version last published.
+    version: u64,
     counters: ClusterCounters,
     board: Arc<StatusBoard>,
 }
@@ -113,6 +115,7 @@ impl ClusterBackend {
             scored,
             config,
             chunks: Arc::new(vec![]),
+            version: 0,
             counters: ClusterCounters::default(),
             board: Arc::new(StatusBoard::default()),
         })
@@ -121,6 +124,26 @@ impl ClusterBackend {
     /// What the learner's gRPC service reports.
     pub fn board(&self) -> Arc<StatusBoard> {
         self.board.clone()
+    }
+
+    /// Samples `requests` on the replicas with the version last published, without the
+    /// queues: preference collection needs responses, not scores. One `Vec` per request.
+    pub fn generate_batch(&mut self, requests: &[GenerateRequest]) -> Result<Vec<Vec<Rollout>>> {
+        if self.chunks.is_empty() {
+            return Err(Error::Io("no policy published to the generators yet".into()));
+        }
+        let index: HashMap<&str, usize> =
+            requests.iter().enumerate().map(|(i, r)| (r.request_id.as_str(), i)).collect();
+        let mut out: Vec<Vec<Rollout>> = vec![vec![]; requests.len()];
+        self.runtime.block_on(self.fanout.generate(
+            requests,
+            self.version,
+            self.chunks.clone(),
+            |request, rollouts, _| {
+                out[index[request.request_id.as_str()]] = rollouts;
+            },
+        ))?;
+        Ok(out)
     }
 
     pub fn counters(&self) -> &ClusterCounters {
@@ -140,6 +163,7 @@ impl RolloutBackend for ClusterBackend {
     fn publish(&mut self, version: u64, weights: &HashMap<String, Tensor>, config: &Config, pad_id: u32) -> Result<()> {
         let started = Instant::now();
         self.chunks = Arc::new(policy_generator::weights::encode(version, weights, config, pad_id)?);
+        self.version = version;
         let chunks = self.chunks.clone();
         let serving = self.runtime.block_on(self.fanout.publish(version, chunks));
         self.counters.publish_seconds += started.elapsed().as_secs_f64();

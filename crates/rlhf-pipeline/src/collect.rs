@@ -13,6 +13,7 @@ use preference_store::{PreferenceStore, SqliteStore};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use rlhf_types::Rollout;
 use rlhf_types::{RankedResponse, Ranking};
 use rlhf_world::{Annotator, Prompt, Split};
 
@@ -23,6 +24,11 @@ use crate::task::Task;
 use crate::{Error, Result};
 
 const PROMPTS_PER_REQUEST: usize = 16;
+/// Requests sampled together before their rankings are submitted (a unit of progress).
+const REQUESTS_PER_ROUND: usize = 4;
+
+/// Samples a group of requests: one `Vec` of rollouts per request, in request order.
+pub type Sampler<'a> = &'a mut dyn FnMut(&[GenerateRequest]) -> Result<Vec<Vec<Rollout>>>;
 
 /// The annotators of a run: the same noise and bias, distinct ids.
 pub fn annotators(config: &PipelineConfig) -> Vec<Annotator> {
@@ -53,11 +59,28 @@ pub fn sft_generator(run: &RunDir, id: &str) -> Result<PolicyGenerator> {
     Ok(PolicyGenerator::new(id, ckpt.config, ckpt.tokenizer.pad_id, ckpt.tensors, 0)?)
 }
 
+/// Collects in this process: an in-process SFT generator, the run's SQLite store.
 pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<CollectResult> {
-    let start = Instant::now();
     let task = Task::load(run, config)?;
     let generator = sft_generator(run, "generator-0")?;
     let mut store = open_store(run, &task)?;
+    let mut sample = |requests: &[GenerateRequest]| -> Result<Vec<Vec<Rollout>>> {
+        requests.iter().map(|r| Ok(generator.generate(r)?)).collect()
+    };
+    run_with(run, config, &mut sample, &mut store)
+}
+
+/// Collects with responses from `sample` (which must serve the SFT policy) into `store`.
+pub fn run_with(
+    run: &RunDir,
+    config: &PipelineConfig,
+    sample: Sampler<'_>,
+    store: &mut dyn PreferenceStore,
+) -> Result<CollectResult> {
+    let start = Instant::now();
+    let task = Task::load(run, config)?;
+    let prompts: Vec<(String, String)> = task.world.prompts.iter().map(|p| (p.id.clone(), p.text.clone())).collect();
+    store.register_prompts(&prompts)?;
     let done: HashSet<String> = store.rankings(None)?.into_iter().map(|r| r.ranking_id).collect();
 
     let mut rng = StdRng::seed_from_u64(config.seed ^ 0xc011);
@@ -74,22 +97,58 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<CollectResult> {
         .collect();
     let annotators = annotators(config);
     let progress = bar(todo.len() as u64, "collect");
-    for chunk in todo.chunks(PROMPTS_PER_REQUEST) {
-        let prompts = task.prompt_tokens(chunk.iter().map(|(p, _)| *p))?;
-        // The request id names the first ranking, so a resumed run draws fresh, distinct ids.
-        let first = ranking_id(chunk[0].0, chunk[0].1);
-        let request = GenerateRequest {
-            request_id: format!("collect-{first}"),
-            prompts,
-            sampling: task.sampling(
-                config.collect.temperature,
-                config.collect.top_p,
-                config.ppo.max_new_tokens,
-                config.seed ^ fnv(&first),
-            ),
-            samples_per_prompt: config.collect.k,
-        };
-        let rollouts = generator.generate(&request)?;
+    let chunks: Vec<&[(&Prompt, usize)]> = todo.chunks(PROMPTS_PER_REQUEST).collect();
+    for group in chunks.chunks(REQUESTS_PER_ROUND) {
+        let requests = group
+            .iter()
+            .map(|chunk| {
+                // The request id names the first ranking, so a resumed run draws fresh, distinct ids.
+                let first = ranking_id(chunk[0].0, chunk[0].1);
+                Ok(GenerateRequest {
+                    request_id: format!("collect-{first}"),
+                    prompts: task.prompt_tokens(chunk.iter().map(|(p, _)| *p))?,
+                    sampling: task.sampling(
+                        config.collect.temperature,
+                        config.collect.top_p,
+                        config.ppo.max_new_tokens,
+                        config.seed ^ fnv(&first),
+                    ),
+                    samples_per_prompt: config.collect.k,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let sampled = sample(&requests)?;
+        if sampled.len() != requests.len() {
+            return Err(Error::Io(format!("{} requests sampled, {} answered", requests.len(), sampled.len())));
+        }
+        for (chunk, rollouts) in group.iter().zip(sampled) {
+            submit_rankings(&task, config, &annotators, chunk, &rollouts, store)?;
+            progress.inc(chunk.len() as u64);
+        }
+    }
+    progress.finish_and_clear();
+    let stats = store.stats()?;
+    Ok(CollectResult { rankings: stats.rankings, pairs: stats.pairs, seconds: start.elapsed().as_secs_f64() })
+}
+
+/// Has the annotators rank each prompt's K responses and stores the rankings.
+fn submit_rankings(
+    task: &Task,
+    config: &PipelineConfig,
+    annotators: &[Annotator],
+    chunk: &[(&Prompt, usize)],
+    rollouts: &[Rollout],
+    store: &mut dyn PreferenceStore,
+) -> Result<()> {
+    if rollouts.len() != chunk.len() * config.collect.k {
+        return Err(Error::Io(format!(
+            "{} rollouts for {} prompts × {}",
+            rollouts.len(),
+            chunk.len(),
+            config.collect.k
+        )));
+    }
+    {
         for (&(prompt, round), group) in chunk.iter().zip(rollouts.chunks(config.collect.k)) {
             let id = ranking_id(prompt, round);
             let responses: Vec<RankedResponse> = group
@@ -112,11 +171,8 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<CollectResult> {
                 created_unix_ms: now_ms(),
             })?;
         }
-        progress.inc(chunk.len() as u64);
     }
-    progress.finish_and_clear();
-    let stats = store.stats()?;
-    Ok(CollectResult { rankings: stats.rankings, pairs: stats.pairs, seconds: start.elapsed().as_secs_f64() })
+    Ok(())
 }
 
 fn ranking_id(prompt: &Prompt, round: usize) -> String {

@@ -30,7 +30,7 @@ pub mod sft;
 pub mod task;
 
 pub use config::PipelineConfig;
-pub use pipeline::{PpoRunner, Stage, run_all, run_all_with, run_stage, run_stage_with};
+pub use pipeline::{InProcess, Stage, StageBackends, run_all, run_all_with, run_stage, run_stage_with};
 pub use run_dir::RunDir;
 
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,9 @@
 //! The stages in order: each records its result in `state.json`; `run_all` with `resume`
 //! skips the finished ones and PPO continues from its last checkpoint.
 
+use crate::PipelineConfig;
 use crate::report;
-use crate::run_dir::RunDir;
+use crate::run_dir::{CollectResult, PpoResult, RewardModelResult, RunDir};
 use crate::{Error, Result, collect, ppo, reward, sft};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,16 +27,33 @@ impl Stage {
     }
 }
 
-/// How the PPO stage runs: [`crate::ppo::run`] in one process, or over the services.
-pub type PpoRunner<'a> = &'a mut dyn FnMut(&RunDir, &crate::PipelineConfig) -> Result<crate::run_dir::PpoResult>;
+/// How the stages that need other services run: in this process (the defaults), or over the
+/// network (the distributed learner overrides them). SFT always runs where the learner is.
+pub trait StageBackends {
+    fn collect(&mut self, run: &RunDir, config: &PipelineConfig) -> Result<CollectResult> {
+        collect::run(run, config)
+    }
+    fn reward_model(&mut self, run: &RunDir, config: &PipelineConfig) -> Result<RewardModelResult> {
+        reward::run(run, config)
+    }
+    fn ppo(&mut self, run: &RunDir, config: &PipelineConfig) -> Result<PpoResult> {
+        ppo::run(run, config)
+    }
+}
+
+/// Every stage in this process, on the embedded queue and SQLite store.
+#[derive(Debug, Default)]
+pub struct InProcess;
+
+impl StageBackends for InProcess {}
 
 /// Runs one stage and records its result; then refreshes the report.
 pub fn run_stage(run: &RunDir, stage: Stage) -> Result<()> {
-    run_stage_with(run, stage, &mut ppo::run)
+    run_stage_with(run, stage, &mut InProcess)
 }
 
-/// [`run_stage`] with PPO run by `ppo`.
-pub fn run_stage_with(run: &RunDir, stage: Stage, ppo: PpoRunner<'_>) -> Result<()> {
+/// [`run_stage`] with the stages' services reached through `backends`.
+pub fn run_stage_with(run: &RunDir, stage: Stage, backends: &mut dyn StageBackends) -> Result<()> {
     let config = run.config()?;
     let started = std::time::Instant::now();
     eprintln!("stage {}: starting", stage.name());
@@ -47,7 +65,7 @@ pub fn run_stage_with(run: &RunDir, stage: Stage, ppo: PpoRunner<'_>) -> Result<
             run.save_state(&state)?;
         }
         Stage::Collect => {
-            let result = collect::run(run, &config)?;
+            let result = backends.collect(run, &config)?;
             let mut state = run.state()?;
             state.collect = Some(result);
             run.save_state(&state)?;
@@ -56,13 +74,13 @@ pub fn run_stage_with(run: &RunDir, stage: Stage, ppo: PpoRunner<'_>) -> Result<
             if run.state()?.collect.is_none() {
                 return Err(Error::MissingStage { stage: "rm", missing: "collect" });
             }
-            let result = reward::run(run, &config)?;
+            let result = backends.reward_model(run, &config)?;
             let mut state = run.state()?;
             state.reward_model = Some(result);
             run.save_state(&state)?;
         }
         Stage::Ppo => {
-            let result = ppo(run, &config)?;
+            let result = backends.ppo(run, &config)?;
             let mut state = run.state()?;
             state.ppo = Some(result);
             state.ppo_progress = None;
@@ -75,11 +93,11 @@ pub fn run_stage_with(run: &RunDir, stage: Stage, ppo: PpoRunner<'_>) -> Result<
 
 /// Runs every stage not yet finished (all of them on a fresh run).
 pub fn run_all(run: &RunDir) -> Result<()> {
-    run_all_with(run, &mut ppo::run)
+    run_all_with(run, &mut InProcess)
 }
 
-/// [`run_all`] with PPO run by `ppo`.
-pub fn run_all_with(run: &RunDir, ppo: PpoRunner<'_>) -> Result<()> {
+/// [`run_all`] with the stages' services reached through `backends`.
+pub fn run_all_with(run: &RunDir, backends: &mut dyn StageBackends) -> Result<()> {
     for stage in Stage::ALL {
         let state = run.state()?;
         let done = match stage {
@@ -92,7 +110,7 @@ pub fn run_all_with(run: &RunDir, ppo: PpoRunner<'_>) -> Result<()> {
             eprintln!("stage {}: already finished, skipped", stage.name());
             continue;
         }
-        run_stage_with(run, stage, &mut *ppo)?;
+        run_stage_with(run, stage, &mut *backends)?;
     }
     report::write(run)
 }

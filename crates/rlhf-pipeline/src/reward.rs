@@ -89,13 +89,20 @@ pub fn load_scorer(run: &RunDir) -> Result<RewardScorer> {
     Ok(RewardScorer::new(&rm.config, rm.tensors, &sft.config, sft.tensors, sft.tokenizer.pad_id)?)
 }
 
+/// Trains the reward model on the rankings in the run's SQLite store.
 pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<RewardModelResult> {
+    let task = Task::load(run, config)?;
+    let store = open_store(run, &task)?;
+    run_with(run, config, &store)
+}
+
+/// Trains the reward model on the rankings in `store`.
+pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceStore) -> Result<RewardModelResult> {
     let start = Instant::now();
     let task = Task::load(run, config)?;
     if !run.path("sft").exists() {
         return Err(Error::MissingStage { stage: "rm", missing: "sft" });
     }
-    let store = open_store(run, &task)?;
     let rankings = store.rankings(None)?;
     if rankings.is_empty() {
         return Err(Error::MissingStage { stage: "rm", missing: "collect" });

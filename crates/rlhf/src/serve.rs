@@ -142,6 +142,11 @@ pub struct LearnerArgs {
     /// Train on rollouts at most this many policy versions old (0: strictly on-policy).
     #[arg(long, default_value_t = 0)]
     max_staleness: u64,
+    /// The preference service (`rlhf serve preferences`) that collection submits rankings to
+    /// and reward-model training reads them from; without it, the run's own SQLite file is
+    /// used. Writes carry RLHF_PREFERENCES_TOKEN as a bearer token when it is set.
+    #[arg(long)]
+    preferences: Option<String>,
 }
 
 pub fn run(service: Service) -> Result<()> {
@@ -255,13 +260,15 @@ fn run_learner(args: LearnerArgs, runtime: &tokio::runtime::Runtime) -> Result<(
     let server = runtime.spawn(ppo_learner::run(backend.board(), listener, async {
         let _ = stopped.await;
     }));
-    let mut ppo = |run: &RunDir, config: &PipelineConfig| {
-        let scorer = Arc::new(rlhf_pipeline::ppo::prepared_scorer(run, config)?);
-        let result = rlhf_pipeline::ppo::run_with(run, config, scorer, &mut backend);
-        tracing::info!(counters = ?backend.counters(), replicas = ?backend.replicas(), "rollout backend");
-        result
+    let store = match &args.preferences {
+        Some(url) => {
+            let token = std::env::var("RLHF_PREFERENCES_TOKEN").ok().filter(|t| !t.is_empty());
+            Some(preference_store::RemoteStore::connect(url, token)?)
+        }
+        None => None,
     };
-    let outcome = rlhf_pipeline::run_all_with(&run, &mut ppo);
+    let mut stages = ClusterStages { backend: &mut backend, store };
+    let outcome = rlhf_pipeline::run_all_with(&run, &mut stages);
     let _ = stop.send(());
     let _ = runtime.block_on(server);
     outcome?;
@@ -269,4 +276,56 @@ fn run_learner(args: LearnerArgs, runtime: &tokio::runtime::Runtime) -> Result<(
     println!("{}", serde_json::to_string_pretty(&summary)?);
     println!("report: {}", run.path("report.html").display());
     Ok(())
+}
+
+/// The learner's stages over the services: collection samples on the generator replicas and
+/// submits to the preference service, the reward model reads the rankings back from it, and
+/// PPO goes through the replicas, Redis and the scorer.
+struct ClusterStages<'a> {
+    backend: &'a mut ClusterBackend,
+    store: Option<preference_store::RemoteStore>,
+}
+
+impl rlhf_pipeline::StageBackends for ClusterStages<'_> {
+    fn collect(
+        &mut self,
+        run: &RunDir,
+        config: &PipelineConfig,
+    ) -> rlhf_pipeline::Result<rlhf_pipeline::run_dir::CollectResult> {
+        // The replicas serve the SFT policy as version 0 while they collect.
+        let sft = rlhf_data::load_checkpoint(&run.path("sft"))?;
+        rlhf_pipeline::ppo::RolloutBackend::publish(self.backend, 0, &sft.tensors, &sft.config, sft.tokenizer.pad_id)?;
+        let backend = &mut *self.backend;
+        let mut sample = |requests: &[policy_generator::GenerateRequest]| backend.generate_batch(requests);
+        match &mut self.store {
+            Some(store) => rlhf_pipeline::collect::run_with(run, config, &mut sample, store),
+            None => {
+                let task = rlhf_pipeline::task::Task::load(run, config)?;
+                let mut store = rlhf_pipeline::collect::open_store(run, &task)?;
+                rlhf_pipeline::collect::run_with(run, config, &mut sample, &mut store)
+            }
+        }
+    }
+
+    fn reward_model(
+        &mut self,
+        run: &RunDir,
+        config: &PipelineConfig,
+    ) -> rlhf_pipeline::Result<rlhf_pipeline::run_dir::RewardModelResult> {
+        match &self.store {
+            Some(store) => rlhf_pipeline::reward::run_with(run, config, store),
+            None => rlhf_pipeline::reward::run(run, config),
+        }
+    }
+
+    fn ppo(
+        &mut self,
+        run: &RunDir,
+        config: &PipelineConfig,
+    ) -> rlhf_pipeline::Result<rlhf_pipeline::run_dir::PpoResult> {
+        let scorer = Arc::new(rlhf_pipeline::ppo::prepared_scorer(run, config)?);
+        let result = rlhf_pipeline::ppo::run_with(run, config, scorer, self.backend);
+        tracing::info!(counters = ?self.backend.counters(), replicas = ?self.backend.replicas(), "rollout backend");
+        result
+    }
 }

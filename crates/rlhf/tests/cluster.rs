@@ -145,20 +145,25 @@ fn assert_every_step_complete(run: &Path, steps: usize, prompts_per_step: u64) {
 }
 
 #[test]
-fn four_services_as_processes_run_ppo_over_redis() {
+fn four_services_as_processes_run_the_pipeline() {
     let dir = tempfile::tempdir().unwrap();
-    let run = prepared_run(dir.path());
+    // The learner creates the run and runs every stage through the services.
+    let run_root = dir.path().join("run");
+    std::fs::create_dir_all(&run_root).unwrap();
+    let config = dir.path().join("tiny.json");
+    std::fs::write(&config, TINY).unwrap();
     let redis = RedisServer::start().unwrap();
     let (g1, g2) = (free_port(), free_port());
     let _generators = [generator("gen-a", g1, &[]), generator("gen-b", g2, &[])];
-    let _scorer = scorer(run.root(), &redis, "e2e");
+    let _scorer = scorer(&run_root, &redis, "e2e");
     let prefs_port = free_port();
-    let db = run.path("preferences.sqlite");
+    let db = run_root.join("preferences.sqlite");
+    let with_token = [("RUST_BACKTRACE", "0"), ("RUST_LOG", "warn"), ("RLHF_PREFERENCES_TOKEN", "s3cret")];
     let _prefs = Child::spawn(
         "preferences",
         bin(),
         &args(&["serve", "preferences", "--listen", &format!("127.0.0.1:{prefs_port}"), "--db", db.to_str().unwrap()]),
-        &[("RUST_BACKTRACE", "0"), ("RUST_LOG", "warn"), ("RLHF_PREFERENCES_TOKEN", "s3cret")],
+        &with_token,
     )
     .unwrap();
     wait_for_port(prefs_port, Duration::from_secs(30)).unwrap();
@@ -169,6 +174,7 @@ fn four_services_as_processes_run_ppo_over_redis() {
     assert!(reflected_services(&rt, g1).contains(&"rlhf.v1.PolicyGenerator".to_string()));
 
     let learner_port = free_port();
+    let generators = format!("{},{}", url(g1), url(g2));
     let mut learner = Child::spawn(
         "learner",
         bin(),
@@ -178,21 +184,28 @@ fn four_services_as_processes_run_ppo_over_redis() {
             "--listen",
             &format!("127.0.0.1:{learner_port}"),
             "--run-dir",
-            run.root().to_str().unwrap(),
+            run_root.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
             "--redis",
             &redis.url(),
             "--streams",
             "e2e",
             "--generators",
-            &format!("{},{}", url(g1), url(g2)),
+            &generators,
             "--prompts-per-request",
             "4",
+            "--preferences",
+            &url(prefs_port),
         ]),
-        &QUIET,
+        &with_token,
     )
     .unwrap();
     let exit = learner.wait_timeout(Duration::from_secs(300)).expect("the learner finishes");
     assert!(exit.success(), "learner failed: {exit:?}");
+    let run = RunDir::open(&run_root).unwrap();
+    let collected = run.state().unwrap().collect.expect("collection ran");
+    assert!(collected.rankings > 0);
     assert!(run.path("summary.json").exists() && run.path("report.html").exists());
     assert_every_step_complete(run.root(), 6, 16);
 
@@ -229,7 +242,8 @@ fn four_services_as_processes_run_ppo_over_redis() {
     rt.block_on(async {
         let mut client = PreferenceStoreClient::connect(url(prefs_port)).await.unwrap();
         let before = client.stats(StatsRequest {}).await.unwrap().into_inner();
-        assert!(before.rankings > 0);
+        // Every ranking the learner collected went through the service.
+        assert_eq!(before.rankings, collected.rankings);
         let bad =
             Ranking { ranking_id: "r-x".into(), prompt_id: "nope".into(), order: vec![0, 0], ..Default::default() };
         let refused = client.submit_ranking(SubmitRankingRequest { ranking: Some(bad.clone()) }).await.unwrap_err();

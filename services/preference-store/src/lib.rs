@@ -4,14 +4,17 @@
 //! # Layout
 //! - [`PreferenceStore`]: the operations every backend offers (the gRPC service wraps it).
 //! - [`SqliteStore`]: the embedded default, one SQLite file.
+//! - `service`: the store as a gRPC service; [`RemoteStore`]: its client, behind the same trait.
 //!
 //! **Architecture invariant:** only this crate speaks SQL. A ranking that fails validation, or
 //! names an unknown prompt, is refused before anything is written; a valid one is written in a
 //! single transaction.
 
+mod remote;
 mod service;
 mod sqlite;
 
+pub use remote::RemoteStore;
 pub use service::{PreferenceServiceConfig, run};
 pub use sqlite::SqliteStore;
 
@@ -27,6 +30,9 @@ pub enum Error {
     DuplicateRanking(String),
     #[error("preference store: {0}")]
     Storage(String),
+    /// The preference service refused a request as invalid (its message says why).
+    #[error("refused by the preference service: {0}")]
+    Rejected(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

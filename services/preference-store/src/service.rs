@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use rlhf_proto::v1::preference_store_server::{PreferenceStore as StoreRpc, PreferenceStoreServer};
 use rlhf_proto::v1::{
-    ExportPairsRequest, ListRankingsRequest, PreferencePair, Ranking as RankingMessage, StatsRequest, StatsResponse,
-    SubmitRankingRequest, SubmitRankingResponse,
+    ExportPairsRequest, ListRankingsRequest, PreferencePair, Ranking as RankingMessage, RegisterPromptsRequest,
+    RegisterPromptsResponse, StatsRequest, StatsResponse, SubmitRankingRequest, SubmitRankingResponse,
 };
 use rlhf_proto::{ranking_from_proto, ranking_to_proto};
 use rlhf_rpc::auth;
@@ -36,7 +36,7 @@ struct Service {
 
 fn status(e: Error) -> Status {
     match e {
-        Error::Invalid(_) | Error::UnknownPrompt(_) => Status::invalid_argument(e.to_string()),
+        Error::Invalid(_) | Error::UnknownPrompt(_) | Error::Rejected(_) => Status::invalid_argument(e.to_string()),
         Error::DuplicateRanking(_) => Status::already_exists(e.to_string()),
         Error::Storage(_) => Status::internal(e.to_string()),
     }
@@ -60,6 +60,21 @@ type Items<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl StoreRpc for Service {
+    async fn register_prompts(
+        &self,
+        request: Request<RegisterPromptsRequest>,
+    ) -> Result<Response<RegisterPromptsResponse>, Status> {
+        auth::check_bearer(&request, self.token.as_deref())?;
+        let prompts: Vec<(String, String)> =
+            request.into_inner().prompts.into_iter().map(|p| (p.prompt_id, p.text)).collect();
+        if prompts.iter().any(|(id, _)| id.is_empty()) {
+            return Err(Status::invalid_argument("a prompt without a prompt_id"));
+        }
+        let registered = prompts.len() as u32;
+        with_store(&self.store, move |s| s.register_prompts(&prompts)).await?;
+        Ok(Response::new(RegisterPromptsResponse { registered }))
+    }
+
     async fn submit_ranking(
         &self,
         request: Request<SubmitRankingRequest>,
