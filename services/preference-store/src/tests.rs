@@ -75,3 +75,46 @@ fn the_file_survives_reopening() {
     let s = SqliteStore::open(&path).unwrap();
     assert_eq!(s.stats().unwrap().rankings, 1);
 }
+
+/// The gRPC service and its client behave like the embedded store they wrap.
+mod over_grpc {
+    use super::*;
+
+    /// Serves `store` on a free port from a thread of its own; returns the URL.
+    fn serve(store: SqliteStore, token: Option<&str>) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let config = PreferenceServiceConfig { token: token.map(str::to_string) };
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                listener.set_nonblocking(true).unwrap();
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                run(config, Box::new(store), listener, std::future::pending()).await.unwrap();
+            });
+        });
+        url
+    }
+
+    #[test]
+    fn the_remote_store_stores_refuses_and_counts_like_the_embedded_one() {
+        let url = serve(SqliteStore::in_memory().unwrap(), Some("s3cret"));
+        let mut remote = RemoteStore::connect(&url, Some("s3cret".into())).unwrap();
+        remote.register_prompts(&[("p1".into(), "what is 1 plus 1 ?".into()), ("p2".into(), "hi".into())]).unwrap();
+        let a = ranking("r1", "p1", vec![2, 0, 3, 1], 4);
+        remote.submit(&a).unwrap();
+        assert_eq!(remote.rankings(None).unwrap(), vec![a.clone()]);
+        assert!(matches!(remote.submit(&a), Err(Error::DuplicateRanking(_))));
+        assert!(matches!(remote.submit(&ranking("r2", "p1", vec![0, 0], 2)), Err(Error::Invalid(_))));
+        assert!(matches!(remote.submit(&ranking("r3", "nope", vec![1, 0], 2)), Err(Error::Rejected(_))));
+        let stats = remote.stats().unwrap();
+        assert_eq!((stats.rankings, stats.pairs), (1, 6));
+
+        // Without the token, writes are refused and nothing is stored.
+        let mut anonymous = RemoteStore::connect(&url, None).unwrap();
+        let err = anonymous.submit(&ranking("r4", "p2", vec![1, 0], 2)).unwrap_err().to_string();
+        assert!(err.contains("Bearer"), "{err}");
+        assert!(anonymous.register_prompts(&[("p3".into(), "x".into())]).is_err());
+        assert_eq!(anonymous.stats().unwrap().rankings, 1);
+    }
+}
