@@ -89,6 +89,13 @@ impl Child {
         }
     }
 
+    /// SIGTERM, what Kubernetes sends before it kills a pod: the service should drain and exit.
+    pub fn terminate(&mut self) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        }
+    }
+
     /// True while the process runs.
     pub fn is_running(&mut self) -> bool {
         self.process.as_mut().is_some_and(|p| matches!(p.try_wait(), Ok(None)))

@@ -329,3 +329,18 @@ fn a_replica_killed_mid_batch_loses_nothing_and_comes_back_with_current_weights(
     let (raw, scored) = streams(&redis, "kill");
     assert_eq!((raw.pending().unwrap(), scored.pending().unwrap()), (0, 0));
 }
+
+#[test]
+fn services_exit_on_sigterm_even_while_waiting_for_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start().unwrap();
+    // A scorer whose run has no reward model yet waits for it; SIGTERM must still stop it.
+    let mut waiting = scorer(dir.path(), &redis, "term");
+    let port = free_port();
+    let mut replica = generator("gen-term", port, &[]);
+    for child in [&mut waiting, &mut replica] {
+        child.terminate();
+        let status = child.wait_timeout(Duration::from_secs(20)).expect("exits after SIGTERM");
+        assert!(status.success(), "{status:?}");
+    }
+}

@@ -156,11 +156,18 @@ where
             Ok(())
         })
     };
-    let service = RewardScorerServer::new(Service(cell))
+    let service = RewardScorerServer::new(Service(cell.clone()))
         .max_decoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES);
     let served = rlhf_rpc::serve(listener, Routes::new(health_service).add_service(service), shutdown).await;
     stop.store(true, Ordering::SeqCst);
+    if cell.get().is_none() {
+        // Still waiting for the reward model: nothing to drain, and the loader cannot be
+        // interrupted; the thread ends with the process.
+        tracing::info!("stopped before the reward model was loaded");
+        served?;
+        return Ok(());
+    }
     let worked = tokio::task::spawn_blocking(move || worker.join()).await;
     served?;
     match worked {
