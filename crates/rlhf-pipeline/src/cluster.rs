@@ -71,6 +71,9 @@ pub struct ClusterBackend {
     chunks: Arc<Vec<rlhf_proto::v1::WeightChunk>>,
     /// The version last published.
     version: u64,
+    /// This learner incarnation's epoch (its start time): replicas accept its versions even
+    /// when an earlier, crashed incarnation left them on a higher version number.
+    epoch: u64,
     counters: ClusterCounters,
     board: Arc<StatusBoard>,
 }
@@ -116,6 +119,9 @@ impl ClusterBackend {
             config,
             chunks: Arc::new(vec![]),
             version: 0,
+            epoch: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_millis() as u64),
             counters: ClusterCounters::default(),
             board: Arc::new(StatusBoard::default()),
         })
@@ -162,7 +168,8 @@ impl RolloutBackend for ClusterBackend {
 
     fn publish(&mut self, version: u64, weights: &HashMap<String, Tensor>, config: &Config, pad_id: u32) -> Result<()> {
         let started = Instant::now();
-        self.chunks = Arc::new(policy_generator::weights::encode(version, weights, config, pad_id)?);
+        self.chunks =
+            Arc::new(policy_generator::weights::encode_for_epoch(self.epoch, version, weights, config, pad_id)?);
         self.version = version;
         let chunks = self.chunks.clone();
         let serving = self.runtime.block_on(self.fanout.publish(version, chunks));

@@ -344,3 +344,72 @@ fn services_exit_on_sigterm_even_while_waiting_for_a_model() {
         assert!(status.success(), "{status:?}");
     }
 }
+
+fn ppo_checkpoint_step(run: &Path) -> u64 {
+    std::fs::read_to_string(run.join("state.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .and_then(|s| s["ppo_progress"]["step"].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_learner_killed_between_checkpoints_resumes_and_leaves_nothing_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = prepared_run(dir.path());
+    // More steps than the other tests, so that the kill lands between two checkpoints.
+    let mut config = run.config().unwrap();
+    config.ppo.steps = 30;
+    std::fs::write(run.path("config.json"), serde_json::to_string(&config).unwrap()).unwrap();
+    let redis = RedisServer::start().unwrap();
+    let (g1, g2) = (free_port(), free_port());
+    let _generators = [generator("gen-a", g1, &[]), generator("gen-b", g2, &[])];
+    let _scorer = scorer(run.root(), &redis, "restart");
+    let generators = format!("{},{}", url(g1), url(g2));
+    let learner_args = args(&[
+        "serve",
+        "learner",
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+        "--run-dir",
+        run.root().to_str().unwrap(),
+        "--redis",
+        &redis.url(),
+        "--streams",
+        "restart",
+        "--generators",
+        &generators,
+        "--prompts-per-request",
+        "4",
+    ]);
+    let mut learner = Child::spawn("learner", bin(), &learner_args, &QUIET).unwrap();
+    let start = Instant::now();
+    // Kill it after it trained step 4 but before its next checkpoint (after step 6).
+    let trained = |run: &Path| {
+        std::fs::read_to_string(run.join("metrics.jsonl")).map_or(0, |m| m.matches("\"stage\":\"ppo\"").count())
+    };
+    while !(trained(run.root()) >= 4 && ppo_checkpoint_step(run.root()) == 3) {
+        assert!(start.elapsed() < Duration::from_secs(120), "never between checkpoints 3 and 6");
+        assert!(learner.is_running(), "the learner ended before it could be killed");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    learner.kill();
+    // It trained on entries it must not acknowledge before a checkpoint covers them.
+    let (raw, scored) = streams(&redis, "restart");
+    let left = scored.pending().unwrap();
+    assert!(left >= 16, "only {left} entries pending after an unacknowledged step");
+
+    let mut learner = Child::spawn("learner", bin(), &learner_args, &QUIET).unwrap();
+    let exit = learner.wait_timeout(Duration::from_secs(300)).expect("the restarted learner finishes");
+    assert!(exit.success(), "{exit:?}");
+    // Every step from the checkpoint on was trained again, completely, once per incarnation.
+    let records = ppo_records(run.root());
+    let last_of: std::collections::BTreeMap<u64, &serde_json::Value> =
+        records.iter().map(|r| (r["step"].as_u64().unwrap(), r)).collect();
+    assert_eq!(last_of.len(), 30);
+    assert!(last_of.values().all(|r| r["rollouts"] == 16 && r["duplicates_skipped"] == 0));
+    // What the first incarnation held was released, and nothing is pending or stored now.
+    assert_eq!((raw.pending().unwrap(), scored.pending().unwrap()), (0, 0), "{left} were pending at the kill");
+    assert_eq!(scored.stored().unwrap(), 0);
+    assert_eq!(scored.dead_letters().unwrap(), 0);
+}

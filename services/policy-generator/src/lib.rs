@@ -22,6 +22,8 @@ use rlhf_types::Rollout;
 pub enum Error {
     #[error("weight update to version {new} refused: serving version {serving} already")]
     StaleVersion { new: u64, serving: u64 },
+    #[error("weight update from learner epoch {new} refused: serving epoch {serving}, a newer learner")]
+    StaleEpoch { new: u64, serving: u64 },
     #[error("weight update refused: tensor {0} has a non-finite value")]
     NonFinite(String),
     #[error("weight update refused: {0}")]
@@ -52,6 +54,8 @@ pub struct GenerateRequest {
 }
 
 struct Served {
+    /// The learner epoch that published `version` (0 in one process).
+    epoch: u64,
     version: u64,
     model: Llama,
 }
@@ -74,7 +78,12 @@ impl PolicyGenerator {
     /// A replica serving `tensors` (HF names) as `version`.
     pub fn new(id: &str, config: Config, pad_id: u32, tensors: HashMap<String, Tensor>, version: u64) -> Result<Self> {
         let model = build(&config, tensors)?;
-        Ok(PolicyGenerator { id: id.to_string(), config, pad_id, served: RwLock::new(Served { version, model }) })
+        Ok(PolicyGenerator {
+            id: id.to_string(),
+            config,
+            pad_id,
+            served: RwLock::new(Served { epoch: 0, version, model }),
+        })
     }
 
     pub fn id(&self) -> &str {
@@ -86,15 +95,36 @@ impl PolicyGenerator {
         self.served.read().map(|s| s.version).unwrap_or(0)
     }
 
+    /// Marks the version served as published by learner `epoch`.
+    pub fn set_epoch(&self, epoch: u64) {
+        if let Ok(mut s) = self.served.write() {
+            s.epoch = epoch;
+        }
+    }
+
+    /// The learner epoch of the version served.
+    pub fn epoch(&self) -> u64 {
+        self.served.read().map(|s| s.epoch).unwrap_or(0)
+    }
+
     /// Switches to `version`, which must be newer, once the whole model is built and checked.
     pub fn update_weights(&self, version: u64, tensors: HashMap<String, Tensor>) -> Result<()> {
-        let serving = self.version();
-        if version <= serving {
+        self.update_weights_from(self.epoch(), version, tensors)
+    }
+
+    /// Switches to `version` of learner `epoch`: a newer version of the same epoch, or any
+    /// version of a newer epoch (a restarted learner rolling back to its checkpoint).
+    pub fn update_weights_from(&self, epoch: u64, version: u64, tensors: HashMap<String, Tensor>) -> Result<()> {
+        let (serving_epoch, serving) = (self.epoch(), self.version());
+        if epoch < serving_epoch {
+            return Err(Error::StaleEpoch { new: epoch, serving: serving_epoch });
+        }
+        if epoch == serving_epoch && version <= serving {
             return Err(Error::StaleVersion { new: version, serving });
         }
         let model = build(&self.config, tensors)?;
         let mut served = self.served.write().map_err(|_| Error::BadWeights("lock poisoned".into()))?;
-        *served = Served { version, model };
+        *served = Served { epoch, version, model };
         Ok(())
     }
 

@@ -53,7 +53,7 @@ impl Drop for InFlight {
 
 fn status(e: Error) -> Status {
     match e {
-        Error::StaleVersion { .. } => Status::failed_precondition(e.to_string()),
+        Error::StaleVersion { .. } | Error::StaleEpoch { .. } => Status::failed_precondition(e.to_string()),
         Error::InvalidRequest(_) | Error::NonFinite(_) | Error::BadWeights(_) => {
             Status::invalid_argument(e.to_string())
         }
@@ -134,16 +134,17 @@ impl GeneratorRpc for Service {
         let serving = tokio::task::spawn_blocking(move || -> Result<u64, Error> {
             let _entered = span.enter();
             if let Some(current) = replica.current() {
-                if update.version == current.version() {
+                if (update.epoch, update.version) == (current.epoch(), current.version()) {
                     return Ok(update.version);
                 }
-                current.update_weights(update.version, update.tensors)?;
+                current.update_weights_from(update.epoch, update.version, update.tensors)?;
                 return Ok(current.version());
             }
             let config = update.config.ok_or_else(|| {
                 Error::BadWeights("the first update of an empty replica needs model_config_json".into())
             })?;
             let generator = PolicyGenerator::new(&replica.id, config, update.pad_id, update.tensors, update.version)?;
+            generator.set_epoch(update.epoch);
             *replica.generator.write().map_err(|_| Error::BadWeights("lock poisoned".into()))? =
                 Some(Arc::new(generator));
             Ok(update.version)

@@ -136,3 +136,17 @@ mod wire_weights {
         assert_eq!(generator.generate(&request()).unwrap().len(), 2);
     }
 }
+
+#[test]
+fn a_newer_learner_epoch_may_roll_the_version_back_an_older_one_may_not() {
+    let (cfg, tensors) = weights(6);
+    let generator = PolicyGenerator::new("gen-0", cfg, 0, tensors.clone(), 0).unwrap();
+    generator.update_weights_from(100, 4, tensors.clone()).unwrap();
+    // The learner of epoch 100 died; its successor resumes from the checkpoint of version 3.
+    generator.update_weights_from(200, 3, tensors.clone()).unwrap();
+    assert_eq!((generator.epoch(), generator.version()), (200, 3));
+    // A late push from the dead learner changes nothing.
+    assert!(matches!(generator.update_weights_from(100, 5, tensors.clone()), Err(Error::StaleEpoch { .. })));
+    assert!(matches!(generator.update_weights_from(200, 3, tensors), Err(Error::StaleVersion { .. })));
+    assert_eq!((generator.epoch(), generator.version()), (200, 3));
+}

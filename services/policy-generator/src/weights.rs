@@ -24,6 +24,17 @@ pub fn encode(
     config: &Config,
     pad_id: u32,
 ) -> Result<Vec<WeightChunk>> {
+    encode_for_epoch(0, version, tensors, config, pad_id)
+}
+
+/// [`encode`] for learner `epoch` (see `learner_epoch` in the proto).
+pub fn encode_for_epoch(
+    epoch: u64,
+    version: u64,
+    tensors: &HashMap<String, Tensor>,
+    config: &Config,
+    pad_id: u32,
+) -> Result<Vec<WeightChunk>> {
     let config_json = serde_json::to_string(config).map_err(|e| Error::BadWeights(e.to_string()))?;
     let names: std::collections::BTreeSet<&String> = tensors.keys().collect();
     let mut chunks = vec![];
@@ -49,6 +60,7 @@ pub fn encode(
                 crc32c: (i == last).then_some(crc),
                 model_config_json: if chunks.is_empty() { config_json.clone() } else { String::new() },
                 pad_token_id: pad_id,
+                learner_epoch: epoch,
             });
         }
     }
@@ -65,6 +77,7 @@ struct Partial {
 /// A complete, checked version.
 #[derive(Debug)]
 pub struct WeightUpdate {
+    pub epoch: u64,
     pub version: u64,
     pub config: Option<Config>,
     pub pad_id: u32,
@@ -75,6 +88,7 @@ pub struct WeightUpdate {
 #[derive(Default)]
 pub struct Assembler {
     version: Option<u64>,
+    epoch: u64,
     tensor_count: u32,
     config: Option<Config>,
     pad_id: u32,
@@ -102,9 +116,10 @@ impl Assembler {
         match self.version {
             None => {
                 self.version = Some(chunk.policy_version);
+                self.epoch = chunk.learner_epoch;
                 self.tensor_count = chunk.tensor_count;
             }
-            Some(v) if v != chunk.policy_version => {
+            Some(v) if v != chunk.policy_version || self.epoch != chunk.learner_epoch => {
                 return bad(format!("one stream mixes versions {v} and {}", chunk.policy_version));
             }
             Some(_) => {}
@@ -169,6 +184,6 @@ impl Assembler {
                 .map_err(|e| Error::BadWeights(format!("{name}: {e}")))?;
             tensors.insert(name, tensor);
         }
-        Ok(WeightUpdate { version, config: self.config, pad_id: self.pad_id, tensors })
+        Ok(WeightUpdate { epoch: self.epoch, version, config: self.config, pad_id: self.pad_id, tensors })
     }
 }
