@@ -98,9 +98,11 @@ pub struct ScorerArgs {
     /// The run whose reward model and SFT reference to load.
     #[arg(long)]
     run_dir: PathBuf,
-    /// Consumer name in the raw stream's group; give each scorer its own.
-    #[arg(long, default_value = "scorer-0")]
-    consumer: String,
+    /// Consumer name in the raw stream's group; each scorer needs its own. Entries a dead
+    /// scorer held are taken over by any scorer after 30 s (default: scorer-<hostname>, the pod
+    /// name on Kubernetes).
+    #[arg(long)]
+    consumer: Option<String>,
     /// Rollouts per forward pass.
     #[arg(long, default_value_t = 64)]
     batch: usize,
@@ -178,8 +180,11 @@ pub fn run(service: Service) -> Result<()> {
             let (raw, scored) = args.streams.open()?;
             let run_dir = args.run_dir.clone();
             let load = move || load_scorer_when_ready(&run_dir);
-            let config =
-                reward_scorer::ScorerServiceConfig { consumer: args.consumer, batch: args.batch, ..Default::default() };
+            let config = reward_scorer::ScorerServiceConfig {
+                consumer: args.consumer.unwrap_or_else(|| format!("scorer-{}", hostname())),
+                batch: args.batch,
+                ..Default::default()
+            };
             runtime.block_on(async {
                 let listener = tokio::net::TcpListener::bind(args.listen.listen).await?;
                 tracing::info!(addr = %args.listen.listen, "scorer listening");
@@ -206,6 +211,16 @@ pub fn run(service: Service) -> Result<()> {
         }
         Service::Learner(args) => run_learner(args, &runtime),
     }
+}
+
+/// This machine's name (the pod name on Kubernetes).
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".into())
 }
 
 /// The scorer may start before the reward model exists: it waits for the `rm` stage.
