@@ -277,9 +277,10 @@ fn a_replica_killed_mid_batch_loses_nothing_and_comes_back_with_current_weights(
     let run = prepared_run(dir.path());
     let redis = RedisServer::start().unwrap();
     let (g1, g2) = (free_port(), free_port());
-    // Replica B streams slowly, so that it can be killed in the middle of a batch.
+    // Replica B streams slowly (150 ms before each rollout), so that a kill lands in the
+    // middle of a batch even when the machine is busy.
     let _a = generator("gen-a", g1, &[]);
-    let mut b = generator("gen-b", g2, &["--stream-delay-ms", "30"]);
+    let mut b = generator("gen-b", g2, &["--stream-delay-ms", "150"]);
     let _scorer = scorer(run.root(), &redis, "kill");
 
     let (raw, scored) = streams(&redis, "kill");
