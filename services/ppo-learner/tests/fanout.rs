@@ -1,5 +1,6 @@
 //! The fan-out against real generator servers on loopback (in-process): a replica that hangs
-//! past the deadline has its work retried on the other, which serves the pushed version.
+//! past the deadline has its work retried on the other, which serves the pushed version; and the
+//! learner's own status and checkpoint RPCs.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -89,4 +90,34 @@ async fn with_every_replica_down_a_request_gives_up_after_its_attempts() {
     let mut fanout = Fanout::new(&dead, config).unwrap();
     let err = fanout.generate(&requests(1), 1, chunks, |_, _, _| panic!("nothing to deliver")).await.unwrap_err();
     assert!(matches!(err, FanoutError::GaveUp { attempts: 3, .. }), "{err}");
+}
+
+/// The learner's own RPCs: status from what the loop records, a checkpoint on request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_checkpoint_requests_reach_the_training_loop() {
+    use ppo_learner::{StatusBoard, StepStats};
+    use rlhf_proto::v1::ppo_learner_client::PpoLearnerClient;
+    use rlhf_proto::v1::{LearnerStatusRequest, SaveCheckpointRequest};
+
+    let board = Arc::new(StatusBoard::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(ppo_learner::run(board.clone(), listener, std::future::pending()));
+    let mut client = PpoLearnerClient::new(rlhf_rpc::endpoint(&url).unwrap());
+
+    board.record(&StepStats { step: 7, policy_version: 7, reward: 0.5, kl: 1.25, kl_coef: 0.2, ..Default::default() });
+    let status = client.get_status(LearnerStatusRequest {}).await.unwrap().into_inner();
+    assert_eq!((status.step, status.policy_version, status.last_mean_reward, status.last_kl), (7, 7, 0.5, 1.25));
+
+    // The call waits until the loop has written a checkpoint.
+    assert!(!board.checkpoint_wanted());
+    let mut waiting = client.clone();
+    let call = tokio::spawn(async move { waiting.save_checkpoint(SaveCheckpointRequest {}).await });
+    while !board.checkpoint_wanted() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    board.checkpointed("runs/x/ppo", 8);
+    let saved = call.await.unwrap().unwrap().into_inner();
+    assert_eq!((saved.path.as_str(), saved.step), ("runs/x/ppo", 8));
+    assert!(!board.checkpoint_wanted());
 }
