@@ -89,14 +89,20 @@ impl std::fmt::Debug for Fanout {
     }
 }
 
+/// Pushes one version and checks that the replica now serves it.
 async fn push_weights(
     mut client: PolicyGeneratorClient<Channel>,
     chunks: Arc<Vec<WeightChunk>>,
+    version: u64,
     traceparent: &str,
-) -> Result<u64, tonic::Status> {
+) -> Result<(), String> {
     let stream = tokio_stream::iter(chunks.as_ref().clone());
-    let reply = client.update_weights(trace::inject(Request::new(stream), traceparent)).await?;
-    Ok(reply.into_inner().serving_version)
+    let reply =
+        client.update_weights(trace::inject(Request::new(stream), traceparent)).await.map_err(|s| s.to_string())?;
+    match reply.into_inner().serving_version {
+        serving if serving == version => Ok(()),
+        serving => Err(format!("serves {serving} after a push of {version}")),
+    }
 }
 
 async fn generate_on(
@@ -190,15 +196,15 @@ impl Fanout {
             let (client, chunks, traceparent) = (r.client.clone(), chunks.clone(), hop.header());
             let deadline = self.config.deadline;
             pushes.spawn(async move {
-                let result = tokio::time::timeout(deadline, push_weights(client, chunks, &traceparent)).await;
+                let result = tokio::time::timeout(deadline, push_weights(client, chunks, version, &traceparent)).await;
                 (i, result)
             });
         }
-        while let Some(Ok((i, result))) = pushes.join_next().await {
+        while let Some(joined) = pushes.join_next().await {
+            let Ok((i, result)) = joined else { continue };
             match result {
-                Ok(Ok(serving)) if serving == version => self.replicas[i].serving = Some(version),
-                Ok(Ok(serving)) => self.mark_failed(i, &format!("serves {serving} after a push of {version}")),
-                Ok(Err(status)) => self.mark_failed(i, &status.to_string()),
+                Ok(Ok(())) => self.replicas[i].serving = Some(version),
+                Ok(Err(why)) => self.mark_failed(i, &why),
                 Err(_) => self.mark_failed(i, "weight push passed its deadline"),
             }
         }
@@ -216,7 +222,8 @@ impl Fanout {
         chunks: Arc<Vec<WeightChunk>>,
         mut deliver: impl FnMut(&GenerateRequest, Vec<Rollout>, &str),
     ) -> Result<(), FanoutError> {
-        let mut waiting: VecDeque<(usize, u32, String)> = (0..requests.len()).map(|i| (i, 0, String::new())).collect();
+        // (request index, failed attempts so far)
+        let mut waiting: VecDeque<(usize, u32)> = (0..requests.len()).map(|i| (i, 0)).collect();
         let mut running = JoinSet::new();
         // One trace per request: its rollouts' journey through generator and scorer hangs off it.
         let hops: Vec<Hop> = requests.iter().map(|_| Hop::start("learner.generate_request", None)).collect();
@@ -224,7 +231,7 @@ impl Fanout {
             let now = Instant::now();
             while !waiting.is_empty() {
                 let Some(r) = self.pick(now) else { break };
-                let (index, attempts, _) = waiting.pop_front().expect("not empty");
+                let (index, attempts) = waiting.pop_front().expect("not empty");
                 let replica = &mut self.replicas[r];
                 replica.in_flight += 1;
                 replica.requests += 1;
@@ -235,11 +242,7 @@ impl Fanout {
                 running.spawn(async move {
                     let work = async {
                         if needs_weights {
-                            let serving =
-                                push_weights(client.clone(), chunks, &traceparent).await.map_err(|s| s.to_string())?;
-                            if serving != version {
-                                return Err(format!("serves {serving} after a push of {version}"));
-                            }
+                            push_weights(client.clone(), chunks, version, &traceparent).await?;
                         }
                         generate_on(client, wire, &traceparent).await
                     };
@@ -282,7 +285,7 @@ impl Fanout {
                             last: why,
                         });
                     }
-                    waiting.push_back((index, attempts, why));
+                    waiting.push_back((index, attempts));
                 }
             }
         }
