@@ -32,6 +32,14 @@ pub fn health()
     tonic_health::server::health_reporter()
 }
 
+/// Marks service `S` and the server as a whole (the empty service name, what a probe without a
+/// service asks for) as serving or not: a service is only ready once its model is.
+pub async fn set_health<S: tonic::server::NamedService>(reporter: &HealthReporter, serving: bool) {
+    let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+    reporter.set_service_status(S::NAME, status).await;
+    reporter.set_service_status("", status).await;
+}
+
 /// Serves `routes` plus server reflection on `listener` until `shutdown` resolves; in-flight
 /// calls finish first.
 pub async fn serve(

@@ -152,8 +152,7 @@ impl GeneratorRpc for Service {
         .await
         .map_err(|e| Status::internal(format!("update task: {e}")))?
         .map_err(status)?;
-        self.0.health.set_serving::<PolicyGeneratorServer<Service>>().await;
-        self.0.health.set_service_status("", rlhf_rpc::ServingStatus::Serving).await;
+        rlhf_rpc::set_health::<PolicyGeneratorServer<Service>>(&self.0.health, true).await;
         tracing::info!(replica = %self.0.id, version = serving, "serving policy version");
         Ok(Response::new(UpdateWeightsResponse { serving_version: serving }))
     }
@@ -199,8 +198,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = rlhf_rpc::health();
-    health.set_not_serving::<PolicyGeneratorServer<Service>>().await;
-    health.set_service_status("", rlhf_rpc::ServingStatus::NotServing).await;
+    rlhf_rpc::set_health::<PolicyGeneratorServer<Service>>(&health, false).await;
     let replica = Arc::new(Replica {
         id: config.id,
         stream_delay: config.stream_delay,

@@ -79,7 +79,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = rlhf_rpc::health();
-    health.set_serving::<PpoLearnerServer<Service>>().await;
+    rlhf_rpc::set_health::<PpoLearnerServer<Service>>(&health, true).await;
     rlhf_rpc::serve(listener, Routes::new(health_service).add_service(PpoLearnerServer::new(Service(board))), shutdown)
         .await
 }

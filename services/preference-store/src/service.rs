@@ -141,7 +141,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = rlhf_rpc::health();
-    health.set_serving::<PreferenceStoreServer<Service>>().await;
+    rlhf_rpc::set_health::<PreferenceStoreServer<Service>>(&health, true).await;
     let service = PreferenceStoreServer::new(Service { store: Arc::new(Mutex::new(store)), token: config.token })
         .max_decoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES);
     rlhf_rpc::serve(listener, Routes::new(health_service).add_service(service), shutdown).await

@@ -137,8 +137,7 @@ where
     L: FnOnce() -> std::result::Result<RewardScorer, String> + Send + 'static,
 {
     let (health, health_service) = rlhf_rpc::health();
-    health.set_not_serving::<RewardScorerServer<Service>>().await;
-    health.set_service_status("", rlhf_rpc::ServingStatus::NotServing).await;
+    rlhf_rpc::set_health::<RewardScorerServer<Service>>(&health, false).await;
     let cell: Arc<tokio::sync::OnceCell<Arc<RewardScorer>>> = Arc::new(tokio::sync::OnceCell::new());
     let stop = Arc::new(AtomicBool::new(false));
     let worker = {
@@ -148,8 +147,7 @@ where
             let scorer = Arc::new(load()?);
             let _ = cell.set(scorer.clone());
             handle.block_on(async {
-                health.set_serving::<RewardScorerServer<Service>>().await;
-                health.set_service_status("", rlhf_rpc::ServingStatus::Serving).await;
+                rlhf_rpc::set_health::<RewardScorerServer<Service>>(&health, true).await;
             });
             tracing::info!(consumer = %config.consumer, "reward model loaded; scoring");
             work(&scorer, &config, raw.as_ref(), scored.as_ref(), &stop);
