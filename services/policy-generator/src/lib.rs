@@ -95,11 +95,13 @@ impl PolicyGenerator {
         self.served.read().map(|s| s.version).unwrap_or(0)
     }
 
-    /// Marks the version served as published by learner `epoch`.
-    pub fn set_epoch(&self, epoch: u64) {
+    /// The same replica, its version published by learner `epoch` (a new replica's first
+    /// update; later ones go through [`PolicyGenerator::update_weights_from`]).
+    pub fn with_epoch(self, epoch: u64) -> Self {
         if let Ok(mut s) = self.served.write() {
             s.epoch = epoch;
         }
+        self
     }
 
     /// The learner epoch of the version served.

@@ -143,8 +143,8 @@ impl GeneratorRpc for Service {
             let config = update.config.ok_or_else(|| {
                 Error::BadWeights("the first update of an empty replica needs model_config_json".into())
             })?;
-            let generator = PolicyGenerator::new(&replica.id, config, update.pad_id, update.tensors, update.version)?;
-            generator.set_epoch(update.epoch);
+            let generator = PolicyGenerator::new(&replica.id, config, update.pad_id, update.tensors, update.version)?
+                .with_epoch(update.epoch);
             *replica.generator.write().map_err(|_| Error::BadWeights("lock poisoned".into()))? =
                 Some(Arc::new(generator));
             Ok(update.version)
