@@ -109,14 +109,15 @@ pub fn work(
     scored: &dyn Queue<ScoredRollout>,
     stop: &AtomicBool,
 ) {
+    // Entries a dead scorer held first, then new ones.
+    let round = || -> Result<usize> {
+        let taken =
+            score_batch(scorer, raw.claim_stale(&config.consumer, config.claim_after, config.batch)?, raw, scored)?;
+        let fresh = raw.pop(&config.consumer, config.batch, Duration::from_millis(200))?;
+        Ok(taken + score_batch(scorer, fresh, raw, scored)?)
+    };
     while !stop.load(Ordering::SeqCst) {
-        let moved = raw
-            .claim_stale(&config.consumer, config.claim_after, config.batch)
-            .map_err(crate::Error::from)
-            .and_then(|taken| score_batch(scorer, taken, raw, scored))
-            .and_then(|_| Ok(raw.pop(&config.consumer, config.batch, Duration::from_millis(200))?))
-            .and_then(|fresh| score_batch(scorer, fresh, raw, scored));
-        if let Err(e) = moved {
+        if let Err(e) = round() {
             tracing::error!(error = %e, "scoring batch failed; retrying in 1 s");
             std::thread::sleep(Duration::from_secs(1));
         }
