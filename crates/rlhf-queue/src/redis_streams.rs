@@ -142,7 +142,7 @@ impl<T> RedisQueue<T> {
     }
 
     /// Moves entries to the dead-letter stream and acknowledges them, in one transaction.
-    fn bury(&self, c: &mut Connection, entries: &[(StreamId, usize, &str)]) -> RedisResult<()> {
+    fn bury(&self, c: &mut Connection, entries: &[(StreamId, usize, String)]) -> RedisResult<()> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -159,7 +159,7 @@ impl<T> RedisQueue<T> {
                     ("traceparent", traceparent.as_str()),
                     ("source_id", entry.id.as_str()),
                     ("deliveries", &deliveries.to_string()),
-                    ("reason", reason),
+                    ("reason", reason.as_str()),
                 ],
             )
             .ignore();
@@ -231,8 +231,6 @@ impl<T: Serialize + DeserializeOwned + Send> Queue<T> for RedisQueue<T> {
             }
         }
         if !poison.is_empty() {
-            let poison: Vec<(StreamId, usize, &str)> =
-                poison.iter().map(|(e, n, r)| (e.clone(), *n, r.as_str())).collect();
             self.with_connection(|c| self.bury(c, &poison))?;
         }
         Ok(out)
@@ -302,8 +300,6 @@ impl<T: Serialize + DeserializeOwned + Send> Queue<T> for RedisQueue<T> {
             }
         }
         if !poison.is_empty() {
-            let poison: Vec<(StreamId, usize, &str)> =
-                poison.iter().map(|(e, n, r)| (e.clone(), *n, r.as_str())).collect();
             self.with_connection(|c| {
                 self.bury(c, &poison)?;
                 self.trim(c)
