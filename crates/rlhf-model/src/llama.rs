@@ -1,6 +1,7 @@
 //! A Llama-family causal language model that trains: every op on the forward path has a backward.
 //!
-//! Architecture (Touvron et al. 2023; the same as SmolLM2 and, minus QKV biases, Qwen2):
+//! Architecture (Touvron et al. 2023; the same as SmolLM2, Mistral without a sliding window, and
+//! Qwen2, whose q/k/v projections carry biases):
 //! `h = embed(ids)`, then per layer `h += o(attn(rope(q(n1(h))), rope(k(n1(h))), v(n1(h))))`
 //! and `h += down(silu(gate(n2(h))) * up(n2(h)))` with RMSNorm `n1`, `n2`, then a final RMSNorm.
 //! Weight names are those of Hugging Face safetensors (`model.layers.0.self_attn.q_proj.weight`, …).
@@ -128,8 +129,15 @@ fn softmax(x: &Tensor, kernels: Kernels) -> Result<Tensor> {
 }
 
 fn linear(in_dim: usize, out_dim: usize, cfg: &Config, vb: VarBuilder<'_>) -> Result<Linear> {
+    linear_b(in_dim, out_dim, false, cfg, vb)
+}
+
+/// A projection `y = x Wᵀ (+ b)`; fresh biases start at zero, as in `transformers`.
+fn linear_b(in_dim: usize, out_dim: usize, bias: bool, cfg: &Config, vb: VarBuilder<'_>) -> Result<Linear> {
     let init = Init::Randn { mean: 0.0, stdev: cfg.initializer_range };
-    Ok(Linear::new(vb.get_with_hints((out_dim, in_dim), "weight", init)?, None))
+    let weight = vb.get_with_hints((out_dim, in_dim), "weight", init)?;
+    let bias = if bias { Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?) } else { None };
+    Ok(Linear::new(weight, bias))
 }
 
 #[derive(Debug, Clone)]
@@ -146,11 +154,12 @@ struct Attention {
 impl Attention {
     fn new(cfg: &Config, vb: VarBuilder<'_>) -> Result<Self> {
         let (h, d, kv) = (cfg.hidden_size, cfg.head_dim(), cfg.num_kv_heads());
+        let (qkv_bias, o_bias) = (cfg.qkv_bias(), cfg.o_bias());
         Ok(Attention {
-            q_proj: linear(h, cfg.num_attention_heads * d, cfg, vb.pp("q_proj"))?,
-            k_proj: linear(h, kv * d, cfg, vb.pp("k_proj"))?,
-            v_proj: linear(h, kv * d, cfg, vb.pp("v_proj"))?,
-            o_proj: linear(cfg.num_attention_heads * d, h, cfg, vb.pp("o_proj"))?,
+            q_proj: linear_b(h, cfg.num_attention_heads * d, qkv_bias, cfg, vb.pp("q_proj"))?,
+            k_proj: linear_b(h, kv * d, qkv_bias, cfg, vb.pp("k_proj"))?,
+            v_proj: linear_b(h, kv * d, qkv_bias, cfg, vb.pp("v_proj"))?,
+            o_proj: linear_b(cfg.num_attention_heads * d, h, o_bias, cfg, vb.pp("o_proj"))?,
             num_heads: cfg.num_attention_heads,
             num_kv_heads: kv,
             head_dim: d,
@@ -198,11 +207,11 @@ struct Mlp {
 
 impl Mlp {
     fn new(cfg: &Config, vb: VarBuilder<'_>) -> Result<Self> {
-        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let (h, i, b) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
         Ok(Mlp {
-            gate_proj: linear(h, i, cfg, vb.pp("gate_proj"))?,
-            up_proj: linear(h, i, cfg, vb.pp("up_proj"))?,
-            down_proj: linear(i, h, cfg, vb.pp("down_proj"))?,
+            gate_proj: linear_b(h, i, b, cfg, vb.pp("gate_proj"))?,
+            up_proj: linear_b(h, i, b, cfg, vb.pp("up_proj"))?,
+            down_proj: linear_b(i, h, b, cfg, vb.pp("down_proj"))?,
         })
     }
 
@@ -241,7 +250,8 @@ pub struct Llama {
     embed_tokens: Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
-    lm_head: Linear,
+    /// `None` for a reward model's backbone.
+    lm_head: Option<Linear>,
     config: Config,
 }
 
@@ -249,15 +259,25 @@ impl Llama {
     /// Builds the model from `vb`: from a `VarMap` it creates fresh trainable weights, from
     /// safetensors it loads them. The weight names are Hugging Face's.
     pub fn new(config: &Config, vb: VarBuilder<'_>) -> Result<Self> {
+        Self::build(config, vb, true)
+    }
+
+    /// The decoder without its LM head, as a reward model (`*ForSequenceClassification`) holds
+    /// it: the score head reads the final hidden states and `lm_head.weight` is not needed.
+    pub fn backbone(config: &Config, vb: VarBuilder<'_>) -> Result<Self> {
+        Self::build(config, vb, false)
+    }
+
+    fn build(config: &Config, vb: VarBuilder<'_>, with_head: bool) -> Result<Self> {
         config.validate()?;
         let init = Init::Randn { mean: 0.0, stdev: config.initializer_range };
         let embeddings =
             vb.pp("model.embed_tokens").get_with_hints((config.vocab_size, config.hidden_size), "weight", init)?;
         let embed_tokens = Embedding::new(embeddings.clone(), config.hidden_size);
-        let lm_head = if config.tie_word_embeddings {
-            Linear::new(embeddings, None)
-        } else {
-            linear(config.hidden_size, config.vocab_size, config, vb.pp("lm_head"))?
+        let lm_head = match (with_head, config.tie_word_embeddings) {
+            (false, _) => None,
+            (true, true) => Some(Linear::new(embeddings, None)),
+            (true, false) => Some(linear(config.hidden_size, config.vocab_size, config, vb.pp("lm_head"))?),
         };
         let layers = (0..config.num_hidden_layers)
             .map(|i| DecoderLayer::new(config, vb.pp(format!("model.layers.{i}"))))
@@ -291,7 +311,10 @@ impl Llama {
 
     /// Projects hidden states to logits.
     pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.lm_head.forward(hidden)
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => candle_core::bail!("this model was built without an LM head (a reward model's backbone)"),
+        }
     }
 
     /// The general forward pass: `input_ids: [B, Tq]` at `positions`, with an attention `bias`

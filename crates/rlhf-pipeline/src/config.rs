@@ -1,9 +1,10 @@
 //! The pipeline's configuration: one JSON document, every field optional, defaults that run the
 //! bundled task on two CPU cores in a few minutes.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ppo_learner::PpoConfig;
+use rlhf_data::SaveDtype;
 use rlhf_world::StyleMix;
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +39,13 @@ pub struct WorldConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
+    /// A pretrained model to start from: a Hugging Face folder (Llama, Mistral or Qwen2) or a
+    /// GGUF file. Unset: a model of the size below is trained from scratch on the bundled task.
+    pub path: Option<PathBuf>,
+    /// The dtype checkpoints are written in: `f32` or `bf16` (training always runs in f32;
+    /// each stage starts from the previous stage's checkpoint as written).
+    pub save_dtype: SaveDtype,
+    /// Size of a model trained from scratch (ignored with `path`).
     pub hidden_size: usize,
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
@@ -120,6 +128,8 @@ impl Default for WorldConfig {
 impl Default for ModelConfig {
     fn default() -> Self {
         ModelConfig {
+            path: None,
+            save_dtype: SaveDtype::F32,
             hidden_size: 128,
             num_hidden_layers: 3,
             num_attention_heads: 4,

@@ -37,6 +37,7 @@ use crate::reward::load_scorer;
 use crate::run_dir::{PpoProgress, PpoResult, RunDir};
 use crate::task::Task;
 use crate::{Error, Result};
+use rlhf_data::{ModelKind, SaveOptions, varmap_tensors};
 
 /// Where a PPO step's rollouts come from and where new policy versions go.
 pub trait RolloutBackend {
@@ -239,7 +240,14 @@ pub fn run_with(
                 run.metric(&json!({"stage": "alarm", "step": step, "message": alarm}))?;
                 alarms.push(alarm);
             }
-            rlhf_data::save_checkpoint(&run.path("ppo"), learner.varmap(), learner.model_config(), &task.tokenizer)?;
+            rlhf_data::save_checkpoint(
+                &run.path("ppo"),
+                &varmap_tensors(learner.varmap()),
+                learner.model_config(),
+                &task.tokenizer,
+                ModelKind::CausalLm,
+                SaveOptions { dtype: config.model.save_dtype, ..SaveOptions::default() },
+            )?;
             state.ppo_progress = Some(PpoProgress {
                 step,
                 version: learner.version(),

@@ -14,6 +14,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use reward_scorer::RewardScorer;
+use rlhf_data::{ModelKind, SaveOptions, ScoreNormalizer, varmap_tensors};
 use rlhf_model::{Kernels, Llama, RewardHead, SequenceBatch, ranking_loss, seeded_var_builder};
 use rlhf_types::Ranking;
 use rlhf_world::{Split, gold};
@@ -86,7 +87,11 @@ pub fn load_scorer(run: &RunDir) -> Result<RewardScorer> {
     }
     let rm = rlhf_data::load_checkpoint(&run.path("rm"))?;
     let sft = rlhf_data::load_checkpoint(&run.path("sft"))?;
-    Ok(RewardScorer::new(&rm.config, rm.tensors, &sft.config, sft.tensors, sft.tokenizer.pad_id)?)
+    let mut scorer = RewardScorer::new(&rm.config, rm.tensors, &sft.config, sft.tensors, sft.tokenizer.pad_id)?;
+    if let Some(n) = rm.score_normalizer {
+        scorer.set_normaliser(n.mean, n.std);
+    }
+    Ok(scorer)
 }
 
 /// Trains the reward model on the rankings in the run's SQLite store.
@@ -112,17 +117,18 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
     let held: Vec<&Ranking> = rankings.iter().filter(|r| split_of(r) == Some(Split::HeldOut)).collect();
     let prompts = prompt_tokens(&task)?;
 
-    // Initialise from SFT; the score head is the only new weight.
+    // Initialise from SFT's decoder; the score head is the only new weight (the LM head is not
+    // part of a reward model).
     let sft = rlhf_data::load_checkpoint(&run.path("sft"))?;
     let varmap = VarMap::new();
     {
         let mut data = varmap.data().lock().expect("fresh VarMap");
-        for (name, t) in sft.tensors {
+        for (name, t) in sft.tensors.into_iter().filter(|(n, _)| n != "lm_head.weight") {
             data.insert(name, Var::from_tensor(&t)?);
         }
     }
     let vb = seeded_var_builder(&varmap, config.seed ^ 0x4e3, DType::F32, &Device::Cpu);
-    let model = Llama::new(&sft.config, vb.clone())?;
+    let model = Llama::backbone(&sft.config, vb.clone())?;
     let head = RewardHead::new(sft.config.hidden_size, vb)?;
     let lr = config.reward_model.learning_rate;
     let mut optimizer = AdamW::new(varmap.all_vars(), ParamsAdamW { lr, weight_decay: 0.0, ..Default::default() })?;
@@ -160,7 +166,9 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
         }
     }
     progress.finish_and_clear();
-    rlhf_data::save_checkpoint(&run.path("rm"), &varmap, &sft.config, &task.tokenizer)?;
+    let save = SaveOptions { dtype: config.model.save_dtype, ..SaveOptions::default() };
+    let tensors = varmap_tensors(&varmap);
+    rlhf_data::save_checkpoint(&run.path("rm"), &tensors, &sft.config, &task.tokenizer, ModelKind::RewardModel, save)?;
 
     // Evaluate through the same scorer PPO will use.
     let scorer = load_scorer(run)?;
@@ -175,6 +183,12 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
     let all: Vec<f64> = train_scores.iter().flatten().map(|&s| s as f64).collect();
     let mean = all.iter().sum::<f64>() / all.len().max(1) as f64;
     let std = (all.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / all.len().max(1) as f64).sqrt();
+    // The normaliser goes with the checkpoint, so anyone loading the reward model computes the
+    // same reward PPO trained on.
+    rlhf_data::checkpoint::set_score_normalizer(
+        &run.path("rm"),
+        ScoreNormalizer { mean: mean as f32, std: std as f32 },
+    )?;
     run.metric(&json!({"stage": "rm_eval", "heldout_accuracy": heldout_accuracy, "noise_ceiling": noise_ceiling,
                        "train_accuracy": train_accuracy}))?;
     Ok(RewardModelResult {

@@ -4,8 +4,9 @@
 //! runs/<run-id>/
 //!   config.json          the PipelineConfig the run was started with
 //!   state.json           which stages finished, and their results
-//!   tokenizer.json
-//!   sft/ rm/ ppo/        checkpoints (model.safetensors + config.json + tokenizer.json)
+//!   tokenizer/           tokenizer.json, tokenizer_config.json, chat_template.jinja
+//!   sft/ rm/ ppo/        checkpoints in Hugging Face layout (see rlhf_data::checkpoint);
+//!                        ppo/ also holds the critic, value_head.safetensors
 //!   preferences.sqlite   every ranking, whole
 //!   metrics.jsonl        one line per training step and evaluation
 //!   report.html summary.json

@@ -4,24 +4,26 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use rlhf_data::{ModelKind, SaveOptions, varmap_tensors};
 use rlhf_model::{
-    Kernels, Llama, SamplingParams, SequenceBatch, generate, masked_mean, next_token_logprobs, seeded_var_builder,
+    Config, Kernels, Llama, SamplingParams, SequenceBatch, generate, masked_mean, next_token_logprobs,
+    seeded_var_builder,
 };
 use rlhf_world::Split;
 use rlhf_world::gold::{self, AnswerType};
 use rlhf_world::responses::sft_data;
 use serde_json::json;
 
-use crate::Result;
 use crate::config::PipelineConfig;
 use crate::progress::bar;
 use crate::run_dir::{RunDir, SftResult};
 use crate::task::Task;
+use crate::{Error, Result};
 
 /// Learning rate at `step` of `total`: linear warm-up over the first 5%, then cosine decay to 10%.
 pub fn learning_rate(base: f64, step: usize, total: usize) -> f64 {
@@ -36,15 +38,12 @@ pub fn learning_rate(base: f64, step: usize, total: usize) -> f64 {
 pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<SftResult> {
     let start = Instant::now();
     let task = Task::load(run, config)?;
-    let model_config = task.model_config(config);
     let mut rng = StdRng::seed_from_u64(config.seed ^ 0x5f7);
     let data = sft_data(&task.world, &config.world.style_mix, config.world.sft_responses_per_prompt, &mut rng);
-    let examples: Vec<(Vec<u32>, Vec<u32>)> = data
-        .iter()
-        .map(|e| Ok((task.tokenizer.encode_prompt(&e.prompt)?, task.tokenizer.encode_response(&e.response)?)))
-        .collect::<Result<_>>()?;
+    let examples: Vec<(Vec<u32>, Vec<u32>)> =
+        data.iter().map(|e| Ok(task.tokenizer.encode_exchange(&e.prompt, &e.response)?)).collect::<Result<_>>()?;
 
-    let varmap = VarMap::new();
+    let (model_config, varmap) = initial_policy(&task, config)?;
     let model = Llama::new(&model_config, seeded_var_builder(&varmap, config.seed, DType::F32, &Device::Cpu))?;
     let mut optimizer = AdamW::new(
         varmap.all_vars(),
@@ -80,7 +79,15 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<SftResult> {
     progress.finish_and_clear();
     let final_loss =
         run.metrics()?.iter().rev().find(|m| m["stage"] == "sft").and_then(|m| m["loss"].as_f64()).unwrap_or(f64::NAN);
-    rlhf_data::save_checkpoint(&run.path("sft"), &varmap, &model_config, &task.tokenizer)?;
+    let save = SaveOptions { dtype: config.model.save_dtype, ..SaveOptions::default() };
+    rlhf_data::save_checkpoint(
+        &run.path("sft"),
+        &varmap_tensors(&varmap),
+        &model_config,
+        &task.tokenizer,
+        ModelKind::CausalLm,
+        save,
+    )?;
     let greedy_train = greedy_answer_types(&task, &model, Split::Train, config.ppo.max_new_tokens)?;
     let greedy_heldout = greedy_answer_types(&task, &model, Split::HeldOut, config.ppo.max_new_tokens)?;
     run.metric(&json!({"stage": "sft_eval", "greedy_train": greedy_train, "greedy_heldout": greedy_heldout}))?;
@@ -91,6 +98,24 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<SftResult> {
         greedy_heldout,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// The policy SFT starts from: the pretrained model of `model.path`, or (without one) an empty
+/// `VarMap` that `seeded_var_builder` fills with fresh weights of the configured size.
+fn initial_policy(task: &Task, config: &PipelineConfig) -> Result<(Config, VarMap)> {
+    let varmap = VarMap::new();
+    let Some(path) = &config.model.path else { return Ok((task.model_config(config), varmap)) };
+    let ckpt = rlhf_data::load_checkpoint(path)?;
+    if ckpt.kind != ModelKind::CausalLm {
+        return Err(Error::Config(format!("{} is a reward model; SFT starts from a causal LM", path.display())));
+    }
+    {
+        let mut data = varmap.data().lock().expect("fresh VarMap");
+        for (name, _) in ckpt.config.expected_shapes() {
+            data.insert(name.clone(), Var::from_tensor(&ckpt.tensors[&name])?);
+        }
+    }
+    Ok((ckpt.config, varmap))
 }
 
 /// Shares of answer types when the model answers every prompt of `split` greedily: its most
@@ -106,7 +131,7 @@ fn greedy_answer_types(
     let params = SamplingParams {
         temperature: 0.0,
         max_new_tokens,
-        stop_tokens: vec![task.tokenizer.eos_id],
+        stop_tokens: task.tokenizer.stop_ids.clone(),
         ..SamplingParams::default()
     };
     for chunk in prompts.chunks(64) {

@@ -1,13 +1,19 @@
-//! The bundled task as the stages see it: the world, its tokenizer, and encoded prompts.
+//! The task as the stages see it: the world, the run's tokenizer and chat template, and
+//! encoded prompts.
+//!
+//! The tokenizer is the pretrained model's when the run starts from one (`model.path`), else a
+//! word-level tokenizer over the bundled world's words; either way it is saved once in the run
+//! directory (`tokenizer/`: `tokenizer.json`, `tokenizer_config.json`, `chat_template.jinja`) and
+//! every stage encodes through its chat template.
 
 use policy_generator::PromptTokens;
 use rlhf_data::ChatTokenizer;
 use rlhf_model::{Config, SamplingParams};
 use rlhf_world::{Prompt, Split, World};
 
-use crate::Result;
 use crate::config::PipelineConfig;
 use crate::run_dir::RunDir;
+use crate::{Error, Result};
 
 /// The world of a run and its tokenizer.
 #[derive(Debug, Clone)]
@@ -21,18 +27,25 @@ impl Task {
     /// tokenizer, creating it on first use.
     pub fn load(run: &RunDir, config: &PipelineConfig) -> Result<Task> {
         let world = World::new(config.world.held_out, config.seed);
-        let path = run.path("tokenizer.json");
-        let tokenizer = if path.exists() {
-            ChatTokenizer::load(&path)?
+        let dir = run.path("tokenizer");
+        let tokenizer = if dir.exists() {
+            ChatTokenizer::from_dir(&dir, None)?
+        } else if run.path("tokenizer.json").exists() {
+            // Runs made before the tokenizer had its own folder.
+            ChatTokenizer::from_dir(run.root(), None)?
         } else {
-            let tokenizer = ChatTokenizer::word_level(&world.words())?;
-            tokenizer.save(&path)?;
+            let tokenizer = match &config.model.path {
+                Some(model) => rlhf_data::checkpoint::load_tokenizer(model)?,
+                None => ChatTokenizer::word_level(&world.words())?,
+            };
+            std::fs::create_dir_all(&dir).map_err(|e| Error::Io(format!("{}: {e}", dir.display())))?;
+            tokenizer.save(&dir)?;
             tokenizer
         };
         Ok(Task { world, tokenizer })
     }
 
-    /// The architecture of the run's policy.
+    /// The architecture of a policy trained from scratch (no `model.path`).
     pub fn model_config(&self, config: &PipelineConfig) -> Config {
         let m = &config.model;
         let mut c = Config::tiny(
@@ -66,13 +79,14 @@ impl Task {
             .collect()
     }
 
-    /// Sampling settings in the chat format: a response ends with `<eos>`.
+    /// Sampling settings in the chat format: a response ends at the template's end-of-turn
+    /// token or at `eos`.
     pub fn sampling(&self, temperature: f64, top_p: f64, max_new_tokens: usize, seed: u64) -> SamplingParams {
         SamplingParams {
             temperature,
             top_p,
             max_new_tokens,
-            stop_tokens: vec![self.tokenizer.eos_id],
+            stop_tokens: self.tokenizer.stop_ids.clone(),
             seed,
             ..SamplingParams::default()
         }

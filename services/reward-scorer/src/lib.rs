@@ -62,7 +62,7 @@ impl RewardScorer {
         pad_id: u32,
     ) -> Result<Self> {
         let rvb = VarBuilder::from_tensors(reward_tensors, DType::F32, &Device::Cpu);
-        let reward_model = Llama::new(reward_config, rvb.clone()).map_err(model_error)?;
+        let reward_model = Llama::backbone(reward_config, rvb.clone()).map_err(model_error)?;
         let reward_head = RewardHead::new(reward_config.hidden_size, rvb).map_err(model_error)?;
         let reference =
             Llama::new(reference_config, VarBuilder::from_tensors(reference_tensors, DType::F32, &Device::Cpu))

@@ -1,0 +1,6 @@
+//! rlhf-data against the outside world: Hugging Face checkpoints and tokenizers as
+//! `transformers` reads them, GGUF files, and checkpoints written back out.
+
+mod helpers;
+mod hf_tiny;
+mod smollm2;
