@@ -136,12 +136,27 @@ pub fn save_checkpoint(
         std::fs::remove_dir_all(&tmp).map_err(io_error(&tmp))?;
     }
     std::fs::create_dir_all(&tmp).map_err(io_error(&tmp))?;
+    let written = write_files(&tmp, tensors, config, tokenizer, kind, &options);
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    written?;
+    replace_dir(&tmp, dir)
+}
 
+fn write_files(
+    tmp: &Path,
+    tensors: &HashMap<String, Tensor>,
+    config: &Config,
+    tokenizer: &ChatTokenizer,
+    kind: ModelKind,
+    options: &SaveOptions,
+) -> Result<()> {
     let mut model = HashMap::new();
     for (name, _) in expected_shapes(config, kind) {
         let tensor = tensors
             .get(&name)
-            .ok_or_else(|| format_error(dir, format!("cannot save: the model has no weight {name}")))?;
+            .ok_or_else(|| format_error(tmp, format!("cannot save: the model has no weight {name}")))?;
         model.insert(name, tensor.clone());
     }
     safetensors_io::write_file(&tmp.join(safetensors_io::SINGLE_FILE), &model, options.dtype.dtype())?;
@@ -150,7 +165,7 @@ pub fn save_checkpoint(
     if !critic.is_empty() {
         safetensors_io::write_file(&tmp.join(VALUE_HEAD_FILE), &critic, DType::F32)?;
     }
-    write_json(&tmp.join("config.json"), &hf_config(config, tokenizer, kind, &options))?;
+    write_json(&tmp.join("config.json"), &hf_config(config, tokenizer, kind, options))?;
     if kind == ModelKind::CausalLm {
         let generation = json!({
             "bos_token_id": tokenizer.bos_id,
@@ -159,9 +174,8 @@ pub fn save_checkpoint(
         });
         write_json(&tmp.join("generation_config.json"), &generation)?;
     }
-    tokenizer.save(&tmp)?;
-    make_readable(&tmp)?;
-    replace_dir(&tmp, dir)
+    tokenizer.save(tmp)?;
+    make_readable(tmp)
 }
 
 /// `config.json` as `transformers` writes it for this model class.
