@@ -253,6 +253,28 @@ pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
     Ok(Checkpoint { config, tensors, tokenizer, kind, score_normalizer })
 }
 
+/// What a model folder or GGUF file holds, read and checked without loading its weights: a
+/// quick refusal before a run is created for a model it could not use.
+pub fn inspect(path: &Path) -> Result<(Config, ModelKind, ChatTokenizer)> {
+    if path.is_file() {
+        let (content, _) = gguf::read_content(path)?;
+        let config = gguf::config(&content, path)?;
+        config.validate().map_err(|e| format_error(path, e))?;
+        return Ok((config, ModelKind::CausalLm, gguf::tokenizer(&content, path)?));
+    }
+    if !path.is_dir() {
+        return Err(format_error(path, "no such model folder or GGUF file"));
+    }
+    let config_path = path.join("config.json");
+    let text = std::fs::read_to_string(&config_path).map_err(io_error(&config_path))?;
+    let raw: Value = serde_json::from_str(&text).map_err(|e| format_error(&config_path, e))?;
+    let config: Config = serde_json::from_value(raw.clone()).map_err(|e| format_error(&config_path, e))?;
+    config.validate().map_err(|e| format_error(&config_path, e))?;
+    let kind = model_kind(&raw, path).map_err(|e| format_error(&config_path, e))?;
+    let tokenizer = ChatTokenizer::from_dir(path, Some(&config))?;
+    Ok((config, kind, tokenizer))
+}
+
 /// Only the tokenizer (with special tokens and chat template) of a model folder or GGUF file.
 pub fn load_tokenizer(path: &Path) -> Result<ChatTokenizer> {
     if path.is_file() {

@@ -329,6 +329,14 @@ impl ChatTokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
+    /// Token ids of a raw (non-chat) prompt, with whatever special tokens the tokenizer's
+    /// post-processor adds (a leading `<s>` for Llama 2, nothing for SmolLM2), as
+    /// `tokenizer(text)` does in `transformers`.
+    pub fn encode_raw_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self.inner.encode(text, true).map_err(|e| format_error(Path::new("<encode>"), e))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
     /// Text of `ids`, special tokens left out.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, true).map_err(|e| format_error(Path::new("<decode>"), e))

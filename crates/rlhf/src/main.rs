@@ -3,6 +3,7 @@
 mod bench;
 mod serve;
 mod stages;
+mod try_model;
 
 use clap::{Parser, Subcommand};
 
@@ -44,6 +45,11 @@ enum Command {
     Config,
     /// Measure training, sampling and scoring throughput of the model core on this machine.
     Bench(bench::BenchArgs),
+    /// Continue a prompt with a model (Hugging Face folder, GGUF file or run checkpoint): check a
+    /// checkpoint before spending hours on it.
+    Generate(try_model::GenerateArgs),
+    /// Print a reward model's score of one response to one prompt.
+    Score(try_model::ScoreArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -58,6 +64,8 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench::run(&args),
+        Command::Generate(args) => try_model::generate_command(&args),
+        Command::Score(args) => try_model::score_command(&args),
         Command::Serve(service) => serve::run(service),
     }
 }

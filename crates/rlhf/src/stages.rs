@@ -24,6 +24,15 @@ pub struct RunArgs {
     /// (0 = none). Invites reward hacking by verbosity (overrides the config file).
     #[arg(long)]
     length_bias: Option<f64>,
+    /// Start from a pretrained model instead of training one from scratch: a Hugging Face folder
+    /// (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM) or a GGUF file. Its tokenizer and
+    /// chat template are used throughout (overrides the config file's model.path).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The dtype checkpoints are written in: f32 (default) or bf16; training runs in f32
+    /// (overrides the config file's model.save_dtype).
+    #[arg(long)]
+    save_dtype: Option<rlhf_data::SaveDtype>,
     /// Continue the run in --run-dir: finished stages are skipped, PPO resumes from its last
     /// checkpoint, stored rankings are kept.
     #[arg(long)]
@@ -42,17 +51,41 @@ impl RunArgs {
         if let Some(bias) = self.length_bias {
             config.collect.length_bias = bias;
         }
+        if let Some(model) = &self.model {
+            config.model.path = Some(model.clone());
+        }
+        if let Some(dtype) = self.save_dtype {
+            config.model.save_dtype = dtype;
+        }
         config.validate()?;
+        if let Some(path) = &config.model.path {
+            let (_, kind, tokenizer) =
+                rlhf_data::checkpoint::inspect(path).with_context(|| format!("--model {}", path.display()))?;
+            if kind != rlhf_data::ModelKind::CausalLm {
+                bail!("--model {} is a reward model; the pipeline starts from a causal LM", path.display());
+            }
+            if tokenizer.chat_template().is_none() {
+                bail!(
+                    "--model {} has no chat template (chat_template.jinja, or chat_template in tokenizer_config.json); \
+                     the stages format every prompt through it",
+                    path.display()
+                );
+            }
+        }
         Ok(config)
     }
 
     /// Opens the run to continue, or creates a new one.
     fn open(&self, allow_existing: bool) -> Result<RunDir> {
-        let overrides = self.config.is_some() || self.seed.is_some() || self.length_bias.is_some();
+        let overrides = self.config.is_some()
+            || self.seed.is_some()
+            || self.length_bias.is_some()
+            || self.model.is_some()
+            || self.save_dtype.is_some();
         if self.resume {
             if overrides {
                 bail!(
-                    "--resume continues a run with the settings it was created with; drop --config, --seed and --length-bias"
+                    "--resume continues a run with the settings it was created with; drop --config, --seed, --length-bias, --model and --save-dtype"
                 );
             }
             let dir = match &self.run_dir {

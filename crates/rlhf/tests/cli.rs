@@ -14,7 +14,7 @@ fn rlhf() -> Command {
 
 #[test]
 fn every_stage_explains_itself() {
-    for stage in ["run", "sft", "collect", "rm", "ppo", "config", "bench"] {
+    for stage in ["run", "sft", "collect", "rm", "ppo", "config", "bench", "generate", "score"] {
         let out = rlhf().args([stage, "--help"]).output().unwrap();
         assert!(out.status.success(), "{stage} --help failed");
         let text = String::from_utf8_lossy(&out.stdout);
@@ -135,4 +135,94 @@ fn a_killed_run_resumes_from_its_last_checkpoint() {
 fn ranking_count(path: &Path) -> u64 {
     use preference_store::PreferenceStore;
     preference_store::SqliteStore::open(path).unwrap().stats().unwrap().rankings
+}
+
+fn golden() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(rlhf_harness::fixture("hf-tiny/golden.json")).unwrap()).unwrap()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+#[test]
+fn generate_continues_a_chat_prompt_as_transformers_does() {
+    let golden = golden();
+    let model = rlhf_harness::fixture("hf-tiny/llama-untied");
+    let out = rlhf()
+        .args(["generate", "--model", model.to_str().unwrap(), "--chat", "--max-new-tokens", "16", "--json"])
+        .args(["--prompt", "What is the capital of Japan?"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let case = &golden["models"]["llama-untied"]["cases"][0];
+    assert_eq!(ids(&printed["prompt_token_ids"]), ids(&case["input_ids"]), "the chat template's prompt");
+    assert_eq!(ids(&printed["new_token_ids"]), ids(&case["greedy_16_ids"]), "greedy continuation");
+    let logprobs = printed["logprobs"].as_array().unwrap();
+    assert_eq!(logprobs.len(), 16);
+    assert!(logprobs.iter().all(|l| l.as_f64().unwrap() <= 0.0));
+    assert!(printed["text"].is_string());
+
+    // Plain text by default; sampling with a seed is reproducible.
+    let sample = |seed: &str| {
+        rlhf()
+            .args(["generate", "--model", model.to_str().unwrap(), "--prompt", "The capital of France is"])
+            .args(["--temperature", "1.0", "--seed", seed, "--max-new-tokens", "8"])
+            .output()
+            .unwrap()
+    };
+    let (a, b) = (sample("7"), sample("7"));
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    assert_eq!(a.stdout, b.stdout);
+}
+
+/// The reward model's numbers are checked against transformers in rlhf-data's tests; here the
+/// command must print what that checked code computes on the chat-formatted exchange.
+#[test]
+fn score_prints_the_reward_models_score_of_the_exchange() {
+    use candle_core::{DType, Device, Tensor};
+    let model = rlhf_harness::fixture("hf-tiny/llama-reward-model");
+    let ckpt = rlhf_data::load_checkpoint(&model).unwrap();
+    let (prompt, response) = ckpt.tokenizer.encode_exchange("What is the capital of Japan?", "Tokyo.").unwrap();
+    let all: Vec<u32> = prompt.into_iter().chain(response).collect();
+    let vb = candle_nn::VarBuilder::from_tensors(ckpt.tensors, DType::F32, &Device::Cpu);
+    let backbone = rlhf_model::Llama::backbone(&ckpt.config, vb.clone()).unwrap();
+    let head = rlhf_model::RewardHead::new(ckpt.config.hidden_size, vb).unwrap();
+    let input = Tensor::new(all.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let mask = input.ones_like().unwrap();
+    let hidden = backbone.hidden_states(&input, &mask, rlhf_model::Kernels::Differentiable).unwrap();
+    let expected = head.forward(&hidden, &mask).unwrap().to_vec1::<f32>().unwrap()[0] as f64;
+
+    let out = rlhf()
+        .args(["score", "--model", model.to_str().unwrap(), "--json"])
+        .args(["--prompt", "What is the capital of Japan?", "--response", "Tokyo."])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["tokens"].as_u64().unwrap() as usize, all.len());
+    let score = printed["score"].as_f64().unwrap();
+    assert!((score - expected).abs() < 1e-4, "{score} vs {expected}");
+    assert!(printed["normalized"].is_null(), "this checkpoint carries no normaliser");
+}
+
+#[test]
+fn generate_and_score_refuse_the_wrong_kind_of_model() {
+    let policy = rlhf_harness::fixture("hf-tiny/mistral");
+    let rm = rlhf_harness::fixture("hf-tiny/llama-reward-model");
+    let run = |args: &[&str]| {
+        let out = rlhf().args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(&["generate", "--model", rm.to_str().unwrap(), "--prompt", "hi"]);
+    assert!(err.contains("is a reward model"), "{err}");
+    let err = run(&["score", "--model", policy.to_str().unwrap(), "--prompt", "hi", "--response", "yo"]);
+    assert!(err.contains("is not a reward model"), "{err}");
+    let err = run(&["generate", "--model", "/nowhere/model", "--prompt", "hi"]);
+    assert!(err.contains("/nowhere/model"), "{err}");
+    let err = run(&["run", "--model", rm.to_str().unwrap(), "--run-dir", "/tmp/never-created-rlhf-run"]);
+    assert!(err.contains("reward model"), "{err}");
+    assert!(!Path::new("/tmp/never-created-rlhf-run").exists());
 }
