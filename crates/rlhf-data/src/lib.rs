@@ -8,10 +8,12 @@
 //! - [`gguf`]: llama.cpp's format: dequantization, tensor names, the Q/K permutation, the tokenizer.
 //! - [`tokenizer`]: `ChatTokenizer`, a `tokenizer.json` with its special tokens and chat template.
 //! - [`chat_template`]: Jinja chat templates rendered as `transformers` renders them.
+//! - [`datasets`]: TRL's JSON Lines formats (prompts, SFT, preference pairs and rankings), validated.
 //! - [`jsonl`]: append-only JSON lines (metrics) and reading them back.
 
 pub mod chat_template;
 pub mod checkpoint;
+pub mod datasets;
 pub mod gguf;
 pub mod jsonl;
 pub mod safetensors_io;

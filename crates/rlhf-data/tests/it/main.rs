@@ -2,6 +2,7 @@
 //! `transformers` reads them, GGUF files, and checkpoints written back out.
 
 mod bad_inputs;
+mod datasets;
 mod export;
 mod gguf;
 mod helpers;
