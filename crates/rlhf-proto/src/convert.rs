@@ -112,14 +112,14 @@ pub fn ranking_from_proto(r: v1::Ranking) -> Ranking {
     }
 }
 
-impl From<Pair> for v1::PreferencePair {
-    fn from(p: Pair) -> Self {
-        v1::PreferencePair {
-            ranking_id: p.ranking_id,
-            prompt_id: p.prompt_id,
-            chosen: Some(p.chosen.into()),
-            rejected: Some(p.rejected.into()),
-            pairs_in_ranking: p.pairs_in_ranking as u32,
-        }
+/// Encodes a pair with its prompt's text (a [`Pair`] refers to its prompt by id only).
+pub fn pair_to_proto(p: Pair, prompt_text: String) -> v1::PreferencePair {
+    v1::PreferencePair {
+        ranking_id: p.ranking_id,
+        prompt_id: p.prompt_id,
+        chosen: Some(p.chosen.into()),
+        rejected: Some(p.rejected.into()),
+        pairs_in_ranking: p.pairs_in_ranking as u32,
+        prompt_text,
     }
 }

@@ -14,7 +14,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 
 mod convert;
 
-pub use convert::{InvalidMessage, ranking_from_proto, ranking_to_proto};
+pub use convert::{InvalidMessage, pair_to_proto, ranking_from_proto, ranking_to_proto};
 
 /// Version 1 of the rlhf protocol (protobuf package `rlhf.v1`).
 #[allow(missing_docs, missing_debug_implementations, clippy::all, rust_2018_idioms)]

@@ -52,6 +52,8 @@ pub trait PreferenceStore: Send {
     fn register_prompts(&mut self, prompts: &[(String, String)]) -> Result<()>;
     /// Validates and stores one ranking, whole.
     fn submit(&mut self, ranking: &Ranking) -> Result<()>;
+    /// Every registered prompt as `(prompt_id, text)`, in id order.
+    fn prompts(&self) -> Result<Vec<(String, String)>>;
     /// Rankings in the order they were stored, optionally of one prompt.
     fn rankings(&self, prompt_id: Option<&str>) -> Result<Vec<Ranking>>;
     /// Every stored ranking expanded into its C(K, 2) pairs.

@@ -6,7 +6,9 @@
 //! `Error::Invalid`-like on both sides.
 
 use rlhf_proto::v1::preference_store_client::PreferenceStoreClient;
-use rlhf_proto::v1::{ListRankingsRequest, Prompt, RegisterPromptsRequest, StatsRequest, SubmitRankingRequest};
+use rlhf_proto::v1::{
+    ListPromptsRequest, ListRankingsRequest, Prompt, RegisterPromptsRequest, StatsRequest, SubmitRankingRequest,
+};
 use rlhf_proto::{ranking_from_proto, ranking_to_proto};
 use rlhf_rpc::auth::with_bearer;
 use rlhf_types::Ranking;
@@ -78,6 +80,18 @@ impl PreferenceStore for RemoteStore {
         let mut client = self.client.clone();
         self.runtime.block_on(client.submit_ranking(request)).map_err(from_status)?;
         Ok(())
+    }
+
+    fn prompts(&self) -> Result<Vec<(String, String)>> {
+        let mut client = self.client.clone();
+        self.runtime.block_on(async {
+            let mut stream = client.list_prompts(ListPromptsRequest {}).await.map_err(from_status)?.into_inner();
+            let mut out = vec![];
+            while let Some(p) = stream.message().await.map_err(from_status)? {
+                out.push((p.prompt_id, p.text));
+            }
+            Ok(out)
+        })
     }
 
     fn rankings(&self, prompt_id: Option<&str>) -> Result<Vec<Ranking>> {

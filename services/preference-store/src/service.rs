@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex};
 
 use rlhf_proto::v1::preference_store_server::{PreferenceStore as StoreRpc, PreferenceStoreServer};
 use rlhf_proto::v1::{
-    ExportPairsRequest, ListRankingsRequest, PreferencePair, Ranking as RankingMessage, RegisterPromptsRequest,
+    ExportPairsRequest, ListPromptsRequest, ListRankingsRequest, PreferencePair, Prompt, Ranking as RankingMessage,
+    RegisterPromptsRequest,
     RegisterPromptsResponse, StatsRequest, StatsResponse, SubmitRankingRequest, SubmitRankingResponse,
 };
-use rlhf_proto::{ranking_from_proto, ranking_to_proto};
+use rlhf_proto::{pair_to_proto, ranking_from_proto, ranking_to_proto};
 use rlhf_rpc::auth;
 use rlhf_rpc::trace::Hop;
 use tokio::net::TcpListener;
@@ -105,6 +106,15 @@ impl StoreRpc for Service {
         Ok(Response::new(Box::pin(tokio_stream::iter(items))))
     }
 
+    type ListPromptsStream = Items<Prompt>;
+
+    async fn list_prompts(&self, _: Request<ListPromptsRequest>) -> Result<Response<Self::ListPromptsStream>, Status> {
+        let prompts = with_store(&self.store, |s| s.prompts()).await?;
+        let items: Vec<Result<Prompt, Status>> =
+            prompts.into_iter().map(|(prompt_id, text)| Ok(Prompt { prompt_id, text, token_ids: vec![] })).collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(items))))
+    }
+
     type ExportPairsStream = Items<PreferencePair>;
 
     async fn export_pairs(
@@ -112,12 +122,16 @@ impl StoreRpc for Service {
         request: Request<ExportPairsRequest>,
     ) -> Result<Response<Self::ExportPairsStream>, Status> {
         let annotator = request.into_inner().annotator_id;
-        let rankings = with_store(&self.store, |s| s.rankings(None)).await?;
+        let (rankings, prompts) = with_store(&self.store, |s| Ok((s.rankings(None)?, s.prompts()?))).await?;
+        let text: std::collections::HashMap<String, String> = prompts.into_iter().collect();
         let items: Vec<Result<PreferencePair, Status>> = rankings
             .iter()
             .filter(|r| annotator.as_ref().is_none_or(|a| &r.annotator_id == a))
             .flat_map(|r| r.pairs())
-            .map(|p| Ok(p.into()))
+            .map(|p| {
+                let prompt_text = text.get(&p.prompt_id).cloned().unwrap_or_default();
+                Ok(pair_to_proto(p, prompt_text))
+            })
             .collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(items))))
     }

@@ -142,6 +142,14 @@ impl PreferenceStore for SqliteStore {
         tx.commit().map_err(storage)
     }
 
+    fn prompts(&self) -> Result<Vec<(String, String)>> {
+        let mut stmt = self.conn.prepare_cached("SELECT id, text FROM prompts ORDER BY id").map_err(storage)?;
+        stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(storage)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(storage)
+    }
+
     fn rankings(&self, prompt_id: Option<&str>) -> Result<Vec<Ranking>> {
         let mut stmt = self
             .conn

@@ -40,6 +40,8 @@ fn rankings_round_trip_whole_and_expand_to_pairs() {
     assert_eq!(pairs.len(), 6 + 1);
     assert_eq!((pairs[0].chosen.text.as_str(), pairs[0].rejected.text.as_str()), ("answer 2", "answer 0"));
     assert_eq!(s.stats().unwrap(), Stats { rankings: 2, pairs: 7, prompts: 2, annotators: 1 });
+    let prompts = vec![("p1".to_string(), "what is 1 plus 1 ?".to_string()), ("p2".to_string(), "hi".to_string())];
+    assert_eq!(s.prompts().unwrap(), prompts);
 }
 
 #[test]
@@ -109,6 +111,24 @@ mod over_grpc {
         assert!(matches!(remote.submit(&ranking("r3", "nope", vec![1, 0], 2)), Err(Error::Rejected(_))));
         let stats = remote.stats().unwrap();
         assert_eq!((stats.rankings, stats.pairs), (1, 6));
+        assert_eq!(remote.prompts().unwrap()[0], ("p1".to_string(), "what is 1 plus 1 ?".to_string()));
+
+        // Exported pairs carry their prompt's text (TRL's format needs it).
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let pairs: Vec<rlhf_proto::v1::PreferencePair> = rt.block_on(async {
+            let mut client = rlhf_proto::v1::preference_store_client::PreferenceStoreClient::connect(url.clone())
+                .await
+                .unwrap();
+            let request = rlhf_proto::v1::ExportPairsRequest { annotator_id: None };
+            let mut stream = client.export_pairs(request).await.unwrap().into_inner();
+            let mut out = vec![];
+            while let Some(p) = stream.message().await.unwrap() {
+                out.push(p);
+            }
+            out
+        });
+        assert_eq!(pairs.len(), 6);
+        assert!(pairs.iter().all(|p| p.prompt_text == "what is 1 plus 1 ?"), "{:?}", pairs[0]);
 
         // Without the token, writes are refused and nothing is stored.
         let mut anonymous = RemoteStore::connect(&url, None).unwrap();
