@@ -103,6 +103,28 @@ pub fn read_preferences(path: &Path) -> Result<Vec<PreferenceRecord>> {
     })
 }
 
+/// A prompt as a preference store keeps it: the text of a single user turn, or the whole
+/// conversation as a JSON list of messages (so system turns and history survive the store).
+pub fn prompt_to_text(prompt: &[Message]) -> String {
+    match prompt {
+        [m] if m.role == "user" => m.content.clone(),
+        _ => serde_json::to_string(prompt).expect("messages serialise"),
+    }
+}
+
+/// The inverse of [`prompt_to_text`]: a JSON list of messages is a conversation, anything else
+/// is the text of one user turn.
+pub fn prompt_from_text(text: &str) -> Conversation {
+    if text.trim_start().starts_with('[') {
+        if let Ok(messages) = serde_json::from_str::<Conversation>(text) {
+            if !messages.is_empty() {
+                return messages;
+            }
+        }
+    }
+    vec![Message::user(text)]
+}
+
 /// Writes records as JSON lines (through a temporary file and a rename).
 pub fn write_lines<T: Serialize>(path: &Path, records: impl IntoIterator<Item = T>) -> Result<()> {
     let mut text = String::new();

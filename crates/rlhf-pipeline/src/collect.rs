@@ -179,7 +179,7 @@ fn ranking_id(prompt: &Prompt, round: usize) -> String {
     format!("ranking-{}-{round}", prompt.id)
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 

@@ -8,6 +8,7 @@
 //! - [`task`]: the bundled assistant world, its tokenizer and the chat format.
 //! - [`sft`], [`collect`], [`reward`], [`ppo`]: the stages; each reads and writes the run directory.
 //! - [`cluster`]: the PPO stage's distributed backend (generator replicas, Redis streams).
+//! - [`preference_files`]: importing and exporting preference data in TRL's JSON Lines formats.
 //! - [`eval`]: held-out evaluation against the gold preference, and the reward-hacking alarm.
 //! - [`report`]: `report.html` (with SVG plots) and `summary.json`.
 //! - [`pipeline`]: all stages in order, skipping finished ones on `--resume`.
@@ -22,6 +23,7 @@ pub mod config;
 pub mod eval;
 pub mod pipeline;
 pub mod ppo;
+pub mod preference_files;
 mod progress;
 pub mod report;
 pub mod reward;

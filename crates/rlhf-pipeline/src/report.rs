@@ -46,8 +46,8 @@ pub fn summary(run: &RunDir) -> Result<Summary> {
     let band = config.monitor.kl_band;
     Ok(Summary {
         rm_heldout_accuracy: rm.map(|r| r.heldout_accuracy),
-        rm_noise_ceiling: rm.map(|r| r.noise_ceiling),
-        rm_accuracy_vs_ceiling: rm.map(|r| r.heldout_accuracy / r.noise_ceiling),
+        rm_noise_ceiling: rm.and_then(|r| r.noise_ceiling),
+        rm_accuracy_vs_ceiling: rm.and_then(|r| Some(r.heldout_accuracy / r.noise_ceiling?)),
         gold_win_rate_vs_sft: ppo.map(|p| p.final_eval.gold_win_rate),
         kl_to_sft: ppo.map(|p| p.kl_to_sft),
         kl_band: band,
@@ -114,15 +114,16 @@ fn html(run: &RunDir, summary: &Summary) -> Result<String> {
     ));
     body.push_str("</div>");
     if let Some(rm) = &state.reward_model {
-        body.push_str(&svg::bar_chart(
-            "Reward-model pairwise accuracy",
-            &[
-                ("train".into(), rm.train_accuracy),
-                ("held-out".into(), rm.heldout_accuracy),
-                ("noise ceiling".into(), rm.noise_ceiling),
-            ],
-            1.0,
-        ));
+        let mut bars = vec![("train".into(), rm.train_accuracy), ("held-out".into(), rm.heldout_accuracy)];
+        bars.extend(rm.noise_ceiling.map(|c| ("noise ceiling".into(), c)));
+        body.push_str(&svg::bar_chart("Reward-model pairwise accuracy", &bars, 1.0));
+        if rm.imported_rankings > 0 || rm.dropped_too_long > 0 {
+            body.push_str(&format!(
+                "<p>{} rankings came from imported files (no gold preference: no noise ceiling for them); \
+                 {} rankings were left out because they did not fit the model's context.</p>",
+                rm.imported_rankings, rm.dropped_too_long
+            ));
+        }
     }
     body.push_str("<h2>PPO</h2><div class=row>");
     body.push_str(&svg::line_chart(

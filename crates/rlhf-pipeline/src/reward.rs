@@ -27,6 +27,43 @@ use crate::run_dir::{RewardModelResult, RunDir};
 use crate::task::Task;
 use crate::{Error, Result};
 
+/// Prompt tokens of every prompt in the store, world prompts and imported ones alike, and the
+/// rankings ready to train on: responses stored as text only (imported from a file) are encoded
+/// here with the run's chat template, and a ranking whose prompt and longest response exceed
+/// `context` tokens is dropped (TRL's reward trainer drops them the same way) and counted.
+fn encode_store(
+    task: &Task,
+    store: &dyn PreferenceStore,
+    rankings: Vec<Ranking>,
+    context: usize,
+) -> Result<(PromptTokens, Vec<Ranking>, usize)> {
+    let mut prompts = prompt_tokens(task)?;
+    let mut conversations = HashMap::new();
+    for (id, text) in store.prompts()? {
+        if !prompts.contains_key(&id) {
+            let conversation = rlhf_data::datasets::prompt_from_text(&text);
+            prompts.insert(id.clone(), task.tokenizer.encode_chat_prompt(&conversation)?);
+            conversations.insert(id, conversation);
+        }
+    }
+    let mut kept = Vec::with_capacity(rankings.len());
+    let mut dropped = 0;
+    for mut ranking in rankings {
+        if let Some(conversation) = conversations.get(&ranking.prompt_id) {
+            for response in ranking.responses.iter_mut().filter(|r| r.tokens.is_empty()) {
+                response.tokens = task.tokenizer.encode_completion(conversation, &response.text)?;
+            }
+        }
+        let longest = ranking.responses.iter().map(|r| r.tokens.len()).max().unwrap_or(0);
+        if prompts[&ranking.prompt_id].len() + longest <= context {
+            kept.push(ranking);
+        } else {
+            dropped += 1;
+        }
+    }
+    Ok((prompts, kept, dropped))
+}
+
 /// Prompt tokens by prompt id, for every prompt of the world.
 pub type PromptTokens = HashMap<String, Vec<u32>>;
 
@@ -112,10 +149,28 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
     if rankings.is_empty() {
         return Err(Error::MissingStage { stage: "rm", missing: "collect" });
     }
-    let split_of = |r: &Ranking| task.world.prompt(&r.prompt_id).map(|p| p.split);
-    let train: Vec<&Ranking> = rankings.iter().filter(|r| split_of(r) == Some(Split::Train)).collect();
-    let held: Vec<&Ranking> = rankings.iter().filter(|r| split_of(r) == Some(Split::HeldOut)).collect();
-    let prompts = prompt_tokens(&task)?;
+    let (sft_config, _, _) = rlhf_data::checkpoint::inspect(&run.path("sft"))?;
+    let (prompts, rankings, too_long) = encode_store(&task, store, rankings, sft_config.max_position_embeddings)?;
+    let split_of = |r: &Ranking| match task.world.prompt(&r.prompt_id) {
+        Some(p) => p.split,
+        // Imported prompts: one in ten held out, by a hash of the prompt (all its rankings go together).
+        None if crate::collect::fnv(&r.prompt_id) % 10 == 0 => Split::HeldOut,
+        None => Split::Train,
+    };
+    let train: Vec<&Ranking> = rankings.iter().filter(|r| split_of(r) == Split::Train).collect();
+    let held: Vec<&Ranking> = rankings.iter().filter(|r| split_of(r) == Split::HeldOut).collect();
+    let imported = rankings.iter().filter(|r| task.world.prompt(&r.prompt_id).is_none()).count();
+    if train.is_empty() || held.is_empty() {
+        return Err(Error::Config(format!(
+            "the reward model needs rankings to train on and held-out rankings to judge it by: {} train, {} held out \
+             ({} of {} rankings left out as longer than the model's context of {} tokens); import more preference data",
+            train.len(),
+            held.len(),
+            too_long,
+            rankings.len() + too_long,
+            sft_config.max_position_embeddings
+        )));
+    }
 
     // Initialise from SFT's decoder; the score head is the only new weight (the LM head is not
     // part of a reward model).
@@ -176,9 +231,13 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
     let train_scores = score_rankings(&scorer, &train, &prompts)?;
     let heldout_accuracy = agreement(&held, |i, j| held_scores[i][j] as f64);
     let train_accuracy = agreement(&train, |i, j| train_scores[i][j] as f64);
-    let noise_ceiling = agreement(&held, |i, j| {
-        let fact = task.world.fact_of(task.world.prompt(&held[i].prompt_id).expect("registered prompt"));
-        gold::utility(gold::classify(&task.world, fact, &held[i].responses[j].text))
+    // The ceiling needs the hidden gold preference, which only the bundled world's prompts have.
+    let gold_known = !held.is_empty() && held.iter().all(|r| task.world.prompt(&r.prompt_id).is_some());
+    let noise_ceiling = gold_known.then(|| {
+        agreement(&held, |i, j| {
+            let fact = task.world.fact_of(task.world.prompt(&held[i].prompt_id).expect("world prompt"));
+            gold::utility(gold::classify(&task.world, fact, &held[i].responses[j].text))
+        })
     });
     let all: Vec<f64> = train_scores.iter().flatten().map(|&s| s as f64).collect();
     let mean = all.iter().sum::<f64>() / all.len().max(1) as f64;
@@ -195,6 +254,8 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
         heldout_accuracy,
         noise_ceiling,
         train_accuracy,
+        imported_rankings: imported,
+        dropped_too_long: too_long,
         score_mean: mean as f32,
         score_std: std as f32,
         seconds: start.elapsed().as_secs_f64(),

@@ -53,8 +53,16 @@ pub struct CollectResult {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RewardModelResult {
     pub heldout_accuracy: f64,
-    pub noise_ceiling: f64,
+    /// The annotators' agreement with the hidden gold preference on the same held-out rankings;
+    /// `None` when some of them are imported (no gold is known for those).
+    pub noise_ceiling: Option<f64>,
     pub train_accuracy: f64,
+    /// Rankings of prompts from imported files (not the bundled world's).
+    #[serde(default)]
+    pub imported_rankings: usize,
+    /// Rankings left out because a prompt and response did not fit the model's context.
+    #[serde(default)]
+    pub dropped_too_long: usize,
     /// Mean and standard deviation of raw scores of the SFT policy's responses.
     pub score_mean: f32,
     pub score_std: f32,

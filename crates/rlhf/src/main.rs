@@ -1,6 +1,7 @@
 //! `rlhf`: the one binary of the project. Every pipeline stage and every service is a subcommand.
 
 mod bench;
+mod preference_data;
 mod serve;
 mod stages;
 mod try_model;
@@ -50,6 +51,12 @@ enum Command {
     Generate(try_model::GenerateArgs),
     /// Print a reward model's score of one response to one prompt.
     Score(try_model::ScoreArgs),
+    /// Load preference data (TRL pairs or K-way rankings, JSON Lines) into a run's preference
+    /// store or the preference service, so the reward model trains on it. Importing the same
+    /// file again stores nothing twice.
+    ImportPreferences(preference_data::ImportArgs),
+    /// Write the stored rankings out as TRL preference pairs (or whole rankings), JSON Lines.
+    ExportPreferences(preference_data::ExportArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,6 +73,8 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(&args),
         Command::Generate(args) => try_model::generate_command(&args),
         Command::Score(args) => try_model::score_command(&args),
+        Command::ImportPreferences(args) => preference_data::import_command(&args),
+        Command::ExportPreferences(args) => preference_data::export_command(&args),
         Command::Serve(service) => serve::run(service),
     }
 }

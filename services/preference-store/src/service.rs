@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use rlhf_proto::v1::preference_store_server::{PreferenceStore as StoreRpc, PreferenceStoreServer};
 use rlhf_proto::v1::{
     ExportPairsRequest, ListPromptsRequest, ListRankingsRequest, PreferencePair, Prompt, Ranking as RankingMessage,
-    RegisterPromptsRequest,
-    RegisterPromptsResponse, StatsRequest, StatsResponse, SubmitRankingRequest, SubmitRankingResponse,
+    RegisterPromptsRequest, RegisterPromptsResponse, StatsRequest, StatsResponse, SubmitRankingRequest,
+    SubmitRankingResponse,
 };
 use rlhf_proto::{pair_to_proto, ranking_from_proto, ranking_to_proto};
 use rlhf_rpc::auth;

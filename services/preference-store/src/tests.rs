@@ -116,9 +116,8 @@ mod over_grpc {
         // Exported pairs carry their prompt's text (TRL's format needs it).
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let pairs: Vec<rlhf_proto::v1::PreferencePair> = rt.block_on(async {
-            let mut client = rlhf_proto::v1::preference_store_client::PreferenceStoreClient::connect(url.clone())
-                .await
-                .unwrap();
+            let mut client =
+                rlhf_proto::v1::preference_store_client::PreferenceStoreClient::connect(url.clone()).await.unwrap();
             let request = rlhf_proto::v1::ExportPairsRequest { annotator_id: None };
             let mut stream = client.export_pairs(request).await.unwrap().into_inner();
             let mut out = vec![];

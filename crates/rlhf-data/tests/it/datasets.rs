@@ -109,3 +109,22 @@ fn bad_lines_are_refused_with_their_number() {
     let empty = file(dir.path(), "empty.jsonl", &[""]);
     assert!(read_prompts(&empty).unwrap_err().to_string().contains("holds no records"));
 }
+
+#[test]
+fn stored_prompt_text_round_trips_single_turns_and_conversations() {
+    use rlhf_data::datasets::{prompt_from_text, prompt_to_text};
+    let single = vec![Message::user("What is the capital of France?")];
+    assert_eq!(prompt_to_text(&single), "What is the capital of France?");
+    assert_eq!(prompt_from_text(&prompt_to_text(&single)), single);
+    let conversation = vec![
+        Message::new("system", "Be brief."),
+        Message::user("Hi"),
+        Message::assistant("Hello"),
+        Message::user("2+2?"),
+    ];
+    let text = prompt_to_text(&conversation);
+    assert!(text.starts_with("[{\"role\":\"system\""), "{text}");
+    assert_eq!(prompt_from_text(&text), conversation);
+    // Text that merely looks like a list stays text.
+    assert_eq!(prompt_from_text("[1, 2] or [3]?"), vec![Message::user("[1, 2] or [3]?")]);
+}
