@@ -43,6 +43,10 @@ pub enum Error {
     RunDir(String),
     #[error("stage {stage} needs {missing} first: run `rlhf {missing}` (or `rlhf run`)")]
     MissingStage { stage: &'static str, missing: &'static str },
+    #[error(
+        "stage rm needs rankings: {0}; collect them (`rlhf collect`) or import your own (`rlhf import-preferences FILE --run-dir DIR`)"
+    )]
+    NoRankings(String),
     #[error(transparent)]
     Data(#[from] rlhf_data::Error),
     #[error(transparent)]

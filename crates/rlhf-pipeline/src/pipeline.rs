@@ -4,7 +4,7 @@
 use crate::PipelineConfig;
 use crate::report;
 use crate::run_dir::{CollectResult, PpoResult, RewardModelResult, RunDir};
-use crate::{Error, Result, collect, ppo, reward, sft};
+use crate::{Result, collect, ppo, reward, sft};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
@@ -71,9 +71,6 @@ pub fn run_stage_with(run: &RunDir, stage: Stage, backends: &mut dyn StageBacken
             run.save_state(&state)?;
         }
         Stage::RewardModel => {
-            if run.state()?.collect.is_none() {
-                return Err(Error::MissingStage { stage: "rm", missing: "collect" });
-            }
             let result = backends.reward_model(run, &config)?;
             let mut state = run.state()?;
             state.reward_model = Some(result);

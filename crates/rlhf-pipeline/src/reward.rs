@@ -147,7 +147,7 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
     }
     let rankings = store.rankings(None)?;
     if rankings.is_empty() {
-        return Err(Error::MissingStage { stage: "rm", missing: "collect" });
+        return Err(Error::NoRankings("the preference store holds none".into()));
     }
     let (sft_config, _, _) = rlhf_data::checkpoint::inspect(&run.path("sft"))?;
     let (prompts, rankings, too_long) = encode_store(&task, store, rankings, sft_config.max_position_embeddings)?;
@@ -161,9 +161,9 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
     let held: Vec<&Ranking> = rankings.iter().filter(|r| split_of(r) == Split::HeldOut).collect();
     let imported = rankings.iter().filter(|r| task.world.prompt(&r.prompt_id).is_none()).count();
     if train.is_empty() || held.is_empty() {
-        return Err(Error::Config(format!(
-            "the reward model needs rankings to train on and held-out rankings to judge it by: {} train, {} held out \
-             ({} of {} rankings left out as longer than the model's context of {} tokens); import more preference data",
+        return Err(Error::NoRankings(format!(
+            "it trains on some and judges itself on held-out ones, and has {} to train on and {} held out \
+             ({} of {} left out as longer than the model's context of {} tokens)",
             train.len(),
             held.len(),
             too_long,

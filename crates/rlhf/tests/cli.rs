@@ -14,7 +14,19 @@ fn rlhf() -> Command {
 
 #[test]
 fn every_stage_explains_itself() {
-    for stage in ["run", "sft", "collect", "rm", "ppo", "config", "bench", "generate", "score"] {
+    for stage in [
+        "run",
+        "sft",
+        "collect",
+        "rm",
+        "ppo",
+        "config",
+        "bench",
+        "generate",
+        "score",
+        "import-preferences",
+        "export-preferences",
+    ] {
         let out = rlhf().args([stage, "--help"]).output().unwrap();
         assert!(out.status.success(), "{stage} --help failed");
         let text = String::from_utf8_lossy(&out.stdout);
@@ -225,4 +237,65 @@ fn generate_and_score_refuse_the_wrong_kind_of_model() {
     let err = run(&["run", "--model", rm.to_str().unwrap(), "--run-dir", "/tmp/never-created-rlhf-run"]);
     assert!(err.contains("reward model"), "{err}");
     assert!(!Path::new("/tmp/never-created-rlhf-run").exists());
+}
+
+#[test]
+fn preferences_go_into_a_run_and_come_back_out_in_trls_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prefs.jsonl");
+    std::fs::write(
+        &file,
+        concat!(
+            r#"{"prompt": "Capital of France?", "chosen": "Paris.", "rejected": "Lyon."}"#,
+            "\n",
+            r#"{"prompt": "A colour?", "responses": ["Blue.", "Trains.", "Blue, I hope this helps."], "ranking": [0, 2, 1]}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let run_dir = dir.path().join("run");
+    let import = || {
+        rlhf()
+            .args(["import-preferences", file.to_str().unwrap(), "--run-dir", run_dir.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+
+    // Not yet a run directory: refused, with the way to make one.
+    let out = import();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a run directory") && err.contains("rlhf sft --run-dir"), "{err}");
+    assert!(!run_dir.join("preferences.sqlite").exists());
+
+    std::fs::create_dir(&run_dir).unwrap();
+    std::fs::write(run_dir.join("config.json"), "{}").unwrap();
+    let report = |out: std::process::Output| -> serde_json::Value {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let first = report(import());
+    assert_eq!((first["records"].as_u64(), first["stored"].as_u64()), (Some(2), Some(2)));
+    let second = report(import());
+    assert_eq!((second["stored"].as_u64(), second["duplicates"].as_u64()), (Some(0), Some(2)));
+
+    let out_file = dir.path().join("pairs.jsonl");
+    let out = rlhf()
+        .args(["export-preferences", "--run-dir", run_dir.to_str().unwrap(), "--out", out_file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&out_file).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 4, "one pair and a ranking of three (three pairs)");
+    assert!(lines.iter().all(|l| l["prompt"].is_string() && l["chosen"].is_string() && l["rejected"].is_string()));
+    assert!(lines.iter().any(|l| l["chosen"] == "Blue, I hope this helps." && l["rejected"] == "Trains."));
+
+    let out =
+        rlhf().args(["export-preferences", "--run-dir", run_dir.to_str().unwrap(), "--rankings"]).output().unwrap();
+    assert!(out.status.success());
+    let rankings: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rankings.len(), 2);
+    assert_eq!(rankings[1]["ranking"], serde_json::json!([0, 2, 1]));
 }
