@@ -5,15 +5,21 @@
 //! - scoring: a no-grad forward with the fused kernels plus token log-probs, as for reference
 //!   or old-policy log-probs.
 //!
+//! With `--model PATH` the model is a real checkpoint (Hugging Face folder, GGUF or run stage)
+//! instead of a random one of the given size: the bench then also reports the load time and
+//! resident memory, and a differentiable forward pass alone (`forward`), to set beside
+//! PyTorch's forward with autograd on.
+//!
 //! Figures are tokens per second of wall time, the median of the timed repetitions after one
 //! warm-up. candle reads its thread count from `RAYON_NUM_THREADS` once per process; decoding is
 //! usually faster on one thread, so compare `RAYON_NUM_THREADS=1 rlhf bench --only sample`.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use clap::{Args, ValueEnum};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -24,6 +30,10 @@ use serde::Serialize;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
+    /// Bench a real model instead of a random one (Hugging Face folder, .gguf file or a run's
+    /// checkpoint); the size flags are then ignored. Try --repeats 2 on a 100M+ model.
+    #[arg(long)]
+    model: Option<PathBuf>,
     /// Decoder layers.
     #[arg(long, default_value_t = 4)]
     layers: usize,
@@ -72,6 +82,7 @@ pub struct BenchArgs {
 #[serde(rename_all = "lowercase")]
 enum Workload {
     Train,
+    Forward,
     Sample,
     Score,
 }
@@ -85,12 +96,11 @@ struct Measurement {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
-    let mut cfg = Config::tiny(args.vocab, args.hidden, args.layers, args.heads, args.kv_heads);
-    cfg.intermediate_size = args.intermediate;
-    cfg.validate()?;
-    let device = Device::Cpu;
-    let varmap = VarMap::new();
-    let model = Llama::new(&cfg, seeded_var_builder(&varmap, args.seed, DType::F32, &device))?;
+    let (cfg, varmap) = match &args.model {
+        Some(path) => load_model(path)?,
+        None => random_model(args)?,
+    };
+    let model = Llama::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
     let params: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default (all cores)".into());
     println!(
@@ -105,22 +115,62 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     );
     println!("threads: RAYON_NUM_THREADS={threads}; repeats: {} after 1 warm-up", args.repeats);
 
+    let vocab = cfg.vocab_size;
     let mut rng = StdRng::seed_from_u64(args.seed);
     let mut results = vec![];
-    let wanted = |w: Workload| args.only.is_none_or(|o| o == w);
+    let wanted = |w: Workload| args.only.map_or(w != Workload::Forward || args.model.is_some(), |o| o == w);
     if wanted(Workload::Train) {
-        results.push(bench_train(args, &model, &varmap, &mut rng)?);
+        results.push(bench_train(args, vocab, &model, &varmap, &mut rng)?);
+    }
+    if wanted(Workload::Forward) {
+        results.push(bench_forward(args, vocab, &model, &mut rng)?);
     }
     if wanted(Workload::Sample) {
-        results.push(bench_sample(args, &model, &mut rng)?);
+        results.push(bench_sample(args, vocab, &model, &mut rng)?);
     }
     if wanted(Workload::Score) {
-        results.push(bench_score(args, &model, &mut rng)?);
+        results.push(bench_score(args, vocab, &model, &mut rng)?);
+    }
+    if let Some(peak) = memory_kib("VmHWM") {
+        println!("peak resident memory: {:.0} MiB", peak as f64 / 1024.0);
     }
     if args.json {
         println!("{}", serde_json::to_string(&results)?);
     }
     Ok(())
+}
+
+fn random_model(args: &BenchArgs) -> Result<(Config, VarMap)> {
+    let mut cfg = Config::tiny(args.vocab, args.hidden, args.layers, args.heads, args.kv_heads);
+    cfg.intermediate_size = args.intermediate;
+    cfg.validate()?;
+    let varmap = VarMap::new();
+    Llama::new(&cfg, seeded_var_builder(&varmap, args.seed, DType::F32, &Device::Cpu))?;
+    Ok((cfg, varmap))
+}
+
+/// Loads a checkpoint as trainable variables, reporting how long it took and what it holds in memory.
+fn load_model(path: &std::path::Path) -> Result<(Config, VarMap)> {
+    let start = Instant::now();
+    let ckpt = rlhf_data::load_checkpoint(path).with_context(|| format!("loading {}", path.display()))?;
+    let loaded = start.elapsed().as_secs_f64();
+    let rss = memory_kib("VmRSS").unwrap_or(0) as f64 / 1024.0;
+    println!("loaded {} in {loaded:.2} s; resident memory {rss:.0} MiB", path.display());
+    let varmap = VarMap::new();
+    {
+        let mut vars = varmap.data().lock().expect("fresh VarMap");
+        for (name, tensor) in ckpt.tensors {
+            vars.insert(name, candle_core::Var::from_tensor(&tensor)?);
+        }
+    }
+    Ok((ckpt.config, varmap))
+}
+
+/// A field of /proc/self/status in KiB (Linux only; None elsewhere).
+fn memory_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn random_ids(rng: &mut StdRng, batch: usize, len: usize, vocab: usize) -> Result<Tensor> {
@@ -160,8 +210,8 @@ fn measure(
     Ok(m)
 }
 
-fn bench_train(args: &BenchArgs, model: &Llama, varmap: &VarMap, rng: &mut StdRng) -> Result<Measurement> {
-    let ids = random_ids(rng, args.batch, args.seq_len, args.vocab)?;
+fn bench_train(args: &BenchArgs, vocab: usize, model: &Llama, varmap: &VarMap, rng: &mut StdRng) -> Result<Measurement> {
+    let ids = random_ids(rng, args.batch, args.seq_len, vocab)?;
     let mask = Tensor::ones((args.batch, args.seq_len), DType::F32, &Device::Cpu)?;
     let targets = mask.narrow(1, 1, args.seq_len - 1)?;
     let mut opt = AdamW::new(varmap.all_vars(), ParamsAdamW { lr: 1e-4, ..Default::default() })?;
@@ -173,9 +223,21 @@ fn bench_train(args: &BenchArgs, model: &Llama, varmap: &VarMap, rng: &mut StdRn
     })
 }
 
-fn bench_sample(args: &BenchArgs, model: &Llama, rng: &mut StdRng) -> Result<Measurement> {
+/// The training forward alone: differentiable kernels and the loss, no backward.
+fn bench_forward(args: &BenchArgs, vocab: usize, model: &Llama, rng: &mut StdRng) -> Result<Measurement> {
+    let ids = random_ids(rng, args.batch, args.seq_len, vocab)?;
+    let mask = Tensor::ones((args.batch, args.seq_len), DType::F32, &Device::Cpu)?;
+    let targets = mask.narrow(1, 1, args.seq_len - 1)?;
+    measure(args, Workload::Forward, args.batch * args.seq_len, || {
+        let logits = model.forward(&ids, &mask, Kernels::Differentiable)?;
+        masked_mean(&next_token_logprobs(&logits, &ids)?, &targets)?;
+        Ok(())
+    })
+}
+
+fn bench_sample(args: &BenchArgs, vocab: usize, model: &Llama, rng: &mut StdRng) -> Result<Measurement> {
     let prompts: Vec<Vec<u32>> = (0..args.batch)
-        .map(|_| (0..args.prompt_len).map(|_| rng.random_range(0..args.vocab as u32)).collect())
+        .map(|_| (0..args.prompt_len).map(|_| rng.random_range(0..vocab as u32)).collect())
         .collect();
     let mut seed = 0;
     measure(args, Workload::Sample, args.batch * args.new_tokens, || {
@@ -187,8 +249,8 @@ fn bench_sample(args: &BenchArgs, model: &Llama, rng: &mut StdRng) -> Result<Mea
     })
 }
 
-fn bench_score(args: &BenchArgs, model: &Llama, rng: &mut StdRng) -> Result<Measurement> {
-    let ids = random_ids(rng, args.batch, args.seq_len, args.vocab)?;
+fn bench_score(args: &BenchArgs, vocab: usize, model: &Llama, rng: &mut StdRng) -> Result<Measurement> {
+    let ids = random_ids(rng, args.batch, args.seq_len, vocab)?;
     let mask = Tensor::ones((args.batch, args.seq_len), DType::F32, &Device::Cpu)?;
     measure(args, Workload::Score, args.batch * args.seq_len, || {
         let logits = model.forward(&ids, &mask, Kernels::Fused)?;
