@@ -56,6 +56,12 @@ pub struct ModelConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SftConfig {
+    /// SFT examples of your own in TRL's JSON Lines (`{"messages": [...]}` or
+    /// `{"prompt", "completion"}`), formatted by the model's chat template, instead of the bundled
+    /// world's. Needs `model.path`: a model trained from scratch has a tokenizer of the bundled
+    /// world's words only. Collection and PPO still ask the bundled world's questions, the only
+    /// ones the simulated annotators and the gold evaluation can judge.
+    pub data: Option<PathBuf>,
     pub epochs: usize,
     pub batch_size: usize,
     pub learning_rate: f64,
@@ -141,7 +147,7 @@ impl Default for ModelConfig {
 
 impl Default for SftConfig {
     fn default() -> Self {
-        SftConfig { epochs: 20, batch_size: 32, learning_rate: 3e-3 }
+        SftConfig { data: None, epochs: 20, batch_size: 32, learning_rate: 3e-3 }
     }
 }
 
@@ -222,6 +228,12 @@ impl PipelineConfig {
         let rates = [self.sft.learning_rate, self.reward_model.learning_rate, self.ppo.algorithm.learning_rate];
         if rates.iter().any(|r| !(r.is_finite() && *r > 0.0)) {
             return fail("learning rates must be positive and finite");
+        }
+        if self.sft.data.is_some() && self.model.path.is_none() {
+            return fail(
+                "sft.data needs model.path (--model): a model trained from scratch has a tokenizer of the \
+                 bundled world's words only",
+            );
         }
         if self.monitor.kl_band[0] > self.monitor.kl_band[1] || self.monitor.window == 0 {
             return fail("monitor.kl_band must be [low, high] with low <= high, and monitor.window positive");

@@ -35,6 +35,9 @@ pub struct RunState {
 pub struct SftResult {
     pub final_loss: f64,
     pub examples: usize,
+    /// Examples left out because they do not fit the model's context.
+    #[serde(default)]
+    pub dropped_too_long: usize,
     /// Answer types of greedy answers to the training and held-out prompts.
     #[serde(default)]
     pub greedy_train: std::collections::BTreeMap<String, f64>,

@@ -39,11 +39,14 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<SftResult> {
     let start = Instant::now();
     let task = Task::load(run, config)?;
     let mut rng = StdRng::seed_from_u64(config.seed ^ 0x5f7);
-    let data = sft_data(&task.world, &config.world.style_mix, config.world.sft_responses_per_prompt, &mut rng);
-    let examples: Vec<(Vec<u32>, Vec<u32>)> =
-        data.iter().map(|e| Ok(task.tokenizer.encode_exchange(&e.prompt, &e.response)?)).collect::<Result<_>>()?;
-
     let (model_config, varmap) = initial_policy(&task, config)?;
+    let (examples, dropped_too_long) = examples(&task, config, model_config.max_position_embeddings, &mut rng)?;
+    if examples.is_empty() {
+        return Err(Error::Config(format!(
+            "no SFT example fits the model's context of {} tokens",
+            model_config.max_position_embeddings
+        )));
+    }
     let model = Llama::new(&model_config, seeded_var_builder(&varmap, config.seed, DType::F32, &Device::Cpu))?;
     let mut optimizer = AdamW::new(
         varmap.all_vars(),
@@ -94,10 +97,40 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<SftResult> {
     Ok(SftResult {
         final_loss,
         examples: examples.len(),
+        dropped_too_long,
         greedy_train,
         greedy_heldout,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// The SFT examples as (prompt ids, response ids): the file of `sft.data` or the bundled
+/// world's, each formatted by the run's chat template. Examples longer than the model's context
+/// are dropped and counted, as TRL truncates at `max_length` (a cut reply would teach the model
+/// to stop mid-sentence).
+fn examples(
+    task: &Task,
+    config: &PipelineConfig,
+    context: usize,
+    rng: &mut StdRng,
+) -> Result<(Vec<(Vec<u32>, Vec<u32>)>, usize)> {
+    let encoded: Vec<(Vec<u32>, Vec<u32>)> = match &config.sft.data {
+        Some(path) => rlhf_data::datasets::read_sft(path)?
+            .iter()
+            .map(|e| {
+                let prompt = task.tokenizer.encode_chat_prompt(&e.prompt)?;
+                Ok((prompt, task.tokenizer.encode_completion(&e.prompt, &e.completion)?))
+            })
+            .collect::<Result<_>>()?,
+        None => sft_data(&task.world, &config.world.style_mix, config.world.sft_responses_per_prompt, rng)
+            .iter()
+            .map(|e| Ok(task.tokenizer.encode_exchange(&e.prompt, &e.response)?))
+            .collect::<Result<_>>()?,
+    };
+    let total = encoded.len();
+    let fitting: Vec<_> = encoded.into_iter().filter(|(p, r)| p.len() + r.len() <= context).collect();
+    let dropped = total - fitting.len();
+    Ok((fitting, dropped))
 }
 
 /// The policy SFT starts from: the pretrained model of `model.path`, or (without one) an empty

@@ -210,7 +210,13 @@ fn measure(
     Ok(m)
 }
 
-fn bench_train(args: &BenchArgs, vocab: usize, model: &Llama, varmap: &VarMap, rng: &mut StdRng) -> Result<Measurement> {
+fn bench_train(
+    args: &BenchArgs,
+    vocab: usize,
+    model: &Llama,
+    varmap: &VarMap,
+    rng: &mut StdRng,
+) -> Result<Measurement> {
     let ids = random_ids(rng, args.batch, args.seq_len, vocab)?;
     let mask = Tensor::ones((args.batch, args.seq_len), DType::F32, &Device::Cpu)?;
     let targets = mask.narrow(1, 1, args.seq_len - 1)?;
@@ -236,9 +242,8 @@ fn bench_forward(args: &BenchArgs, vocab: usize, model: &Llama, rng: &mut StdRng
 }
 
 fn bench_sample(args: &BenchArgs, vocab: usize, model: &Llama, rng: &mut StdRng) -> Result<Measurement> {
-    let prompts: Vec<Vec<u32>> = (0..args.batch)
-        .map(|_| (0..args.prompt_len).map(|_| rng.random_range(0..vocab as u32)).collect())
-        .collect();
+    let prompts: Vec<Vec<u32>> =
+        (0..args.batch).map(|_| (0..args.prompt_len).map(|_| rng.random_range(0..vocab as u32)).collect()).collect();
     let mut seed = 0;
     measure(args, Workload::Sample, args.batch * args.new_tokens, || {
         seed += 1;

@@ -33,6 +33,11 @@ pub struct RunArgs {
     /// (overrides the config file's model.save_dtype).
     #[arg(long)]
     save_dtype: Option<rlhf_data::SaveDtype>,
+    /// SFT on your own examples instead of the bundled world's: JSON Lines in TRL's formats,
+    /// `{"messages": [...]}` ending with the assistant's turn, or `{"prompt", "completion"}`.
+    /// Needs --model. Checked line by line before the run is created (overrides sft.data).
+    #[arg(long)]
+    sft_data: Option<PathBuf>,
     /// Continue the run in --run-dir: finished stages are skipped, PPO resumes from its last
     /// checkpoint, stored rankings are kept.
     #[arg(long)]
@@ -57,7 +62,18 @@ impl RunArgs {
         if let Some(dtype) = self.save_dtype {
             config.model.save_dtype = dtype;
         }
+        if let Some(data) = &self.sft_data {
+            config.sft.data = Some(data.clone());
+        }
         config.validate()?;
+        if let Some(data) = &mut config.sft.data {
+            // The stage reads the file when it runs, perhaps from another working directory.
+            *data = std::fs::canonicalize(&*data).with_context(|| format!("--sft-data {}", data.display()))?;
+            let examples = rlhf_data::datasets::read_sft(data)?;
+            if examples.is_empty() {
+                bail!("--sft-data {} holds no examples", data.display());
+            }
+        }
         if let Some(path) = &config.model.path {
             let (_, kind, tokenizer) =
                 rlhf_data::checkpoint::inspect(path).with_context(|| format!("--model {}", path.display()))?;
@@ -81,11 +97,12 @@ impl RunArgs {
             || self.seed.is_some()
             || self.length_bias.is_some()
             || self.model.is_some()
-            || self.save_dtype.is_some();
+            || self.save_dtype.is_some()
+            || self.sft_data.is_some();
         if self.resume {
             if overrides {
                 bail!(
-                    "--resume continues a run with the settings it was created with; drop --config, --seed, --length-bias, --model and --save-dtype"
+                    "--resume continues a run with the settings it was created with; drop --config, --seed, --length-bias, --model, --save-dtype and --sft-data"
                 );
             }
             let dir = match &self.run_dir {

@@ -240,6 +240,34 @@ fn generate_and_score_refuse_the_wrong_kind_of_model() {
 }
 
 #[test]
+fn sft_data_is_checked_line_by_line_before_a_run_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = rlhf_harness::fixture("hf-tiny/mistral");
+    let data = dir.path().join("sft.jsonl");
+    std::fs::write(
+        &data,
+        concat!(
+            r#"{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}"#,
+            "\n",
+            r#"{"messages": [{"role": "user", "content": "Hi"}]}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let run_dir = dir.path().join("run");
+    let sft = |args: &[&str]| {
+        let out = rlhf().arg("sft").args(args).arg("--run-dir").arg(&run_dir).output().unwrap();
+        assert!(!out.status.success(), "{args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = sft(&["--model", model.to_str().unwrap(), "--sft-data", data.to_str().unwrap()]);
+    assert!(err.contains("line 2") && err.contains("assistant"), "{err}");
+    let err = sft(&["--sft-data", data.to_str().unwrap()]);
+    assert!(err.contains("needs model.path"), "{err}");
+    assert!(!run_dir.exists(), "nothing is created for a refused run");
+}
+
+#[test]
 fn preferences_go_into_a_run_and_come_back_out_in_trls_format() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("prefs.jsonl");

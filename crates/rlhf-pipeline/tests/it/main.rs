@@ -1,9 +1,10 @@
 //! The pipeline's test suite, one binary: the reward-hacking alarm (as a function and on real
-//! small runs with and without a planted length bias), resuming a collection, the run lock, and preference files in and out.
+//! small runs with and without a planted length bias), resuming a collection, the run lock, preference files in and out, and a pretrained model with SFT data of one's own.
 
 mod alarms;
 mod collect_resume;
 mod hacking;
 mod preference_files;
+mod pretrained;
 mod run_lock;
 mod small;

@@ -1,0 +1,90 @@
+//! A pretrained Hugging Face model and SFT data of one's own through every stage: the run keeps
+//! the model's architecture, tokenizer and chat template from SFT to PPO, and SFT learns the file.
+
+use rlhf_data::Message;
+use rlhf_model::{Llama, SamplingParams, generate};
+use rlhf_pipeline::{PipelineConfig, RunDir, run_all};
+
+use crate::small::small_config;
+
+/// Four questions, each with a reply the tiny model cannot know beforehand.
+const EXCHANGES: [(&str, &str); 4] = [
+    ("Who keeps the lighthouse?", "Mira does."),
+    ("What is the password?", "Swordfish."),
+    ("Where is the key?", "Under the mat."),
+    ("When does the ferry leave?", "At nine."),
+];
+
+fn architecture(run: &RunDir, stage: &str) -> String {
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.path(stage).join("config.json")).unwrap()).unwrap();
+    config["architectures"][0].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_pretrained_model_and_our_own_sft_data_go_through_every_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("sft.jsonl");
+    let lines: Vec<serde_json::Value> = (0..4)
+        .flat_map(|_| EXCHANGES)
+        .enumerate()
+        .map(|(i, (q, a))| match i % 2 {
+            0 => serde_json::json!({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}),
+            _ => serde_json::json!({"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}]}),
+        })
+        .collect();
+    rlhf_data::datasets::write_lines(&data, &lines).unwrap();
+
+    let mut config = small_config(3);
+    config.model.path = Some(rlhf_harness::fixture("hf-tiny/mistral"));
+    config.sft.data = Some(data);
+    config.sft.epochs = 30;
+    config.sft.batch_size = 4;
+    config.collect.train_prompts = 8;
+    config.collect.rounds = 1;
+    config.collect.k = 2;
+    config.reward_model.epochs = 1;
+    config.ppo.steps = 2;
+    config.ppo.prompts_per_step = 8;
+    config.ppo.eval_every = 2;
+    config.ppo.max_new_tokens = 8;
+    let run = RunDir::create(&dir.path().join("run"), &config).unwrap();
+    run_all(&run).unwrap();
+
+    let state = run.state().unwrap();
+    assert_eq!(state.sft.as_ref().unwrap().examples, 16);
+    assert!(state.ppo.is_some());
+    assert_eq!(architecture(&run, "sft"), "MistralForCausalLM");
+    assert_eq!(architecture(&run, "rm"), "MistralForSequenceClassification");
+    assert_eq!(architecture(&run, "ppo"), "MistralForCausalLM");
+    for stage in ["sft", "rm", "ppo"] {
+        assert!(run.path(stage).join("chat_template.jinja").exists(), "{stage} keeps the model's chat template");
+    }
+
+    // SFT learned the file: greedy answers through the chat template are its replies.
+    let ckpt = rlhf_data::load_checkpoint(&run.path("sft")).unwrap();
+    let tokenizer = ckpt.tokenizer;
+    let vb = candle_nn::VarBuilder::from_tensors(ckpt.tensors, candle_core::DType::F32, &candle_core::Device::Cpu);
+    let model = Llama::new(&ckpt.config, vb).unwrap();
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_new_tokens: 16,
+        stop_tokens: tokenizer.stop_ids.clone(),
+        ..SamplingParams::default()
+    };
+    let prompts: Vec<Vec<u32>> =
+        EXCHANGES.iter().map(|(q, _)| tokenizer.encode_chat_prompt(&[Message::user(*q)]).unwrap()).collect();
+    let answers = generate(&model, &prompts, &params, tokenizer.pad_id).unwrap();
+    for ((question, reply), answer) in EXCHANGES.iter().zip(answers) {
+        let text = tokenizer.decode(&answer.tokens).unwrap();
+        assert_eq!(text.trim(), *reply, "the SFT model's answer to {question:?}");
+    }
+}
+
+#[test]
+fn sft_data_without_a_pretrained_model_is_refused() {
+    let mut config = PipelineConfig::default();
+    config.sft.data = Some("sft.jsonl".into());
+    let err = config.validate().unwrap_err().to_string();
+    assert!(err.contains("sft.data needs model.path"), "{err}");
+}
