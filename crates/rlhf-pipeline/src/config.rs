@@ -99,6 +99,11 @@ pub struct RewardModelConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PpoStageConfig {
+    /// Rollout prompts of your own in TRL's JSON Lines (`{"prompt": "..."}` or
+    /// `{"messages": [...]}` ending with a user turn) instead of the bundled world's training
+    /// questions. Needs `model.path`. Evaluation and the alarm stay on the bundled world's
+    /// held-out questions, the only ones the gold preference can judge.
+    pub prompts: Option<PathBuf>,
     pub steps: usize,
     pub prompts_per_step: usize,
     pub max_new_tokens: usize,
@@ -175,6 +180,7 @@ impl Default for RewardModelConfig {
 impl Default for PpoStageConfig {
     fn default() -> Self {
         PpoStageConfig {
+            prompts: None,
             steps: 60,
             prompts_per_step: 64,
             max_new_tokens: 48,
@@ -229,10 +235,10 @@ impl PipelineConfig {
         if rates.iter().any(|r| !(r.is_finite() && *r > 0.0)) {
             return fail("learning rates must be positive and finite");
         }
-        if self.sft.data.is_some() && self.model.path.is_none() {
+        if (self.sft.data.is_some() || self.ppo.prompts.is_some()) && self.model.path.is_none() {
             return fail(
-                "sft.data needs model.path (--model): a model trained from scratch has a tokenizer of the \
-                 bundled world's words only",
+                "sft.data and ppo.prompts need model.path (--model): a model trained from scratch has a \
+                 tokenizer of the bundled world's words only",
             );
         }
         if self.monitor.kl_band[0] > self.monitor.kl_band[1] || self.monitor.window == 0 {

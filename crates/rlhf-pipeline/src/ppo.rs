@@ -26,7 +26,6 @@ use reward_scorer::RewardScorer;
 use rlhf_model::Config;
 use rlhf_queue::{Delivery, EntryId, InProcessQueue, Queue};
 use rlhf_types::{Rollout, ScoredRollout};
-use rlhf_world::Split;
 use serde_json::json;
 
 use crate::collect::sft_generator;
@@ -139,9 +138,8 @@ pub fn step_requests(
     per_request: usize,
     id_suffix: &str,
 ) -> Result<Vec<GenerateRequest>> {
-    let train: Vec<_> = task.prompts(Split::Train);
     let mut rng = StdRng::seed_from_u64(config.seed ^ 0x5eed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let picked: Vec<_> = train.choose_multiple(&mut rng, config.ppo.prompts_per_step).copied().collect();
+    let picked: Vec<_> = task.rollout_prompts.choose_multiple(&mut rng, config.ppo.prompts_per_step).collect();
     let seed = rng.random::<u64>();
     let chunks: Vec<_> = picked.chunks(per_request.max(1)).collect();
     let single = chunks.len() == 1;
@@ -155,7 +153,7 @@ pub fn step_requests(
                 } else {
                     format!("ppo-{step}-{i}{id_suffix}")
                 },
-                prompts: task.prompt_tokens(chunk.iter().copied())?,
+                prompts: chunk.iter().map(|&p| p.clone()).collect(),
                 sampling: task.sampling(
                     config.ppo.algorithm.temperature,
                     config.ppo.top_p,
@@ -185,6 +183,7 @@ pub fn run_with(
     let start_from = if resume.is_some() { "ppo" } else { "sft" };
     let ckpt = rlhf_data::load_checkpoint(&run.path(start_from))?;
     let pad = ckpt.tokenizer.pad_id;
+    task.check_rollout_prompts(ckpt.config.max_position_embeddings, config.ppo.max_new_tokens)?;
     let mut learner =
         PpoLearner::new(config.ppo.algorithm.clone(), ckpt.config.clone(), ckpt.tensors, pad, 0, config.seed ^ 0x990)?;
     let (mut evals, mut alarms, earlier_seconds) = match &resume {

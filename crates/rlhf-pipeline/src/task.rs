@@ -15,11 +15,13 @@ use crate::config::PipelineConfig;
 use crate::run_dir::RunDir;
 use crate::{Error, Result};
 
-/// The world of a run and its tokenizer.
+/// The world of a run, its tokenizer, and the prompts PPO samples rollouts for.
 #[derive(Debug, Clone)]
 pub struct Task {
     pub world: World,
     pub tokenizer: ChatTokenizer,
+    /// The file of `ppo.prompts` (ids `prompts:<line>`) or the world's training prompts, encoded.
+    pub rollout_prompts: Vec<PromptTokens>,
 }
 
 impl Task {
@@ -42,7 +44,38 @@ impl Task {
             tokenizer.save(&dir)?;
             tokenizer
         };
-        Ok(Task { world, tokenizer })
+        let rollout_prompts: Vec<PromptTokens> = match &config.ppo.prompts {
+            Some(path) => rlhf_data::datasets::read_prompts(path)?
+                .iter()
+                .enumerate()
+                .map(|(i, messages)| {
+                    let tokens = tokenizer.encode_chat_prompt(messages)?;
+                    Ok(PromptTokens { prompt_id: format!("prompts:{}", i + 1), tokens })
+                })
+                .collect::<Result<_>>()?,
+            None => world
+                .split(Split::Train)
+                .into_iter()
+                .map(|p| Ok(PromptTokens { prompt_id: p.id.clone(), tokens: tokenizer.encode_prompt(&p.text)? }))
+                .collect::<Result<_>>()?,
+        };
+        if rollout_prompts.is_empty() {
+            return Err(Error::Config("ppo.prompts holds no prompts".into()));
+        }
+        Ok(Task { world, tokenizer, rollout_prompts })
+    }
+
+    /// Refuses rollout prompts that leave no room for `max_new_tokens` in the model's context.
+    pub fn check_rollout_prompts(&self, context: usize, max_new_tokens: usize) -> Result<()> {
+        match self.rollout_prompts.iter().find(|p| p.tokens.len() + max_new_tokens > context) {
+            Some(p) => Err(Error::Config(format!(
+                "rollout prompt {} is {} tokens: with ppo.max_new_tokens = {max_new_tokens} it does not fit the \
+                 model's context of {context}",
+                p.prompt_id,
+                p.tokens.len()
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// The architecture of a policy trained from scratch (no `model.path`).

@@ -38,6 +38,11 @@ pub struct RunArgs {
     /// Needs --model. Checked line by line before the run is created (overrides sft.data).
     #[arg(long)]
     sft_data: Option<PathBuf>,
+    /// PPO's rollout prompts from your own file instead of the bundled world's training questions:
+    /// JSON Lines, `{"prompt": "..."}` or `{"messages": [...]}` ending with a user turn. Needs
+    /// --model; evaluation stays on the bundled world's held-out questions (overrides ppo.prompts).
+    #[arg(long)]
+    ppo_prompts: Option<PathBuf>,
     /// Continue the run in --run-dir: finished stages are skipped, PPO resumes from its last
     /// checkpoint, stored rankings are kept.
     #[arg(long)]
@@ -65,6 +70,9 @@ impl RunArgs {
         if let Some(data) = &self.sft_data {
             config.sft.data = Some(data.clone());
         }
+        if let Some(prompts) = &self.ppo_prompts {
+            config.ppo.prompts = Some(prompts.clone());
+        }
         config.validate()?;
         if let Some(data) = &mut config.sft.data {
             // The stage reads the file when it runs, perhaps from another working directory.
@@ -72,6 +80,13 @@ impl RunArgs {
             let examples = rlhf_data::datasets::read_sft(data)?;
             if examples.is_empty() {
                 bail!("--sft-data {} holds no examples", data.display());
+            }
+        }
+        if let Some(prompts) = &mut config.ppo.prompts {
+            *prompts =
+                std::fs::canonicalize(&*prompts).with_context(|| format!("--ppo-prompts {}", prompts.display()))?;
+            if rlhf_data::datasets::read_prompts(prompts)?.is_empty() {
+                bail!("--ppo-prompts {} holds no prompts", prompts.display());
             }
         }
         if let Some(path) = &config.model.path {
@@ -98,11 +113,12 @@ impl RunArgs {
             || self.length_bias.is_some()
             || self.model.is_some()
             || self.save_dtype.is_some()
-            || self.sft_data.is_some();
+            || self.sft_data.is_some()
+            || self.ppo_prompts.is_some();
         if self.resume {
             if overrides {
                 bail!(
-                    "--resume continues a run with the settings it was created with; drop --config, --seed, --length-bias, --model, --save-dtype and --sft-data"
+                    "--resume continues a run with the settings it was created with; drop --config, --seed, --length-bias, --model, --save-dtype, --sft-data and --ppo-prompts"
                 );
             }
             let dir = match &self.run_dir {

@@ -240,7 +240,7 @@ fn generate_and_score_refuse_the_wrong_kind_of_model() {
 }
 
 #[test]
-fn sft_data_is_checked_line_by_line_before_a_run_is_created() {
+fn sft_data_and_ppo_prompts_are_checked_line_by_line_before_a_run_is_created() {
     let dir = tempfile::tempdir().unwrap();
     let model = rlhf_harness::fixture("hf-tiny/mistral");
     let data = dir.path().join("sft.jsonl");
@@ -262,8 +262,12 @@ fn sft_data_is_checked_line_by_line_before_a_run_is_created() {
     };
     let err = sft(&["--model", model.to_str().unwrap(), "--sft-data", data.to_str().unwrap()]);
     assert!(err.contains("line 2") && err.contains("assistant"), "{err}");
+    let prompts = dir.path().join("prompts.jsonl");
+    std::fs::write(&prompts, "{\"prompt\": \"Hi\"}\n{\"question\": \"Hi\"}\n").unwrap();
+    let err = sft(&["--model", model.to_str().unwrap(), "--ppo-prompts", prompts.to_str().unwrap()]);
+    assert!(err.contains("line 2") && err.contains("prompt"), "{err}");
     let err = sft(&["--sft-data", data.to_str().unwrap()]);
-    assert!(err.contains("needs model.path"), "{err}");
+    assert!(err.contains("need model.path"), "{err}");
     assert!(!run_dir.exists(), "nothing is created for a refused run");
 }
 

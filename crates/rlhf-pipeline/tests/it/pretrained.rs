@@ -1,8 +1,11 @@
-//! A pretrained Hugging Face model and SFT data of one's own through every stage: the run keeps
-//! the model's architecture, tokenizer and chat template from SFT to PPO, and SFT learns the file.
+//! A pretrained Hugging Face model with SFT data and PPO prompts of one's own through every stage:
+//! the run keeps the model's architecture, tokenizer and chat template from SFT to PPO, SFT learns
+//! the file, and PPO's rollouts answer the prompt file.
 
 use rlhf_data::Message;
 use rlhf_model::{Llama, SamplingParams, generate};
+use rlhf_pipeline::ppo::step_requests;
+use rlhf_pipeline::task::Task;
 use rlhf_pipeline::{PipelineConfig, RunDir, run_all};
 
 use crate::small::small_config;
@@ -22,7 +25,7 @@ fn architecture(run: &RunDir, stage: &str) -> String {
 }
 
 #[test]
-fn a_pretrained_model_and_our_own_sft_data_go_through_every_stage() {
+fn a_pretrained_model_with_our_own_sft_data_and_prompts_goes_through_every_stage() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("sft.jsonl");
     let lines: Vec<serde_json::Value> = (0..4)
@@ -38,6 +41,11 @@ fn a_pretrained_model_and_our_own_sft_data_go_through_every_stage() {
     let mut config = small_config(3);
     config.model.path = Some(rlhf_harness::fixture("hf-tiny/mistral"));
     config.sft.data = Some(data);
+    let prompts = dir.path().join("prompts.jsonl");
+    let own_prompts = ["Who keeps the lighthouse?", "Where is the key?", "When does the ferry leave?"];
+    let prompt_lines: Vec<serde_json::Value> = own_prompts.iter().map(|p| serde_json::json!({"prompt": p})).collect();
+    rlhf_data::datasets::write_lines(&prompts, &prompt_lines).unwrap();
+    config.ppo.prompts = Some(prompts);
     config.sft.epochs = 30;
     config.sft.batch_size = 4;
     config.collect.train_prompts = 8;
@@ -50,6 +58,16 @@ fn a_pretrained_model_and_our_own_sft_data_go_through_every_stage() {
     config.ppo.max_new_tokens = 8;
     let run = RunDir::create(&dir.path().join("run"), &config).unwrap();
     run_all(&run).unwrap();
+
+    // PPO's rollouts answer the prompt file, through the model's chat template.
+    let task = Task::load(&run, &config).unwrap();
+    let requests = step_requests(&task, &config, 0, usize::MAX, "").unwrap();
+    let asked: Vec<&[u32]> = requests[0].prompts.iter().map(|p| p.tokens.as_slice()).collect();
+    for prompt in own_prompts {
+        let tokens = task.tokenizer.encode_chat_prompt(&[Message::user(prompt)]).unwrap();
+        assert!(asked.contains(&tokens.as_slice()), "{prompt:?} is among the rollout prompts");
+    }
+    assert_eq!(asked.len(), own_prompts.len());
 
     let state = run.state().unwrap();
     assert_eq!(state.sft.as_ref().unwrap().examples, 16);
@@ -86,5 +104,5 @@ fn sft_data_without_a_pretrained_model_is_refused() {
     let mut config = PipelineConfig::default();
     config.sft.data = Some("sft.jsonl".into());
     let err = config.validate().unwrap_err().to_string();
-    assert!(err.contains("sft.data needs model.path"), "{err}");
+    assert!(err.contains("need model.path"), "{err}");
 }
