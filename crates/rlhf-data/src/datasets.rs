@@ -115,12 +115,11 @@ pub fn prompt_to_text(prompt: &[Message]) -> String {
 /// The inverse of [`prompt_to_text`]: a JSON list of messages is a conversation, anything else
 /// is the text of one user turn.
 pub fn prompt_from_text(text: &str) -> Conversation {
-    if text.trim_start().starts_with('[') {
-        if let Ok(messages) = serde_json::from_str::<Conversation>(text) {
-            if !messages.is_empty() {
-                return messages;
-            }
-        }
+    if text.trim_start().starts_with('[')
+        && let Ok(messages) = serde_json::from_str::<Conversation>(text)
+        && !messages.is_empty()
+    {
+        return messages;
     }
     vec![Message::user(text)]
 }

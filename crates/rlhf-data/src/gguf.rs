@@ -227,10 +227,10 @@ pub fn config(content: &Content, path: &Path) -> Result<Config> {
     config.max_position_embeddings = meta_usize(content, &format!("{arch}.context_length")).unwrap_or(2048);
     config.rms_norm_eps = meta_f64(content, &format!("{arch}.attention.layer_norm_rms_epsilon")).unwrap_or(1e-6);
     config.rope_theta = meta_f64(content, &format!("{arch}.rope.freq_base")).unwrap_or(10_000.0);
-    if let Some(kind) = meta(content, &format!("{arch}.rope.scaling.type")).and_then(|v| v.to_string().ok()) {
-        if kind != "none" {
-            config.rope_scaling = Some(serde_json::json!({"rope_type": kind}));
-        }
+    if let Some(kind) = meta(content, &format!("{arch}.rope.scaling.type")).and_then(|v| v.to_string().ok())
+        && kind != "none"
+    {
+        config.rope_scaling = Some(serde_json::json!({"rope_type": kind}));
     }
     config.tie_word_embeddings = !content.tensor_infos.contains_key("output.weight");
     config.bos_token_id = meta_u32(content, "tokenizer.ggml.bos_token_id");

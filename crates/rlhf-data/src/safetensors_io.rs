@@ -76,10 +76,10 @@ pub fn read_model_weights(dir: &Path, expected: &[(String, Vec<usize>)]) -> Resu
         let mapped = map(file)?;
         for (name, view) in mapped.tensors() {
             let name_of = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            if let Some(listed) = index.get(&name) {
-                if *listed != name_of {
-                    return Err(format_error(file, format!("holds {name}, which {INDEX_FILE} places in {listed}")));
-                }
+            if let Some(listed) = index.get(&name)
+                && *listed != name_of
+            {
+                return Err(format_error(file, format!("holds {name}, which {INDEX_FILE} places in {listed}")));
             }
             match view.dtype() {
                 Dtype::F32 | Dtype::BF16 | Dtype::F16 => {}

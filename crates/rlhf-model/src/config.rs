@@ -343,14 +343,12 @@ impl Config {
             "qwen2" => self.use_sliding_window.unwrap_or(false),
             _ => true,
         };
-        if let Some(window) = self.sliding_window.filter(|_| window_applies) {
-            if window < self.max_position_embeddings {
-                return fail(format!(
-                    "sliding_window {window} is shorter than the context (max_position_embeddings {}); \
-                     sliding-window attention is not implemented",
-                    self.max_position_embeddings
-                ));
-            }
+        if let Some(window) = self.sliding_window.filter(|&w| window_applies && w < self.max_position_embeddings) {
+            return fail(format!(
+                "sliding_window {window} is shorter than the context (max_position_embeddings {}); \
+                 sliding-window attention is not implemented",
+                self.max_position_embeddings
+            ));
         }
         if let Some(q) = &self.quantization_config {
             let method = q.get("quant_method").and_then(Value::as_str).unwrap_or("<unnamed>");

@@ -154,7 +154,7 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
     let split_of = |r: &Ranking| match task.world.prompt(&r.prompt_id) {
         Some(p) => p.split,
         // Imported prompts: one in ten held out, by a hash of the prompt (all its rankings go together).
-        None if crate::collect::fnv(&r.prompt_id) % 10 == 0 => Split::HeldOut,
+        None if crate::collect::fnv(&r.prompt_id).is_multiple_of(10) => Split::HeldOut,
         None => Split::Train,
     };
     let train: Vec<&Ranking> = rankings.iter().filter(|r| split_of(r) == Split::Train).collect();

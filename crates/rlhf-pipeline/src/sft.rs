@@ -104,7 +104,10 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<SftResult> {
     })
 }
 
-/// The SFT examples as (prompt ids, response ids): the file of `sft.data` or the bundled
+/// One SFT example: (prompt ids, response ids).
+type Example = (Vec<u32>, Vec<u32>);
+
+/// The SFT examples: the file of `sft.data` or the bundled
 /// world's, each formatted by the run's chat template. Examples longer than the model's context
 /// are dropped and counted, as TRL truncates at `max_length` (a cut reply would teach the model
 /// to stop mid-sentence).
@@ -113,8 +116,8 @@ fn examples(
     config: &PipelineConfig,
     context: usize,
     rng: &mut StdRng,
-) -> Result<(Vec<(Vec<u32>, Vec<u32>)>, usize)> {
-    let encoded: Vec<(Vec<u32>, Vec<u32>)> = match &config.sft.data {
+) -> Result<(Vec<Example>, usize)> {
+    let encoded: Vec<Example> = match &config.sft.data {
         Some(path) => rlhf_data::datasets::read_sft(path)?
             .iter()
             .map(|e| {

@@ -91,7 +91,7 @@ fn a_pretrained_model_with_our_own_sft_data_and_prompts_goes_through_every_stage
         ..SamplingParams::default()
     };
     let prompts: Vec<Vec<u32>> =
-        EXCHANGES.iter().map(|(q, _)| tokenizer.encode_chat_prompt(&[Message::user(*q)]).unwrap()).collect();
+        EXCHANGES.iter().map(|(q, _)| tokenizer.encode_chat_prompt(&[Message::user(q)]).unwrap()).collect();
     let answers = generate(&model, &prompts, &params, tokenizer.pad_id).unwrap();
     for ((question, reply), answer) in EXCHANGES.iter().zip(answers) {
         let text = tokenizer.decode(&answer.tokens).unwrap();
