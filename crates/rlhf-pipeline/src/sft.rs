@@ -111,12 +111,7 @@ type Example = (Vec<u32>, Vec<u32>);
 /// world's, each formatted by the run's chat template. Examples longer than the model's context
 /// are dropped and counted, as TRL truncates at `max_length` (a cut reply would teach the model
 /// to stop mid-sentence).
-fn examples(
-    task: &Task,
-    config: &PipelineConfig,
-    context: usize,
-    rng: &mut StdRng,
-) -> Result<(Vec<Example>, usize)> {
+fn examples(task: &Task, config: &PipelineConfig, context: usize, rng: &mut StdRng) -> Result<(Vec<Example>, usize)> {
     let encoded: Vec<Example> = match &config.sft.data {
         Some(path) => rlhf_data::datasets::read_sft(path)?
             .iter()

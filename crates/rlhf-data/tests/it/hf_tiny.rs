@@ -33,7 +33,7 @@ fn check_cases(name: &str, model: &Llama, cases: &Value, tol: f32) {
             assert!(d < tol, "{name} case {n} {kernels:?}: teacher-forced log-probs differ by {d}");
         }
         let params = SamplingParams { temperature: 0.0, max_new_tokens: 16, ..SamplingParams::default() };
-        let greedy = generate(model, &[ids.clone()], &params, 0).unwrap();
+        let greedy = generate(model, std::slice::from_ref(&ids), &params, 0).unwrap();
         assert_eq!(greedy[0].tokens, ids_of(&case["greedy_16_ids"]), "{name} case {n}: greedy continuation");
     }
 }
