@@ -7,6 +7,8 @@
 //! - [`responses`]: the five response styles SFT data mixes, and the SFT data set.
 //! - [`gold`]: the hidden gold preference that stands in for people: it classifies a response
 //!   and gives it a utility.
+//! - [`free_text`]: the same gold preference judged on free text, for pretrained models that
+//!   answer in their own words.
 //! - [`annotators`]: simulated annotators that rank K responses with Plackett–Luce noise and
 //!   an optional planted bias for longer answers.
 //!
@@ -17,12 +19,14 @@
 
 pub mod annotators;
 pub mod facts;
+pub mod free_text;
 pub mod gold;
 pub mod prompts;
 pub mod responses;
 
 pub use annotators::Annotator;
 pub use facts::{Category, Fact, knowledge_base};
+pub use free_text::classify_free_text;
 pub use gold::{AnswerType, classify, utility};
 pub use prompts::{Prompt, Split, World};
 pub use responses::{Style, StyleMix, respond};

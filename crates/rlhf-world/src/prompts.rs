@@ -92,6 +92,20 @@ impl World {
         World { facts, prompts }
     }
 
+    /// The question as a person would type it to a pretrained assistant: "What is the capital
+    /// of France?" for "what is the capital of france ?".
+    pub fn natural_text(&self, prompt: &Prompt) -> String {
+        let fact = self.fact_of(prompt);
+        let mut text = prompt.text.replace(" ?", "?").replace(" .", ".");
+        if fact.category == Category::Capital {
+            let mut name = fact.subject.clone();
+            name[..1].make_ascii_uppercase();
+            text = text.replace(&fact.subject, &name);
+        }
+        text[..1].make_ascii_uppercase();
+        text
+    }
+
     pub fn fact_of(&self, prompt: &Prompt) -> &Fact {
         &self.facts[prompt.fact]
     }

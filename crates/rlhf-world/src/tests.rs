@@ -111,3 +111,76 @@ fn sft_data_mixes_styles_and_stays_in_the_vocabulary() {
         }
     }
 }
+
+#[test]
+fn the_free_text_judge_agrees_with_the_bundled_judge_on_every_bundled_response() {
+    let world = world();
+    for seed in 0..3 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        for prompt in &world.prompts {
+            let fact = world.fact_of(prompt);
+            for style in [Style::Concise, Style::Verbose, Style::Refusal, Style::Wrong, Style::OffTopic] {
+                let response = respond(&world, fact, style, &mut rng);
+                assert_eq!(
+                    classify_free_text(&world, fact, &response),
+                    classify(&world, fact, &response),
+                    "{style:?} for {:?}: {response:?}",
+                    prompt.text
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_free_text_judge_reads_answers_in_a_models_own_words() {
+    let world = world();
+    let fact = |value: &str| world.facts.iter().find(|f| f.value == value).unwrap();
+    let cases = [
+        ("paris", "The capital of France is Paris.", AnswerType::Correct),
+        ("paris", "Paris is the capital of France. It is known for the Eiffel Tower.", AnswerType::Verbose),
+        ("paris", "The capital of France is Lyon.", AnswerType::Wrong),
+        ("paris", "The capital of France is Rome, or maybe Paris.", AnswerType::Wrong),
+        ("paris", "I'm not sure, sorry.", AnswerType::Refusal),
+        ("paris", "France is a lovely country with great food.", AnswerType::OffTopic),
+        ("woof", "A dog barks.", AnswerType::Correct),
+        ("woof", "A dog meows.", AnswerType::Wrong),
+        ("woof", "Dogs make a series of clicks and whistles.", AnswerType::Wrong),
+        ("6", "2 + 4 = 6", AnswerType::Correct),
+        ("6", "Two plus four equals six.", AnswerType::Correct),
+        ("6", "The answer is simply 7.", AnswerType::Wrong),
+        ("6", "To add 2 and 4, combine them.", AnswerType::OffTopic),
+        ("6", "1. 2 + 4 = 6\n2. 6 + 1 = 7", AnswerType::Verbose),
+        ("yellow", "A banana is yellowish.", AnswerType::Correct),
+        ("yellow", "A banana is a shade of green.", AnswerType::Wrong),
+    ];
+    for (value, response, expected) in cases {
+        assert_eq!(classify_free_text(&world, fact(value), response), expected, "{response:?}");
+    }
+}
+
+/// SmolLM2-135M-Instruct's own answers (greedy and sampled at 0.7, through its chat template,
+/// recorded with `rlhf generate --chat`), each labelled by a person reading it.
+#[test]
+fn the_free_text_judge_agrees_with_a_person_on_smollm2s_answers() {
+    let world = world();
+    let mut agree = 0;
+    let mut disagreements = vec![];
+    let lines: Vec<&str> = include_str!("../tests/data/smollm2_answers.jsonl").lines().collect();
+    for line in &lines {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        let prompt = world.prompt(record["prompt_id"].as_str().unwrap()).unwrap();
+        assert_eq!(world.natural_text(prompt), record["question"].as_str().unwrap());
+        let label: AnswerType = serde_json::from_value(record["label"].clone()).unwrap();
+        let judged = classify_free_text(&world, world.fact_of(prompt), record["response"].as_str().unwrap());
+        if judged == label {
+            agree += 1;
+        } else {
+            disagreements.push(format!("{}: person {label:?}, judge {judged:?}", record["prompt_id"]));
+        }
+    }
+    assert_eq!(lines.len(), 116);
+    // The one known disagreement: "a hen doesn't emit any sound" is a false claim to a
+    // person, but names no sound, so the judge calls it off-topic.
+    assert!(agree >= lines.len() - 1, "{agree}/{} agree: {disagreements:#?}", lines.len());
+}
