@@ -109,10 +109,10 @@ impl<'a> Judge<'a> {
         let values = values_of(&world.facts, fact.category);
         let forms = |value: &str| -> Vec<String> {
             let mut forms = vec![value.to_string()];
-            if fact.category == Category::Sound {
-                if let Some((_, more)) = SOUND_SYNONYMS.iter().find(|(v, _)| *v == value) {
-                    forms.extend(more.iter().map(|s| s.to_string()));
-                }
+            if fact.category == Category::Sound
+                && let Some((_, more)) = SOUND_SYNONYMS.iter().find(|(v, _)| *v == value)
+            {
+                forms.extend(more.iter().map(|s| s.to_string()));
             }
             forms
         };
@@ -188,10 +188,12 @@ pub fn sentences(text: &str) -> Vec<String> {
     let mut out = vec![];
     for line in text.lines() {
         let mut line = line.trim();
-        if let Some(pos) = line.find(['.', ')']) {
-            if pos > 0 && line[..pos].chars().all(|c| c.is_ascii_digit()) && line[pos + 1..].starts_with(' ') {
-                line = line[pos + 1..].trim_start();
-            }
+        if let Some(pos) = line.find(['.', ')'])
+            && pos > 0
+            && line[..pos].chars().all(|c| c.is_ascii_digit())
+            && line[pos + 1..].starts_with(' ')
+        {
+            line = line[pos + 1..].trim_start();
         }
         let mut current = String::new();
         let mut chars = line.chars().peekable();
