@@ -159,15 +159,13 @@ fn the_free_text_judge_reads_answers_in_a_models_own_words() {
     }
 }
 
-/// SmolLM2-135M-Instruct's own answers (greedy and sampled at 0.7, through its chat template,
-/// recorded with `rlhf generate --chat`), each labelled by a person reading it.
-#[test]
-fn the_free_text_judge_agrees_with_a_person_on_smollm2s_answers() {
+/// The judge's verdicts on recorded SmolLM2-135M-Instruct answers (asked through its chat template
+/// with `rlhf generate --chat`), against the label a person gave each: (agreeing, disagreements).
+fn agreement_with_a_person(recorded: &str) -> (usize, Vec<String>) {
     let world = world();
     let mut agree = 0;
     let mut disagreements = vec![];
-    let lines: Vec<&str> = include_str!("../tests/data/smollm2_answers.jsonl").lines().collect();
-    for line in &lines {
+    for line in recorded.lines() {
         let record: serde_json::Value = serde_json::from_str(line).unwrap();
         let prompt = world.prompt(record["prompt_id"].as_str().unwrap()).unwrap();
         assert_eq!(world.natural_text(prompt), record["question"].as_str().unwrap());
@@ -179,8 +177,29 @@ fn the_free_text_judge_agrees_with_a_person_on_smollm2s_answers() {
             disagreements.push(format!("{}: person {label:?}, judge {judged:?}", record["prompt_id"]));
         }
     }
-    assert_eq!(lines.len(), 116);
-    // The one known disagreement: "a hen doesn't emit any sound" is a false claim to a
-    // person, but names no sound, so the judge calls it off-topic.
-    assert!(agree >= lines.len() - 1, "{agree}/{} agree: {disagreements:#?}", lines.len());
+    (agree, disagreements)
+}
+
+/// 116 answers (greedy, and sampled at temperature 0.7) that the judge's rules were written
+/// from, labelled before the rules were.
+#[test]
+fn the_free_text_judge_agrees_with_a_person_on_the_smollm2_answers_it_was_written_from() {
+    let (agree, disagreements) = agreement_with_a_person(include_str!("../tests/data/smollm2_answers.jsonl"));
+    assert_eq!(agree + disagreements.len(), 116);
+    // The one disagreement: "a hen doesn't emit any sound" is a false claim to a person, but it
+    // names no sound, so the judge calls it off-topic.
+    assert!(agree >= 115, "{agree}/116 agree: {disagreements:#?}");
+}
+
+/// 38 answers sampled at temperature 1.0 for questions and seeds the rules were not written
+/// from, labelled before the judge was run on them: how well the rules generalise.
+#[test]
+fn the_free_text_judge_agrees_with_a_person_on_unseen_smollm2_answers() {
+    let (agree, disagreements) = agreement_with_a_person(include_str!("../tests/data/smollm2_answers_unseen.jsonl"));
+    assert_eq!(agree + disagreements.len(), 38);
+    // Measured: 33/38. Four of the five disagreements are wrong against off-topic (a sound or a
+    // sum no list knows: "Lion - BAM!", "the answer is an even number"; brown named for cattle
+    // in an answer about grass); one is "Three is a lovely result … (5 + 2) = 7", which the judge
+    // reads as padded (its first stated number is the 7) and a person as contradicting itself.
+    assert!(agree >= 33, "{agree}/38 agree: {disagreements:#?}");
 }
