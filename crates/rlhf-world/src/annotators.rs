@@ -6,7 +6,7 @@ use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use crate::facts::Fact;
-use crate::gold::{classify, sentences, utility};
+use crate::gold::{classify, sentences_of, utility};
 use crate::prompts::World;
 
 /// Ranks by Plackett–Luce sampling on `u = gold utility + length_bias · (sentences - 1)`:
@@ -23,7 +23,7 @@ pub struct Annotator {
 impl Annotator {
     /// The utility this annotator perceives.
     pub fn perceived(&self, world: &World, fact: &Fact, response: &str) -> f64 {
-        let extra = sentences(response).len().saturating_sub(1) as f64;
+        let extra = sentences_of(world, response).len().saturating_sub(1) as f64;
         utility(classify(world, fact, response)) + self.length_bias * extra
     }
 

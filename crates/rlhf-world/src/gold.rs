@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::facts::{Fact, values_of};
-use crate::prompts::{World, claim};
+use crate::prompts::{Phrasing, World, claim};
 use crate::responses::REFUSALS;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -35,7 +35,15 @@ impl AnswerType {
     }
 }
 
-/// Splits text into sentences ending in ".", "?" or "!" (the end token is kept).
+/// The sentences of a response in the world's phrasing.
+pub fn sentences_of(world: &World, text: &str) -> Vec<String> {
+    match world.phrasing {
+        Phrasing::Bundled => sentences(text),
+        Phrasing::Natural => crate::free_text::sentences(text),
+    }
+}
+
+/// Splits bundled text into sentences ending in ".", "?" or "!" (the end token is kept).
 pub fn sentences(text: &str) -> Vec<String> {
     let mut out = vec![];
     let mut current: Vec<&str> = vec![];
@@ -52,10 +60,14 @@ pub fn sentences(text: &str) -> Vec<String> {
     out
 }
 
-/// What kind of answer `response` is to a question about `fact`. The first sentence decides:
-/// exactly the correct claim is correct (verbose if more sentences follow), a refusal is a
-/// refusal, a sentence naming another value of the category is wrong, anything else off-topic.
+/// What kind of answer `response` is to a question about `fact`, judged as the world's phrasing
+/// asks: free text by [`crate::free_text::classify_free_text`], bundled text by its first
+/// sentence: exactly the correct claim is correct (verbose if more sentences follow), a refusal
+/// is a refusal, a sentence naming another value of the category is wrong, anything else off-topic.
 pub fn classify(world: &World, fact: &Fact, response: &str) -> AnswerType {
+    if world.phrasing == Phrasing::Natural {
+        return crate::free_text::classify_free_text(world, fact, response);
+    }
     let sentences = sentences(response);
     let Some(first) = sentences.first() else {
         return AnswerType::OffTopic;

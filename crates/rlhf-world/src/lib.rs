@@ -28,7 +28,7 @@ pub use annotators::Annotator;
 pub use facts::{Category, Fact, knowledge_base};
 pub use free_text::classify_free_text;
 pub use gold::{AnswerType, classify, utility};
-pub use prompts::{Prompt, Split, World};
+pub use prompts::{Phrasing, Prompt, Split, World};
 pub use responses::{Style, StyleMix, respond};
 
 #[cfg(test)]

@@ -54,11 +54,25 @@ pub struct Prompt {
     pub split: Split,
 }
 
+/// How the world writes its questions and answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phrasing {
+    /// Lower-case words with punctuation apart ("what is the capital of france ?"): the text a
+    /// word-level tokenizer covers exactly, for a model trained from scratch.
+    #[default]
+    Bundled,
+    /// Plain English ("What is the capital of France?"), for a pretrained model, whose answers
+    /// in its own words are judged by [`crate::free_text`].
+    Natural,
+}
+
 /// The knowledge base and every prompt about it.
 #[derive(Debug, Clone)]
 pub struct World {
     pub facts: Vec<Fact>,
     pub prompts: Vec<Prompt>,
+    pub phrasing: Phrasing,
 }
 
 impl World {
@@ -66,6 +80,11 @@ impl World {
     /// Held-out prompts ask about facts the training prompts also cover, in other words:
     /// generalising the format, not guessing unseen facts.
     pub fn new(held_out: f64, seed: u64) -> World {
+        World::with_phrasing(held_out, seed, Phrasing::Bundled)
+    }
+
+    /// [`World::new`] with questions and SFT answers in `phrasing`; the split is the same.
+    pub fn with_phrasing(held_out: f64, seed: u64, phrasing: Phrasing) -> World {
         let facts = knowledge_base();
         let mut prompts = vec![];
         for (i, fact) in facts.iter().enumerate() {
@@ -89,21 +108,32 @@ impl World {
             let pick = *choices.choose(&mut rng).expect("every fact has templates");
             prompts[pick].split = Split::HeldOut;
         }
-        World { facts, prompts }
+        let mut world = World { facts, prompts, phrasing };
+        if phrasing == Phrasing::Natural {
+            for prompt in &mut world.prompts {
+                prompt.text = naturalise(&world.facts, &prompt.text);
+            }
+        }
+        world
     }
 
     /// The question as a person would type it to a pretrained assistant: "What is the capital
     /// of France?" for "what is the capital of france ?".
     pub fn natural_text(&self, prompt: &Prompt) -> String {
-        let fact = self.fact_of(prompt);
-        let mut text = prompt.text.replace(" ?", "?").replace(" .", ".");
-        if fact.category == Category::Capital {
-            let mut name = fact.subject.clone();
-            name[..1].make_ascii_uppercase();
-            text = text.replace(&fact.subject, &name);
+        naturalise(&self.facts, &prompt.text)
+    }
+
+    /// Bundled `text` in plain English, whatever this world's phrasing.
+    pub fn natural_text_of(&self, text: &str) -> String {
+        naturalise(&self.facts, text)
+    }
+
+    /// `text` written in this world's phrasing (`text` is in the bundled one).
+    pub fn phrase(&self, text: &str) -> String {
+        match self.phrasing {
+            Phrasing::Bundled => text.to_string(),
+            Phrasing::Natural => naturalise(&self.facts, text),
         }
-        text[..1].make_ascii_uppercase();
-        text
     }
 
     pub fn fact_of(&self, prompt: &Prompt) -> &Fact {
@@ -130,4 +160,37 @@ impl World {
         words.dedup();
         words
     }
+}
+
+/// Bundled text in plain English: punctuation attached, sentences and names capitalised
+/// ("the capital of france is paris . i hope this helps ." → "The capital of France is Paris.
+/// I hope this helps."). Natural text comes back unchanged.
+pub fn naturalise(facts: &[Fact], text: &str) -> String {
+    let names: Vec<&str> = facts
+        .iter()
+        .filter(|f| f.category == Category::Capital)
+        .flat_map(|f| [f.subject.as_str(), f.value.as_str()])
+        .collect();
+    let mut out = String::new();
+    let mut sentence_start = true;
+    for word in text.split_whitespace() {
+        if matches!(word, "." | "?" | "!" | ",") {
+            out.push_str(word);
+            sentence_start = word != ",";
+            continue;
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        let capitalise = sentence_start || word == "i" || names.contains(&word);
+        let mut chars = word.chars();
+        if let (true, Some(first)) = (capitalise, chars.next()) {
+            out.extend(first.to_uppercase());
+            out.push_str(chars.as_str());
+        } else {
+            out.push_str(word);
+        }
+        sentence_start = false;
+    }
+    out
 }

@@ -113,7 +113,8 @@ pub struct SftExample {
     pub style: Style,
 }
 
-/// `per_prompt` responses for every training prompt, styles drawn from `mix`.
+/// `per_prompt` responses for every training prompt, styles drawn from `mix`, in the world's
+/// phrasing.
 pub fn sft_data(world: &World, mix: &StyleMix, per_prompt: usize, rng: &mut StdRng) -> Vec<SftExample> {
     let mut out = vec![];
     for prompt in world.split(Split::Train) {
@@ -129,7 +130,7 @@ fn example(world: &World, prompt: &Prompt, style: Style, rng: &mut StdRng) -> Sf
     SftExample {
         prompt_id: prompt.id.clone(),
         prompt: prompt.text.clone(),
-        response: respond(world, fact, style, rng),
+        response: world.phrase(&respond(world, fact, style, rng)),
         style,
     }
 }

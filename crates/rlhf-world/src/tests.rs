@@ -121,12 +121,11 @@ fn the_free_text_judge_agrees_with_the_bundled_judge_on_every_bundled_response()
             let fact = world.fact_of(prompt);
             for style in [Style::Concise, Style::Verbose, Style::Refusal, Style::Wrong, Style::OffTopic] {
                 let response = respond(&world, fact, style, &mut rng);
-                assert_eq!(
-                    classify_free_text(&world, fact, &response),
-                    classify(&world, fact, &response),
-                    "{style:?} for {:?}: {response:?}",
-                    prompt.text
-                );
+                let bundled = classify(&world, fact, &response);
+                assert_eq!(classify_free_text(&world, fact, &response), bundled, "{style:?}: {response:?}");
+                // The same answer in plain English is the same type of answer.
+                let natural = world.natural_text_of(&response);
+                assert_eq!(classify_free_text(&world, fact, &natural), bundled, "{style:?}: {natural:?}");
             }
         }
     }
@@ -202,4 +201,43 @@ fn the_free_text_judge_agrees_with_a_person_on_unseen_smollm2_answers() {
     // in an answer about grass); one is "Three is a lovely result … (5 + 2) = 7", which the judge
     // reads as padded (its first stated number is the 7) and a person as contradicting itself.
     assert!(agree >= 33, "{agree}/38 agree: {disagreements:#?}");
+}
+
+#[test]
+fn a_natural_world_asks_and_answers_in_plain_english_with_the_same_split() {
+    let bundled = world();
+    let natural = World::with_phrasing(0.2, 0, Phrasing::Natural);
+    assert_eq!(natural.prompts.len(), bundled.prompts.len());
+    for (n, b) in natural.prompts.iter().zip(&bundled.prompts) {
+        assert_eq!((&n.id, n.fact, n.split), (&b.id, b.fact, b.split));
+        assert_eq!(n.text, bundled.natural_text(b));
+    }
+    let france = natural.prompts.iter().find(|p| p.id == "capital-0-0").unwrap();
+    assert_eq!(france.text, "What is the capital of France?");
+    assert_eq!(
+        natural.phrase("the capital of france is paris . i am not sure , sorry ."),
+        "The capital of France is Paris. I am not sure, sorry."
+    );
+    assert_eq!(natural.phrase("What is 2 plus 3?"), "What is 2 plus 3?", "natural text stays as it is");
+
+    // SFT data in plain English, each response judged (on free text) as the style it was written in.
+    let mut rng = StdRng::seed_from_u64(5);
+    let data = sft_data(&natural, &StyleMix::default(), 2, &mut rng);
+    for example in &data {
+        assert!(!example.response.chars().next().unwrap().is_lowercase(), "{:?}", example.response);
+        let fact = natural.fact_of(natural.prompt(&example.prompt_id).unwrap());
+        let expected = match example.style {
+            Style::Concise => AnswerType::Correct,
+            Style::Verbose => AnswerType::Verbose,
+            Style::Refusal => AnswerType::Refusal,
+            Style::Wrong => AnswerType::Wrong,
+            Style::OffTopic => AnswerType::OffTopic,
+        };
+        assert_eq!(classify(&natural, fact, &example.response), expected, "{:?}", example.response);
+    }
+    // Annotators count sentences in the world's phrasing: padding is seen either way.
+    let biased = Annotator { id: "a".into(), temperature: 0.0, length_bias: 1.0 };
+    let paris = natural.facts.iter().find(|f| f.value == "paris").unwrap();
+    let padded = biased.perceived(&natural, paris, "The capital of France is Paris. I hope this helps.");
+    assert_eq!(padded, utility(AnswerType::Verbose) + 1.0);
 }
