@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use ppo_learner::PpoConfig;
 use rlhf_data::SaveDtype;
-use rlhf_world::StyleMix;
+use rlhf_world::{Phrasing, StyleMix};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -28,6 +28,10 @@ pub struct PipelineConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorldConfig {
+    /// How questions and SFT answers are written: `bundled` (lower-case words, for a model
+    /// trained from scratch with a word-level tokenizer) or `natural` (plain English, judged as
+    /// free text, for a pretrained model). Unset: `natural` with `model.path`, else `bundled`.
+    pub phrasing: Option<Phrasing>,
     /// Share of prompts held out from every stage's training.
     pub held_out: f64,
     /// SFT responses per training prompt.
@@ -62,6 +66,10 @@ pub struct SftConfig {
     /// world's words only. Collection and PPO still ask the bundled world's questions, the only
     /// ones the simulated annotators and the gold evaluation can judge.
     pub data: Option<PathBuf>,
+    /// Use the starting model as the SFT model without training it: for a model that is
+    /// already instruction-tuned (`model.path` needed). The stage still records the starting
+    /// model's answer types, and the reference for KL is this model.
+    pub skip: bool,
     pub epochs: usize,
     pub batch_size: usize,
     pub learning_rate: f64,
@@ -132,7 +140,7 @@ pub struct MonitorConfig {
 
 impl Default for WorldConfig {
     fn default() -> Self {
-        WorldConfig { held_out: 0.2, sft_responses_per_prompt: 6, style_mix: StyleMix::default() }
+        WorldConfig { phrasing: None, held_out: 0.2, sft_responses_per_prompt: 6, style_mix: StyleMix::default() }
     }
 }
 
@@ -152,7 +160,7 @@ impl Default for ModelConfig {
 
 impl Default for SftConfig {
     fn default() -> Self {
-        SftConfig { data: None, epochs: 20, batch_size: 32, learning_rate: 3e-3 }
+        SftConfig { data: None, skip: false, epochs: 20, batch_size: 32, learning_rate: 3e-3 }
     }
 }
 
@@ -199,6 +207,11 @@ impl Default for MonitorConfig {
 }
 
 impl PipelineConfig {
+    /// The world's phrasing: as configured, else plain English for a pretrained model.
+    pub fn phrasing(&self) -> Phrasing {
+        self.world.phrasing.unwrap_or(if self.model.path.is_some() { Phrasing::Natural } else { Phrasing::Bundled })
+    }
+
     /// Reads a JSON config; unknown fields and out-of-range values are errors naming the field.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
@@ -235,11 +248,15 @@ impl PipelineConfig {
         if rates.iter().any(|r| !(r.is_finite() && *r > 0.0)) {
             return fail("learning rates must be positive and finite");
         }
-        if (self.sft.data.is_some() || self.ppo.prompts.is_some()) && self.model.path.is_none() {
+        let natural = self.world.phrasing == Some(Phrasing::Natural);
+        if (self.sft.data.is_some() || self.ppo.prompts.is_some() || natural) && self.model.path.is_none() {
             return fail(
-                "sft.data and ppo.prompts need model.path (--model): a model trained from scratch has a \
-                 tokenizer of the bundled world's words only",
+                "sft.data, ppo.prompts and world.phrasing = natural need model.path (--model): a model \
+                 trained from scratch has a tokenizer of the bundled world's words only",
             );
+        }
+        if self.sft.skip && self.model.path.is_none() {
+            return fail("sft.skip needs model.path (--model): there is no model to start from without SFT");
         }
         if self.monitor.kl_band[0] > self.monitor.kl_band[1] || self.monitor.window == 0 {
             return fail("monitor.kl_band must be [low, high] with low <= high, and monitor.window positive");

@@ -33,8 +33,12 @@ pub struct RunState {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SftResult {
-    pub final_loss: f64,
+    /// Mean loss of the last logged steps; none when SFT was skipped.
+    pub final_loss: Option<f64>,
     pub examples: usize,
+    /// `sft.skip`: the starting model became the SFT model untrained.
+    #[serde(default)]
+    pub skipped: bool,
     /// Examples left out because they do not fit the model's context.
     #[serde(default)]
     pub dropped_too_long: usize,

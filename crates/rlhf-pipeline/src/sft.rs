@@ -40,48 +40,20 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<SftResult> {
     let task = Task::load(run, config)?;
     let mut rng = StdRng::seed_from_u64(config.seed ^ 0x5f7);
     let (model_config, varmap) = initial_policy(&task, config)?;
-    let (examples, dropped_too_long) = examples(&task, config, model_config.max_position_embeddings, &mut rng)?;
-    if examples.is_empty() {
-        return Err(Error::Config(format!(
-            "no SFT example fits the model's context of {} tokens",
-            model_config.max_position_embeddings
-        )));
-    }
     let model = Llama::new(&model_config, seeded_var_builder(&varmap, config.seed, DType::F32, &Device::Cpu))?;
-    let mut optimizer = AdamW::new(
-        varmap.all_vars(),
-        ParamsAdamW { lr: config.sft.learning_rate, weight_decay: 0.01, ..Default::default() },
-    )?;
-    let batches_per_epoch = examples.len().div_ceil(config.sft.batch_size);
-    let total = batches_per_epoch * config.sft.epochs;
-    let progress = bar(total as u64, "sft");
-    let mut order: Vec<usize> = (0..examples.len()).collect();
-    let (mut step, mut recent) = (0usize, vec![]);
-    for _ in 0..config.sft.epochs {
-        order.shuffle(&mut rng);
-        for chunk in order.chunks(config.sft.batch_size) {
-            let rows: Vec<(&[u32], &[u32])> =
-                chunk.iter().map(|&i| (examples[i].0.as_slice(), examples[i].1.as_slice())).collect();
-            let batch = SequenceBatch::new(&rows, task.tokenizer.pad_id, &Device::Cpu)?;
-            let logits = model.forward(&batch.ids, &batch.attention_mask, Kernels::Differentiable)?;
-            let loss = masked_mean(&next_token_logprobs(&logits, &batch.ids)?, &batch.response_mask)?.neg()?;
-            optimizer.set_learning_rate(learning_rate(config.sft.learning_rate, step, total));
-            optimizer.backward_step(&loss)?;
-            let loss = loss.to_scalar::<f32>()? as f64;
-            recent.push(loss);
-            step += 1;
-            if step % 10 == 0 || step == total {
-                let mean = recent.iter().sum::<f64>() / recent.len() as f64;
-                run.metric(&json!({"stage": "sft", "step": step, "loss": mean}))?;
-                progress.set_message(format!("loss {mean:.3}"));
-                recent.clear();
-            }
-            progress.inc(1);
+    let (examples, dropped_too_long, final_loss) = if config.sft.skip {
+        (0, 0, None)
+    } else {
+        let (examples, dropped) = examples(&task, config, model_config.max_position_embeddings, &mut rng)?;
+        if examples.is_empty() {
+            return Err(Error::Config(format!(
+                "no SFT example fits the model's context of {} tokens",
+                model_config.max_position_embeddings
+            )));
         }
-    }
-    progress.finish_and_clear();
-    let final_loss =
-        run.metrics()?.iter().rev().find(|m| m["stage"] == "sft").and_then(|m| m["loss"].as_f64()).unwrap_or(f64::NAN);
+        let loss = train(run, config, &task, &model, &varmap, &examples, &mut rng)?;
+        (examples.len(), dropped, Some(loss))
+    };
     let save = SaveOptions { dtype: config.model.save_dtype, ..SaveOptions::default() };
     rlhf_data::save_checkpoint(
         &run.path("sft"),
@@ -96,12 +68,59 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<SftResult> {
     run.metric(&json!({"stage": "sft_eval", "greedy_train": greedy_train, "greedy_heldout": greedy_heldout}))?;
     Ok(SftResult {
         final_loss,
-        examples: examples.len(),
+        examples,
         dropped_too_long,
+        skipped: config.sft.skip,
         greedy_train,
         greedy_heldout,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// The training loop: next-token cross-entropy on the responses, AdamW with warm-up and cosine
+/// decay. Returns the mean loss of the last logged steps.
+fn train(
+    run: &RunDir,
+    config: &PipelineConfig,
+    task: &Task,
+    model: &Llama,
+    varmap: &VarMap,
+    examples: &[Example],
+    rng: &mut StdRng,
+) -> Result<f64> {
+    let mut optimizer = AdamW::new(
+        varmap.all_vars(),
+        ParamsAdamW { lr: config.sft.learning_rate, weight_decay: 0.01, ..Default::default() },
+    )?;
+    let batches_per_epoch = examples.len().div_ceil(config.sft.batch_size);
+    let total = batches_per_epoch * config.sft.epochs;
+    let progress = bar(total as u64, "sft");
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    let (mut step, mut recent, mut last) = (0usize, vec![], f64::NAN);
+    for _ in 0..config.sft.epochs {
+        order.shuffle(rng);
+        for chunk in order.chunks(config.sft.batch_size) {
+            let rows: Vec<(&[u32], &[u32])> =
+                chunk.iter().map(|&i| (examples[i].0.as_slice(), examples[i].1.as_slice())).collect();
+            let batch = SequenceBatch::new(&rows, task.tokenizer.pad_id, &Device::Cpu)?;
+            let logits = model.forward(&batch.ids, &batch.attention_mask, Kernels::Differentiable)?;
+            let loss = masked_mean(&next_token_logprobs(&logits, &batch.ids)?, &batch.response_mask)?.neg()?;
+            optimizer.set_learning_rate(learning_rate(config.sft.learning_rate, step, total));
+            optimizer.backward_step(&loss)?;
+            let loss = loss.to_scalar::<f32>()? as f64;
+            recent.push(loss);
+            step += 1;
+            if step % 10 == 0 || step == total {
+                last = recent.iter().sum::<f64>() / recent.len() as f64;
+                run.metric(&json!({"stage": "sft", "step": step, "loss": last}))?;
+                progress.set_message(format!("loss {last:.3}"));
+                recent.clear();
+            }
+            progress.inc(1);
+        }
+    }
+    progress.finish_and_clear();
+    Ok(last)
 }
 
 /// One SFT example: (prompt ids, response ids).

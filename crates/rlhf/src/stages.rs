@@ -43,6 +43,10 @@ pub struct RunArgs {
     /// --model; evaluation stays on the bundled world's held-out questions (overrides ppo.prompts).
     #[arg(long)]
     ppo_prompts: Option<PathBuf>,
+    /// Use --model as the SFT model without training it (for an instruction-tuned model); the
+    /// SFT stage then only records its answers (sets sft.skip).
+    #[arg(long)]
+    skip_sft: bool,
     /// Continue the run in --run-dir: finished stages are skipped, PPO resumes from its last
     /// checkpoint, stored rankings are kept.
     #[arg(long)]
@@ -72,6 +76,9 @@ impl RunArgs {
         }
         if let Some(prompts) = &self.ppo_prompts {
             config.ppo.prompts = Some(prompts.clone());
+        }
+        if self.skip_sft {
+            config.sft.skip = true;
         }
         config.validate()?;
         if let Some(data) = &mut config.sft.data {
@@ -114,11 +121,12 @@ impl RunArgs {
             || self.model.is_some()
             || self.save_dtype.is_some()
             || self.sft_data.is_some()
-            || self.ppo_prompts.is_some();
+            || self.ppo_prompts.is_some()
+            || self.skip_sft;
         if self.resume {
             if overrides {
                 bail!(
-                    "--resume continues a run with the settings it was created with; drop --config, --seed, --length-bias, --model, --save-dtype, --sft-data and --ppo-prompts"
+                    "--resume continues a run with the settings it was created with; drop --config, --seed, --length-bias, --model, --save-dtype, --sft-data, --ppo-prompts and --skip-sft"
                 );
             }
             let dir = match &self.run_dir {

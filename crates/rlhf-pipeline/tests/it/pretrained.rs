@@ -106,3 +106,47 @@ fn sft_data_without_a_pretrained_model_is_refused() {
     let err = config.validate().unwrap_err().to_string();
     assert!(err.contains("need model.path"), "{err}");
 }
+
+/// The real-model path (`rlhf run --model X --skip-sft`) on a tiny checkpoint: the world asks in
+/// plain English through the model's chat template, the starting model is the SFT model as is,
+/// and every stage runs to a report. No learning bar: the tiny model knows nothing.
+#[test]
+fn an_instruction_tuned_model_skips_sft_and_goes_through_every_stage_in_plain_english() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = rlhf_harness::fixture("hf-tiny/qwen2-tied-bias");
+    let mut config = small_config(4);
+    config.model.path = Some(model.clone());
+    config.sft.skip = true;
+    config.collect.train_prompts = 8;
+    config.collect.rounds = 1;
+    config.reward_model.epochs = 1;
+    config.ppo.steps = 2;
+    config.ppo.prompts_per_step = 8;
+    config.ppo.eval_every = 2;
+    config.ppo.max_new_tokens = 8;
+    let run = RunDir::create(&dir.path().join("run"), &config).unwrap();
+    run_all(&run).unwrap();
+
+    let state = run.state().unwrap();
+    let sft = state.sft.as_ref().unwrap();
+    assert!(sft.skipped && sft.examples == 0 && sft.final_loss.is_none());
+    let start = rlhf_data::load_checkpoint(&model).unwrap();
+    let saved = rlhf_data::load_checkpoint(&run.path("sft")).unwrap();
+    for (name, tensor) in &start.tensors {
+        let diff = (tensor - &saved.tensors[name]).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{name} is the starting model's");
+    }
+    assert_eq!(architecture(&run, "ppo"), "Qwen2ForCausalLM");
+    assert_eq!(architecture(&run, "rm"), "Qwen2ForSequenceClassification");
+
+    // Questions in plain English, through the chat template.
+    let task = Task::load(&run, &config).unwrap();
+    let france = task.world.prompts.iter().find(|p| p.id == "capital-0-0").unwrap();
+    assert_eq!(france.text, "What is the capital of France?");
+    let rankings = preference_store::SqliteStore::open(&run.path("preferences.sqlite")).unwrap();
+    let prompts = preference_store::PreferenceStore::prompts(&rankings).unwrap();
+    assert!(prompts.iter().any(|(_, text)| text == "What is the capital of France?"));
+    assert!(state.ppo.is_some());
+    let report = std::fs::read_to_string(run.path("report.html")).unwrap();
+    assert!(report.contains("What is") || report.contains("Which") || report.contains("Tell me"), "samples in English");
+}
