@@ -214,11 +214,16 @@ impl PipelineConfig {
 
     /// Reads a JSON config; unknown fields and out-of-range values are errors naming the field.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-        let config: PipelineConfig =
-            serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let config = Self::parse(path)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Reads a JSON config without [`PipelineConfig::validate`], for callers that override
+    /// fields (command-line flags) before validating the whole.
+    pub fn parse(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
     }
 
     pub fn validate(&self) -> Result<()> {

@@ -56,7 +56,7 @@ pub struct RunArgs {
 impl RunArgs {
     fn config(&self) -> Result<PipelineConfig> {
         let mut config = match &self.config {
-            Some(path) => PipelineConfig::load(path)?,
+            Some(path) => PipelineConfig::parse(path)?,
             None => PipelineConfig::default(),
         };
         if let Some(seed) = self.seed {

@@ -272,6 +272,29 @@ fn sft_data_and_ppo_prompts_are_checked_line_by_line_before_a_run_is_created() {
 }
 
 #[test]
+fn a_config_file_may_need_the_model_that_the_command_line_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("skip.json");
+    std::fs::write(&config, r#"{"sft": {"skip": true}, "ppo": {"max_new_tokens": 4}}"#).unwrap();
+    let model = rlhf_harness::fixture("hf-tiny/qwen2-tied-bias");
+    let run_dir = dir.path().join("run");
+    let out = rlhf()
+        .args(["sft", "--config", config.to_str().unwrap(), "--model", model.to_str().unwrap(), "--run-dir"])
+        .arg(&run_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["sft"]["skipped"], true);
+    // Without --model the same file is refused, naming what it needs.
+    let out =
+        rlhf().args(["sft", "--config", config.to_str().unwrap(), "--run-dir"]).arg(dir.path().join("b")).output();
+    let err = String::from_utf8_lossy(&out.unwrap().stderr).into_owned();
+    assert!(err.contains("sft.skip needs model.path"), "{err}");
+}
+
+#[test]
 fn preferences_go_into_a_run_and_come_back_out_in_trls_format() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("prefs.jsonl");
