@@ -8,6 +8,8 @@ use crate::run_dir::RunDir;
 
 mod svg;
 
+use svg::Guide;
+
 /// The headline figures of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -69,6 +71,30 @@ pub fn write(run: &RunDir) -> Result<()> {
     std::fs::write(run.path("report.html"), html).map_err(|e| crate::Error::Io(e.to_string()))
 }
 
+/// The gold win rate the bundled run is held to (issue bar; 0.80 is the goal for its median).
+const WIN_RATE_BAR: f64 = 0.75;
+
+/// The summary's terms in plain words, with a comment where a figure needs one.
+fn terms(summary: &Summary) -> String {
+    let mut out = String::from(
+        "<p><small><b>Noise ceiling</b>: how often the simulated annotators' own choices agree with the hidden \
+         gold preference on held-out pairs. A reward model that learned the annotators exactly would agree \
+         with gold that often; one that averages away their noise can do better. <b>Gold win rate</b>: how \
+         often the PPO policy's answer beats the SFT model's on held-out questions under the gold preference \
+         (ties count half; 0.5 means no better). <b>KL to SFT</b>: how far the policy's answers have moved \
+         from the SFT model's, in nats per answer.</small></p>",
+    );
+    if let Some(ratio) = summary.rm_accuracy_vs_ceiling.filter(|r| *r > 1.0) {
+        out.push_str(&format!(
+            "<p>The reward model agrees with the gold preference more often than the annotators do \
+             (accuracy / ceiling = {ratio:.3}): it learned their consensus, which is less noisy than any one \
+             of them. With biased annotators, check the answer types as well: the reward model may have \
+             learned the bias.</p>"
+        ));
+    }
+    out
+}
+
 fn series(metrics: &[Value], stage: &str, x: &str, y: &str) -> Vec<(f64, f64)> {
     metrics.iter().filter(|m| m["stage"] == stage).filter_map(|m| Some((m[x].as_f64()?, m[y].as_f64()?))).collect()
 }
@@ -80,6 +106,7 @@ fn escape(s: &str) -> String {
 fn html(run: &RunDir, summary: &Summary) -> Result<String> {
     let metrics = run.metrics()?;
     let state = run.state()?;
+    let config = run.config()?;
     let mut body = String::new();
     body.push_str("<h1>RLHF run report</h1>");
     body.push_str(&format!("<p>Run directory: <code>{}</code></p>", escape(&run.root().display().to_string())));
@@ -100,9 +127,15 @@ fn html(run: &RunDir, summary: &Summary) -> Result<String> {
         body.push_str(&format!("<tr><th>{stage} wall time</th><td>{secs:.1} s</td></tr>"));
     }
     body.push_str("</table>");
+    body.push_str(&terms(summary));
     for alarm in &summary.alarms {
         body.push_str(&format!("<p class=alarm>⚠ {}</p>", escape(alarm)));
     }
+    let settings = serde_json::to_string_pretty(&config).map_err(|e| crate::Error::Io(e.to_string()))?;
+    body.push_str(&format!(
+        "<details><summary>Settings of this run</summary><pre>{}</pre></details>",
+        escape(&settings)
+    ));
 
     body.push_str("<h2>Training losses</h2><div class=row>");
     body.push_str(&svg::line_chart("SFT loss", "step", &[("loss", series(&metrics, "sft", "step", "loss"))], None));
@@ -135,32 +168,42 @@ fn html(run: &RunDir, summary: &Summary) -> Result<String> {
         ],
         None,
     ));
-    body.push_str(&svg::line_chart(
+    body.push_str(&svg::line_chart_with_guides(
         "Gold win rate vs SFT (held-out)",
         "step",
         &[("win rate", series(&metrics, "eval", "step", "gold_win_rate"))],
         Some((0.0, 1.0)),
+        &[Guide { label: "bar 0.75", y: WIN_RATE_BAR }, Guide { label: "no better 0.5", y: 0.5 }],
     ));
-    body.push_str(&svg::line_chart(
+    let [low, high] = config.monitor.kl_band;
+    let (band_low, band_high) = (format!("band {low}"), format!("band {high}"));
+    body.push_str(&svg::line_chart_with_guides(
         "KL to SFT (nats / sequence)",
         "step",
         &[("kl", series(&metrics, "ppo", "step", "kl"))],
         None,
+        &[Guide { label: &band_low, y: low }, Guide { label: &band_high, y: high }],
     ));
-    body.push_str(&svg::line_chart(
+    let held_out_lengths = series(&metrics, "eval", "step", "mean_length");
+    let length_bound = held_out_lengths.first().map_or(f64::NAN, |(_, l)| l * config.monitor.max_length_ratio);
+    let bound_label = format!("alarm {}× SFT", config.monitor.max_length_ratio);
+    body.push_str(&svg::line_chart_with_guides(
         "Response length (tokens)",
         "step",
-        &[
-            ("train", series(&metrics, "ppo", "step", "response_length")),
-            ("held-out", series(&metrics, "eval", "step", "mean_length")),
-        ],
+        &[("train", series(&metrics, "ppo", "step", "response_length")), ("held-out", held_out_lengths)],
+        None,
+        &[Guide { label: &bound_label, y: length_bound }],
+    ));
+    body.push_str(&svg::line_chart(
+        "Policy entropy (nats / token)",
+        "step",
+        &[("entropy", series(&metrics, "ppo", "step", "entropy"))],
         None,
     ));
     body.push_str(&svg::line_chart(
-        "Policy entropy, clip fraction, approx. KL",
+        "Clip fraction and approx. KL per PPO step",
         "step",
         &[
-            ("entropy", series(&metrics, "ppo", "step", "entropy")),
             ("clip fraction", series(&metrics, "ppo", "step", "clip_fraction")),
             ("approx KL", series(&metrics, "ppo", "step", "approx_kl")),
         ],
