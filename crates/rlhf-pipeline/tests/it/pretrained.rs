@@ -18,6 +18,19 @@ const EXCHANGES: [(&str, &str); 4] = [
     ("When does the ferry leave?", "At nine."),
 ];
 
+/// Collection, reward model and PPO cut to a few seconds: these tests check the path, not learning.
+fn seconds_after_sft(seed: u64) -> PipelineConfig {
+    let mut config = small_config(seed);
+    config.collect.train_prompts = 8;
+    config.collect.rounds = 1;
+    config.reward_model.epochs = 1;
+    config.ppo.steps = 2;
+    config.ppo.prompts_per_step = 8;
+    config.ppo.eval_every = 2;
+    config.ppo.max_new_tokens = 8;
+    config
+}
+
 fn architecture(run: &RunDir, stage: &str) -> String {
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.path(stage).join("config.json")).unwrap()).unwrap();
@@ -38,7 +51,7 @@ fn a_pretrained_model_with_our_own_sft_data_and_prompts_goes_through_every_stage
         .collect();
     rlhf_data::datasets::write_lines(&data, &lines).unwrap();
 
-    let mut config = small_config(3);
+    let mut config = seconds_after_sft(3);
     config.model.path = Some(rlhf_harness::fixture("hf-tiny/mistral"));
     config.sft.data = Some(data);
     let prompts = dir.path().join("prompts.jsonl");
@@ -48,14 +61,7 @@ fn a_pretrained_model_with_our_own_sft_data_and_prompts_goes_through_every_stage
     config.ppo.prompts = Some(prompts);
     config.sft.epochs = 30;
     config.sft.batch_size = 4;
-    config.collect.train_prompts = 8;
-    config.collect.rounds = 1;
     config.collect.k = 2;
-    config.reward_model.epochs = 1;
-    config.ppo.steps = 2;
-    config.ppo.prompts_per_step = 8;
-    config.ppo.eval_every = 2;
-    config.ppo.max_new_tokens = 8;
     let run = RunDir::create(&dir.path().join("run"), &config).unwrap();
     run_all(&run).unwrap();
 
@@ -114,16 +120,9 @@ fn sft_data_without_a_pretrained_model_is_refused() {
 fn an_instruction_tuned_model_skips_sft_and_goes_through_every_stage_in_plain_english() {
     let dir = tempfile::tempdir().unwrap();
     let model = rlhf_harness::fixture("hf-tiny/qwen2-tied-bias");
-    let mut config = small_config(4);
+    let mut config = seconds_after_sft(4);
     config.model.path = Some(model.clone());
     config.sft.skip = true;
-    config.collect.train_prompts = 8;
-    config.collect.rounds = 1;
-    config.reward_model.epochs = 1;
-    config.ppo.steps = 2;
-    config.ppo.prompts_per_step = 8;
-    config.ppo.eval_every = 2;
-    config.ppo.max_new_tokens = 8;
     let run = RunDir::create(&dir.path().join("run"), &config).unwrap();
     run_all(&run).unwrap();
 
