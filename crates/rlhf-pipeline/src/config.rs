@@ -263,6 +263,9 @@ impl PipelineConfig {
         if self.sft.skip && self.model.path.is_none() {
             return fail("sft.skip needs model.path (--model): there is no model to start from without SFT");
         }
+        if self.sft.skip && self.sft.data.is_some() {
+            return fail("sft.skip and sft.data exclude each other: a skipped SFT trains on nothing");
+        }
         if self.monitor.kl_band[0] > self.monitor.kl_band[1] || self.monitor.window == 0 {
             return fail("monitor.kl_band must be [low, high] with low <= high, and monitor.window positive");
         }

@@ -111,6 +111,10 @@ fn sft_data_without_a_pretrained_model_is_refused() {
     config.sft.data = Some("sft.jsonl".into());
     let err = config.validate().unwrap_err().to_string();
     assert!(err.contains("need model.path"), "{err}");
+    config.model.path = Some("model".into());
+    config.sft.skip = true;
+    let err = config.validate().unwrap_err().to_string();
+    assert!(err.contains("exclude each other"), "{err}");
 }
 
 /// The real-model path (`rlhf run --model X --skip-sft`) on a tiny checkpoint: the world asks in
