@@ -83,19 +83,40 @@ fn ppo_checkpointed(run: &Path) -> bool {
 
 #[test]
 fn a_killed_run_resumes_from_its_last_checkpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = dir.path().join("run");
-    let config = dir.path().join("small.json");
-    std::fs::write(
-        &config,
+    killed_and_resumed(
         r#"{"model": {"hidden_size": 32, "num_hidden_layers": 1, "intermediate_size": 64},
             "world": {"sft_responses_per_prompt": 2}, "sft": {"epochs": 1},
             "collect": {"rounds": 1, "train_prompts": 24}, "reward_model": {"epochs": 1},
             "ppo": {"steps": 60, "prompts_per_step": 8, "eval_every": 2, "max_new_tokens": 16}}"#,
-    )
-    .unwrap();
+        &[],
+        60,
+    );
+}
+
+/// The real-model path (`--model X --skip-sft`, plain-English world) on a tiny checkpoint.
+#[test]
+fn a_killed_run_on_a_pretrained_model_resumes_from_its_last_checkpoint() {
+    let model = rlhf_harness::fixture("hf-tiny/qwen2-tied-bias");
+    killed_and_resumed(
+        r#"{"collect": {"rounds": 1, "train_prompts": 16}, "reward_model": {"epochs": 1},
+            "ppo": {"steps": 40, "prompts_per_step": 8, "eval_every": 2, "max_new_tokens": 8,
+                    "eval_samples_per_prompt": 1}}"#,
+        &["--model", model.to_str().unwrap(), "--skip-sft"],
+        40,
+    );
+}
+
+/// Runs the pipeline with `config` and `args`, kills it after PPO's second checkpoint, resumes
+/// it, and checks that nothing finished was redone or lost and PPO went on from its checkpoint
+/// to step `steps`.
+fn killed_and_resumed(config_json: &str, args: &[&str], steps: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let config = dir.path().join("small.json");
+    std::fs::write(&config, config_json).unwrap();
     let mut child = rlhf()
         .args(["run", "--run-dir", run.to_str().unwrap(), "--config", config.to_str().unwrap()])
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -134,10 +155,10 @@ fn a_killed_run_resumes_from_its_last_checkpoint() {
     assert_eq!(std::fs::metadata(run.join("rm/model.safetensors")).unwrap().modified().unwrap(), rm_before);
     assert_eq!(rankings(&run), stored, "rankings lost or duplicated");
 
-    // PPO continued from the checkpoint: the resumed session's steps run checkpoint + 1 ..= 60.
-    let steps = ppo_steps(&run);
-    let expected: Vec<u64> = (checkpoint_step + 1..=60).collect();
-    assert_eq!(&steps[before..], &expected[..], "steps before the kill: {:?}", &steps[..before]);
+    // PPO continued from the checkpoint: the resumed session's steps run checkpoint + 1 ..= steps.
+    let done = ppo_steps(&run);
+    let expected: Vec<u64> = (checkpoint_step + 1..=steps).collect();
+    assert_eq!(&done[before..], &expected[..], "steps before the kill: {:?}", &done[..before]);
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
     assert!(summary["gold_win_rate_vs_sft"].is_number(), "{summary}");
