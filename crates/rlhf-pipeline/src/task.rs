@@ -44,25 +44,22 @@ impl Task {
             tokenizer.save(&dir)?;
             tokenizer
         };
-        let rollout_prompts: Vec<PromptTokens> = match &config.ppo.prompts {
+        let mut task = Task { world, tokenizer, rollout_prompts: vec![] };
+        task.rollout_prompts = match &config.ppo.prompts {
             Some(path) => rlhf_data::datasets::read_prompts(path)?
                 .iter()
                 .enumerate()
                 .map(|(i, messages)| {
-                    let tokens = tokenizer.encode_chat_prompt(messages)?;
+                    let tokens = task.tokenizer.encode_chat_prompt(messages)?;
                     Ok(PromptTokens { prompt_id: format!("prompts:{}", i + 1), tokens })
                 })
                 .collect::<Result<_>>()?,
-            None => world
-                .split(Split::Train)
-                .into_iter()
-                .map(|p| Ok(PromptTokens { prompt_id: p.id.clone(), tokens: tokenizer.encode_prompt(&p.text)? }))
-                .collect::<Result<_>>()?,
+            None => task.prompt_tokens(task.world.split(Split::Train))?,
         };
-        if rollout_prompts.is_empty() {
+        if task.rollout_prompts.is_empty() {
             return Err(Error::Config("ppo.prompts holds no prompts".into()));
         }
-        Ok(Task { world, tokenizer, rollout_prompts })
+        Ok(task)
     }
 
     /// Refuses rollout prompts that leave no room for `max_new_tokens` in the model's context.
