@@ -32,8 +32,11 @@ pub struct WorldConfig {
     /// trained from scratch with a word-level tokenizer) or `natural` (plain English, judged as
     /// free text, for a pretrained model). Unset: `natural` with `model.path`, else `bundled`.
     pub phrasing: Option<Phrasing>,
-    /// Share of prompts held out from every stage's training.
+    /// Share of prompts held out from every stage's training: the run's figures are measured on them.
     pub held_out: f64,
+    /// Share of prompts kept from training to choose PPO's checkpoint by (gold win rate against
+    /// the SFT model); the held-out prompts are never used to choose.
+    pub validation: f64,
     /// SFT responses per training prompt.
     pub sft_responses_per_prompt: usize,
     /// Share of each response style in the SFT data.
@@ -132,15 +135,24 @@ pub struct MonitorConfig {
     pub max_length_ratio: f64,
     /// The band the sequence KL to the SFT model must stay in, `[low, high]` nats.
     pub kl_band: [f64; 2],
-    /// Evaluations over which proxy reward and gold win rate are compared.
+    /// How many earlier evaluations the latest is compared with, for the proxy/gold divergence.
     pub window: usize,
-    /// Alarm when proxy reward rises by more than this over the window while gold win rate does not rise.
+    /// Divergence: alarm when the proxy reward has risen by at least this since the evaluation
+    /// with the best gold win rate in the window...
     pub min_reward_rise: f64,
+    /// ...while the gold win rate has fallen from that best by at least this.
+    pub min_gold_drop: f64,
 }
 
 impl Default for WorldConfig {
     fn default() -> Self {
-        WorldConfig { phrasing: None, held_out: 0.2, sft_responses_per_prompt: 6, style_mix: StyleMix::default() }
+        WorldConfig {
+            phrasing: None,
+            held_out: 0.2,
+            validation: 0.1,
+            sft_responses_per_prompt: 6,
+            style_mix: StyleMix::default(),
+        }
     }
 }
 
@@ -202,7 +214,13 @@ impl Default for PpoStageConfig {
 
 impl Default for MonitorConfig {
     fn default() -> Self {
-        MonitorConfig { max_length_ratio: 1.5, kl_band: [0.25, 6.0], window: 3, min_reward_rise: 0.3 }
+        MonitorConfig {
+            max_length_ratio: 1.25,
+            kl_band: [0.25, 6.0],
+            window: 6,
+            min_reward_rise: 0.08,
+            min_gold_drop: 0.03,
+        }
     }
 }
 
@@ -230,6 +248,9 @@ impl PipelineConfig {
         let fail = |msg: &str| Err(Error::Config(msg.to_string()));
         if !(0.0..0.9).contains(&self.world.held_out) {
             return fail("world.held_out must be in [0, 0.9)");
+        }
+        if !(0.0..0.5).contains(&self.world.validation) {
+            return fail("world.validation must be in [0, 0.5)");
         }
         if self.collect.rounds == 0 {
             return fail("collect.rounds must be at least 1");

@@ -23,6 +23,10 @@ pub struct EvalPoint {
     pub step: u64,
     /// Gold-preference win rate against the SFT model's responses (ties count half).
     pub gold_win_rate: f64,
+    /// The same on the validation prompts, by which PPO's checkpoint is chosen (none without
+    /// validation prompts).
+    #[serde(default)]
+    pub validation_win_rate: Option<f64>,
     /// Mean normalised reward-model score.
     pub proxy_reward: f64,
     /// Mean sequence KL(π ‖ π_SFT) of the sampled responses, Σ_t log π − log π_SFT, both at the
@@ -43,7 +47,7 @@ pub struct Sample {
     pub answer_type: String,
 }
 
-/// Evaluates policies on the held-out prompts against fixed SFT responses.
+/// Evaluates policies on one split's prompts against fixed SFT responses.
 #[derive(Debug)]
 pub struct Evaluator {
     prompts: Vec<Prompt>,
@@ -54,22 +58,31 @@ pub struct Evaluator {
 impl Evaluator {
     /// Samples the SFT model's responses once; every later evaluation uses the same seed, so
     /// policy and baseline share their random numbers and only the weights differ.
-    pub fn new(task: &Task, config: &PipelineConfig, sft: &PolicyGenerator) -> Result<Self> {
-        let prompts: Vec<Prompt> = task.prompts(Split::HeldOut).into_iter().cloned().collect();
+    /// Evaluation on [`Split::HeldOut`] (the run's figures) or [`Split::Validation`] (the choice
+    /// of checkpoint); `None` when the split holds no prompts.
+    pub fn new(task: &Task, config: &PipelineConfig, sft: &PolicyGenerator, split: Split) -> Result<Option<Self>> {
+        let prompts: Vec<Prompt> = task.prompts(split).into_iter().cloned().collect();
+        if prompts.is_empty() {
+            return Ok(None);
+        }
+        let (request_id, seed) = match split {
+            Split::Validation => ("eval-validation", config.seed ^ 0x7a11),
+            _ => ("eval", config.seed ^ 0xe7a1),
+        };
         let request = GenerateRequest {
-            request_id: "eval".into(),
+            request_id: request_id.into(),
             prompts: task.prompt_tokens(&prompts)?,
             sampling: task.sampling(
                 config.ppo.algorithm.temperature,
                 config.ppo.top_p,
                 config.ppo.max_new_tokens,
-                config.seed ^ 0xe7a1,
+                seed,
             ),
             samples_per_prompt: config.ppo.eval_samples_per_prompt,
         };
         let baseline =
             sft.generate(&request)?.iter().map(|r| task.decode(&r.response_tokens)).collect::<Result<Vec<_>>>()?;
-        Ok(Evaluator { prompts, request, baseline })
+        Ok(Some(Evaluator { prompts, request, baseline }))
     }
 
     pub fn evaluate(
@@ -109,6 +122,7 @@ impl Evaluator {
         Ok(EvalPoint {
             step,
             gold_win_rate: wins / n,
+            validation_win_rate: None,
             proxy_reward: scored.iter().map(|s| s.score as f64).sum::<f64>() / n,
             kl_to_sft: kl / n,
             mean_length: length / n,
@@ -118,8 +132,24 @@ impl Evaluator {
     }
 }
 
-/// The reward-hacking alarm: fires when responses grow too long, KL leaves its band, or the
-/// proxy reward keeps rising while the gold win rate stalls or falls.
+/// The alarm on the policy a run ends with: below the KL band's lower edge, PPO has barely
+/// moved it from the SFT model, so the run learned little whatever its figures say.
+pub fn final_alarms(config: &MonitorConfig, chosen: &EvalPoint) -> Vec<String> {
+    if chosen.step > 0 && chosen.kl_to_sft < config.kl_band[0] {
+        vec![format!(
+            "step {}: the chosen policy's KL to the SFT model is {:.2} nats, below the band's {:.2}: PPO barely moved it",
+            chosen.step, chosen.kl_to_sft, config.kl_band[0]
+        )]
+    } else if chosen.step == 0 {
+        vec!["no PPO step beat the SFT model on the validation prompts: the run ends with the SFT policy".into()]
+    } else {
+        vec![]
+    }
+}
+
+/// The reward-hacking alarm, checked at every evaluation: fires when responses grow too long,
+/// KL rises above its band, or the proxy reward keeps rising while the gold win rate falls.
+/// (The band's lower edge is checked on the policy the run ends with: [`final_alarms`].)
 pub fn check_alarms(config: &MonitorConfig, evals: &[EvalPoint]) -> Vec<String> {
     let (Some(first), Some(last)) = (evals.first(), evals.last()) else {
         return vec![];
@@ -138,13 +168,19 @@ pub fn check_alarms(config: &MonitorConfig, evals: &[EvalPoint]) -> Vec<String> 
             last.step, last.kl_to_sft, config.kl_band[1]
         ));
     }
-    if evals.len() > config.window {
-        let earlier = &evals[evals.len() - 1 - config.window];
-        let rise = last.proxy_reward - earlier.proxy_reward;
-        if rise > config.min_reward_rise && last.gold_win_rate <= earlier.gold_win_rate {
+    // Reward hacking as it happens: the gold win rate falls from its best while the proxy reward
+    // keeps rising. A healthy run's gold and proxy fall together when they fall (measured on the
+    // bundled run), and a gold win rate that only saturates is not an alarm.
+    // Step 0 (the SFT policy against itself: 0.5 by construction) is never the best.
+    let (lo, hi) = (evals.len().saturating_sub(1 + config.window).max(1), evals.len() - 1);
+    let earlier = if lo < hi { &evals[lo..hi] } else { &[] };
+    if let Some(best) = earlier.iter().max_by(|a, b| a.gold_win_rate.total_cmp(&b.gold_win_rate)) {
+        let rise = last.proxy_reward - best.proxy_reward;
+        let drop = best.gold_win_rate - last.gold_win_rate;
+        if rise >= config.min_reward_rise && drop >= config.min_gold_drop {
             alarms.push(format!(
-                "step {}: proxy reward rose by {rise:.2} since step {} while the gold win rate went from {:.3} to {:.3}",
-                last.step, earlier.step, earlier.gold_win_rate, last.gold_win_rate
+                "step {}: proxy reward rose by {rise:.2} since step {} while the gold win rate fell from {:.3} to {:.3}",
+                last.step, best.step, best.gold_win_rate, last.gold_win_rate
             ));
         }
     }

@@ -26,11 +26,12 @@ use reward_scorer::RewardScorer;
 use rlhf_model::Config;
 use rlhf_queue::{Delivery, EntryId, InProcessQueue, Queue};
 use rlhf_types::{Rollout, ScoredRollout};
+use rlhf_world::Split;
 use serde_json::json;
 
 use crate::collect::sft_generator;
 use crate::config::PipelineConfig;
-use crate::eval::{EvalPoint, Evaluator, check_alarms};
+use crate::eval::{EvalPoint, Evaluator, check_alarms, final_alarms};
 use crate::progress::bar;
 use crate::reward::load_scorer;
 use crate::run_dir::{PpoProgress, PpoResult, RunDir};
@@ -177,7 +178,11 @@ pub fn run_with(
     let task = Task::load(run, config)?;
     let mut state = run.state()?;
     let sft = sft_generator(run, "sft-baseline")?;
-    let evaluator = Evaluator::new(&task, config, &sft)?;
+    let reporting = Evaluator::new(&task, config, &sft, Split::HeldOut)?
+        .ok_or_else(|| Error::Config("PPO is evaluated on held-out prompts: world.held_out must be above 0".into()))?;
+    let validation = Evaluator::new(&task, config, &sft, Split::Validation)?;
+    // The evaluators keep the SFT model's answers, not the model: one copy of the weights fewer.
+    drop(sft);
 
     let resume = state.ppo_progress.clone().filter(|_| run.path("ppo").exists());
     let start_from = if resume.is_some() { "ppo" } else { "sft" };
@@ -197,9 +202,27 @@ pub fn run_with(
     backend.publish(learner.version(), &weights, &ckpt.config, pad)?;
     // Evaluation samples with its own copy of the policy, refreshed at each evaluation.
     let eval_policy = PolicyGenerator::new("evaluator", ckpt.config.clone(), pad, weights, learner.version())?;
+    let evaluate = |step: u64| -> Result<EvalPoint> {
+        let mut point = reporting.evaluate(&task, &eval_policy, &scorer, step)?;
+        if let Some(v) = &validation {
+            point.validation_win_rate = Some(v.evaluate(&task, &eval_policy, &scorer, step)?.gold_win_rate);
+        }
+        Ok(point)
+    };
+    let save_policy = |learner: &PpoLearner, dir: &str| -> Result<()> {
+        Ok(rlhf_data::save_checkpoint(
+            &run.path(dir),
+            &varmap_tensors(learner.varmap()),
+            learner.model_config(),
+            &task.tokenizer,
+            ModelKind::CausalLm,
+            SaveOptions { dtype: config.model.save_dtype, ..SaveOptions::default() },
+        )?)
+    };
     if evals.is_empty() {
-        evals.push(evaluator.evaluate(&task, &eval_policy, &scorer, 0)?);
+        evals.push(evaluate(0)?);
         run.metric(&eval_record(&evals[0]))?;
+        save_policy(&learner, SELECTED_DIR)?;
     }
 
     let steps = config.ppo.steps as u64;
@@ -231,7 +254,7 @@ pub fn run_with(
         let step = learner.step();
         if step % config.ppo.eval_every as u64 == 0 || step == steps || backend.checkpoint_wanted() {
             eval_policy.update_weights(learner.version(), weights)?;
-            let point = evaluator.evaluate(&task, &eval_policy, &scorer, step)?;
+            let point = evaluate(step)?;
             run.metric(&eval_record(&point))?;
             evals.push(point);
             for alarm in check_alarms(&config.monitor, &evals) {
@@ -239,14 +262,12 @@ pub fn run_with(
                 run.metric(&json!({"stage": "alarm", "step": step, "message": alarm}))?;
                 alarms.push(alarm);
             }
-            rlhf_data::save_checkpoint(
-                &run.path("ppo"),
-                &varmap_tensors(learner.varmap()),
-                learner.model_config(),
-                &task.tokenizer,
-                ModelKind::CausalLm,
-                SaveOptions { dtype: config.model.save_dtype, ..SaveOptions::default() },
-            )?;
+            // The chosen policy first: a crash between the two saves leaves a checkpoint whose
+            // evaluation is not yet recorded as chosen, never a record without its checkpoint.
+            if selected(&evals) == evals.len() - 1 {
+                save_policy(&learner, SELECTED_DIR)?;
+            }
+            save_policy(&learner, "ppo")?;
             state.ppo_progress = Some(PpoProgress {
                 step,
                 version: learner.version(),
@@ -261,15 +282,41 @@ pub fn run_with(
         }
     }
     progress.finish_and_clear();
-    let last: &EvalPoint = evals.last().expect("evaluated at least once");
+    let chosen = evals[selected(&evals)].clone();
+    for alarm in final_alarms(&config.monitor, &chosen) {
+        eprintln!("alarm: {alarm}");
+        run.metric(&json!({"stage": "alarm", "step": chosen.step, "message": alarm}))?;
+        alarms.push(alarm);
+    }
     Ok(PpoResult {
         steps,
         seconds: earlier_seconds + start.elapsed().as_secs_f64(),
-        final_eval: last.clone(),
+        selected_step: Some(chosen.step),
+        kl_to_sft: chosen.kl_to_sft,
+        last_eval: evals.last().cloned(),
+        final_eval: chosen,
         baseline_eval: evals[0].clone(),
-        kl_to_sft: last.kl_to_sft,
         alarms,
     })
+}
+
+/// The run directory's folder for the policy PPO chose: the evaluation with the best
+/// validation win rate (the earliest of equals).
+pub const SELECTED_DIR: &str = "ppo-selected";
+
+/// Index of the chosen evaluation: the best validation win rate, the earliest of equals (the
+/// one nearer the SFT model); the last evaluation when there are no validation prompts.
+pub fn selected(evals: &[EvalPoint]) -> usize {
+    let mut best = evals.len().saturating_sub(1);
+    let mut best_win = f64::NEG_INFINITY;
+    for (i, e) in evals.iter().enumerate() {
+        match e.validation_win_rate {
+            Some(w) if w > best_win => (best, best_win) = (i, w),
+            Some(_) => {}
+            None => return evals.len().saturating_sub(1),
+        }
+    }
+    best
 }
 
 fn eval_record(point: &EvalPoint) -> serde_json::Value {

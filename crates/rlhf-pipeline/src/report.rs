@@ -16,7 +16,12 @@ pub struct Summary {
     pub rm_heldout_accuracy: Option<f64>,
     pub rm_noise_ceiling: Option<f64>,
     pub rm_accuracy_vs_ceiling: Option<f64>,
+    /// The chosen policy's (see `ppo_selected_step`).
     pub gold_win_rate_vs_sft: Option<f64>,
+    /// The step PPO's result was chosen at, by the validation win rate.
+    pub ppo_selected_step: Option<u64>,
+    /// The policy after the last step, for comparison with the chosen one.
+    pub gold_win_rate_last_step: Option<f64>,
     pub kl_to_sft: Option<f64>,
     pub kl_band: [f64; 2],
     pub kl_within_band: Option<bool>,
@@ -51,6 +56,8 @@ pub fn summary(run: &RunDir) -> Result<Summary> {
         rm_noise_ceiling: rm.and_then(|r| r.noise_ceiling),
         rm_accuracy_vs_ceiling: rm.and_then(|r| Some(r.heldout_accuracy / r.noise_ceiling?)),
         gold_win_rate_vs_sft: ppo.map(|p| p.final_eval.gold_win_rate),
+        ppo_selected_step: ppo.and_then(|p| p.selected_step),
+        gold_win_rate_last_step: ppo.and_then(|p| Some(p.last_eval.as_ref()?.gold_win_rate)),
         kl_to_sft: ppo.map(|p| p.kl_to_sft),
         kl_band: band,
         kl_within_band: ppo.map(|p| p.kl_to_sft >= band[0] && p.kl_to_sft <= band[1]),
@@ -81,7 +88,9 @@ fn terms(summary: &Summary) -> String {
          gold preference on held-out pairs. A reward model that learned the annotators exactly would agree \
          with gold that often; one that averages away their noise can do better. <b>Gold win rate</b>: how \
          often the PPO policy's answer beats the SFT model's on held-out questions under the gold preference \
-         (ties count half; 0.5 means no better). <b>KL to SFT</b>: how far the policy's answers have moved \
+         (ties count half; 0.5 means no better). The policy reported is the one chosen among PPO's \
+         evaluations by the same win rate on separate validation questions; the held-out questions never \
+         choose. <b>KL to SFT</b>: how far the policy's answers have moved \
          from the SFT model's, in nats per answer.</small></p>",
     );
     if let Some(ratio) = summary.rm_accuracy_vs_ceiling.filter(|r| *r > 1.0) {
@@ -117,6 +126,8 @@ fn html(run: &RunDir, summary: &Summary) -> Result<String> {
         ("annotator noise ceiling", fmt(summary.rm_noise_ceiling)),
         ("accuracy / ceiling", fmt(summary.rm_accuracy_vs_ceiling)),
         ("gold win rate of PPO vs SFT", fmt(summary.gold_win_rate_vs_sft)),
+        ("chosen at step (best validation win rate)", summary.ppo_selected_step.map_or("—".into(), |s| s.to_string())),
+        ("gold win rate after the last step", fmt(summary.gold_win_rate_last_step)),
         ("KL to SFT (nats / sequence)", fmt(summary.kl_to_sft)),
         ("KL band", format!("[{}, {}]", summary.kl_band[0], summary.kl_band[1])),
         ("reward-hacking alarm", if summary.hacking_alarm { "FIRED".into() } else { "quiet".into() }),
@@ -169,9 +180,12 @@ fn html(run: &RunDir, summary: &Summary) -> Result<String> {
         None,
     ));
     body.push_str(&svg::line_chart_with_guides(
-        "Gold win rate vs SFT (held-out)",
+        "Gold win rate vs SFT",
         "step",
-        &[("win rate", series(&metrics, "eval", "step", "gold_win_rate"))],
+        &[
+            ("held-out", series(&metrics, "eval", "step", "gold_win_rate")),
+            ("validation (chooses)", series(&metrics, "eval", "step", "validation_win_rate")),
+        ],
         Some((0.0, 1.0)),
         &[Guide { label: "bar 0.75", y: WIN_RATE_BAR }, Guide { label: "no better 0.5", y: 0.5 }],
     ));

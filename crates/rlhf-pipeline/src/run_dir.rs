@@ -6,7 +6,9 @@
 //!   state.json           which stages finished, and their results
 //!   tokenizer/           tokenizer.json, tokenizer_config.json, chat_template.jinja
 //!   sft/ rm/ ppo/        checkpoints in Hugging Face layout (see rlhf_data::checkpoint);
-//!                        ppo/ also holds the critic, value_head.safetensors
+//!                        ppo/ (the last step, for --resume) also holds the critic,
+//!                        value_head.safetensors
+//!   ppo-selected/        the policy PPO chose by its validation win rate: the run's result
 //!   preferences.sqlite   every ranking, whole
 //!   metrics.jsonl        one line per training step and evaluation
 //!   report.html summary.json
@@ -80,7 +82,14 @@ pub struct RewardModelResult {
 pub struct PpoResult {
     pub steps: u64,
     pub seconds: f64,
+    /// The step whose policy the run chose (in `ppo-selected/`) by its validation win rate;
+    /// `final_eval` and `kl_to_sft` are that policy's.
+    #[serde(default)]
+    pub selected_step: Option<u64>,
     pub final_eval: EvalPoint,
+    /// The evaluation after the last step, whether chosen or not.
+    #[serde(default)]
+    pub last_eval: Option<EvalPoint>,
     pub baseline_eval: EvalPoint,
     pub kl_to_sft: f64,
     pub alarms: Vec<String>,

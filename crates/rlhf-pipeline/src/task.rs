@@ -28,7 +28,8 @@ impl Task {
     /// Rebuilds the world from the config (it is a pure function of it) and loads the run's
     /// tokenizer, creating it on first use.
     pub fn load(run: &RunDir, config: &PipelineConfig) -> Result<Task> {
-        let world = World::with_phrasing(config.world.held_out, config.seed, config.phrasing());
+        let world = World::with_phrasing(config.world.held_out, config.seed, config.phrasing())
+            .with_validation(config.world.validation, config.seed);
         let dir = run.path("tokenizer");
         let tokenizer = if dir.exists() {
             ChatTokenizer::from_dir(&dir, None)?

@@ -199,20 +199,26 @@ impl PpoLearner {
                 let idx =
                     Tensor::from_vec(chunk.iter().map(|&i| i as u32).collect::<Vec<_>>(), chunk.len(), &Device::Cpu)?;
                 let pick = |t: &Tensor| t.contiguous()?.index_select(&idx, 0);
+                // Only grid columns from the shortest prompt's last token on can hold response
+                // tokens: the vocabulary head (the largest activations by far with a real
+                // vocabulary) runs on those alone, and every grid quantity is cut to match.
+                let start = sub.prompt_lens.iter().min().copied().unwrap_or(1) - 1;
+                let cols = width - 1 - start;
+                let grid = |t: &Tensor| t.narrow(1, start, cols);
                 let (m, adv, ret, old_lp, old_v) = (
-                    &sub.response_mask,
-                    pick(&advantages)?,
-                    pick(&estimates.returns)?,
-                    pick(&old_logp)?,
-                    pick(&old_values)?,
+                    &grid(&sub.response_mask)?,
+                    grid(&pick(&advantages)?)?,
+                    grid(&pick(&estimates.returns)?)?,
+                    grid(&pick(&old_logp)?)?,
+                    grid(&pick(&old_values)?)?,
                 );
                 let hidden = self.policy.hidden_states(&sub.ids, &sub.attention_mask, Kernels::Differentiable)?;
-                let logits = self.policy.lm_head(&hidden)?.narrow(1, 0, width - 1)?;
-                let targets = sub.ids.narrow(1, 1, width - 1)?;
+                let logits = self.policy.lm_head(&hidden.narrow(1, start, cols)?)?;
+                let targets = sub.ids.narrow(1, start + 1, cols)?;
                 let logp = tempered_logprobs(&logits, &targets, cfg.temperature)?;
                 // The critic reads the policy's features without training them: a shared backbone
                 // let value-loss spikes wreck the language model (measured: KL to SFT 3 → 14 nats).
-                let values = self.value.forward(&hidden.detach())?.narrow(1, 0, width - 1)?;
+                let values = grid(&self.value.forward(&hidden.detach())?)?;
                 let pl = policy_loss(&logp, &old_lp, &adv, m, clip)?;
                 let vl = value_loss(&values, &old_v, &ret, m, cfg.value_clip)?;
                 let loss = (&pl.loss + (&vl.loss * cfg.value_coef)?)?;

@@ -3,12 +3,14 @@
 use std::collections::BTreeMap;
 
 use rlhf_pipeline::config::MonitorConfig;
-use rlhf_pipeline::eval::{EvalPoint, check_alarms};
+use rlhf_pipeline::eval::{EvalPoint, check_alarms, final_alarms};
+use rlhf_pipeline::ppo::selected;
 
 fn point(step: u64, win: f64, proxy: f64, kl: f64, length: f64) -> EvalPoint {
     EvalPoint {
         step,
         gold_win_rate: win,
+        validation_win_rate: None,
         proxy_reward: proxy,
         kl_to_sft: kl,
         mean_length: length,
@@ -18,7 +20,7 @@ fn point(step: u64, win: f64, proxy: f64, kl: f64, length: f64) -> EvalPoint {
 }
 
 fn monitor() -> MonitorConfig {
-    MonitorConfig { max_length_ratio: 1.5, kl_band: [0.25, 6.0], window: 3, min_reward_rise: 0.3 }
+    MonitorConfig { max_length_ratio: 1.5, kl_band: [0.25, 6.0], window: 3, min_reward_rise: 0.08, min_gold_drop: 0.03 }
 }
 
 #[test]
@@ -49,18 +51,52 @@ fn kl_above_the_band_fires() {
 }
 
 #[test]
-fn proxy_rising_while_gold_stalls_fires() {
+fn proxy_rising_while_gold_falls_from_its_best_fires() {
     let evals = vec![
         point(0, 0.5, 0.0, 0.0, 10.0),
         point(5, 0.70, 0.2, 1.0, 10.0),
-        point(10, 0.70, 0.35, 1.0, 10.0),
-        point(15, 0.69, 0.45, 1.0, 10.0),
-        point(20, 0.68, 0.6, 1.0, 10.0),
+        point(10, 0.72, 0.35, 1.0, 10.0),
+        point(15, 0.70, 0.40, 1.0, 10.0),
+        point(20, 0.68, 0.45, 1.0, 10.0),
     ];
     let alarms = check_alarms(&monitor(), &evals);
-    assert!(alarms.len() == 1 && alarms[0].contains("proxy reward rose by 0.40"), "{alarms:?}");
-    // The same rise with the gold win rate rising too is progress, not hacking.
-    let mut healthy = evals.clone();
-    healthy[4].gold_win_rate = 0.75;
-    assert!(check_alarms(&monitor(), &healthy).is_empty());
+    assert!(alarms.len() == 1 && alarms[0].contains("proxy reward rose by 0.10 since step 10"), "{alarms:?}");
+    // Gold and proxy falling together is a noisy evaluation or a worse policy, not hacking.
+    let mut together = evals.clone();
+    together[4].proxy_reward = 0.3;
+    assert!(check_alarms(&monitor(), &together).is_empty());
+    // A gold win rate that saturates while the proxy climbs is not an alarm either.
+    let mut saturated = evals.clone();
+    saturated[4].gold_win_rate = 0.71;
+    assert!(check_alarms(&monitor(), &saturated).is_empty());
+    // A best outside the window is forgotten (inside it, its proxy of 0.5 would silence the alarm).
+    let mut old_best = evals.clone();
+    old_best.insert(1, point(2, 0.9, 0.5, 1.0, 10.0));
+    old_best.insert(2, point(3, 0.6, 0.0, 1.0, 10.0));
+    assert_eq!(check_alarms(&monitor(), &old_best).len(), 1);
+    assert!(check_alarms(&monitor(), &evals[..2]).is_empty());
+}
+
+#[test]
+fn ending_below_the_kl_band_or_on_the_sft_policy_fires() {
+    assert!(final_alarms(&monitor(), &point(60, 0.7, 0.5, 1.0, 10.0)).is_empty());
+    let low = final_alarms(&monitor(), &point(60, 0.55, 0.1, 0.1, 10.0));
+    assert!(low.len() == 1 && low[0].contains("below the band's 0.25"), "{low:?}");
+    let sft = final_alarms(&monitor(), &point(0, 0.5, 0.0, 0.0, 10.0));
+    assert!(sft.len() == 1 && sft[0].contains("SFT policy"), "{sft:?}");
+}
+
+#[test]
+fn the_chosen_evaluation_is_the_best_on_validation_and_the_earliest_of_equals() {
+    let with = |win: f64, validation: Option<f64>| EvalPoint {
+        validation_win_rate: validation,
+        ..point(0, win, 0.0, 0.0, 1.0)
+    };
+    // The held-out win rate never chooses.
+    let evals = vec![with(0.5, Some(0.5)), with(0.9, Some(0.7)), with(0.6, Some(0.8)), with(0.95, Some(0.8))];
+    assert_eq!(selected(&evals), 2);
+    // Without validation prompts the run ends where it ends.
+    let evals = vec![with(0.5, None), with(0.9, None), with(0.6, None)];
+    assert_eq!(selected(&evals), 2);
+    assert_eq!(selected(&[]), 0);
 }
