@@ -91,7 +91,7 @@ pub fn run_with(
     }
     let wanted: Vec<&Prompt> = train.into_iter().chain(task.prompts(Split::HeldOut)).collect();
     // (prompt, round): each round is a fresh sample of K responses and a fresh ranking.
-    let todo: Vec<(&Prompt, usize)> = (0..config.collect.rounds)
+    let todo: Vec<(&Prompt, usize)> = (0..config.collect.rounds())
         .flat_map(|round| wanted.iter().map(move |p| (*p, round)))
         .filter(|(p, round)| !done.contains(&ranking_id(p, *round)))
         .collect();

@@ -21,6 +21,7 @@ pub mod cluster;
 pub mod collect;
 pub mod config;
 pub mod eval;
+pub mod memory;
 pub mod pipeline;
 pub mod ppo;
 pub mod preference_files;

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 use preference_store::PreferenceStore;
@@ -198,23 +199,41 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
         order.shuffle(&mut rng);
         for chunk in order.chunks(per_step) {
             let group: Vec<&Ranking> = chunk.iter().map(|&i| train[i]).collect();
-            let batch = SequenceBatch::new(&rows(&group, &prompts), task.tokenizer.pad_id, &Device::Cpu)?;
-            let hidden = model.hidden_states(&batch.ids, &batch.attention_mask, Kernels::Differentiable)?;
-            let rewards = head.forward(&hidden, &batch.attention_mask)?;
-            let mut offset = 0;
-            let orders: Vec<Vec<usize>> = group
-                .iter()
-                .map(|r| {
-                    let o = r.order.iter().map(|&i| i + offset).collect();
-                    offset += r.responses.len();
-                    o
-                })
-                .collect();
-            let loss = ranking_loss(&rewards, &orders)?;
+            // The whole group's loss is the mean over its rankings: each micro-batch's share is
+            // weighted by its size and the gradients summed, the same update in less memory.
+            let width = rows(&group, &prompts).iter().map(|(p, r)| p.len() + r.len()).max().unwrap_or(1);
+            let answers = group.iter().map(|r| r.responses.len()).max().unwrap_or(1);
+            let per_micro = crate::memory::items_per_micro_batch(&sft.config, group.len(), answers * width, width);
+            let (mut grads, mut loss) = (None::<GradStore>, 0.0);
+            for micro in group.chunks(per_micro) {
+                let batch = SequenceBatch::new(&rows(micro, &prompts), task.tokenizer.pad_id, &Device::Cpu)?;
+                let hidden = model.hidden_states(&batch.ids, &batch.attention_mask, Kernels::Differentiable)?;
+                let rewards = head.forward(&hidden, &batch.attention_mask)?;
+                let mut offset = 0;
+                let orders: Vec<Vec<usize>> = micro
+                    .iter()
+                    .map(|r| {
+                        let o = r.order.iter().map(|&i| i + offset).collect();
+                        offset += r.responses.len();
+                        o
+                    })
+                    .collect();
+                let share = ranking_loss(&rewards, &orders)?;
+                let share = if micro.len() == group.len() {
+                    share
+                } else {
+                    (share * (micro.len() as f64 / group.len() as f64))?
+                };
+                loss += share.to_scalar::<f32>()? as f64;
+                let g = share.backward()?;
+                match &mut grads {
+                    Some(sum) => sum.extend(g)?,
+                    None => grads = Some(g),
+                }
+            }
             optimizer.set_learning_rate(crate::sft::learning_rate(lr, step, total));
-            optimizer.backward_step(&loss)?;
+            optimizer.step(&grads.expect("a group holds a ranking"))?;
             step += 1;
-            let loss = loss.to_scalar::<f32>()? as f64;
             run.metric(&json!({"stage": "rm", "step": step, "loss": loss}))?;
             progress.set_message(format!("loss {loss:.3}"));
             progress.inc(1);

@@ -1,11 +1,11 @@
 //! Stage 1, supervised fine-tuning: next-token cross-entropy on the responses of the SFT data
 //! (prompt tokens are context, not targets).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -63,6 +63,12 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<SftResult> {
         ModelKind::CausalLm,
         save,
     )?;
+    // Sampling from the trainable model would record every decode step's activations for a
+    // backward pass that never comes (5 GB for SmolLM2, measured): sample from detached weights.
+    drop(model);
+    let frozen: HashMap<String, Tensor> =
+        varmap_tensors(&varmap).into_iter().map(|(name, t)| (name, t.detach())).collect();
+    let model = Llama::new(&model_config, VarBuilder::from_tensors(frozen, DType::F32, &Device::Cpu))?;
     let greedy_train = greedy_answer_types(&task, &model, Split::Train, config.ppo.max_new_tokens)?;
     let greedy_heldout = greedy_answer_types(&task, &model, Split::HeldOut, config.ppo.max_new_tokens)?;
     run.metric(&json!({"stage": "sft_eval", "greedy_train": greedy_train, "greedy_heldout": greedy_heldout}))?;

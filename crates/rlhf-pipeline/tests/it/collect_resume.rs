@@ -10,7 +10,7 @@ fn collecting_again_keeps_rankings_and_adds_only_new_rounds() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = small_config(3);
     config.sft.epochs = 1;
-    config.collect.rounds = 1;
+    config.collect.rounds = Some(1);
     config.collect.train_prompts = 20;
     let run = RunDir::create(&dir.path().join("run"), &config).unwrap();
     run_stage(&run, Stage::Sft).unwrap();
@@ -25,7 +25,7 @@ fn collecting_again_keeps_rankings_and_adds_only_new_rounds() {
     assert_eq!(collect::open_store(&run, &task).unwrap().rankings(None).unwrap(), first);
 
     // A second round (as after a crash before it was collected) adds exactly one ranking per prompt.
-    config.collect.rounds = 2;
+    config.collect.rounds = Some(2);
     run.write_json("config.json", &config).unwrap();
     run_stage(&run, Stage::Collect).unwrap();
     let second = collect::open_store(&run, &task).unwrap().rankings(None).unwrap();

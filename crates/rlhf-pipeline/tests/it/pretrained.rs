@@ -22,7 +22,7 @@ const EXCHANGES: [(&str, &str); 4] = [
 fn seconds_after_sft(seed: u64) -> PipelineConfig {
     let mut config = small_config(seed);
     config.collect.train_prompts = 8;
-    config.collect.rounds = 1;
+    config.collect.rounds = Some(1);
     config.reward_model.epochs = 1;
     config.ppo.steps = 2;
     config.ppo.prompts_per_step = 8;

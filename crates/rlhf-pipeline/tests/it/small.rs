@@ -9,7 +9,7 @@ pub fn small_config(seed: u64) -> PipelineConfig {
     c.model.intermediate_size = 172;
     c.world.sft_responses_per_prompt = 4;
     c.sft.epochs = 12;
-    c.collect.rounds = 3;
+    c.collect.rounds = Some(3);
     c.reward_model.epochs = 2;
     c.ppo.steps = 20;
     c.ppo.prompts_per_step = 48;
