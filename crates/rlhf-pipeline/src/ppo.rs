@@ -189,8 +189,13 @@ pub fn run_with(
     let ckpt = rlhf_data::load_checkpoint(&run.path(start_from))?;
     let pad = ckpt.tokenizer.pad_id;
     task.check_rollout_prompts(ckpt.config.max_position_embeddings, config.ppo.max_new_tokens)?;
-    let mut learner =
-        PpoLearner::new(config.ppo.algorithm.clone(), ckpt.config.clone(), ckpt.tensors, pad, 0, config.seed ^ 0x990)?;
+    let mut algorithm = config.ppo.algorithm.clone();
+    if algorithm.micro_batch_size.is_none() {
+        let width = task.rollout_prompts.iter().map(|p| p.tokens.len()).max().unwrap_or(1) + config.ppo.max_new_tokens;
+        algorithm.micro_batch_size =
+            Some(crate::memory::items_per_micro_batch(&ckpt.config, algorithm.minibatch_size, width, width));
+    }
+    let mut learner = PpoLearner::new(algorithm, ckpt.config.clone(), ckpt.tensors, pad, 0, config.seed ^ 0x990)?;
     let (mut evals, mut alarms, earlier_seconds) = match &resume {
         Some(p) => {
             learner.restore(p.step, p.version, p.kl.clone());

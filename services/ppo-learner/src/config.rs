@@ -12,6 +12,9 @@ pub struct PpoConfig {
     /// Passes over each batch of rollouts.
     pub epochs: usize,
     pub minibatch_size: usize,
+    /// Rollouts through the network at once inside a minibatch; their gradients are summed into
+    /// the minibatch's one update (the same update in less memory). Unset: the whole minibatch.
+    pub micro_batch_size: Option<usize>,
     /// Ratio clip ε (both sides).
     pub clip: f64,
     /// Dual-clip constant c (> 1) for negative advantages; `None` turns it off.
@@ -39,6 +42,7 @@ impl Default for PpoConfig {
             learning_rate: 3e-5,
             epochs: 4,
             minibatch_size: 32,
+            micro_batch_size: None,
             clip: 0.2,
             dual_clip: None,
             value_clip: Some(0.2),

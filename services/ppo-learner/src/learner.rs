@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 use rand::SeedableRng;
@@ -170,8 +171,20 @@ impl PpoLearner {
 
         // Old values: the critic before this step's updates, on the next-token grid.
         let width = batch.ids.dim(1)?;
-        let hidden = self.policy.hidden_states(&batch.ids, &batch.attention_mask, Kernels::Fused)?;
-        let old_values = self.value.forward(&hidden)?.narrow(1, 0, width - 1)?.detach();
+        // The weights are variables, so this forward records a graph holding every layer's
+        // activations: micro-batch by micro-batch, each dropped at once, it never holds the
+        // whole batch's.
+        let micro = cfg.micro_batch_size.unwrap_or(fresh.len()).max(1);
+        let old_values = (0..fresh.len())
+            .step_by(micro)
+            .map(|at| {
+                let rows: Vec<usize> = (at..(at + micro).min(fresh.len())).collect();
+                let sub = batch.select(&rows)?;
+                let hidden = self.policy.hidden_states(&sub.ids, &sub.attention_mask, Kernels::Fused)?;
+                Ok(self.value.forward(&hidden)?.narrow(1, 0, width - 1)?.detach())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let old_values = Tensor::cat(&old_values, 0)?;
 
         let shaping = RewardShaping {
             kl_coef: cfg.kl.coef(),
@@ -195,44 +208,63 @@ impl PpoLearner {
             let mut order: Vec<usize> = (0..n).collect();
             order.shuffle(&mut StdRng::seed_from_u64(self.seed ^ (self.step << 8) ^ epoch as u64));
             for chunk in order.chunks(mb) {
-                let sub = batch.select(chunk)?;
-                let idx =
-                    Tensor::from_vec(chunk.iter().map(|&i| i as u32).collect::<Vec<_>>(), chunk.len(), &Device::Cpu)?;
-                let pick = |t: &Tensor| t.contiguous()?.index_select(&idx, 0);
-                // Only grid columns from the shortest prompt's last token on can hold response
-                // tokens: the vocabulary head (the largest activations by far with a real
-                // vocabulary) runs on those alone, and every grid quantity is cut to match.
-                let start = sub.prompt_lens.iter().min().copied().unwrap_or(1) - 1;
-                let cols = width - 1 - start;
-                let grid = |t: &Tensor| t.narrow(1, start, cols);
-                let (m, adv, ret, old_lp, old_v) = (
-                    &grid(&sub.response_mask)?,
-                    grid(&pick(&advantages)?)?,
-                    grid(&pick(&estimates.returns)?)?,
-                    grid(&pick(&old_logp)?)?,
-                    grid(&pick(&old_values)?)?,
-                );
-                let hidden = self.policy.hidden_states(&sub.ids, &sub.attention_mask, Kernels::Differentiable)?;
-                let logits = self.policy.lm_head(&hidden.narrow(1, start, cols)?)?;
-                let targets = sub.ids.narrow(1, start + 1, cols)?;
-                let logp = tempered_logprobs(&logits, &targets, cfg.temperature)?;
-                // The critic reads the policy's features without training them: a shared backbone
-                // let value-loss spikes wreck the language model (measured: KL to SFT 3 → 14 nats).
-                let values = grid(&self.value.forward(&hidden.detach())?)?;
-                let pl = policy_loss(&logp, &old_lp, &adv, m, clip)?;
-                let vl = value_loss(&values, &old_v, &ret, m, cfg.value_clip)?;
-                let loss = (&pl.loss + (&vl.loss * cfg.value_coef)?)?;
-                let mut grads = loss.backward()?;
+                // The minibatch's losses are token means; each micro-batch's share of them is
+                // weighted by its share of the response tokens, so the summed gradient is the
+                // minibatch's own.
+                let tokens: usize = chunk.iter().map(|&i| batch.response_lens[i]).sum();
+                let (mut grads, mut parts) = (None::<GradStore>, Parts::default());
+                for micro in chunk.chunks(cfg.micro_batch_size.unwrap_or(mb).max(1)) {
+                    let share = micro.iter().map(|&i| batch.response_lens[i]).sum::<usize>() as f64 / tokens as f64;
+                    let sub = batch.select(micro)?;
+                    let idx = Tensor::from_vec(
+                        micro.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+                        micro.len(),
+                        &Device::Cpu,
+                    )?;
+                    let pick = |t: &Tensor| t.contiguous()?.index_select(&idx, 0);
+                    // Only grid columns from the shortest prompt's last token on can hold
+                    // response tokens: the vocabulary head (the largest activations by far with
+                    // a real vocabulary) runs on those alone, and every grid quantity is cut to match.
+                    let start = sub.prompt_lens.iter().min().copied().unwrap_or(1) - 1;
+                    let cols = width - 1 - start;
+                    let grid = |t: &Tensor| t.narrow(1, start, cols);
+                    let (m, adv, ret, old_lp, old_v) = (
+                        &grid(&sub.response_mask)?,
+                        grid(&pick(&advantages)?)?,
+                        grid(&pick(&estimates.returns)?)?,
+                        grid(&pick(&old_logp)?)?,
+                        grid(&pick(&old_values)?)?,
+                    );
+                    let hidden = self.policy.hidden_states(&sub.ids, &sub.attention_mask, Kernels::Differentiable)?;
+                    let logits = self.policy.lm_head(&hidden.narrow(1, start, cols)?)?;
+                    let targets = sub.ids.narrow(1, start + 1, cols)?;
+                    let logp = tempered_logprobs(&logits, &targets, cfg.temperature)?;
+                    // The critic reads the policy's features without training them: a shared
+                    // backbone let value-loss spikes wreck the language model (measured: KL to
+                    // SFT 3 → 14 nats).
+                    let values = grid(&self.value.forward(&hidden.detach())?)?;
+                    let pl = policy_loss(&logp, &old_lp, &adv, m, clip)?;
+                    let vl = value_loss(&values, &old_v, &ret, m, cfg.value_clip)?;
+                    let loss = (&pl.loss + (&vl.loss * cfg.value_coef)?)?;
+                    let loss = if micro.len() == chunk.len() { loss } else { (loss * share)? };
+                    let g = loss.backward()?;
+                    match &mut grads {
+                        Some(sum) => sum.extend(g)?,
+                        None => grads = Some(g),
+                    }
+                    if epoch == 0 {
+                        let h = masked_mean(&entropy(&(logits.detach() / cfg.temperature)?)?, m)?;
+                        sums.entropy += h.to_dtype(DType::F64)?.to_scalar::<f64>()? * share * chunk.len() as f64;
+                    }
+                    parts.add(&pl, &vl, share)?;
+                }
+                let mut grads = grads.expect("a minibatch holds a rollout");
                 let norm = match cfg.max_grad_norm {
                     Some(max) => clip_grad_norm(&mut grads, &vars, max)?,
                     None => 0.0,
                 };
                 self.optimizer.step(&grads)?;
-                if epoch == 0 {
-                    let h = masked_mean(&entropy(&(logits.detach() / cfg.temperature)?)?, m)?;
-                    sums.entropy += h.to_dtype(DType::F64)?.to_scalar::<f64>()? * chunk.len() as f64;
-                }
-                sums.add(&pl, &vl, norm)?;
+                sums.add(&parts, norm);
             }
         }
         let kl_coef = cfg.kl.coef();
@@ -265,6 +297,27 @@ impl PpoLearner {
     }
 }
 
+/// One minibatch's losses and clip statistics, its micro-batches' weighted by token share.
+#[derive(Default)]
+struct Parts {
+    policy_loss: f64,
+    value_loss: f64,
+    clip_fraction: f64,
+    value_clip_fraction: f64,
+    approx_kl: f64,
+}
+
+impl Parts {
+    fn add(&mut self, pl: &rlhf_model::PolicyLoss, vl: &rlhf_model::ValueLoss, share: f64) -> Result<()> {
+        self.policy_loss += share * pl.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        self.value_loss += share * vl.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        self.clip_fraction += share * pl.clip_fraction as f64;
+        self.value_clip_fraction += share * vl.clip_fraction as f64;
+        self.approx_kl += share * pl.approx_kl as f64;
+        Ok(())
+    }
+}
+
 #[derive(Default)]
 struct Sums {
     count: usize,
@@ -278,14 +331,13 @@ struct Sums {
 }
 
 impl Sums {
-    fn add(&mut self, pl: &rlhf_model::PolicyLoss, vl: &rlhf_model::ValueLoss, norm: f64) -> Result<()> {
+    fn add(&mut self, minibatch: &Parts, norm: f64) {
         self.count += 1;
-        self.policy_loss += pl.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        self.value_loss += vl.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        self.clip_fraction += pl.clip_fraction as f64;
-        self.value_clip_fraction += vl.clip_fraction as f64;
-        self.approx_kl += pl.approx_kl as f64;
+        self.policy_loss += minibatch.policy_loss;
+        self.value_loss += minibatch.value_loss;
+        self.clip_fraction += minibatch.clip_fraction;
+        self.value_clip_fraction += minibatch.value_clip_fraction;
+        self.approx_kl += minibatch.approx_kl;
         self.grad_norm += norm;
-        Ok(())
     }
 }
