@@ -7,7 +7,7 @@ from pathlib import Path
 
 out = Path(sys.argv[1])
 rows = []
-for run in sorted(p for p in out.iterdir() if (p / "summary.json").exists()):
+for run in sorted(p for p in out.iterdir() if (p / "wall_seconds").exists()):
     s = json.loads((run / "summary.json").read_text())
     c = json.loads((run / "config.json").read_text())
     wall = run / "wall_seconds"
