@@ -34,6 +34,9 @@ fn model_error(e: candle_core::Error) -> Error {
     Error::Model(e.to_string())
 }
 
+/// Rollouts scored at once: bounds the reference's vocabulary logits in memory.
+pub const SCORE_ROWS: usize = 16;
+
 /// Reward model + reference policy, both frozen.
 pub struct RewardScorer {
     reward_model: Llama,
@@ -90,6 +93,16 @@ impl RewardScorer {
 
     /// Scores and reference log-probs for a batch of rollouts.
     pub fn score(&self, rollouts: &[Rollout]) -> Result<Vec<ScoredRollout>> {
+        let mut out = Vec::with_capacity(rollouts.len());
+        // A part at a time: the reference's vocabulary logits of a whole evaluation (400 answers
+        // of a 49k-token vocabulary) would take gigabytes.
+        for part in rollouts.chunks(SCORE_ROWS) {
+            out.extend(self.score_part(part)?);
+        }
+        Ok(out)
+    }
+
+    fn score_part(&self, rollouts: &[Rollout]) -> Result<Vec<ScoredRollout>> {
         if rollouts.is_empty() {
             return Ok(vec![]);
         }
@@ -97,21 +110,30 @@ impl RewardScorer {
             rollouts.iter().map(|r| (r.prompt_tokens.as_slice(), r.response_tokens.as_slice())).collect();
         let raw = self.raw_scores(&rows)?;
         let batch = SequenceBatch::new(&rows, self.pad_id, &Device::Cpu).map_err(model_error)?;
-        let logits = self.reference.forward(&batch.ids, &batch.attention_mask, Kernels::Fused).map_err(model_error)?;
+        let hidden =
+            self.reference.hidden_states(&batch.ids, &batch.attention_mask, Kernels::Fused).map_err(model_error)?;
+        // Only grid columns from the shortest prompt's last token on hold response tokens.
         let width = batch.ids.dim(1).map_err(model_error)?;
-        let logits = logits.narrow(1, 0, width - 1).map_err(model_error)?;
-        let targets = batch.ids.narrow(1, 1, width - 1).map_err(model_error)?;
-        let logp = tempered_logprobs(&logits, &targets, self.temperature).map_err(model_error)?;
-        let reference = batch.from_grid(&logp).map_err(model_error)?;
+        let start = batch.prompt_lens.iter().min().copied().unwrap_or(1) - 1;
+        let cols = width - 1 - start;
+        let logits =
+            self.reference.lm_head(&hidden.narrow(1, start, cols).map_err(model_error)?).map_err(model_error)?;
+        let targets = batch.ids.narrow(1, start + 1, cols).map_err(model_error)?;
+        let logp = tempered_logprobs(&logits, &targets, self.temperature)
+            .and_then(|t| t.to_dtype(DType::F32)?.to_vec2::<f32>())
+            .map_err(model_error)?;
         let (mean, std) = self.normaliser;
         rollouts
             .iter()
             .zip(raw)
-            .zip(reference)
-            .map(|((rollout, raw), reference_logprobs)| {
+            .zip(logp)
+            .enumerate()
+            .map(|(b, ((rollout, raw), row))| {
                 if !raw.is_finite() {
                     return Err(Error::NonFinite(rollout.rollout_id.clone()));
                 }
+                let from = batch.prompt_lens[b] - 1 - start;
+                let reference_logprobs = row[from..from + batch.response_lens[b]].to_vec();
                 Ok(ScoredRollout { rollout: rollout.clone(), score: (raw - mean) / std, reference_logprobs })
             })
             .collect()

@@ -74,3 +74,35 @@ fn a_non_finite_score_publishes_nothing_and_keeps_the_rollouts_pending() {
     assert_eq!(scored.ready().unwrap(), 0);
     assert_eq!(raw.pending().unwrap(), 1, "the rollout is not acknowledged, so another scorer can retry it");
 }
+
+#[test]
+fn every_row_of_a_large_batch_gets_its_own_reference_logprobs_and_score() {
+    let (rm_cfg, rm) = model(1, true);
+    let (ref_cfg, reference) = model(2, false);
+    let scorer = RewardScorer::new(&rm_cfg, rm, &ref_cfg, reference.clone(), 0).unwrap();
+    // More rows than one part, prompts of 2 to 5 tokens (none of 1: the reference's logits start
+    // past column 0), responses of 1 to 4.
+    let rollouts: Vec<Rollout> = (0..SCORE_ROWS as u32 + 5)
+        .map(|i| {
+            let prompt = (0..2 + i % 4).map(|t| 1 + (t + i) % 19).collect();
+            let response = (0..1 + (i * 7) % 4).map(|t| 1 + (3 * t + i) % 19).collect();
+            rollout(&format!("r{i}"), prompt, response)
+        })
+        .collect();
+    let scored = scorer.score(&rollouts).unwrap();
+    let ref_model =
+        Llama::new(&ref_cfg, candle_nn::VarBuilder::from_tensors(reference, DType::F32, &Device::Cpu)).unwrap();
+    for (r, s) in rollouts.iter().zip(&scored) {
+        let ids: Vec<u32> = r.prompt_tokens.iter().chain(&r.response_tokens).copied().collect();
+        let ids = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let logits = ref_model.forward(&ids, &ids.ones_like().unwrap(), Kernels::Fused).unwrap();
+        let all: Vec<f32> = next_token_logprobs(&logits, &ids).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let want = &all[r.prompt_tokens.len() - 1..];
+        assert_eq!(s.reference_logprobs.len(), want.len(), "{}", r.rollout_id);
+        for (got, want) in s.reference_logprobs.iter().zip(want) {
+            assert!((got - want).abs() < 1e-5, "{}: {got} vs {want}", r.rollout_id);
+        }
+        let alone = scorer.score(std::slice::from_ref(r)).unwrap();
+        assert!((alone[0].score - s.score).abs() < 1e-5, "{}", r.rollout_id);
+    }
+}
