@@ -34,8 +34,9 @@ pub struct WorldConfig {
     pub phrasing: Option<Phrasing>,
     /// Share of prompts held out from every stage's training: the run's figures are measured on them.
     pub held_out: f64,
-    /// Share of prompts kept from training to choose PPO's checkpoint by (gold win rate against
-    /// the SFT model); the held-out prompts are never used to choose.
+    /// Share of prompts, drawn from the training prompts, on which the gold win rate against the
+    /// SFT model chooses PPO's checkpoint (PPO itself never sees the gold preference); the
+    /// held-out prompts the run reports on are never used to choose. 0: the last step is the result.
     pub validation: f64,
     /// SFT responses per training prompt.
     pub sft_responses_per_prompt: usize,
@@ -262,8 +263,8 @@ impl PipelineConfig {
         if !(0.0..0.9).contains(&self.world.held_out) {
             return fail("world.held_out must be in [0, 0.9)");
         }
-        if !(0.0..0.5).contains(&self.world.validation) {
-            return fail("world.validation must be in [0, 0.5)");
+        if !(0.0..=0.5).contains(&self.world.validation) {
+            return fail("world.validation must be in [0, 0.5]");
         }
         if self.collect.rounds == Some(0) {
             return fail("collect.rounds must be at least 1");

@@ -47,7 +47,14 @@ pub struct Sample {
     pub answer_type: String,
 }
 
-/// Evaluates policies on one split's prompts against fixed SFT responses.
+/// Which prompts an [`Evaluator`] asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvalSet {
+    HeldOut,
+    Validation,
+}
+
+/// Evaluates policies on one set of prompts against fixed SFT responses.
 #[derive(Debug)]
 pub struct Evaluator {
     prompts: Vec<Prompt>,
@@ -58,17 +65,19 @@ pub struct Evaluator {
 impl Evaluator {
     /// Samples the SFT model's responses once; every later evaluation uses the same seed, so
     /// policy and baseline share their random numbers and only the weights differ.
-    /// Evaluation on [`Split::HeldOut`] (the run's figures) or [`Split::Validation`] (the choice
-    /// of checkpoint); `None` when the split holds no prompts.
-    pub fn new(task: &Task, config: &PipelineConfig, sft: &PolicyGenerator, split: Split) -> Result<Option<Self>> {
-        let prompts: Vec<Prompt> = task.prompts(split).into_iter().cloned().collect();
+    ///
+    /// Evaluation on the held-out prompts (the run's figures) or on the validation prompts (the
+    /// choice of checkpoint); `None` when there are no such prompts.
+    pub fn new(task: &Task, config: &PipelineConfig, sft: &PolicyGenerator, on: EvalSet) -> Result<Option<Self>> {
+        let (prompts, request_id, seed): (Vec<Prompt>, _, _) = match on {
+            EvalSet::HeldOut => {
+                (task.prompts(Split::HeldOut).into_iter().cloned().collect(), "eval", config.seed ^ 0xe7a1)
+            }
+            EvalSet::Validation => (task.validation_prompts.clone(), "eval-validation", config.seed ^ 0x7a11),
+        };
         if prompts.is_empty() {
             return Ok(None);
         }
-        let (request_id, seed) = match split {
-            Split::Validation => ("eval-validation", config.seed ^ 0x7a11),
-            _ => ("eval", config.seed ^ 0xe7a1),
-        };
         let request = GenerateRequest {
             request_id: request_id.into(),
             prompts: task.prompt_tokens(&prompts)?,

@@ -26,12 +26,11 @@ use reward_scorer::RewardScorer;
 use rlhf_model::Config;
 use rlhf_queue::{Delivery, EntryId, InProcessQueue, Queue};
 use rlhf_types::{Rollout, ScoredRollout};
-use rlhf_world::Split;
 use serde_json::json;
 
 use crate::collect::sft_generator;
 use crate::config::PipelineConfig;
-use crate::eval::{EvalPoint, Evaluator, check_alarms, final_alarms};
+use crate::eval::{EvalPoint, EvalSet, Evaluator, check_alarms, final_alarms};
 use crate::progress::bar;
 use crate::reward::load_scorer;
 use crate::run_dir::{PpoProgress, PpoResult, RunDir};
@@ -178,9 +177,9 @@ pub fn run_with(
     let task = Task::load(run, config)?;
     let mut state = run.state()?;
     let sft = sft_generator(run, "sft-baseline")?;
-    let reporting = Evaluator::new(&task, config, &sft, Split::HeldOut)?
+    let reporting = Evaluator::new(&task, config, &sft, EvalSet::HeldOut)?
         .ok_or_else(|| Error::Config("PPO is evaluated on held-out prompts: world.held_out must be above 0".into()))?;
-    let validation = Evaluator::new(&task, config, &sft, Split::Validation)?;
+    let validation = Evaluator::new(&task, config, &sft, EvalSet::Validation)?;
     // The evaluators keep the SFT model's answers, not the model: one copy of the weights fewer.
     drop(sft);
 

@@ -41,9 +41,6 @@ pub fn claim_with(fact: &Fact, value: &str) -> String {
 #[serde(rename_all = "snake_case")]
 pub enum Split {
     Train,
-    /// Judged by the gold preference to choose among PPO's checkpoints; no stage trains on it,
-    /// and it is never the split a run reports its figures on.
-    Validation,
     HeldOut,
 }
 
@@ -118,31 +115,6 @@ impl World {
             }
         }
         world
-    }
-
-    /// Moves `share` of all prompts from training to [`Split::Validation`]: one more template of
-    /// as many facts, drawn by `seed` apart from the held-out draw (which stays as it was), and
-    /// never a fact's last training template.
-    pub fn with_validation(mut self, share: f64, seed: u64) -> World {
-        let mut rng = StdRng::seed_from_u64(seed ^ 0x7a11_da7e);
-        let mut by_fact: Vec<usize> = (0..self.facts.len()).collect();
-        by_fact.shuffle(&mut rng);
-        let target = (share * self.prompts.len() as f64).round() as usize;
-        let mut moved = 0;
-        for fact in by_fact {
-            if moved == target {
-                break;
-            }
-            let train: Vec<usize> = (0..self.prompts.len())
-                .filter(|&p| self.prompts[p].fact == fact && self.prompts[p].split == Split::Train)
-                .collect();
-            if train.len() > 1 {
-                let pick = *train.choose(&mut rng).expect("more than one");
-                self.prompts[pick].split = Split::Validation;
-                moved += 1;
-            }
-        }
-        self
     }
 
     /// The question as a person would type it to a pretrained assistant: "What is the capital

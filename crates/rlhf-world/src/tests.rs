@@ -97,23 +97,6 @@ fn the_split_holds_out_prompts_of_facts_seen_in_training() {
 }
 
 #[test]
-fn the_validation_split_comes_from_training_and_leaves_held_out_alone() {
-    let world = world();
-    let with = world.clone().with_validation(0.1, 0);
-    let validation = with.split(Split::Validation);
-    assert_eq!(validation.len(), (0.1 * world.prompts.len() as f64).round() as usize);
-    assert_eq!(with.split(Split::HeldOut), world.split(Split::HeldOut));
-    let train = with.split(Split::Train);
-    assert_eq!(train.len() + validation.len(), world.split(Split::Train).len());
-    for p in &validation {
-        assert!(train.iter().any(|t| t.fact == p.fact), "{} has no training prompt left", p.id);
-        assert_eq!(world.prompt(&p.id).unwrap().split, Split::Train);
-    }
-    assert_eq!(world.clone().with_validation(0.1, 0).prompts, with.prompts);
-    assert_eq!(world.clone().with_validation(0.0, 0).prompts, world.prompts);
-}
-
-#[test]
 fn sft_data_mixes_styles_and_stays_in_the_vocabulary() {
     let world = world();
     let data = sft_data(&world, &StyleMix::default(), 4, &mut StdRng::seed_from_u64(3));

@@ -8,3 +8,4 @@ mod preference_files;
 mod pretrained;
 mod run_lock;
 mod small;
+mod validation;
