@@ -6,6 +6,7 @@ mod collect_resume;
 mod hacking;
 mod preference_files;
 mod pretrained;
+mod recorded_alarms;
 mod run_lock;
 mod small;
 mod validation;
