@@ -244,8 +244,10 @@ pub fn run_with(
         let rollout_seconds = step_started.elapsed().as_secs_f64();
         consumed.extend(deliveries.iter().map(|d| d.id.clone()));
         let stats = learner.train_step(deliveries.into_iter().map(|d| d.item).collect())?;
+        // Generators copy what they are given: this copy goes as soon as it is published.
         let weights = learner.policy_weights()?;
         backend.publish(learner.version(), &weights, learner.model_config(), pad)?;
+        drop(weights);
         backend.observe(&stats);
         let mut record = serde_json::to_value(&stats).map_err(|e| Error::Io(e.to_string()))?;
         record["stage"] = json!("ppo");
@@ -257,7 +259,7 @@ pub fn run_with(
 
         let step = learner.step();
         if step % config.ppo.eval_every as u64 == 0 || step == steps || backend.checkpoint_wanted() {
-            eval_policy.update_weights(learner.version(), weights)?;
+            eval_policy.update_weights(learner.version(), learner.policy_weights()?)?;
             let point = evaluate(step)?;
             run.metric(&eval_record(&point))?;
             evals.push(point);
