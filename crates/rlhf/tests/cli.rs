@@ -87,7 +87,8 @@ fn a_killed_run_resumes_from_its_last_checkpoint() {
         r#"{"model": {"hidden_size": 32, "num_hidden_layers": 1, "intermediate_size": 64},
             "world": {"sft_responses_per_prompt": 2}, "sft": {"epochs": 1},
             "collect": {"rounds": 1, "train_prompts": 24}, "reward_model": {"epochs": 1},
-            "ppo": {"steps": 60, "prompts_per_step": 8, "eval_every": 2, "max_new_tokens": 16}}"#,
+            "ppo": {"steps": 60, "prompts_per_step": 8, "eval_every": 2, "max_new_tokens": 16,
+                    "eval_samples_per_prompt": 4}}"#,
         &[],
         60,
     );

@@ -22,7 +22,8 @@ use tonic_health::pb::health_client::HealthClient;
 const TINY: &str = r#"{"model": {"hidden_size": 32, "num_hidden_layers": 1, "intermediate_size": 64},
     "world": {"sft_responses_per_prompt": 2}, "sft": {"epochs": 1},
     "collect": {"rounds": 1, "train_prompts": 24}, "reward_model": {"epochs": 1},
-    "ppo": {"steps": 6, "prompts_per_step": 16, "eval_every": 3, "max_new_tokens": 16}}"#;
+    "ppo": {"steps": 6, "prompts_per_step": 16, "eval_every": 3, "max_new_tokens": 16,
+            "eval_samples_per_prompt": 4}}"#;
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_rlhf")
