@@ -226,6 +226,10 @@ pub fn run_with(
     if evals.is_empty() {
         evals.push(evaluate(0)?);
         run.metric(&eval_record(&evals[0]))?;
+    }
+    // The chosen policy is written after the evaluation that chose it is recorded; a run that
+    // stopped in between resumes from exactly that policy (`ppo/`), so it is written again here.
+    if selected(&evals) == evals.len() - 1 {
         save_policy(&learner, SELECTED_DIR)?;
     }
 
@@ -268,11 +272,6 @@ pub fn run_with(
                 run.metric(&json!({"stage": "alarm", "step": step, "message": alarm}))?;
                 alarms.push(alarm);
             }
-            // The chosen policy first: a crash between the two saves leaves a checkpoint whose
-            // evaluation is not yet recorded as chosen, never a record without its checkpoint.
-            if selected(&evals) == evals.len() - 1 {
-                save_policy(&learner, SELECTED_DIR)?;
-            }
             save_policy(&learner, "ppo")?;
             state.ppo_progress = Some(PpoProgress {
                 step,
@@ -283,6 +282,9 @@ pub fn run_with(
                 alarms: alarms.clone(),
             });
             run.save_state(&state)?;
+            if selected(&evals) == evals.len() - 1 {
+                save_policy(&learner, SELECTED_DIR)?;
+            }
             backend.acknowledge(std::mem::take(&mut consumed))?;
             backend.checkpointed(&run.path("ppo").display().to_string(), step);
         }

@@ -164,6 +164,10 @@ fn killed_and_resumed(config_json: &str, args: &[&str], steps: u64) {
         serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
     assert!(summary["gold_win_rate_vs_sft"].is_number(), "{summary}");
     assert!(run.join("report.html").exists());
+    // The chosen policy is on disk, chosen among evaluations of both sessions.
+    let chosen = summary["ppo_selected_step"].as_u64().expect("a chosen step");
+    assert!(chosen <= steps && chosen % 2 == 0, "{summary}");
+    assert!(run.join("ppo-selected/model.safetensors").exists());
 }
 
 fn ranking_count(path: &Path) -> u64 {
