@@ -189,6 +189,7 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
     let lr = config.reward_model.learning_rate;
     let mut optimizer = AdamW::new(varmap.all_vars(), ParamsAdamW { lr, weight_decay: 0.0, ..Default::default() })?;
 
+    let vars = varmap.all_vars();
     let per_step = config.reward_model.batch_rankings;
     let total = train.len().div_ceil(per_step) * config.reward_model.epochs;
     let progress = bar(total as u64, "rm");
@@ -225,7 +226,7 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
                     (share * (micro.len() as f64 / group.len() as f64))?
                 };
                 loss += share.to_scalar::<f32>()? as f64;
-                let g = share.backward()?;
+                let g = ppo_learner::grad::var_grads(share.backward()?, &vars);
                 match &mut grads {
                     Some(sum) => sum.extend(g)?,
                     None => grads = Some(g),

@@ -16,7 +16,7 @@ use rlhf_types::ScoredRollout;
 use serde::Serialize;
 
 use crate::config::PpoConfig;
-use crate::grad::clip_grad_norm;
+use crate::grad::{clip_grad_norm, var_grads};
 use crate::{Error, Result};
 
 /// What one step did, for metrics and the reward-hacking monitor.
@@ -247,7 +247,7 @@ impl PpoLearner {
                     let vl = value_loss(&values, &old_v, &ret, m, cfg.value_clip)?;
                     let loss = (&pl.loss + (&vl.loss * cfg.value_coef)?)?;
                     let loss = if micro.len() == chunk.len() { loss } else { (loss * share)? };
-                    let g = loss.backward()?;
+                    let g = var_grads(loss.backward()?, &vars);
                     match &mut grads {
                         Some(sum) => sum.extend(g)?,
                         None => grads = Some(g),

@@ -11,7 +11,7 @@
 
 mod config;
 pub mod fanout;
-mod grad;
+pub mod grad;
 mod learner;
 mod service;
 
