@@ -152,7 +152,16 @@ fn an_instruction_tuned_model_skips_sft_and_goes_through_every_stage_in_plain_en
     assert!(state.ppo.is_some());
     let report = std::fs::read_to_string(run.path("report.html")).unwrap();
     assert!(report.contains("What is") || report.contains("Which") || report.contains("Tell me"), "samples in English");
-    for part in ["Settings of this run", "Noise ceiling", "band 0.25", "band 6", "bar 0.75", "alarm 1.5× SFT"] {
+    for part in [
+        "Settings of this run",
+        "Noise ceiling",
+        "band 0.25",
+        "band 6",
+        "bar 0.75",
+        "alarm 1.25× SFT",
+        "validation (chooses)",
+        "chosen at step",
+    ] {
         assert!(report.contains(part), "the report shows {part:?}");
     }
 }
