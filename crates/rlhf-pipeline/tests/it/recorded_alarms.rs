@@ -1,5 +1,6 @@
 //! The alarm replayed on the evaluation histories of real bundled runs (recorded with
-//! `scripts/sweep.sh` and `rlhf run --length-bias 0.75`, default settings otherwise): with
+//! `scripts/sweep.sh` and `rlhf run --length-bias 0.75`, default settings otherwise; the
+//! `-4samples` ones under the earlier defaults of 60 steps and 4 answers per question): with
 //! annotators who mildly like length it must fire before the run ends, while the harm is
 //! happening; without a bias it must stay quiet at every evaluation of every run.
 
