@@ -165,6 +165,7 @@ pub fn run(service: Service) -> Result<()> {
     };
     match service {
         Service::Generator(args) => runtime.block_on(async {
+            let shutdown = rlhf_rpc::shutdown_signal();
             let listener = tokio::net::TcpListener::bind(args.listen.listen).await?;
             let port = listener.local_addr()?.port();
             let id = args.id.unwrap_or_else(|| format!("generator-{port}"));
@@ -173,7 +174,7 @@ pub fn run(service: Service) -> Result<()> {
                 id,
                 stream_delay: Duration::from_millis(args.stream_delay_ms),
             };
-            policy_generator::run(config, listener, rlhf_rpc::shutdown_signal()).await?;
+            policy_generator::run(config, listener, shutdown).await?;
             Ok(())
         }),
         Service::Scorer(args) => {
@@ -186,24 +187,24 @@ pub fn run(service: Service) -> Result<()> {
                 ..Default::default()
             };
             runtime.block_on(async {
+                let shutdown = rlhf_rpc::shutdown_signal();
                 let listener = tokio::net::TcpListener::bind(args.listen.listen).await?;
                 tracing::info!(addr = %args.listen.listen, "scorer listening");
-                reward_scorer::run(config, load, raw, scored, listener, rlhf_rpc::shutdown_signal())
-                    .await
-                    .map_err(|e| anyhow::anyhow!(e))
+                reward_scorer::run(config, load, raw, scored, listener, shutdown).await.map_err(|e| anyhow::anyhow!(e))
             })
         }
         Service::Preferences(args) => {
             let store = preference_store::SqliteStore::open(&args.db)?;
             let token = std::env::var("RLHF_PREFERENCES_TOKEN").ok().filter(|t| !t.is_empty());
             runtime.block_on(async {
+                let shutdown = rlhf_rpc::shutdown_signal();
                 let listener = tokio::net::TcpListener::bind(args.listen.listen).await?;
                 tracing::info!(addr = %args.listen.listen, db = %args.db.display(), auth = token.is_some(), "preference store listening");
                 preference_store::run(
                     preference_store::PreferenceServiceConfig { token },
                     Box::new(store),
                     listener,
-                    rlhf_rpc::shutdown_signal(),
+                    shutdown,
                 )
                 .await?;
                 Ok(())
