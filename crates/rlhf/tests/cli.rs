@@ -166,7 +166,7 @@ fn killed_and_resumed(config_json: &str, args: &[&str], steps: u64) {
     assert!(run.join("report.html").exists());
     // The chosen policy is on disk, chosen among evaluations of both sessions.
     let chosen = summary["ppo_selected_step"].as_u64().expect("a chosen step");
-    assert!(chosen <= steps && chosen % 2 == 0, "{summary}");
+    assert!(chosen <= steps && chosen.is_multiple_of(2), "{summary}");
     assert!(run.join("ppo-selected/model.safetensors").exists());
 }
 
