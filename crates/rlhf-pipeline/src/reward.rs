@@ -7,9 +7,9 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
+use ppo_learner::grad::GradSum;
 use preference_store::PreferenceStore;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -205,7 +205,7 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
             let width = rows(&group, &prompts).iter().map(|(p, r)| p.len() + r.len()).max().unwrap_or(1);
             let answers = group.iter().map(|r| r.responses.len()).max().unwrap_or(1);
             let per_micro = crate::memory::items_per_micro_batch(&sft.config, group.len(), answers * width, width);
-            let (mut grads, mut loss) = (None::<GradStore>, 0.0);
+            let (mut grads, mut loss) = (GradSum::default(), 0.0);
             for micro in group.chunks(per_micro) {
                 let batch = SequenceBatch::new(&rows(micro, &prompts), task.tokenizer.pad_id, &Device::Cpu)?;
                 let hidden = model.hidden_states(&batch.ids, &batch.attention_mask, Kernels::Differentiable)?;
@@ -226,14 +226,10 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
                     (share * (micro.len() as f64 / group.len() as f64))?
                 };
                 loss += share.to_scalar::<f32>()? as f64;
-                let g = ppo_learner::grad::var_grads(share.backward()?, &vars);
-                match &mut grads {
-                    Some(sum) => sum.extend(g)?,
-                    None => grads = Some(g),
-                }
+                grads.add(&share, &vars)?;
             }
             optimizer.set_learning_rate(crate::sft::learning_rate(lr, step, total));
-            optimizer.step(&grads.expect("a group holds a ranking"))?;
+            optimizer.step(&grads.into_store())?;
             step += 1;
             run.metric(&json!({"stage": "rm", "step": step, "loss": loss}))?;
             progress.set_message(format!("loss {loss:.3}"));

@@ -38,6 +38,27 @@ pub fn var_grads(mut grads: GradStore, vars: &[Var]) -> GradStore {
     kept
 }
 
+/// Gradients summed over the micro-batches of one optimizer step, parameters' alone.
+#[derive(Debug, Default)]
+pub struct GradSum(Option<GradStore>);
+
+impl GradSum {
+    /// Back-propagates `loss` and adds its gradients with respect to `vars`.
+    pub fn add(&mut self, loss: &candle_core::Tensor, vars: &[Var]) -> Result<()> {
+        let grads = var_grads(loss.backward()?, vars);
+        match &mut self.0 {
+            Some(sum) => sum.extend(grads)?,
+            None => self.0 = Some(grads),
+        }
+        Ok(())
+    }
+
+    /// The sum; empty when nothing was added.
+    pub fn into_store(self) -> GradStore {
+        self.0.unwrap_or_default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{Device, Tensor, Var};

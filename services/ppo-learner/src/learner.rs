@@ -2,7 +2,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 use rand::SeedableRng;
@@ -16,7 +15,7 @@ use rlhf_types::ScoredRollout;
 use serde::Serialize;
 
 use crate::config::PpoConfig;
-use crate::grad::{clip_grad_norm, var_grads};
+use crate::grad::{GradSum, clip_grad_norm};
 use crate::{Error, Result};
 
 /// What one step did, for metrics and the reward-hacking monitor.
@@ -212,7 +211,7 @@ impl PpoLearner {
                 // weighted by its share of the response tokens, so the summed gradient is the
                 // minibatch's own.
                 let tokens: usize = chunk.iter().map(|&i| batch.response_lens[i]).sum();
-                let (mut grads, mut parts) = (None::<GradStore>, Parts::default());
+                let (mut grads, mut parts) = (GradSum::default(), Parts::default());
                 for micro in chunk.chunks(cfg.micro_batch_size.unwrap_or(mb).max(1)) {
                     let share = micro.iter().map(|&i| batch.response_lens[i]).sum::<usize>() as f64 / tokens as f64;
                     let sub = batch.select(micro)?;
@@ -247,18 +246,14 @@ impl PpoLearner {
                     let vl = value_loss(&values, &old_v, &ret, m, cfg.value_clip)?;
                     let loss = (&pl.loss + (&vl.loss * cfg.value_coef)?)?;
                     let loss = if micro.len() == chunk.len() { loss } else { (loss * share)? };
-                    let g = var_grads(loss.backward()?, &vars);
-                    match &mut grads {
-                        Some(sum) => sum.extend(g)?,
-                        None => grads = Some(g),
-                    }
+                    grads.add(&loss, &vars)?;
                     if epoch == 0 {
                         let h = masked_mean(&entropy(&(logits.detach() / cfg.temperature)?)?, m)?;
                         sums.entropy += h.to_dtype(DType::F64)?.to_scalar::<f64>()? * share * chunk.len() as f64;
                     }
                     parts.add(&pl, &vl, share)?;
                 }
-                let mut grads = grads.expect("a minibatch holds a rollout");
+                let mut grads = grads.into_store();
                 let norm = match cfg.max_grad_norm {
                     Some(max) => clip_grad_norm(&mut grads, &vars, max)?,
                     None => 0.0,
