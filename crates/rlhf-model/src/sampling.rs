@@ -19,26 +19,7 @@ use rand::{Rng, SeedableRng};
 use crate::llama::{Kernels, KvCache, Llama};
 use crate::padding;
 
-/// How logits become tokens.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SamplingParams {
-    /// Softmax temperature; `0.0` decodes greedily.
-    pub temperature: f64,
-    /// Keep only the `k` most likely tokens (`None`: all).
-    pub top_k: Option<usize>,
-    /// Keep the smallest set of most likely tokens whose probability reaches `top_p` (`1.0`: all).
-    pub top_p: f64,
-    pub max_new_tokens: usize,
-    /// A response ends after any of these tokens; the stop token is part of the response.
-    pub stop_tokens: Vec<u32>,
-    pub seed: u64,
-}
-
-impl Default for SamplingParams {
-    fn default() -> Self {
-        SamplingParams { temperature: 1.0, top_k: None, top_p: 1.0, max_new_tokens: 64, stop_tokens: vec![], seed: 0 }
-    }
-}
+pub use rlhf_types::SamplingParams;
 
 /// One sampled response.
 #[derive(Debug, Clone, PartialEq)]

@@ -8,11 +8,12 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use policy_generator::{GenerateRequest, PolicyGenerator};
+use policy_generator::PolicyGenerator;
 use preference_store::{PreferenceStore, SqliteStore};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use rlhf_types::GenerateRequest;
 use rlhf_types::Rollout;
 use rlhf_types::{RankedResponse, Ranking};
 use rlhf_world::{Annotator, Prompt, Split};
@@ -155,7 +156,7 @@ fn submit_rankings(
                 .iter()
                 .map(|r| {
                     let tokens = r.response_tokens.clone();
-                    Ok(RankedResponse { response_id: r.rollout_id.clone(), text: task.decode(&tokens)?, tokens })
+                    Ok(RankedResponse { response_id: r.rollout_id.to_string(), text: task.decode(&tokens)?, tokens })
                 })
                 .collect::<Result<_>>()?;
             let annotator = &annotators[fnv(&id) as usize % annotators.len()];

@@ -7,8 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use policy_generator::{GenerateRequest, PolicyGenerator};
+use policy_generator::PolicyGenerator;
 use reward_scorer::RewardScorer;
+use rlhf_types::GenerateRequest;
 use rlhf_world::gold::{self, AnswerType};
 use rlhf_world::{Prompt, Split};
 use serde::{Deserialize, Serialize};

@@ -7,7 +7,7 @@
 //! - [`run_dir`]: the run directory: checkpoints, state, metrics, report.
 //! - [`task`]: the bundled assistant world, its tokenizer and the chat format.
 //! - [`sft`], [`collect`], [`reward`], [`ppo`]: the stages; each reads and writes the run directory.
-//! - [`cluster`]: the PPO stage's distributed backend (generator replicas, Redis streams).
+//! - [`cluster`]: the stages of a distributed run, over the replicas, Redis and the services.
 //! - [`preference_files`]: importing and exporting preference data in TRL's JSON Lines formats.
 //! - [`eval`]: held-out evaluation against the gold preference, and the reward-hacking alarm.
 //! - [`report`]: `report.html` (with SVG plots) and `summary.json`.
@@ -62,8 +62,6 @@ pub enum Error {
     Learner(#[from] ppo_learner::Error),
     #[error(transparent)]
     Queue(#[from] rlhf_queue::Error),
-    #[error(transparent)]
-    Fanout(#[from] ppo_learner::FanoutError),
     #[error("{0}")]
     Io(String),
 }

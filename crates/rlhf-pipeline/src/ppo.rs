@@ -9,23 +9,27 @@
 //! acknowledges the queue entries those steps consumed, so a crash between checkpoints loses no
 //! rollout that the checkpoint does not already account for.
 //!
-//! - [`Embedded`]: one process: an in-process generator, scorer and queues.
-//! - `crate::cluster::ClusterBackend`: generator replicas over gRPC, Redis streams, a scorer service.
+//! - [`ppo_learner::Embedded`] with [`LocalReplica`] and [`LocalJudges`]: one process, an
+//!   in-process generator, scorer and queues.
+//! - [`ppo_learner::ClusterBackend`]: generator replicas over gRPC, Redis streams, a scorer
+//!   service (see `crate::cluster`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use candle_core::Tensor;
-use policy_generator::{GenerateRequest, PolicyGenerator};
-use ppo_learner::{PpoLearner, StepStats};
+use policy_generator::PolicyGenerator;
+use ppo_learner::{
+    Embedded, LocalError, LocalGenerator, LocalScorer, PpoLearner, RolloutBackend, RolloutMode, StatusBoard,
+};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use reward_scorer::RewardScorer;
 use rlhf_model::Config;
-use rlhf_queue::{Delivery, EntryId, InProcessQueue, Queue};
-use rlhf_types::{Rollout, ScoredRollout};
+use rlhf_queue::{EntryId, Queue};
+use rlhf_types::{GenerateRequest, Rollout, ScoredRollout};
 use serde_json::json;
 
 use crate::collect::sft_generator;
@@ -38,85 +42,52 @@ use crate::task::Task;
 use crate::{Error, Result};
 use rlhf_data::{ModelKind, SaveOptions, varmap_tensors};
 
-/// Where a PPO step's rollouts come from and where new policy versions go.
-pub trait RolloutBackend {
-    /// Prompts per generation request; a step's prompts are cut into requests of this size.
-    fn prompts_per_request(&self) -> usize;
-    /// Makes `version` (these weights) the one the generators serve.
-    fn publish(&mut self, version: u64, weights: &HashMap<String, Tensor>, config: &Config, pad_id: u32) -> Result<()>;
-    /// The scored rollouts of `requests`, sampled by policy `version`: each rollout exactly once.
-    fn rollouts(&mut self, version: u64, requests: Vec<GenerateRequest>) -> Result<Vec<Delivery<ScoredRollout>>>;
-    /// Releases queue entries consumed by steps that are now checkpointed.
-    fn acknowledge(&mut self, ids: Vec<EntryId>) -> Result<()>;
-    /// Sees every step's statistics (the distributed learner reports them over gRPC).
-    fn observe(&mut self, _stats: &StepStats) {}
-    /// True when someone asked for a checkpoint after this step.
-    fn checkpoint_wanted(&mut self) -> bool {
-        false
-    }
-    /// A checkpoint of `step` was written to `path`.
-    fn checkpointed(&mut self, _path: &str, _step: u64) {}
-}
+/// The one-process generator: a [`PolicyGenerator`] built on the first publish.
+#[derive(Debug, Default)]
+pub struct LocalReplica(Option<PolicyGenerator>);
 
-/// The one-process backend: an in-process generator and scorer, in-process queues.
-pub struct Embedded {
-    scorer: Arc<RewardScorer>,
-    generator: Option<PolicyGenerator>,
-    raw: InProcessQueue<Rollout>,
-    scored: InProcessQueue<ScoredRollout>,
-}
-
-impl std::fmt::Debug for Embedded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Embedded").finish_non_exhaustive()
-    }
-}
-
-impl Embedded {
-    pub fn new(scorer: Arc<RewardScorer>) -> Self {
-        Embedded {
-            scorer,
-            generator: None,
-            raw: InProcessQueue::new("rollouts"),
-            scored: InProcessQueue::new("scored"),
-        }
-    }
-}
-
-impl RolloutBackend for Embedded {
-    fn prompts_per_request(&self) -> usize {
-        usize::MAX
-    }
-
-    fn publish(&mut self, version: u64, weights: &HashMap<String, Tensor>, config: &Config, pad_id: u32) -> Result<()> {
-        match &self.generator {
+impl LocalGenerator for LocalReplica {
+    fn serve(
+        &mut self,
+        version: u64,
+        weights: &HashMap<String, Tensor>,
+        config: &Config,
+        pad_id: u32,
+    ) -> std::result::Result<(), LocalError> {
+        match &self.0 {
             Some(g) => g.update_weights(version, weights.clone())?,
             None => {
-                self.generator =
-                    Some(PolicyGenerator::new("generator-0", config.clone(), pad_id, weights.clone(), version)?)
+                self.0 = Some(PolicyGenerator::new("generator-0", config.clone(), pad_id, weights.clone(), version)?)
             }
         }
         Ok(())
     }
 
-    fn rollouts(&mut self, _version: u64, requests: Vec<GenerateRequest>) -> Result<Vec<Delivery<ScoredRollout>>> {
-        let generator = self.generator.as_ref().ok_or_else(|| Error::Io("no policy published yet".into()))?;
-        for request in &requests {
-            self.raw.push(generator.generate(request)?)?;
-        }
-        self.scorer.drain("scorer-0", &self.raw, &self.scored, usize::MAX)?;
-        Ok(self.scored.pop("learner", usize::MAX, Duration::ZERO)?)
+    fn generate(&self, request: &GenerateRequest) -> std::result::Result<Vec<Rollout>, LocalError> {
+        Ok(self.0.as_ref().ok_or("no policy published yet")?.generate(request)?)
     }
+}
 
-    fn acknowledge(&mut self, ids: Vec<EntryId>) -> Result<()> {
-        Ok(self.scored.ack(&ids)?)
+/// The one-process scorer.
+#[derive(Debug)]
+pub struct LocalJudges(pub Arc<RewardScorer>);
+
+impl LocalScorer for LocalJudges {
+    fn drain(
+        &self,
+        consumer: &str,
+        raw: &dyn Queue<Rollout>,
+        scored: &dyn Queue<ScoredRollout>,
+    ) -> std::result::Result<usize, LocalError> {
+        Ok(self.0.drain(consumer, raw, scored, usize::MAX)?)
     }
 }
 
 /// Runs the PPO stage in one process.
 pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<PpoResult> {
     let scorer = Arc::new(prepared_scorer(run, config)?);
-    run_with(run, config, scorer.clone(), &mut Embedded::new(scorer))
+    let mut backend = Embedded::new(LocalReplica::default(), LocalJudges(scorer.clone()));
+    run_with(run, config, scorer, &mut backend, &StatusBoard::default())
 }
 
 /// The reward model and reference policy, normalised and tempered as this run needs them.
@@ -128,16 +99,20 @@ pub fn prepared_scorer(run: &RunDir, config: &PipelineConfig) -> Result<RewardSc
     Ok(scorer)
 }
 
-/// One step's generation requests: the step's prompts cut into requests of at most `per_request`
-/// prompts, each with its own seed, so a retried request reproduces its rollout ids. With one
-/// request, the id and seed are those the embedded run has always used.
+/// One step's generation requests, cut as `mode` asks: each request has its own seed, so a
+/// retried request reproduces its rollout ids; `id_suffix` names the learner incarnation.
+/// With one request, the id and seed are those the embedded run has always used.
 pub fn step_requests(
     task: &Task,
     config: &PipelineConfig,
     step: u64,
-    per_request: usize,
+    mode: RolloutMode,
     id_suffix: &str,
 ) -> Result<Vec<GenerateRequest>> {
+    let per_request = match mode {
+        RolloutMode::OneProcess => usize::MAX,
+        RolloutMode::Distributed { prompts_per_request } => prompts_per_request,
+    };
     let mut rng = StdRng::seed_from_u64(config.seed ^ 0x5eed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let picked: Vec<_> = task.rollout_prompts.choose_multiple(&mut rng, config.ppo.prompts_per_step).collect();
     let seed = rng.random::<u64>();
@@ -166,12 +141,15 @@ pub fn step_requests(
         .collect()
 }
 
-/// Runs (or resumes) the PPO stage with rollouts from `backend`; `scorer` serves evaluation.
+/// Runs (or resumes) the PPO stage with rollouts from `backend`; `scorer` serves evaluation;
+/// every step is reported to `board` (the distributed learner serves it over gRPC) and a
+/// checkpoint asked for there is written after the current step.
 pub fn run_with(
     run: &RunDir,
     config: &PipelineConfig,
     scorer: Arc<RewardScorer>,
     backend: &mut dyn RolloutBackend,
+    board: &StatusBoard,
 ) -> Result<PpoResult> {
     let start = Instant::now();
     let task = Task::load(run, config)?;
@@ -234,16 +212,19 @@ pub fn run_with(
     }
 
     let steps = config.ppo.steps as u64;
-    let per_request = backend.prompts_per_request();
+    let mode = backend.mode();
     // Rollout ids of a distributed run name this learner's incarnation, so entries left in the
     // streams by an earlier, crashed incarnation never pass for this one's.
-    let suffix = if per_request == usize::MAX { String::new() } else { format!("@{:08x}", rand::random::<u32>()) };
+    let suffix = match mode {
+        RolloutMode::OneProcess => String::new(),
+        RolloutMode::Distributed { .. } => format!("@{:08x}", rand::random::<u32>()),
+    };
     let progress = bar(steps, "ppo");
     progress.set_position(learner.step());
     let mut consumed: Vec<EntryId> = vec![];
     while learner.step() < steps {
         let step_started = Instant::now();
-        let requests = step_requests(&task, config, learner.step(), per_request, &suffix)?;
+        let requests = step_requests(&task, config, learner.step(), mode, &suffix)?;
         let deliveries = backend.rollouts(learner.version(), requests)?;
         let rollout_seconds = step_started.elapsed().as_secs_f64();
         consumed.extend(deliveries.iter().map(|d| d.id.clone()));
@@ -252,7 +233,7 @@ pub fn run_with(
         let weights = learner.policy_weights()?;
         backend.publish(learner.version(), &weights, learner.model_config(), pad)?;
         drop(weights);
-        backend.observe(&stats);
+        board.record(&stats);
         let mut record = serde_json::to_value(&stats).map_err(|e| Error::Io(e.to_string()))?;
         record["stage"] = json!("ppo");
         record["rollout_seconds"] = json!(rollout_seconds);
@@ -262,7 +243,7 @@ pub fn run_with(
         progress.inc(1);
 
         let step = learner.step();
-        if step % config.ppo.eval_every as u64 == 0 || step == steps || backend.checkpoint_wanted() {
+        if step % config.ppo.eval_every as u64 == 0 || step == steps || board.checkpoint_wanted() {
             eval_policy.update_weights(learner.version(), learner.policy_weights()?)?;
             let point = evaluate(step)?;
             run.metric(&eval_record(&point))?;
@@ -286,7 +267,7 @@ pub fn run_with(
                 save_policy(&learner, SELECTED_DIR)?;
             }
             backend.acknowledge(std::mem::take(&mut consumed))?;
-            backend.checkpointed(&run.path("ppo").display().to_string(), step);
+            board.checkpointed(&run.path("ppo").display().to_string(), step);
         }
     }
     progress.finish_and_clear();

@@ -135,6 +135,27 @@ impl RunDir {
         Ok(RunDir { root: root.to_path_buf() })
     }
 
+    /// The run at `root`, or a new one with the config file `config` (the default config when
+    /// `None`). A config for a directory that already holds a run is refused: the run keeps its
+    /// own.
+    pub fn open_or_create(root: &Path, config: Option<&Path>) -> Result<Self> {
+        if root.join("config.json").exists() {
+            if config.is_some() {
+                return Err(Error::RunDir(format!(
+                    "{} already holds a run with its own config; drop --config",
+                    root.display()
+                )));
+            }
+            return RunDir::open(root);
+        }
+        let config = match config {
+            Some(path) => PipelineConfig::load(path)?,
+            None => PipelineConfig::default(),
+        };
+        config.validate()?;
+        RunDir::create(root, &config)
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

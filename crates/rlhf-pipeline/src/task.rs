@@ -6,12 +6,12 @@
 //! directory (`tokenizer/`: `tokenizer.json`, `tokenizer_config.json`, `chat_template.jinja`) and
 //! every stage encodes through its chat template.
 
-use policy_generator::PromptTokens;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rlhf_data::ChatTokenizer;
 use rlhf_model::{Config, SamplingParams};
+use rlhf_types::PromptTokens;
 use rlhf_world::{Prompt, Split, World};
 
 use crate::config::PipelineConfig;

@@ -1,7 +1,9 @@
 //! Wire messages ↔ domain types. Decoding checks what the type system cannot: lengths that must
 //! agree, a ranking's order fitting in memory, non-finite floats.
 
-use rlhf_types::{Pair, RankedResponse, Ranking, Rollout, ScoredRollout};
+use rlhf_types::{
+    GenerateRequest, Pair, PromptTokens, RankedResponse, Ranking, Rollout, SamplingParams, ScoredRollout,
+};
 
 use crate::v1;
 
@@ -20,7 +22,7 @@ fn invalid(message: &'static str, reason: impl Into<String>) -> InvalidMessage {
 impl From<Rollout> for v1::Rollout {
     fn from(r: Rollout) -> Self {
         v1::Rollout {
-            rollout_id: r.rollout_id,
+            rollout_id: r.rollout_id.0,
             prompt_id: r.prompt_id,
             prompt_token_ids: r.prompt_tokens,
             response_token_ids: r.response_tokens,
@@ -54,7 +56,7 @@ impl TryFrom<v1::Rollout> for Rollout {
             return Err(invalid("rollout", format!("{}: non-finite behaviour log-prob", r.rollout_id)));
         }
         Ok(Rollout {
-            rollout_id: r.rollout_id,
+            rollout_id: r.rollout_id.into(),
             prompt_id: r.prompt_id,
             prompt_tokens: r.prompt_token_ids,
             response_tokens: r.response_token_ids,
@@ -121,5 +123,53 @@ pub fn pair_to_proto(p: Pair, prompt_text: String) -> v1::PreferencePair {
         rejected: Some(p.rejected.into()),
         pairs_in_ranking: p.pairs_in_ranking as u32,
         prompt_text,
+    }
+}
+
+impl From<&SamplingParams> for v1::SamplingParams {
+    fn from(s: &SamplingParams) -> Self {
+        v1::SamplingParams {
+            temperature: s.temperature as f32,
+            top_k: s.top_k.unwrap_or(0) as u32,
+            top_p: s.top_p as f32,
+            max_new_tokens: s.max_new_tokens as u32,
+            stop_token_ids: s.stop_tokens.clone(),
+            seed: s.seed,
+        }
+    }
+}
+
+/// `top_p` 0 (unset on the wire) means no filter, like 1.
+impl From<v1::SamplingParams> for SamplingParams {
+    fn from(s: v1::SamplingParams) -> Self {
+        SamplingParams {
+            temperature: f64::from(s.temperature),
+            top_k: (s.top_k > 0).then_some(s.top_k as usize),
+            top_p: if s.top_p > 0.0 && s.top_p < 1.0 { f64::from(s.top_p) } else { 1.0 },
+            max_new_tokens: s.max_new_tokens as usize,
+            stop_tokens: s.stop_token_ids,
+            seed: s.seed,
+        }
+    }
+}
+
+/// The wire form of `r`, to be served by a replica on `min_policy_version` or later.
+pub fn request_to_proto(r: &GenerateRequest, min_policy_version: u64) -> v1::GenerateRequest {
+    v1::GenerateRequest {
+        request_id: r.request_id.clone(),
+        prompts: r
+            .prompts
+            .iter()
+            .map(|p| v1::Prompt { prompt_id: p.prompt_id.clone(), text: String::new(), token_ids: p.tokens.clone() })
+            .collect(),
+        sampling: Some((&r.sampling).into()),
+        samples_per_prompt: r.samples_per_prompt as u32,
+        min_policy_version,
+    }
+}
+
+impl From<v1::Prompt> for PromptTokens {
+    fn from(p: v1::Prompt) -> Self {
+        PromptTokens { prompt_id: p.prompt_id, tokens: p.token_ids }
     }
 }

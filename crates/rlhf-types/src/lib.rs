@@ -2,7 +2,10 @@
 //! generator, the reward scorer, the preference store and the learner.
 //!
 //! # Layout
-//! - [`Rollout`] / [`ScoredRollout`]: one sampled response on its way to the learner.
+//! - [`GenerateRequest`] ([`PromptTokens`], [`SamplingParams`]): what the learner asks a
+//!   generator replica for.
+//! - [`Rollout`] / [`ScoredRollout`]: one sampled response on its way to the learner, named by
+//!   its [`RolloutId`].
 //! - [`Ranking`] / [`Pair`]: a K-way human (or simulated) ranking, stored whole, and the pairs
 //!   derived from it.
 //!
@@ -11,11 +14,15 @@
 
 use serde::{Deserialize, Serialize};
 
+mod generation;
+
+pub use generation::{GenerateRequest, PromptTokens, RolloutId, SamplingParams};
+
 /// One sampled response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rollout {
     /// Unique; the learner deduplicates on it.
-    pub rollout_id: String,
+    pub rollout_id: RolloutId,
     pub prompt_id: String,
     pub prompt_tokens: Vec<u32>,
     pub response_tokens: Vec<u32>,

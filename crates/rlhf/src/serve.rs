@@ -7,10 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use rlhf_pipeline::cluster::{ClusterBackend, ClusterConfig};
-use rlhf_pipeline::{PipelineConfig, RunDir};
+use rlhf_pipeline::RunDir;
 use rlhf_queue::{Queue, RedisQueue, RedisQueueOptions};
 use rlhf_types::{Rollout, ScoredRollout};
 
@@ -195,7 +194,7 @@ pub fn run(service: Service) -> Result<()> {
         }
         Service::Preferences(args) => {
             let store = preference_store::SqliteStore::open(&args.db)?;
-            let token = std::env::var("RLHF_PREFERENCES_TOKEN").ok().filter(|t| !t.is_empty());
+            let token = preferences_token();
             runtime.block_on(async {
                 let shutdown = rlhf_rpc::shutdown_signal();
                 let listener = tokio::net::TcpListener::bind(args.listen.listen).await?;
@@ -210,7 +209,7 @@ pub fn run(service: Service) -> Result<()> {
                 Ok(())
             })
         }
-        Service::Learner(args) => run_learner(args, &runtime),
+        Service::Learner(args) => run_learner(args),
     }
 }
 
@@ -243,105 +242,39 @@ fn load_scorer_when_ready(run_dir: &std::path::Path) -> std::result::Result<rewa
     }
 }
 
-fn run_learner(args: LearnerArgs, runtime: &tokio::runtime::Runtime) -> Result<()> {
-    let run = if args.run_dir.join("config.json").exists() {
-        if args.config.is_some() {
-            bail!("{} already holds a run with its own config; drop --config", args.run_dir.display());
-        }
-        RunDir::open(&args.run_dir)?
-    } else {
-        let config = match &args.config {
-            Some(path) => PipelineConfig::load(path)?,
-            None => PipelineConfig::default(),
-        };
-        config.validate()?;
-        RunDir::create(&args.run_dir, &config)?
-    };
+fn run_learner(args: LearnerArgs) -> Result<()> {
+    let run = RunDir::open_or_create(&args.run_dir, args.config.as_deref())?;
     let _lock = run.lock()?;
     let (raw, scored) = args.streams.open()?;
-    let cluster = ClusterConfig {
-        fanout: ppo_learner::FanoutConfig {
-            in_flight_per_replica: args.in_flight.max(1),
-            deadline: Duration::from_secs(args.deadline_secs),
-            ..Default::default()
-        },
-        prompts_per_request: args.prompts_per_request.max(1),
-        max_staleness: args.max_staleness,
-        ..Default::default()
-    };
-    let mut backend = ClusterBackend::new(&args.generators, raw, scored, cluster)?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let listener = runtime.block_on(tokio::net::TcpListener::bind(args.listen.listen))?;
-    tracing::info!(addr = %args.listen.listen, run = %run.root().display(), "learner listening");
-    let server = runtime.spawn(ppo_learner::run(backend.board(), listener, async {
-        let _ = stopped.await;
-    }));
     let store = match &args.preferences {
-        Some(url) => {
-            let token = std::env::var("RLHF_PREFERENCES_TOKEN").ok().filter(|t| !t.is_empty());
-            Some(preference_store::RemoteStore::connect(url, token)?)
-        }
+        Some(url) => Some(preference_store::RemoteStore::connect(url, preferences_token())?),
         None => None,
     };
-    let mut stages = ClusterStages { backend: &mut backend, store };
-    let outcome = rlhf_pipeline::run_all_with(&run, &mut stages);
-    let _ = stop.send(());
-    let _ = runtime.block_on(server);
-    outcome?;
+    let options = ppo_learner::LearnerOptions {
+        generators: args.generators,
+        cluster: ppo_learner::ClusterConfig {
+            fanout: ppo_learner::FanoutConfig {
+                in_flight_per_replica: args.in_flight.max(1),
+                deadline: Duration::from_secs(args.deadline_secs),
+                ..Default::default()
+            },
+            prompts_per_request: args.prompts_per_request.max(1),
+            max_staleness: args.max_staleness,
+            ..Default::default()
+        },
+    };
+    let listener = std::net::TcpListener::bind(args.listen.listen)?;
+    tracing::info!(addr = %args.listen.listen, run = %run.root().display(), "learner listening");
+    ppo_learner::serve(listener, options, raw, scored, |backend, board| {
+        rlhf_pipeline::cluster::run_stages(&run, backend, board, store)
+    })??;
     let summary = rlhf_pipeline::report::summary(&run)?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     println!("report: {}", run.path("report.html").display());
     Ok(())
 }
 
-/// The learner's stages over the services: collection samples on the generator replicas and
-/// submits to the preference service, the reward model reads the rankings back from it, and
-/// PPO goes through the replicas, Redis and the scorer.
-struct ClusterStages<'a> {
-    backend: &'a mut ClusterBackend,
-    store: Option<preference_store::RemoteStore>,
-}
-
-impl rlhf_pipeline::StageBackends for ClusterStages<'_> {
-    fn collect(
-        &mut self,
-        run: &RunDir,
-        config: &PipelineConfig,
-    ) -> rlhf_pipeline::Result<rlhf_pipeline::run_dir::CollectResult> {
-        // The replicas serve the SFT policy as version 0 while they collect.
-        let sft = rlhf_data::load_checkpoint(&run.path("sft"))?;
-        rlhf_pipeline::ppo::RolloutBackend::publish(self.backend, 0, &sft.tensors, &sft.config, sft.tokenizer.pad_id)?;
-        let backend = &mut *self.backend;
-        let mut sample = |requests: &[policy_generator::GenerateRequest]| backend.generate_batch(requests);
-        match &mut self.store {
-            Some(store) => rlhf_pipeline::collect::run_with(run, config, &mut sample, store),
-            None => {
-                let task = rlhf_pipeline::task::Task::load(run, config)?;
-                let mut store = rlhf_pipeline::collect::open_store(run, &task)?;
-                rlhf_pipeline::collect::run_with(run, config, &mut sample, &mut store)
-            }
-        }
-    }
-
-    fn reward_model(
-        &mut self,
-        run: &RunDir,
-        config: &PipelineConfig,
-    ) -> rlhf_pipeline::Result<rlhf_pipeline::run_dir::RewardModelResult> {
-        match &self.store {
-            Some(store) => rlhf_pipeline::reward::run_with(run, config, store),
-            None => rlhf_pipeline::reward::run(run, config),
-        }
-    }
-
-    fn ppo(
-        &mut self,
-        run: &RunDir,
-        config: &PipelineConfig,
-    ) -> rlhf_pipeline::Result<rlhf_pipeline::run_dir::PpoResult> {
-        let scorer = Arc::new(rlhf_pipeline::ppo::prepared_scorer(run, config)?);
-        let result = rlhf_pipeline::ppo::run_with(run, config, scorer, self.backend);
-        tracing::info!(counters = ?self.backend.counters(), replicas = ?self.backend.replicas(), "rollout backend");
-        result
-    }
+/// RLHF_PREFERENCES_TOKEN, when set and not empty.
+fn preferences_token() -> Option<String> {
+    std::env::var("RLHF_PREFERENCES_TOKEN").ok().filter(|t| !t.is_empty())
 }

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ppo_learner::{ClusterBackend, ClusterConfig, StatusBoard};
 use rlhf_harness::{Child, RedisServer, free_port, wait_for_port};
-use rlhf_pipeline::cluster::{ClusterBackend, ClusterConfig};
 use rlhf_pipeline::{PipelineConfig, RunDir, Stage};
 use rlhf_proto::v1::policy_generator_client::PolicyGeneratorClient;
 use rlhf_proto::v1::preference_store_client::PreferenceStoreClient;
@@ -225,7 +225,7 @@ fn four_services_as_processes_run_the_pipeline() {
             candle_core::safetensors::load(run.path("ppo/model.safetensors"), &candle_core::Device::Cpu).unwrap();
         let policy: std::collections::HashMap<_, _> =
             tensors.into_iter().filter(|(name, _)| !name.starts_with("value_head")).collect();
-        let mut chunks = policy_generator::weights::encode(7, &policy, &config, 0).unwrap();
+        let mut chunks = rlhf_proto::weights::encode(7, &policy, &config, 0).unwrap();
         chunks[3].data[0] ^= 1;
         let mut client = PolicyGeneratorClient::connect(url(g1)).await.unwrap();
         let refused = client.update_weights(tokio_stream::iter(chunks)).await.unwrap_err();
@@ -296,7 +296,7 @@ fn a_replica_killed_mid_batch_loses_nothing_and_comes_back_with_current_weights(
         std::thread::spawn(move || {
             let config = run.config().unwrap();
             let scorer = Arc::new(rlhf_pipeline::ppo::prepared_scorer(&run, &config).unwrap());
-            let result = rlhf_pipeline::ppo::run_with(&run, &config, scorer, &mut backend);
+            let result = rlhf_pipeline::ppo::run_with(&run, &config, scorer, &mut backend, &StatusBoard::default());
             (result, backend)
         })
     };

@@ -5,8 +5,6 @@
 //! holds a non-finite value is refused while the old version keeps serving.
 
 mod service;
-pub mod weights;
-pub mod wire;
 
 pub use service::{GeneratorServiceConfig, run};
 
@@ -15,8 +13,8 @@ use std::sync::RwLock;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use rlhf_model::{Config, Llama, SamplingParams, generate};
-use rlhf_types::Rollout;
+use rlhf_model::{Config, Llama, generate};
+use rlhf_types::{GenerateRequest, Rollout, RolloutId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -36,21 +34,10 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// One prompt to sample for.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PromptTokens {
-    pub prompt_id: String,
-    pub tokens: Vec<u32>,
-}
-
-/// A batch of prompts to sample responses for.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GenerateRequest {
-    /// Part of every rollout id, so retries of the same request produce the same ids.
-    pub request_id: String,
-    pub prompts: Vec<PromptTokens>,
-    pub sampling: SamplingParams,
-    pub samples_per_prompt: usize,
+impl From<rlhf_proto::weights::BadWeights> for Error {
+    fn from(e: rlhf_proto::weights::BadWeights) -> Self {
+        Error::BadWeights(e.0)
+    }
 }
 
 struct Served {
@@ -150,7 +137,7 @@ impl PolicyGenerator {
             .map(|(i, g)| {
                 let prompt = &request.prompts[i / request.samples_per_prompt];
                 Rollout {
-                    rollout_id: format!("{}-{i}", request.request_id),
+                    rollout_id: RolloutId::of(&request.request_id, i),
                     prompt_id: prompt.prompt_id.clone(),
                     prompt_tokens: prompt.tokens.clone(),
                     response_tokens: g.tokens,

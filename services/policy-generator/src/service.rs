@@ -18,8 +18,8 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::service::Routes;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::weights::Assembler;
 use crate::{Error, GenerateRequest, PolicyGenerator};
+use rlhf_proto::weights::Assembler;
 
 /// Settings of one replica.
 #[derive(Debug, Clone)]
@@ -91,12 +91,10 @@ impl GeneratorRpc for Service {
                 request.min_policy_version
             )));
         }
-        let sampling = crate::wire::sampling_from_proto(
-            request.sampling.ok_or_else(|| Status::invalid_argument("sampling is required"))?,
-        );
+        let sampling = request.sampling.ok_or_else(|| Status::invalid_argument("sampling is required"))?.into();
         let domain = GenerateRequest {
             request_id: request.request_id.clone(),
-            prompts: crate::wire::prompts_from_proto(request.prompts),
+            prompts: request.prompts.into_iter().map(Into::into).collect(),
             sampling,
             samples_per_prompt: request.samples_per_prompt as usize,
         };
@@ -127,9 +125,9 @@ impl GeneratorRpc for Service {
         let _one_at_a_time = self.0.updating.lock().await;
         let mut assembler = Assembler::default();
         while let Some(chunk) = chunks.next().await {
-            assembler.push(chunk?).map_err(status)?;
+            assembler.push(chunk?).map_err(|e| status(e.into()))?;
         }
-        let update = assembler.finish().map_err(status)?;
+        let update = assembler.finish().map_err(|e| status(e.into()))?;
         let replica = self.0.clone();
         let serving = tokio::task::spawn_blocking(move || -> Result<u64, Error> {
             let _entered = span.enter();

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use rlhf_model::{Config, SamplingParams, seeded_var_builder};
+use rlhf_model::{Config, seeded_var_builder};
+use rlhf_types::{GenerateRequest, PromptTokens, SamplingParams};
 
 use crate::*;
 
@@ -31,8 +32,8 @@ fn rollouts_carry_ids_and_the_serving_version() {
     let generator = PolicyGenerator::new("gen-0", cfg, 0, tensors, 7).unwrap();
     let rollouts = generator.generate(&request()).unwrap();
     assert_eq!(rollouts.len(), 2);
-    assert_eq!(rollouts[0].rollout_id, "req-1-0");
-    assert_eq!(rollouts[1].rollout_id, "req-1-1");
+    assert_eq!(rollouts[0].rollout_id.as_str(), "req-1-0");
+    assert_eq!(rollouts[1].rollout_id.as_str(), "req-1-1");
     assert!(rollouts.iter().all(|r| r.policy_version == 7 && r.generator_id == "gen-0" && r.prompt_id == "p1"));
     assert!(rollouts.iter().all(|r| r.response_tokens.len() == r.behaviour_logprobs.len()));
 }
@@ -70,57 +71,7 @@ fn a_bad_update_is_refused_and_the_old_version_keeps_serving() {
 
 mod wire_weights {
     use super::*;
-    use crate::weights::{Assembler, CHUNK_BYTES, encode};
-
-    fn assemble(chunks: Vec<rlhf_proto::v1::WeightChunk>) -> Result<crate::weights::WeightUpdate> {
-        let mut a = Assembler::default();
-        for c in chunks {
-            a.push(c)?;
-        }
-        a.finish()
-    }
-
-    #[test]
-    fn a_version_survives_the_trip_through_chunks_bit_for_bit() {
-        let (cfg, mut tensors) = weights(3);
-        // One tensor larger than a chunk, so it is split.
-        let big = Tensor::arange(0f32, (CHUNK_BYTES / 4 + 1000) as f32, &Device::Cpu).unwrap();
-        tensors.insert("extra.big".into(), big);
-        let chunks = encode(5, &tensors, &cfg, 0).unwrap();
-        assert!(chunks.iter().filter(|c| c.tensor_name == "extra.big").count() == 2);
-        assert!(!chunks[0].model_config_json.is_empty() && chunks[1..].iter().all(|c| c.model_config_json.is_empty()));
-        let update = assemble(chunks).unwrap();
-        assert_eq!(update.version, 5);
-        assert_eq!(update.config.as_ref(), Some(&cfg));
-        assert_eq!(update.tensors.len(), tensors.len());
-        for (name, t) in &tensors {
-            let got = update.tensors[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            assert_eq!(got, t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), "{name}");
-        }
-    }
-
-    #[test]
-    fn corrupt_incomplete_or_mixed_updates_are_refused() {
-        let (cfg, tensors) = weights(4);
-        let good = encode(2, &tensors, &cfg, 0).unwrap();
-        let refused = |chunks: Vec<rlhf_proto::v1::WeightChunk>, why: &str| {
-            let err = assemble(chunks).expect_err(why).to_string();
-            assert!(err.contains("refused"), "{why}: {err}");
-        };
-        let mut flipped = good.clone();
-        flipped[1].data[0] ^= 0x40;
-        refused(flipped, "a flipped bit fails the checksum");
-        refused(good[..good.len() - 1].to_vec(), "a missing tensor");
-        let mut mixed = good.clone();
-        mixed[2].policy_version = 3;
-        refused(mixed, "two versions in one stream");
-        let mut gap = good.clone();
-        gap[1].offset += 4;
-        refused(gap, "a gap in a tensor's bytes");
-        let mut bad_config = good.clone();
-        bad_config[0].model_config_json = "{\"hidden_size\": \"wide\"}".into();
-        refused(bad_config, "a config that does not parse");
-    }
+    use rlhf_proto::weights::{Assembler, encode};
 
     #[test]
     fn a_non_finite_update_that_arrives_intact_still_leaves_the_old_version_serving() {
@@ -130,7 +81,9 @@ mod wire_weights {
         let name = poisoned.keys().next().unwrap().clone();
         let shape = poisoned[&name].dims().to_vec();
         poisoned.insert(name, Tensor::full(f32::NAN, shape, &Device::Cpu).unwrap());
-        let update = assemble(encode(2, &poisoned, &cfg, 0).unwrap()).unwrap();
+        let mut assembler = Assembler::default();
+        encode(2, &poisoned, &cfg, 0).unwrap().into_iter().for_each(|c| assembler.push(c).unwrap());
+        let update = assembler.finish().unwrap();
         assert!(matches!(generator.update_weights(update.version, update.tensors), Err(Error::NonFinite(_))));
         assert_eq!(generator.version(), 1);
         assert_eq!(generator.generate(&request()).unwrap().len(), 2);

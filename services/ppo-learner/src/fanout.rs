@@ -15,12 +15,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use policy_generator::GenerateRequest;
-use policy_generator::wire::request_to_proto;
+use rlhf_proto::request_to_proto;
 use rlhf_proto::v1::WeightChunk;
 use rlhf_proto::v1::policy_generator_client::PolicyGeneratorClient;
 use rlhf_rpc::trace::{self, Hop};
-use rlhf_types::Rollout;
+use rlhf_types::{GenerateRequest, Rollout};
 use tokio::task::JoinSet;
 use tonic::Request;
 use tonic::transport::Channel;

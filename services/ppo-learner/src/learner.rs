@@ -51,7 +51,7 @@ pub struct PpoLearner {
     optimizer: AdamW,
     version: u64,
     step: u64,
-    seen: HashSet<String>,
+    seen: HashSet<rlhf_types::RolloutId>,
     /// Seeds the minibatch shuffles.
     seed: u64,
 }

@@ -27,7 +27,7 @@ fn batch() -> Vec<ScoredRollout> {
             let n = response.len();
             ScoredRollout {
                 rollout: Rollout {
-                    rollout_id: format!("r{i}"),
+                    rollout_id: format!("r{i}").into(),
                     prompt_id: format!("p{i}"),
                     prompt_tokens: prompt,
                     response_tokens: response,

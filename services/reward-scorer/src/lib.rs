@@ -130,7 +130,7 @@ impl RewardScorer {
             .enumerate()
             .map(|(b, ((rollout, raw), row))| {
                 if !raw.is_finite() {
-                    return Err(Error::NonFinite(rollout.rollout_id.clone()));
+                    return Err(Error::NonFinite(rollout.rollout_id.to_string()));
                 }
                 let from = batch.prompt_lens[b] - 1 - start;
                 let reference_logprobs = row[from..from + batch.response_lens[b]].to_vec();

@@ -67,7 +67,7 @@ fn a_pretrained_model_with_our_own_sft_data_and_prompts_goes_through_every_stage
 
     // PPO's rollouts answer the prompt file, through the model's chat template.
     let task = Task::load(&run, &config).unwrap();
-    let requests = step_requests(&task, &config, 0, usize::MAX, "").unwrap();
+    let requests = step_requests(&task, &config, 0, ppo_learner::RolloutMode::OneProcess, "").unwrap();
     let asked: Vec<&[u32]> = requests[0].prompts.iter().map(|p| p.tokens.as_slice()).collect();
     for prompt in own_prompts {
         let tokens = task.tokenizer.encode_chat_prompt(&[Message::user(prompt)]).unwrap();

@@ -10,9 +10,15 @@ use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{DType, Device, Tensor};
 use rlhf_model::Config;
-use rlhf_proto::v1::WeightChunk;
 
-use crate::{Error, Result};
+use crate::v1::WeightChunk;
+
+/// Why a weight stream is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("weight update refused: {0}")]
+pub struct BadWeights(pub String);
+
+type Result<T> = std::result::Result<T, BadWeights>;
 
 /// Bytes per chunk: far below gRPC's default 4 MiB message limit.
 pub const CHUNK_BYTES: usize = 1 << 20;
@@ -35,7 +41,7 @@ pub fn encode_for_epoch(
     config: &Config,
     pad_id: u32,
 ) -> Result<Vec<WeightChunk>> {
-    let config_json = serde_json::to_string(config).map_err(|e| Error::BadWeights(e.to_string()))?;
+    let config_json = serde_json::to_string(config).map_err(|e| BadWeights(e.to_string()))?;
     let names: std::collections::BTreeSet<&String> = tensors.keys().collect();
     let mut chunks = vec![];
     for name in names {
@@ -43,7 +49,7 @@ pub fn encode_for_epoch(
         let values = tensor
             .to_dtype(DType::F32)
             .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
-            .map_err(|e| Error::BadWeights(format!("{name}: {e}")))?;
+            .map_err(|e| BadWeights(format!("{name}: {e}")))?;
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         let crc = crc32c::crc32c(&bytes);
         let pieces: Vec<&[u8]> = if bytes.is_empty() { vec![&[]] } else { bytes.chunks(CHUNK_BYTES).collect() };
@@ -106,13 +112,13 @@ fn dtype(name: &str) -> Result<DType> {
         "F32" => Ok(DType::F32),
         "F16" => Ok(DType::F16),
         "BF16" => Ok(DType::BF16),
-        other => Err(Error::BadWeights(format!("unsupported dtype {other:?}"))),
+        other => Err(BadWeights(format!("unsupported dtype {other:?}"))),
     }
 }
 
 impl Assembler {
     pub fn push(&mut self, chunk: WeightChunk) -> Result<()> {
-        let bad = |m: String| Err(Error::BadWeights(m));
+        let bad = |m: String| Err(BadWeights(m));
         match self.version {
             None => {
                 self.version = Some(chunk.policy_version);
@@ -125,9 +131,9 @@ impl Assembler {
             Some(_) => {}
         }
         if !chunk.model_config_json.is_empty() {
-            let config: Config = serde_json::from_str(&chunk.model_config_json)
-                .map_err(|e| Error::BadWeights(format!("model config: {e}")))?;
-            config.validate().map_err(|e| Error::BadWeights(format!("model config: {e}")))?;
+            let config: Config =
+                serde_json::from_str(&chunk.model_config_json).map_err(|e| BadWeights(format!("model config: {e}")))?;
+            config.validate().map_err(|e| BadWeights(format!("model config: {e}")))?;
             self.config = Some(config);
             self.pad_id = chunk.pad_token_id;
         }
@@ -164,26 +170,91 @@ impl Assembler {
 
     /// The checked version, or why it is refused.
     pub fn finish(self) -> Result<WeightUpdate> {
-        let version = self.version.ok_or_else(|| Error::BadWeights("empty update".into()))?;
+        let version = self.version.ok_or_else(|| BadWeights("empty update".into()))?;
         if self.partial.len() != self.tensor_count as usize {
-            return Err(Error::BadWeights(format!("{} of {} tensors arrived", self.partial.len(), self.tensor_count)));
+            return Err(BadWeights(format!("{} of {} tensors arrived", self.partial.len(), self.tensor_count)));
         }
         let mut tensors = HashMap::with_capacity(self.partial.len());
         for (name, p) in self.partial {
             let expected = p.shape.iter().product::<usize>() * p.dtype.size_in_bytes();
             if p.bytes.len() != expected {
-                return Err(Error::BadWeights(format!("{name}: {} of {expected} bytes arrived", p.bytes.len())));
+                return Err(BadWeights(format!("{name}: {} of {expected} bytes arrived", p.bytes.len())));
             }
             match p.crc32c {
                 Some(crc) if crc == crc32c::crc32c(&p.bytes) => {}
-                Some(_) => return Err(Error::BadWeights(format!("{name}: checksum mismatch"))),
-                None => return Err(Error::BadWeights(format!("{name}: no checksum"))),
+                Some(_) => return Err(BadWeights(format!("{name}: checksum mismatch"))),
+                None => return Err(BadWeights(format!("{name}: no checksum"))),
             }
             let tensor = Tensor::from_raw_buffer(&p.bytes, p.dtype, &p.shape, &Device::Cpu)
                 .and_then(|t| t.to_dtype(DType::F32))
-                .map_err(|e| Error::BadWeights(format!("{name}: {e}")))?;
+                .map_err(|e| BadWeights(format!("{name}: {e}")))?;
             tensors.insert(name, tensor);
         }
         Ok(WeightUpdate { epoch: self.epoch, version, config: self.config, pad_id: self.pad_id, tensors })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn weights() -> (Config, HashMap<String, Tensor>) {
+        let tensor =
+            |n: usize, shift: f32| Tensor::arange(0f32, n as f32, &Device::Cpu).unwrap().affine(0.5, f64::from(shift));
+        let tensors = [("a.weight", 6, 0.0), ("b.weight", 10, 1.0), ("c.bias", 3, -2.0), ("d.weight", 8, 3.0)]
+            .into_iter()
+            .map(|(name, n, shift)| (name.to_string(), tensor(n, shift).unwrap()))
+            .collect();
+        (Config::tiny(20, 16, 1, 2, 1), tensors)
+    }
+
+    fn assemble(chunks: Vec<WeightChunk>) -> Result<WeightUpdate> {
+        let mut a = Assembler::default();
+        for c in chunks {
+            a.push(c)?;
+        }
+        a.finish()
+    }
+
+    #[test]
+    fn a_version_survives_the_trip_through_chunks_bit_for_bit() {
+        let (cfg, mut tensors) = weights();
+        // One tensor larger than a chunk, so it is split.
+        let big = Tensor::arange(0f32, (CHUNK_BYTES / 4 + 1000) as f32, &Device::Cpu).unwrap();
+        tensors.insert("extra.big".into(), big);
+        let chunks = encode(5, &tensors, &cfg, 0).unwrap();
+        assert!(chunks.iter().filter(|c| c.tensor_name == "extra.big").count() == 2);
+        assert!(!chunks[0].model_config_json.is_empty() && chunks[1..].iter().all(|c| c.model_config_json.is_empty()));
+        let update = assemble(chunks).unwrap();
+        assert_eq!(update.version, 5);
+        assert_eq!(update.config.as_ref(), Some(&cfg));
+        assert_eq!(update.tensors.len(), tensors.len());
+        for (name, t) in &tensors {
+            let got = update.tensors[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(got, t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), "{name}");
+        }
+    }
+
+    #[test]
+    fn corrupt_incomplete_or_mixed_updates_are_refused() {
+        let (cfg, tensors) = weights();
+        let good = encode(2, &tensors, &cfg, 0).unwrap();
+        let refused = |chunks: Vec<WeightChunk>, why: &str| {
+            let err = assemble(chunks).expect_err(why).to_string();
+            assert!(err.contains("refused"), "{why}: {err}");
+        };
+        let mut flipped = good.clone();
+        flipped[1].data[0] ^= 0x40;
+        refused(flipped, "a flipped bit fails the checksum");
+        refused(good[..good.len() - 1].to_vec(), "a missing tensor");
+        let mut mixed = good.clone();
+        mixed[2].policy_version = 3;
+        refused(mixed, "two versions in one stream");
+        let mut gap = good.clone();
+        gap[1].offset += 4;
+        refused(gap, "a gap in a tensor's bytes");
+        let mut bad_config = good.clone();
+        bad_config[0].model_config_json = "{\"hidden_size\": \"wide\"}".into();
+        refused(bad_config, "a config that does not parse");
     }
 }

@@ -1,4 +1,4 @@
-//! The fan-out against real generator servers on loopback (in-process): a replica that hangs
+//! The learner's fan-out against real generator servers on loopback (in-process): a replica that hangs
 //! past the deadline has its work retried on the other, which serves the pushed version; and the
 //! learner's own status and checkpoint RPCs.
 
@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use policy_generator::{GenerateRequest, GeneratorServiceConfig, PromptTokens};
+use policy_generator::GeneratorServiceConfig;
 use ppo_learner::{Fanout, FanoutConfig, FanoutError};
-use rlhf_model::{Config, SamplingParams, seeded_var_builder};
+use rlhf_model::{Config, seeded_var_builder};
+use rlhf_types::{GenerateRequest, PromptTokens, SamplingParams};
 
 fn weights() -> (Config, HashMap<String, Tensor>) {
     let cfg = Config::tiny(20, 16, 1, 2, 1);
@@ -45,7 +46,7 @@ async fn a_hung_replica_passes_its_deadline_and_its_work_moves_to_the_other() {
     let healthy = replica("healthy", Duration::ZERO).await;
     let hung = replica("hung", Duration::from_secs(30)).await;
     let (cfg, tensors) = weights();
-    let chunks = Arc::new(policy_generator::weights::encode(3, &tensors, &cfg, 0).unwrap());
+    let chunks = Arc::new(rlhf_proto::weights::encode(3, &tensors, &cfg, 0).unwrap());
     let config = FanoutConfig {
         in_flight_per_replica: 1,
         deadline: Duration::from_millis(1500),
@@ -59,8 +60,8 @@ async fn a_hung_replica_passes_its_deadline_and_its_work_moves_to_the_other() {
         .generate(&requests(4), 3, chunks, |request, rollouts, traceparent| {
             traces.insert(traceparent.to_string());
             for r in rollouts {
-                assert!(r.rollout_id.starts_with(&request.request_id));
-                delivered.push((r.rollout_id, r.generator_id, r.policy_version));
+                assert!(r.rollout_id.as_str().starts_with(&request.request_id));
+                delivered.push((r.rollout_id.0, r.generator_id, r.policy_version));
             }
         })
         .await
@@ -85,7 +86,7 @@ async fn with_every_replica_down_a_request_gives_up_after_its_attempts() {
         })
         .collect();
     let (cfg, tensors) = weights();
-    let chunks = Arc::new(policy_generator::weights::encode(1, &tensors, &cfg, 0).unwrap());
+    let chunks = Arc::new(rlhf_proto::weights::encode(1, &tensors, &cfg, 0).unwrap());
     let config = FanoutConfig { cooldown: Duration::from_millis(10), max_attempts: 3, ..Default::default() };
     let mut fanout = Fanout::new(&dead, config).unwrap();
     let err = fanout.generate(&requests(1), 1, chunks, |_, _, _| panic!("nothing to deliver")).await.unwrap_err();

@@ -1,0 +1,54 @@
+//! The learner as a process of the distributed run: the rollout backend over the replicas and
+//! the streams, the learner's own gRPC face beside it, and the stages that use them.
+//!
+//! The stages themselves (SFT, collection, reward model, the PPO loop with its evaluation) are
+//! the pipeline's; the process that wires the learner passes them in as `work`, so this crate
+//! knows neither the pipeline nor any other service.
+
+use std::sync::Arc;
+
+use rlhf_queue::Queue;
+use rlhf_types::{Rollout, ScoredRollout};
+use tokio::net::TcpListener;
+
+use crate::{ClusterBackend, ClusterConfig, Error, Result, StatusBoard};
+
+/// What the learner process is told on its command line.
+#[derive(Debug, Clone)]
+pub struct LearnerOptions {
+    /// Generator replica URLs.
+    pub generators: Vec<String>,
+    pub cluster: ClusterConfig,
+}
+
+/// Runs `work` with a [`ClusterBackend`] over `raw` and `scored` and a [`StatusBoard`] served on
+/// `listener` (GetStatus, SaveCheckpoint, health) for as long as `work` runs.
+pub fn serve<T>(
+    listener: std::net::TcpListener,
+    options: LearnerOptions,
+    raw: Arc<dyn Queue<Rollout>>,
+    scored: Arc<dyn Queue<ScoredRollout>>,
+    work: impl FnOnce(&mut ClusterBackend, &StatusBoard) -> T,
+) -> Result<T> {
+    let mut backend = ClusterBackend::new(&options.generators, raw, scored, options.cluster)?;
+    let board = Arc::new(StatusBoard::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = {
+        let _inside = backend.runtime().enter();
+        listener.set_nonblocking(true).map_err(|e| Error::Rollouts(format!("learner listener: {e}")))?;
+        let listener =
+            TcpListener::from_std(listener).map_err(|e| Error::Rollouts(format!("learner listener: {e}")))?;
+        backend.runtime().spawn(crate::run(board.clone(), listener, async {
+            let _ = stopped.await;
+        }))
+    };
+    let outcome = work(&mut backend, &board);
+    tracing::info!(counters = ?backend.counters(), replicas = ?backend.replicas(), "rollout backend");
+    let _ = stop.send(());
+    match backend.runtime().block_on(server) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "learner service ended with an error"),
+        Err(e) => tracing::warn!(error = %e, "learner service task failed"),
+    }
+    Ok(outcome)
+}
