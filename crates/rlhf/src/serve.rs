@@ -128,9 +128,15 @@ pub struct LearnerArgs {
     /// Pipeline settings for a new run (see `rlhf config`).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Generator replicas, comma-separated: http://127.0.0.1:50061,http://127.0.0.1:50062
+    /// Generator replicas: URLs, comma-separated (http://127.0.0.1:50061,http://127.0.0.1:50062),
+    /// or one dns://NAME:PORT whose every address is a replica (a Kubernetes headless Service:
+    /// dns://rlhf-generator.<namespace>.svc.cluster.local:50061), looked up again every
+    /// --refresh-secs so that replicas may come and go during a run.
     #[arg(long, value_delimiter = ',', required = true)]
     generators: Vec<String>,
+    /// Seconds between lookups of the generator replicas.
+    #[arg(long, default_value_t = 10)]
+    refresh_secs: u64,
     /// Prompts per generation request (a PPO step's prompts are spread over replicas in requests of this size).
     #[arg(long, default_value_t = 16)]
     prompts_per_request: usize,
@@ -256,6 +262,7 @@ fn run_learner(args: LearnerArgs) -> Result<()> {
             fanout: ppo_learner::FanoutConfig {
                 in_flight_per_replica: args.in_flight.max(1),
                 deadline: Duration::from_secs(args.deadline_secs),
+                refresh_every: Duration::from_secs(args.refresh_secs.max(1)),
                 ..Default::default()
             },
             prompts_per_request: args.prompts_per_request.max(1),

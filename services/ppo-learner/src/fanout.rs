@@ -10,6 +10,10 @@
 //!   dropped, never delivered.
 //! - **Current weights first:** a replica whose served version is not known to be the current
 //!   one (new, restarted, failed) gets the current weights pushed before its next request.
+//! - **Replicas come and go:** the list comes from a [`Resolver`] (a fixed list, or DNS behind a
+//!   headless Service) asked again every `refresh_every`, also in the middle of a step. A new
+//!   replica takes work at once (after its weights); one that disappears gets no new work, and
+//!   what it had in flight either completes or fails and is retried elsewhere.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -24,6 +28,8 @@ use tokio::task::JoinSet;
 use tonic::Request;
 use tonic::transport::Channel;
 
+use crate::discovery::{Resolver, resolver_for};
+
 /// Knobs of the fan-out.
 #[derive(Debug, Clone)]
 pub struct FanoutConfig {
@@ -33,6 +39,8 @@ pub struct FanoutConfig {
     pub max_attempts: u32,
     /// How long a replica that failed is left alone.
     pub cooldown: Duration,
+    /// How often the resolver is asked again which replicas there are.
+    pub refresh_every: Duration,
 }
 
 impl Default for FanoutConfig {
@@ -42,13 +50,14 @@ impl Default for FanoutConfig {
             deadline: Duration::from_secs(120),
             max_attempts: 6,
             cooldown: Duration::from_secs(1),
+            refresh_every: Duration::from_secs(10),
         }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum FanoutError {
-    #[error("no generator replicas configured")]
+    #[error("no generator replicas: none configured, or none found for longer than the request deadline")]
     NoReplicas,
     #[error("generator {url}: {message}")]
     Endpoint { url: String, message: String },
@@ -65,6 +74,8 @@ struct Replica {
     down_until: Option<Instant>,
     requests: u64,
     failures: u64,
+    /// No longer among the resolver's answers: it gets no new work and is dropped once idle.
+    gone: bool,
 }
 
 /// What happened to one replica so far.
@@ -78,8 +89,12 @@ pub struct ReplicaReport {
 
 /// The learner's view of the generator replicas.
 pub struct Fanout {
+    resolver: Box<dyn Resolver>,
+    /// Indices into this list stay valid while a step runs: replicas that disappear are only
+    /// marked `gone`, and removed between steps.
     replicas: Vec<Replica>,
     config: FanoutConfig,
+    resolved_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for Fanout {
@@ -127,35 +142,71 @@ async fn generate_on(
 }
 
 impl Fanout {
-    /// Replicas at `urls` (`http://host:port`); connections are made on first use.
-    pub fn new(urls: &[String], config: FanoutConfig) -> Result<Self, FanoutError> {
-        if urls.is_empty() {
-            return Err(FanoutError::NoReplicas);
+    /// Replicas as `--generators` names them: `http://host:port` URLs, or one
+    /// `dns://host:port` (see [`resolver_for`]); connections are made on first use.
+    pub fn new(generators: &[String], config: FanoutConfig) -> Result<Self, FanoutError> {
+        Ok(Fanout::with_resolver(resolver_for(generators)?, config))
+    }
+
+    /// Replicas wherever `resolver` says they are, asked before the first request.
+    pub fn with_resolver(resolver: Box<dyn Resolver>, config: FanoutConfig) -> Self {
+        Fanout { resolver, replicas: vec![], config, resolved_at: None }
+    }
+
+    /// Asks the resolver again when `refresh_every` has passed (or never asked): adds replicas
+    /// that appeared, marks those that disappeared. A failed lookup keeps the list as it is.
+    async fn refresh_if_due(&mut self) {
+        if self.resolved_at.is_some_and(|t| t.elapsed() < self.config.refresh_every) {
+            return;
         }
-        let replicas = urls
-            .iter()
-            .map(|url| {
-                let channel = rlhf_rpc::endpoint(url)
-                    .map_err(|e| FanoutError::Endpoint { url: url.clone(), message: e.to_string() })?;
-                Ok(Replica {
-                    url: url.clone(),
-                    client: PolicyGeneratorClient::new(channel)
-                        .max_decoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES)
-                        .max_encoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES),
-                    serving: None,
-                    in_flight: 0,
-                    down_until: None,
-                    requests: 0,
-                    failures: 0,
-                })
-            })
-            .collect::<Result<Vec<_>, FanoutError>>()?;
-        Ok(Fanout { replicas, config })
+        self.resolved_at = Some(Instant::now());
+        let urls = match tokio::time::timeout(self.config.deadline, self.resolver.resolve()).await {
+            Ok(Ok(urls)) => urls,
+            Ok(Err(why)) => return tracing::warn!(error = %why, "could not resolve the generator replicas"),
+            Err(_) => return tracing::warn!("resolving the generator replicas timed out"),
+        };
+        for r in &mut self.replicas {
+            let listed = urls.contains(&r.url);
+            if r.gone == listed {
+                tracing::info!(replica = %r.url, listed, "generator replica {}", if listed { "is back" } else { "left" });
+                r.gone = !listed;
+            }
+        }
+        for url in urls {
+            if self.replicas.iter().any(|r| r.url == url) {
+                continue;
+            }
+            match rlhf_rpc::endpoint(&url) {
+                Ok(channel) => {
+                    tracing::info!(replica = %url, "generator replica joined");
+                    self.replicas.push(Replica {
+                        url,
+                        client: PolicyGeneratorClient::new(channel)
+                            .max_decoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES)
+                            .max_encoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES),
+                        serving: None,
+                        in_flight: 0,
+                        down_until: None,
+                        requests: 0,
+                        failures: 0,
+                        gone: false,
+                    });
+                }
+                Err(e) => tracing::warn!(replica = %url, error = %e, "unusable generator address"),
+            }
+        }
+    }
+
+    /// Drops replicas that left and have nothing in flight; only between steps, when no
+    /// running request holds an index into the list.
+    fn sweep(&mut self) {
+        self.replicas.retain(|r| !r.gone || r.in_flight > 0);
     }
 
     pub fn report(&self) -> Vec<ReplicaReport> {
         self.replicas
             .iter()
+            .filter(|r| !r.gone)
             .map(|r| ReplicaReport {
                 url: r.url.clone(),
                 serving: r.serving,
@@ -178,18 +229,22 @@ impl Fanout {
         self.replicas
             .iter()
             .enumerate()
-            .filter(|(_, r)| r.down_until.is_none_or(|t| t <= now) && r.in_flight < self.config.in_flight_per_replica)
+            .filter(|(_, r)| {
+                !r.gone && r.down_until.is_none_or(|t| t <= now) && r.in_flight < self.config.in_flight_per_replica
+            })
             .min_by_key(|(_, r)| r.in_flight)
             .map(|(i, _)| i)
     }
 
     /// Pushes `version` to every replica that is not resting; returns how many now serve it.
     pub async fn publish(&mut self, version: u64, chunks: Arc<Vec<WeightChunk>>) -> usize {
+        self.refresh_if_due().await;
+        self.sweep();
         let hop = Hop::start("learner.publish_weights", None);
         let now = Instant::now();
         let mut pushes = JoinSet::new();
         for (i, r) in self.replicas.iter().enumerate() {
-            if r.down_until.is_some_and(|t| t > now) || r.serving == Some(version) {
+            if r.gone || r.down_until.is_some_and(|t| t > now) || r.serving == Some(version) {
                 continue;
             }
             let (client, chunks, traceparent) = (r.client.clone(), chunks.clone(), hop.header());
@@ -207,7 +262,7 @@ impl Fanout {
                 Err(_) => self.mark_failed(i, "weight push passed its deadline"),
             }
         }
-        self.replicas.iter().filter(|r| r.serving == Some(version)).count()
+        self.replicas.iter().filter(|r| !r.gone && r.serving == Some(version)).count()
     }
 
     /// Runs every request on some replica serving `version` (pushing `chunks` first where
@@ -226,7 +281,12 @@ impl Fanout {
         let mut running = JoinSet::new();
         // One trace per request: its rollouts' journey through generator and scorer hangs off it.
         let hops: Vec<Hop> = requests.iter().map(|_| Hop::start("learner.generate_request", None)).collect();
+        self.refresh_if_due().await;
+        self.sweep();
+        // Since when no replica at all is listed while work waits.
+        let mut empty_since: Option<Instant> = None;
         loop {
+            self.refresh_if_due().await;
             let now = Instant::now();
             while !waiting.is_empty() {
                 let Some(r) = self.pick(now) else { break };
@@ -256,12 +316,30 @@ impl Fanout {
                 if waiting.is_empty() {
                     return Ok(());
                 }
-                // Every replica rests: wait for the first to come back.
-                let next = self.replicas.iter().filter_map(|r| r.down_until).min().unwrap_or(now);
-                tokio::time::sleep_until(tokio::time::Instant::from_std(next.max(now))).await;
+                if self.replicas.iter().all(|r| r.gone) {
+                    let since = *empty_since.get_or_insert(now);
+                    if since.elapsed() > self.config.deadline {
+                        return Err(FanoutError::NoReplicas);
+                    }
+                } else {
+                    empty_since = None;
+                }
+                // Every replica rests (or none is listed): wait for the first to come back, or
+                // for the next look at who is there.
+                let refresh = self.resolved_at.map_or(now, |t| t + self.config.refresh_every);
+                let next =
+                    self.replicas.iter().filter(|r| !r.gone).filter_map(|r| r.down_until).min().unwrap_or(refresh);
+                tokio::time::sleep_until(tokio::time::Instant::from_std(next.min(refresh).max(now))).await;
                 continue;
             }
-            let Some(joined) = running.join_next().await else { continue };
+            // Wait for a request to end, or for the next look at who is there: a replica that
+            // joins mid-step takes work while the others are still busy.
+            let refresh = self.resolved_at.map_or(now, |t| t + self.config.refresh_every);
+            let joined = tokio::select! {
+                joined = running.join_next() => joined,
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(refresh.max(now))) => continue,
+            };
+            let Some(joined) = joined else { continue };
             let (r, index, attempts, result) = joined.map_err(|e| FanoutError::GaveUp {
                 request_id: "?".into(),
                 attempts: 0,

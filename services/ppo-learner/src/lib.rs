@@ -8,6 +8,7 @@
 //! - `grad`: global gradient-norm clipping.
 //! - [`RolloutBackend`]: where a step's rollouts come from and where new versions go:
 //!   [`Embedded`] in one process, [`ClusterBackend`] over replicas, Redis and a scorer service.
+//! - [`discovery`]: where the replicas are (a list, or DNS re-resolved while a run goes).
 //! - [`fanout`]: rollout requests spread over generator replicas (least-loaded first, an
 //!   in-flight limit, deadlines, retries elsewhere) and weight pushes to every replica.
 //! - [`StatusBoard`] and [`run`]: the learner's own gRPC face (status, checkpoint on request);
@@ -16,6 +17,7 @@
 mod backend;
 mod cluster;
 mod config;
+pub mod discovery;
 mod embedded;
 pub mod fanout;
 pub mod grad;

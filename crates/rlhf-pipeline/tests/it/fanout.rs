@@ -3,12 +3,13 @@
 //! learner's own status and checkpoint RPCs.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use policy_generator::GeneratorServiceConfig;
+use ppo_learner::discovery::{Resolution, Resolver};
 use ppo_learner::{Fanout, FanoutConfig, FanoutError};
 use rlhf_model::{Config, seeded_var_builder};
 use rlhf_types::{GenerateRequest, PromptTokens, SamplingParams};
@@ -52,6 +53,7 @@ async fn a_hung_replica_passes_its_deadline_and_its_work_moves_to_the_other() {
         deadline: Duration::from_millis(1500),
         max_attempts: 4,
         cooldown: Duration::from_millis(100),
+        ..Default::default()
     };
     let mut fanout = Fanout::new(&[healthy.clone(), hung.clone()], config).unwrap();
     let mut delivered: Vec<(String, String, u64)> = vec![];
@@ -91,6 +93,64 @@ async fn with_every_replica_down_a_request_gives_up_after_its_attempts() {
     let mut fanout = Fanout::new(&dead, config).unwrap();
     let err = fanout.generate(&requests(1), 1, chunks, |_, _, _| panic!("nothing to deliver")).await.unwrap_err();
     assert!(matches!(err, FanoutError::GaveUp { attempts: 3, .. }), "{err}");
+}
+
+/// A resolver whose answer the test changes while a step runs, as DNS behind a headless Service
+/// changes when pods come and go.
+#[derive(Debug, Clone, Default)]
+struct Changing(Arc<Mutex<Vec<String>>>);
+
+impl Resolver for Changing {
+    fn resolve(&self) -> Resolution<'_> {
+        let answer = self.0.lock().unwrap().clone();
+        Box::pin(async move { Ok(answer) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_joins_mid_step_takes_work_and_one_that_leaves_loses_none() {
+    // Each request (2 rollouts) takes about 200 ms, so the step is still going when the
+    // answer changes.
+    let first = replica("first", Duration::from_millis(100)).await;
+    let joiner = replica("joiner", Duration::from_millis(100)).await;
+    let (cfg, tensors) = weights();
+    let chunks = Arc::new(rlhf_proto::weights::encode(3, &tensors, &cfg, 0).unwrap());
+    let dns = Changing::default();
+    *dns.0.lock().unwrap() = vec![first.clone()];
+    let config = FanoutConfig {
+        in_flight_per_replica: 1,
+        deadline: Duration::from_secs(20),
+        refresh_every: Duration::from_millis(20),
+        ..Default::default()
+    };
+    let mut fanout = Fanout::with_resolver(Box::new(dns.clone()), config);
+    // (generator, version, delivered after the answer changed)
+    let mut delivered: Vec<(String, u64, bool)> = vec![];
+    let mut ids = HashSet::new();
+    let mut requests_done = 0;
+    fanout
+        .generate(&requests(8), 3, chunks, |_, rollouts, _| {
+            let switched = requests_done >= 2;
+            for r in rollouts {
+                assert!(ids.insert(r.rollout_id.clone()), "{} delivered twice", r.rollout_id);
+                delivered.push((r.generator_id, r.policy_version, switched));
+            }
+            requests_done += 1;
+            if requests_done == 2 {
+                // The first replica leaves the Service, a new one joins.
+                *dns.0.lock().unwrap() = vec![joiner.clone()];
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 16, "every rollout of every request, once");
+    assert!(delivered.iter().all(|(_, v, _)| *v == 3), "the joiner got the current weights first: {delivered:?}");
+    let from = |g: &str, after: bool| delivered.iter().filter(|(id, _, s)| id == g && *s == after).count();
+    assert!(from("joiner", true) >= 10, "the new replica took the rest of the step: {delivered:?}");
+    // At most the one request dispatched before the next look at the resolver.
+    assert!(from("first", true) <= 2, "the replica that left got new work: {delivered:?}");
+    let report = fanout.report();
+    assert_eq!(report.iter().map(|r| r.url.as_str()).collect::<Vec<_>>(), [joiner.as_str()], "{report:?}");
 }
 
 /// The learner's own RPCs: status from what the loop records, a checkpoint on request.
