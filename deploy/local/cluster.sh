@@ -7,6 +7,11 @@
 # replicas, Redis and the scorer; the run directory ends with the same report.html and
 # summary.json as `make run`.
 #
+# As on Kubernetes, no two processes share files: each runs in a working directory of its own
+# (<run>.services/<name>/); only the learner writes the run directory, the preference store
+# owns its database, and the scorer gets the reward model and reference policy from the learner
+# over gRPC.
+#
 # Settings (environment): RUN_DIR (default runs/cluster-<unix time>), CONFIG (a pipeline config
 # JSON for a new run), LEARNER_ARGS (extra `rlhf serve learner` flags), CARGO.
 set -euo pipefail
@@ -18,11 +23,13 @@ if ! command -v redis-server >/dev/null; then
     exit 1
 fi
 $CARGO build --release -p rlhf
-BIN=target/release/rlhf
+BIN=$PWD/target/release/rlhf
 
 RUN=${RUN_DIR:-runs/cluster-$(date +%s)}
-LOGS=$RUN/logs
-mkdir -p "$LOGS"
+RUN=$(mkdir -p "$(dirname "$RUN")" && cd "$(dirname "$RUN")" && echo "$PWD/$(basename "$RUN")")
+WORK=$RUN.services
+LOGS=$WORK/logs
+for d in logs redis generator-0 generator-1 scorer preferences learner; do mkdir -p "$WORK/$d"; done
 
 # The first port at or above $1 that nothing listens on.
 free_port() {
@@ -48,23 +55,25 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >"$LOGS/redis.log" 2>&1 &
-pids+=($!)
+# Runs "$@" in the working directory of its own named $1, logging to $LOGS/$1.log.
+in_own_dir() {
+    local name=$1; shift
+    (cd "$WORK/$name" && exec "$@") 2>"$LOGS/$name.log" &
+    pids+=($!)
+}
+in_own_dir redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no
 # One thread per replica: on a small CPU, decoding is faster single-threaded (see README, Benchmarks).
-RAYON_NUM_THREADS=1 $BIN serve generator --listen "127.0.0.1:$G0" --id generator-0 2>"$LOGS/generator-0.log" &
-pids+=($!)
-RAYON_NUM_THREADS=1 $BIN serve generator --listen "127.0.0.1:$G1" --id generator-1 2>"$LOGS/generator-1.log" &
-pids+=($!)
-$BIN serve scorer --listen "127.0.0.1:$SCORER" --run-dir "$RUN" --redis "$REDIS" 2>"$LOGS/scorer.log" &
-pids+=($!)
-$BIN serve preferences --listen "127.0.0.1:$PREFS" --db "$RUN/preferences.sqlite" 2>"$LOGS/preferences.log" &
-pids+=($!)
+RAYON_NUM_THREADS=1 in_own_dir generator-0 "$BIN" serve generator --listen "127.0.0.1:$G0" --id generator-0
+RAYON_NUM_THREADS=1 in_own_dir generator-1 "$BIN" serve generator --listen "127.0.0.1:$G1" --id generator-1
+in_own_dir scorer "$BIN" serve scorer --listen "127.0.0.1:$SCORER" --learner "http://127.0.0.1:$LEARNER" --redis "$REDIS"
+in_own_dir preferences "$BIN" serve preferences --listen "127.0.0.1:$PREFS" --db preferences.sqlite
 
 echo "cluster: redis :$REDIS_PORT, generators :$G0 :$G1, scorer :$SCORER, preferences :$PREFS, learner :$LEARNER" >&2
-echo "cluster: run directory $RUN, service logs in $LOGS" >&2
+echo "cluster: run directory $RUN, service logs and working directories in $WORK" >&2
 config_args=()
-if [[ -n "${CONFIG:-}" ]]; then config_args=(--config "$CONFIG"); fi
+if [[ -n "${CONFIG:-}" ]]; then config_args=(--config "$(realpath "$CONFIG")"); fi
+cd "$WORK/learner"
 # shellcheck disable=SC2086
-$BIN serve learner --listen "127.0.0.1:$LEARNER" --run-dir "$RUN" --redis "$REDIS" \
+"$BIN" serve learner --listen "127.0.0.1:$LEARNER" --run-dir "$RUN" --redis "$REDIS" \
     --generators "http://127.0.0.1:$G0,http://127.0.0.1:$G1" --preferences "http://127.0.0.1:$PREFS" \
     "${config_args[@]}" ${LEARNER_ARGS:-}

@@ -21,22 +21,23 @@ use std::time::Instant;
 use candle_core::Tensor;
 use policy_generator::PolicyGenerator;
 use ppo_learner::{
-    Embedded, LocalError, LocalGenerator, LocalScorer, PpoLearner, RolloutBackend, RolloutMode, StatusBoard,
+    Embedded, JudgesLoader, LocalError, LocalGenerator, LocalScorer, PpoLearner, RolloutBackend, RolloutMode,
+    StatusBoard,
 };
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use reward_scorer::RewardScorer;
 use rlhf_model::Config;
+use rlhf_proto::judges::{Judges, ModelWeights};
 use rlhf_queue::{EntryId, Queue};
-use rlhf_types::{GenerateRequest, Rollout, ScoredRollout};
+use rlhf_types::{GenerateRequest, Rollout, ScoredRollout, ScoringRequest};
 use serde_json::json;
 
 use crate::collect::sft_generator;
 use crate::config::PipelineConfig;
 use crate::eval::{EvalPoint, EvalSet, Evaluator, check_alarms, final_alarms};
 use crate::progress::bar;
-use crate::reward::load_scorer;
 use crate::run_dir::{PpoProgress, PpoResult, RunDir};
 use crate::task::Task;
 use crate::{Error, Result};
@@ -76,7 +77,7 @@ impl LocalScorer for LocalJudges {
     fn drain(
         &self,
         consumer: &str,
-        raw: &dyn Queue<Rollout>,
+        raw: &dyn Queue<ScoringRequest>,
         scored: &dyn Queue<ScoredRollout>,
     ) -> std::result::Result<usize, LocalError> {
         Ok(self.0.drain(consumer, raw, scored, usize::MAX)?)
@@ -92,11 +93,28 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<PpoResult> {
 
 /// The reward model and reference policy, normalised and tempered as this run needs them.
 pub fn prepared_scorer(run: &RunDir, config: &PipelineConfig) -> Result<RewardScorer> {
+    Ok(RewardScorer::from_judges(0, judges(run, config)?)?)
+}
+
+/// The judges of this run's PPO stage: the reward model with the normaliser of the SFT
+/// policy's scores, the SFT model as reference, at the policy's sampling temperature.
+pub fn judges(run: &RunDir, config: &PipelineConfig) -> Result<Judges> {
     let rm = run.state()?.reward_model.ok_or(Error::MissingStage { stage: "ppo", missing: "rm" })?;
-    let mut scorer = load_scorer(run)?;
-    scorer.set_normaliser(rm.score_mean, rm.score_std);
-    scorer.set_temperature(config.ppo.algorithm.temperature);
-    Ok(scorer)
+    for (stage, dir) in [("sft", "sft"), ("rm", "rm")] {
+        if !run.path(dir).exists() {
+            return Err(Error::MissingStage { stage: "ppo", missing: stage });
+        }
+    }
+    let reward_model = rlhf_data::load_checkpoint(&run.path("rm"))?;
+    let sft = rlhf_data::load_checkpoint(&run.path("sft"))?;
+    Ok(Judges {
+        reward_model: ModelWeights { config: reward_model.config, tensors: reward_model.tensors },
+        reference: ModelWeights { config: sft.config, tensors: sft.tensors },
+        pad_id: sft.tokenizer.pad_id,
+        score_mean: rm.score_mean,
+        score_std: rm.score_std,
+        temperature: config.ppo.algorithm.temperature,
+    })
 }
 
 /// One step's generation requests, cut as `mode` asks: each request has its own seed, so a
@@ -158,6 +176,12 @@ pub fn run_with(
     let reporting = Evaluator::new(&task, config, &sft, EvalSet::HeldOut)?
         .ok_or_else(|| Error::Config("PPO is evaluated on held-out prompts: world.held_out must be above 0".into()))?;
     let validation = Evaluator::new(&task, config, &sft, EvalSet::Validation)?;
+    // The scorers load the judges from this learner (read from the run directory when asked).
+    let loader: JudgesLoader = {
+        let (run, config) = (RunDir::open(run.root())?, config.clone());
+        Arc::new(move || judges(&run, &config).map_err(|e| e.to_string()))
+    };
+    board.announce_judges(backend.judges_version(), loader);
     // The evaluators keep the SFT model's answers, not the model: one copy of the weights fewer.
     drop(sft);
 

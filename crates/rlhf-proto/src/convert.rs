@@ -74,7 +74,7 @@ impl From<ScoredRollout> for v1::ScoredRollout {
             rollout: Some(s.rollout.into()),
             score: s.score,
             reference_logprobs: s.reference_logprobs,
-            reward_model_version: 0,
+            judges_version: s.judges_version,
         }
     }
 }

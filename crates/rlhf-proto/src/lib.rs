@@ -6,7 +6,8 @@
 //! - `convert`: the only place that maps `rlhf-types` to and from the wire messages (rollouts,
 //!   rankings, generation requests).
 //! - [`weights`]: a model's tensors as a versioned, chunked, checksummed stream of
-//!   `WeightChunk`s and back, the way the learner hands models to the other services.
+//!   `WeightChunk`s and back, the way the learner hands models to the other services;
+//!   [`judges`]: the reward model and reference policy as one such stream, for the scorers.
 //! - [`FILE_DESCRIPTOR_SET`]: the contract itself, for server reflection.
 //!
 //! The code is generated at build time by `build.rs` with protox; nothing here is written by hand
@@ -16,6 +17,7 @@
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rlhf_descriptor.bin"));
 
 mod convert;
+pub mod judges;
 pub mod weights;
 
 pub use convert::{InvalidMessage, pair_to_proto, ranking_from_proto, ranking_to_proto, request_to_proto};

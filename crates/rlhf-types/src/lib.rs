@@ -4,8 +4,8 @@
 //! # Layout
 //! - [`GenerateRequest`] ([`PromptTokens`], [`SamplingParams`]): what the learner asks a
 //!   generator replica for.
-//! - [`Rollout`] / [`ScoredRollout`]: one sampled response on its way to the learner, named by
-//!   its [`RolloutId`].
+//! - [`Rollout`] / [`ScoringRequest`] / [`ScoredRollout`]: one sampled response on its way to the
+//!   learner through a scorer, named by its [`RolloutId`].
 //! - [`Ranking`] / [`Pair`]: a K-way human (or simulated) ranking, stored whole, and the pairs
 //!   derived from it.
 //!
@@ -43,6 +43,17 @@ pub struct ScoredRollout {
     pub score: f32,
     /// Reference-policy log-prob of each response token.
     pub reference_logprobs: Vec<f32>,
+    /// The judges version that scored it (see [`ScoringRequest`]).
+    #[serde(default)]
+    pub judges_version: u64,
+}
+
+/// A rollout on its way to a scorer, with the judges version the learner announced for its step:
+/// a scorer loads that version before scoring it, so no rollout is judged by other models.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoringRequest {
+    pub rollout: Rollout,
+    pub judges_version: u64,
 }
 
 /// One candidate inside a ranking.

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use rlhf_pipeline::RunDir;
 use rlhf_queue::{Queue, RedisQueue, RedisQueueOptions};
-use rlhf_types::{Rollout, ScoredRollout};
+use rlhf_types::{ScoredRollout, ScoringRequest};
 
 #[derive(Debug, Subcommand)]
 pub enum Service {
@@ -19,9 +19,9 @@ pub enum Service {
     /// whatever version the learner pushes to it. Run several, each on its own port; with
     /// RAYON_NUM_THREADS=1 each decodes fastest on a small CPU.
     Generator(GeneratorArgs),
-    /// The reward scorer: loads the reward model and reference policy of --run-dir once the
-    /// reward model exists, moves rollouts from the raw stream to the scored stream, and answers
-    /// `Score` calls.
+    /// The reward scorer: gets the reward model and reference policy from the learner (--learner)
+    /// once it announces them, moves rollouts from the raw stream to the scored stream, and
+    /// answers `Score` calls. It needs no files.
     Scorer(ScorerArgs),
     /// The preference store over a SQLite file. Writes need `Authorization: Bearer <token>` when
     /// RLHF_PREFERENCES_TOKEN is set.
@@ -50,14 +50,14 @@ pub struct Streams {
 }
 
 /// The raw and the scored rollout streams.
-type StreamPair = (Arc<dyn Queue<Rollout>>, Arc<dyn Queue<ScoredRollout>>);
+type StreamPair = (Arc<dyn Queue<ScoringRequest>>, Arc<dyn Queue<ScoredRollout>>);
 
 impl Streams {
     /// Connects to both streams, waiting up to 30 s for Redis: services start in any order.
     fn open(&self) -> Result<StreamPair> {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let raw = RedisQueue::<Rollout>::connect(RedisQueueOptions::new(
+            let raw = RedisQueue::<ScoringRequest>::connect(RedisQueueOptions::new(
                 &self.redis,
                 &format!("{}:rollouts", self.streams),
             ));
@@ -94,9 +94,9 @@ pub struct ScorerArgs {
     listen: Listen,
     #[command(flatten)]
     streams: Streams,
-    /// The run whose reward model and SFT reference to load.
+    /// The learner (`rlhf serve learner`) whose judges to load, e.g. http://127.0.0.1:50060.
     #[arg(long)]
-    run_dir: PathBuf,
+    learner: String,
     /// Consumer name in the raw stream's group; each scorer needs its own. Entries a dead
     /// scorer held are taken over by any scorer after 30 s (default: scorer-<hostname>, the pod
     /// name on Kubernetes).
@@ -184,8 +184,7 @@ pub fn run(service: Service) -> Result<()> {
         }),
         Service::Scorer(args) => {
             let (raw, scored) = args.streams.open()?;
-            let run_dir = args.run_dir.clone();
-            let load = move || load_scorer_when_ready(&run_dir);
+            let fetch = Arc::new(reward_scorer::LearnerJudges { url: args.learner, handle: runtime.handle().clone() });
             let config = reward_scorer::ScorerServiceConfig {
                 consumer: args.consumer.unwrap_or_else(|| format!("scorer-{}", hostname())),
                 batch: args.batch,
@@ -195,7 +194,7 @@ pub fn run(service: Service) -> Result<()> {
                 let shutdown = rlhf_rpc::shutdown_signal();
                 let listener = tokio::net::TcpListener::bind(args.listen.listen).await?;
                 tracing::info!(addr = %args.listen.listen, "scorer listening");
-                reward_scorer::run(config, load, raw, scored, listener, shutdown).await.map_err(|e| anyhow::anyhow!(e))
+                reward_scorer::run(config, fetch, raw, scored, listener, shutdown).await.map_err(|e| anyhow::anyhow!(e))
             })
         }
         Service::Preferences(args) => {
@@ -227,25 +226,6 @@ fn hostname() -> String {
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "local".into())
-}
-
-/// The scorer may start before the reward model exists: it waits for the `rm` stage.
-fn load_scorer_when_ready(run_dir: &std::path::Path) -> std::result::Result<reward_scorer::RewardScorer, String> {
-    let mut announced = false;
-    loop {
-        if run_dir.join("config.json").exists() {
-            let run = RunDir::open(run_dir).map_err(|e| e.to_string())?;
-            if run.state().map_err(|e| e.to_string())?.reward_model.is_some() {
-                let config = run.config().map_err(|e| e.to_string())?;
-                return rlhf_pipeline::ppo::prepared_scorer(&run, &config).map_err(|e| e.to_string());
-            }
-        }
-        if !announced {
-            tracing::info!(run = %run_dir.display(), "waiting for the reward model");
-            announced = true;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
 }
 
 fn run_learner(args: LearnerArgs) -> Result<()> {

@@ -14,7 +14,7 @@ use rlhf_proto::v1::{
     ExportPairsRequest, GeneratorStatusRequest, ListRankingsRequest, Ranking, StatsRequest, SubmitRankingRequest,
 };
 use rlhf_queue::{Queue, RedisQueue, RedisQueueOptions};
-use rlhf_types::{Rollout, ScoredRollout};
+use rlhf_types::{ScoredRollout, ScoringRequest};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -44,15 +44,17 @@ fn generator(name: &str, port: u16, extra: &[&str]) -> Child {
     child
 }
 
-fn scorer(run: &Path, redis: &RedisServer, streams: &str) -> Child {
+/// A scorer on a free port that gets its judges from the learner at `learner` (it needs no
+/// files: it runs in a directory of its own).
+fn scorer(learner: &str, redis: &RedisServer, streams: &str) -> Child {
     let port = free_port();
     let a = args(&[
         "serve",
         "scorer",
         "--listen",
         &format!("127.0.0.1:{port}"),
-        "--run-dir",
-        run.to_str().unwrap(),
+        "--learner",
+        learner,
         "--redis",
         &redis.url(),
         "--streams",
@@ -128,7 +130,7 @@ fn ppo_records(run: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn streams(redis: &RedisServer, prefix: &str) -> (RedisQueue<Rollout>, RedisQueue<ScoredRollout>) {
+fn streams(redis: &RedisServer, prefix: &str) -> (RedisQueue<ScoringRequest>, RedisQueue<ScoredRollout>) {
     (
         RedisQueue::connect(RedisQueueOptions::new(&redis.url(), &format!("{prefix}:rollouts"))).unwrap(),
         RedisQueue::connect(RedisQueueOptions::new(&redis.url(), &format!("{prefix}:scored"))).unwrap(),
@@ -156,9 +158,12 @@ fn four_services_as_processes_run_the_pipeline() {
     let redis = RedisServer::start().unwrap();
     let (g1, g2) = (free_port(), free_port());
     let _generators = [generator("gen-a", g1, &[]), generator("gen-b", g2, &[])];
-    let _scorer = scorer(&run_root, &redis, "e2e");
+    let learner_port = free_port();
+    let _scorer = scorer(&url(learner_port), &redis, "e2e");
     let prefs_port = free_port();
-    let db = run_root.join("preferences.sqlite");
+    // The preference store owns its database; the learner owns the run directory.
+    std::fs::create_dir_all(dir.path().join("preferences")).unwrap();
+    let db = dir.path().join("preferences/preferences.sqlite");
     let with_token = [("RUST_BACKTRACE", "0"), ("RUST_LOG", "warn"), ("RLHF_PREFERENCES_TOKEN", "s3cret")];
     let _prefs = Child::spawn(
         "preferences",
@@ -174,7 +179,6 @@ fn four_services_as_processes_run_the_pipeline() {
     assert_eq!(health(&rt, g1), Some(ServingStatus::NotServing));
     assert!(reflected_services(&rt, g1).contains(&"rlhf.v1.PolicyGenerator".to_string()));
 
-    let learner_port = free_port();
     let generators = format!("{},{}", url(g1), url(g2));
     let mut learner = Child::spawn(
         "learner",
@@ -282,7 +286,13 @@ fn a_replica_killed_mid_batch_loses_nothing_and_comes_back_with_current_weights(
     // middle of a batch even when the machine is busy.
     let _a = generator("gen-a", g1, &[]);
     let mut b = generator("gen-b", g2, &["--stream-delay-ms", "150"]);
-    let _scorer = scorer(run.root(), &redis, "kill");
+    // The learner's own service, which the scorer gets its judges from.
+    let service = runtime();
+    let board = Arc::new(StatusBoard::default());
+    let learner_port = free_port();
+    let listener = service.block_on(tokio::net::TcpListener::bind(("127.0.0.1", learner_port))).unwrap();
+    service.spawn(ppo_learner::run(board.clone(), listener, std::future::pending()));
+    let _scorer = scorer(&url(learner_port), &redis, "kill");
 
     let (raw, scored) = streams(&redis, "kill");
     let config = ClusterConfig {
@@ -291,12 +301,13 @@ fn a_replica_killed_mid_batch_loses_nothing_and_comes_back_with_current_weights(
         ..Default::default()
     };
     let mut backend = ClusterBackend::new(&[url(g1), url(g2)], Arc::new(raw), Arc::new(scored), config).unwrap();
+    let announced = board.clone();
     let learner = {
         let run = RunDir::open(run.root()).unwrap();
         std::thread::spawn(move || {
             let config = run.config().unwrap();
             let scorer = Arc::new(rlhf_pipeline::ppo::prepared_scorer(&run, &config).unwrap());
-            let result = rlhf_pipeline::ppo::run_with(&run, &config, scorer, &mut backend, &StatusBoard::default());
+            let result = rlhf_pipeline::ppo::run_with(&run, &config, scorer, &mut backend, &board);
             (result, backend)
         })
     };
@@ -323,6 +334,9 @@ fn a_replica_killed_mid_batch_loses_nothing_and_comes_back_with_current_weights(
     let replicas = backend.replicas();
     assert!(replicas[1].failures >= 1, "the kill did not hit a request: {replicas:?}");
     assert_eq!(backend.counters().duplicates_dropped + backend.counters().foreign_dropped, 0);
+    // The scorer judged every rollout with the judges this learner announced, fetched over gRPC.
+    assert_eq!(backend.counters().rescored, 0);
+    assert_eq!(announced.judges_version(), Some(ppo_learner::RolloutBackend::judges_version(&backend)));
 
     // The restarted replica was given the current weights.
     let s = status(&rt, g2).expect("replica B is back");
@@ -334,10 +348,10 @@ fn a_replica_killed_mid_batch_loses_nothing_and_comes_back_with_current_weights(
 
 #[test]
 fn services_exit_on_sigterm_even_while_waiting_for_a_model() {
-    let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::start().unwrap();
-    // A scorer whose run has no reward model yet waits for it; SIGTERM must still stop it.
-    let mut waiting = scorer(dir.path(), &redis, "term");
+    // A scorer whose learner is not up waits for its judges; SIGTERM must still stop it.
+    let nobody = url(free_port());
+    let mut waiting = scorer(&nobody, &redis, "term");
     let port = free_port();
     let mut replica = generator("gen-term", port, &[]);
     for child in [&mut waiting, &mut replica] {
@@ -366,13 +380,14 @@ fn a_learner_killed_between_checkpoints_resumes_and_leaves_nothing_pending() {
     let redis = RedisServer::start().unwrap();
     let (g1, g2) = (free_port(), free_port());
     let _generators = [generator("gen-a", g1, &[]), generator("gen-b", g2, &[])];
-    let _scorer = scorer(run.root(), &redis, "restart");
+    let learner_port = free_port();
+    let _scorer = scorer(&url(learner_port), &redis, "restart");
     let generators = format!("{},{}", url(g1), url(g2));
     let learner_args = args(&[
         "serve",
         "learner",
         "--listen",
-        &format!("127.0.0.1:{}", free_port()),
+        &format!("127.0.0.1:{learner_port}"),
         "--run-dir",
         run.root().to_str().unwrap(),
         "--redis",

@@ -31,6 +31,10 @@ pub enum RolloutMode {
 /// Where a PPO step's rollouts come from and where new policy versions go.
 pub trait RolloutBackend {
     fn mode(&self) -> RolloutMode;
+    /// The judges version this backend asks its scorers for (stamped on every rollout it sends
+    /// to be scored, and checked on every scored rollout it hands back): what the learner
+    /// announces on its `StatusBoard`.
+    fn judges_version(&self) -> u64;
     /// Makes `version` (these weights) the one the generators serve.
     fn publish(&mut self, version: u64, weights: &HashMap<String, Tensor>, config: &Config, pad_id: u32) -> Result<()>;
     /// The scored rollouts of `requests`, sampled by policy `version`: each rollout exactly once.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use candle_core::Tensor;
 use rlhf_model::Config;
 use rlhf_queue::{Delivery, EntryId, Queue, Traced};
-use rlhf_types::{GenerateRequest, Rollout, RolloutId, ScoredRollout};
+use rlhf_types::{GenerateRequest, Rollout, RolloutId, ScoredRollout, ScoringRequest};
 
 use crate::backend::{RolloutBackend, RolloutMode};
 use crate::fanout::{Fanout, FanoutConfig, ReplicaReport};
@@ -53,6 +53,8 @@ pub struct ClusterCounters {
     pub duplicates_dropped: u64,
     pub foreign_dropped: u64,
     pub stale_dropped: u64,
+    /// Scored by judges other than the announced version, and sent to be scored again.
+    pub rescored: u64,
     /// From the first request sent to the last rollout pushed to the raw stream.
     pub generate_seconds: f64,
     /// From then until the last scored rollout of the step arrived.
@@ -64,7 +66,7 @@ pub struct ClusterCounters {
 pub struct ClusterBackend {
     runtime: tokio::runtime::Runtime,
     fanout: Fanout,
-    raw: Arc<dyn Queue<Rollout>>,
+    raw: Arc<dyn Queue<ScoringRequest>>,
     scored: Arc<dyn Queue<ScoredRollout>>,
     config: ClusterConfig,
     chunks: Arc<Vec<rlhf_proto::v1::WeightChunk>>,
@@ -88,7 +90,7 @@ impl ClusterBackend {
     /// steps they belonged to were not checkpointed and will be run again.
     pub fn new(
         generators: &[String],
-        raw: Arc<dyn Queue<Rollout>>,
+        raw: Arc<dyn Queue<ScoringRequest>>,
         scored: Arc<dyn Queue<ScoredRollout>>,
         config: ClusterConfig,
     ) -> Result<Self> {
@@ -163,6 +165,12 @@ impl RolloutBackend for ClusterBackend {
         RolloutMode::Distributed { prompts_per_request: self.config.prompts_per_request.max(1) }
     }
 
+    /// This learner incarnation's epoch: a restarted learner announces new judges, so a scorer
+    /// never scores its rollouts with what it loaded for the one before.
+    fn judges_version(&self) -> u64 {
+        self.epoch
+    }
+
     fn publish(&mut self, version: u64, weights: &HashMap<String, Tensor>, config: &Config, pad_id: u32) -> Result<()> {
         let started = Instant::now();
         self.chunks = Arc::new(rlhf_proto::weights::encode_for_epoch(self.epoch, version, weights, config, pad_id)?);
@@ -180,16 +188,20 @@ impl RolloutBackend for ClusterBackend {
         let mut pushed: HashSet<RolloutId> = HashSet::new();
         let mut push_error = None;
         let raw = self.raw.clone();
+        let judges_version = self.epoch;
         let counters = &mut self.counters;
         self.runtime.block_on(self.fanout.generate(
             &requests,
             version,
             self.chunks.clone(),
             |_, rollouts, traceparent| {
-                let fresh: Vec<Traced<Rollout>> = rollouts
+                let fresh: Vec<Traced<ScoringRequest>> = rollouts
                     .into_iter()
                     .filter(|r| pushed.insert(r.rollout_id.clone()))
-                    .map(|r| Traced { item: r, traceparent: Some(traceparent.to_string()) })
+                    .map(|rollout| Traced {
+                        item: ScoringRequest { rollout, judges_version },
+                        traceparent: Some(traceparent.to_string()),
+                    })
                     .collect();
                 counters.raw_pushed += fresh.len() as u64;
                 if let Err(e) = raw.push_traced(fresh) {
@@ -217,6 +229,7 @@ impl RolloutBackend for ClusterBackend {
             let batch =
                 self.scored.pop(&self.config.consumer, expected.len() - got.len(), Duration::from_millis(500))?;
             let mut unused: Vec<EntryId> = vec![];
+            let mut again: Vec<Traced<ScoringRequest>> = vec![];
             for delivery in batch {
                 let rollout = &delivery.item.rollout;
                 if !expected.contains(&rollout.rollout_id) {
@@ -228,12 +241,23 @@ impl RolloutBackend for ClusterBackend {
                 } else if got.contains_key(&rollout.rollout_id) {
                     self.counters.duplicates_dropped += 1;
                     unused.push(delivery.id);
+                } else if delivery.item.judges_version != self.epoch {
+                    // Never trained on: judged by other models than the ones announced.
+                    tracing::warn!(rollout = %rollout.rollout_id, judged_by = delivery.item.judges_version,
+                        announced = self.epoch, "scored by other judges; scoring it again");
+                    self.counters.rescored += 1;
+                    again.push(Traced {
+                        item: ScoringRequest { rollout: rollout.clone(), judges_version: self.epoch },
+                        traceparent: delivery.traceparent.clone(),
+                    });
+                    unused.push(delivery.id);
                 } else {
                     // The rollout's trace ends back at the learner.
                     drop(rlhf_rpc::trace::Hop::start("learner.consume", delivery.traceparent.as_deref()));
                     got.insert(rollout.rollout_id.clone(), delivery);
                 }
             }
+            self.raw.push_traced(again)?;
             self.scored.ack(&unused)?;
         }
         self.counters.scored_wait_seconds += generated.elapsed().as_secs_f64();

@@ -11,7 +11,7 @@ use std::time::Duration;
 use candle_core::Tensor;
 use rlhf_model::Config;
 use rlhf_queue::{Delivery, EntryId, InProcessQueue, Queue};
-use rlhf_types::{GenerateRequest, Rollout, ScoredRollout};
+use rlhf_types::{GenerateRequest, Rollout, ScoredRollout, ScoringRequest};
 
 use crate::backend::{RolloutBackend, RolloutMode};
 use crate::{Error, Result};
@@ -40,7 +40,7 @@ pub trait LocalScorer {
     fn drain(
         &self,
         consumer: &str,
-        raw: &dyn Queue<Rollout>,
+        raw: &dyn Queue<ScoringRequest>,
         scored: &dyn Queue<ScoredRollout>,
     ) -> std::result::Result<usize, LocalError>;
 }
@@ -49,7 +49,7 @@ pub trait LocalScorer {
 pub struct Embedded<G, S> {
     generator: G,
     scorer: S,
-    raw: InProcessQueue<Rollout>,
+    raw: InProcessQueue<ScoringRequest>,
     scored: InProcessQueue<ScoredRollout>,
 }
 
@@ -74,13 +74,20 @@ impl<G: LocalGenerator, S: LocalScorer> RolloutBackend for Embedded<G, S> {
         RolloutMode::OneProcess
     }
 
+    /// The local scorer's: one process has one set of judges.
+    fn judges_version(&self) -> u64 {
+        0
+    }
+
     fn publish(&mut self, version: u64, weights: &HashMap<String, Tensor>, config: &Config, pad_id: u32) -> Result<()> {
         self.generator.serve(version, weights, config, pad_id).map_err(local)
     }
 
     fn rollouts(&mut self, _version: u64, requests: Vec<GenerateRequest>) -> Result<Vec<Delivery<ScoredRollout>>> {
         for request in &requests {
-            self.raw.push(self.generator.generate(request).map_err(local)?)?;
+            let rollouts = self.generator.generate(request).map_err(local)?;
+            self.raw
+                .push(rollouts.into_iter().map(|rollout| ScoringRequest { rollout, judges_version: 0 }).collect())?;
         }
         self.scorer.drain("scorer-0", &self.raw, &self.scored).map_err(local)?;
         Ok(self.scored.pop("learner", usize::MAX, Duration::ZERO)?)

@@ -32,7 +32,7 @@ pub use embedded::{Embedded, LocalError, LocalGenerator, LocalScorer};
 pub use fanout::{Fanout, FanoutConfig, FanoutError};
 pub use learner::{PpoLearner, StepStats};
 pub use process::{LearnerOptions, serve};
-pub use service::{StatusBoard, run};
+pub use service::{JudgesLoader, StatusBoard, run};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

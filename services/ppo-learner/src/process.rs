@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use rlhf_queue::Queue;
-use rlhf_types::{Rollout, ScoredRollout};
+use rlhf_types::{ScoredRollout, ScoringRequest};
 use tokio::net::TcpListener;
 
 use crate::{ClusterBackend, ClusterConfig, Error, Result, StatusBoard};
@@ -26,7 +26,7 @@ pub struct LearnerOptions {
 pub fn serve<T>(
     listener: std::net::TcpListener,
     options: LearnerOptions,
-    raw: Arc<dyn Queue<Rollout>>,
+    raw: Arc<dyn Queue<ScoringRequest>>,
     scored: Arc<dyn Queue<ScoredRollout>>,
     work: impl FnOnce(&mut ClusterBackend, &StatusBoard) -> T,
 ) -> Result<T> {

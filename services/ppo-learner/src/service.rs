@@ -1,12 +1,16 @@
-//! The learner's own gRPC face: `GetStatus` and `SaveCheckpoint`, plus health (SERVING while
-//! it trains). The training loop runs elsewhere (the pipeline's PPO stage) and reports into a
-//! [`StatusBoard`]; a checkpoint request is taken up by the loop after its current step.
+//! The learner's own gRPC face: `GetStatus`, `SaveCheckpoint` and `GetJudges`, plus health
+//! (SERVING while it trains). The training loop runs elsewhere (the pipeline's PPO stage) and
+//! reports into a [`StatusBoard`]; a checkpoint request is taken up by the loop after its
+//! current step; the judges it announces there are what the scorers load.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
+use rlhf_proto::judges::{Judges, encode_judges};
 use rlhf_proto::v1::ppo_learner_server::{PpoLearner as LearnerRpc, PpoLearnerServer};
-use rlhf_proto::v1::{LearnerStatus, LearnerStatusRequest, SaveCheckpointRequest, SaveCheckpointResponse};
+use rlhf_proto::v1::{
+    GetJudgesRequest, JudgesChunk, LearnerStatus, LearnerStatusRequest, SaveCheckpointRequest, SaveCheckpointResponse,
+};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::service::Routes;
@@ -14,14 +18,41 @@ use tonic::{Request, Response, Status};
 
 use crate::StepStats;
 
+/// Reads the judges when a scorer asks for them (from the run directory), so the learner does
+/// not keep a second copy of two models in memory.
+pub type JudgesLoader = Arc<dyn Fn() -> Result<Judges, String> + Send + Sync>;
+
 /// Shared between the training loop and the service.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct StatusBoard {
     status: Mutex<LearnerStatus>,
     waiting: Mutex<Vec<oneshot::Sender<(String, u64)>>>,
+    judges: Mutex<Option<(u64, JudgesLoader)>>,
+}
+
+impl std::fmt::Debug for StatusBoard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusBoard").field("status", &self.status()).field("judges", &self.judges_version()).finish()
+    }
 }
 
 impl StatusBoard {
+    /// From now on the scorers are to judge with `version`, which `load` reads.
+    pub fn announce_judges(&self, version: u64, load: JudgesLoader) {
+        if let Ok(mut j) = self.judges.lock() {
+            *j = Some((version, load));
+        }
+    }
+
+    /// The judges version announced, if any.
+    pub fn judges_version(&self) -> Option<u64> {
+        self.judges.lock().ok().and_then(|j| j.as_ref().map(|(v, _)| *v))
+    }
+
+    fn judges(&self) -> Option<(u64, JudgesLoader)> {
+        self.judges.lock().ok().and_then(|j| j.clone())
+    }
+
     pub fn record(&self, stats: &StepStats) {
         if let Ok(mut s) = self.status.lock() {
             *s = LearnerStatus {
@@ -55,8 +86,28 @@ impl StatusBoard {
 
 struct Service(Arc<StatusBoard>);
 
+type JudgesStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<JudgesChunk, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl LearnerRpc for Service {
+    type GetJudgesStream = JudgesStream;
+
+    async fn get_judges(&self, request: Request<GetJudgesRequest>) -> Result<Response<JudgesStream>, Status> {
+        let wanted = request.into_inner().judges_version;
+        let (version, load) = self.0.judges().ok_or_else(|| Status::unavailable("no judges announced yet"))?;
+        if wanted != 0 && wanted != version {
+            return Err(Status::not_found(format!("judges version {wanted} is not this learner's ({version})")));
+        }
+        let chunks = tokio::task::spawn_blocking(move || {
+            let judges = load().map_err(Status::internal)?;
+            encode_judges(version, &judges).map_err(|e| Status::internal(e.to_string()))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        tracing::info!(version, chunks = chunks.len(), "sending the judges to a scorer");
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks.into_iter().map(Ok)))))
+    }
+
     async fn get_status(&self, _: Request<LearnerStatusRequest>) -> Result<Response<LearnerStatus>, Status> {
         Ok(Response::new(self.0.status()))
     }
@@ -80,6 +131,8 @@ pub async fn run(
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = rlhf_rpc::health();
     rlhf_rpc::set_health::<PpoLearnerServer<Service>>(&health, true).await;
-    rlhf_rpc::serve(listener, Routes::new(health_service).add_service(PpoLearnerServer::new(Service(board))), shutdown)
-        .await
+    let service = PpoLearnerServer::new(Service(board))
+        .max_decoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES);
+    rlhf_rpc::serve(listener, Routes::new(health_service).add_service(service), shutdown).await
 }

@@ -38,6 +38,7 @@ fn batch() -> Vec<ScoredRollout> {
                 },
                 score: i as f32 * 0.4 - 1.0,
                 reference_logprobs: (0..n).map(|t| -2.7 - 0.05 * (t as f32)).collect(),
+                judges_version: 0,
             }
         })
         .collect()

@@ -6,8 +6,10 @@
 //! It consumes raw rollouts from one queue and publishes scored ones to the next, acknowledging
 //! a raw entry only after its scored result is published.
 
-mod service;
+mod learner_judges;
+pub(crate) mod service;
 
+pub use learner_judges::{FetchJudges, LearnerJudges};
 pub use service::{ScorerServiceConfig, run};
 
 use std::collections::HashMap;
@@ -15,8 +17,9 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use rlhf_model::{Config, Kernels, Llama, RewardHead, SequenceBatch, tempered_logprobs};
+use rlhf_proto::judges::Judges;
 use rlhf_queue::Queue;
-use rlhf_types::{Rollout, ScoredRollout};
+use rlhf_types::{Rollout, ScoredRollout, ScoringRequest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -26,6 +29,8 @@ pub enum Error {
     NonFinite(String),
     #[error(transparent)]
     Queue(#[from] rlhf_queue::Error),
+    #[error("rollout {rollout} asks for judges version {wanted}, but these are version {loaded}")]
+    WrongJudges { rollout: String, wanted: u64, loaded: u64 },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -48,6 +53,8 @@ pub struct RewardScorer {
     /// Reference log-probs are taken under `logits / temperature`, the distribution the policy
     /// samples from, so that the KL penalty compares like with like (as TRL does).
     temperature: f64,
+    /// The judges version, stamped on everything scored (0 in one process).
+    version: u64,
 }
 
 impl std::fmt::Debug for RewardScorer {
@@ -70,7 +77,36 @@ impl RewardScorer {
         let reference =
             Llama::new(reference_config, VarBuilder::from_tensors(reference_tensors, DType::F32, &Device::Cpu))
                 .map_err(model_error)?;
-        Ok(RewardScorer { reward_model, reward_head, reference, pad_id, normaliser: (0.0, 1.0), temperature: 1.0 })
+        Ok(RewardScorer {
+            reward_model,
+            reward_head,
+            reference,
+            pad_id,
+            normaliser: (0.0, 1.0),
+            temperature: 1.0,
+            version: 0,
+        })
+    }
+
+    /// The judges the learner announced as `version`, normalised and tempered as it says.
+    pub fn from_judges(version: u64, judges: Judges) -> Result<Self> {
+        let Judges { reward_model, reference, pad_id, score_mean, score_std, temperature } = judges;
+        let mut scorer = RewardScorer::new(
+            &reward_model.config,
+            reward_model.tensors,
+            &reference.config,
+            reference.tensors,
+            pad_id,
+        )?;
+        scorer.set_normaliser(score_mean, score_std);
+        scorer.set_temperature(temperature);
+        scorer.version = version;
+        Ok(scorer)
+    }
+
+    /// The judges version stamped on what this scorer scores.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     /// Sets the normalisation applied to raw reward-model scores.
@@ -134,16 +170,22 @@ impl RewardScorer {
                 }
                 let from = batch.prompt_lens[b] - 1 - start;
                 let reference_logprobs = row[from..from + batch.response_lens[b]].to_vec();
-                Ok(ScoredRollout { rollout: rollout.clone(), score: (raw - mean) / std, reference_logprobs })
+                Ok(ScoredRollout {
+                    rollout: rollout.clone(),
+                    score: (raw - mean) / std,
+                    reference_logprobs,
+                    judges_version: self.version,
+                })
             })
             .collect()
     }
 
-    /// Moves up to `max` rollouts from `raw` to `scored`; returns how many it moved.
+    /// Moves up to `max` rollouts from `raw` to `scored`; returns how many it moved. Every
+    /// request must ask for this scorer's judges version; otherwise nothing moves.
     pub fn drain(
         &self,
         consumer: &str,
-        raw: &dyn Queue<Rollout>,
+        raw: &dyn Queue<ScoringRequest>,
         scored: &dyn Queue<ScoredRollout>,
         max: usize,
     ) -> Result<usize> {
@@ -151,7 +193,14 @@ impl RewardScorer {
         if deliveries.is_empty() {
             return Ok(0);
         }
-        let rollouts: Vec<Rollout> = deliveries.iter().map(|d| d.item.clone()).collect();
+        if let Some(d) = deliveries.iter().find(|d| d.item.judges_version != self.version) {
+            return Err(Error::WrongJudges {
+                rollout: d.item.rollout.rollout_id.to_string(),
+                wanted: d.item.judges_version,
+                loaded: self.version,
+            });
+        }
+        let rollouts: Vec<Rollout> = deliveries.iter().map(|d| d.item.rollout.clone()).collect();
         let results = self.score(&rollouts)?;
         scored.push(results)?;
         raw.ack(&deliveries.iter().map(|d| d.id.clone()).collect::<Vec<_>>())?;

@@ -1,26 +1,31 @@
 //! The scorer as a service: a worker thread moves rollouts from the raw stream to the scored
 //! stream in batches, and a unary `Score` RPC serves clients directly.
 //!
+//! The judges come from the learner (`FetchJudges`): the current ones at start, and whichever
+//! version a raw entry asks for when it is not the one loaded (a restarted learner announces a
+//! new version). Entries for a version the learner no longer knows belong to a learner that
+//! died; they are acknowledged and dropped.
+//!
 //! The worker acknowledges a raw entry only after its scored result is published, and first
 //! takes over entries another scorer held for longer than `claim_after` (it died). A rollout the
 //! model cannot score (a non-finite score) is left unacknowledged, so it is retried and, after
 //! the queue's delivery limit, dead-lettered; the rest of its batch goes on.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rlhf_proto::v1::reward_scorer_server::{RewardScorer as ScorerRpc, RewardScorerServer};
 use rlhf_proto::v1::{ScoreRequest, ScoreResponse};
 use rlhf_queue::{Delivery, Queue, Traced};
 use rlhf_rpc::trace::Hop;
-use rlhf_types::{Rollout, ScoredRollout};
+use rlhf_types::{Rollout, ScoredRollout, ScoringRequest};
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
-use crate::{Result, RewardScorer};
+use crate::{FetchJudges, Result, RewardScorer};
 
 /// Settings of the scorer service.
 #[derive(Debug, Clone)]
@@ -39,13 +44,21 @@ impl Default for ScorerServiceConfig {
     }
 }
 
-struct Service(Arc<tokio::sync::OnceCell<Arc<RewardScorer>>>);
+/// The judges in use, shared by the worker and the `Score` RPC.
+pub(crate) type Current = Arc<RwLock<Option<Arc<RewardScorer>>>>;
+
+struct Service(Current);
 
 #[tonic::async_trait]
 impl ScorerRpc for Service {
     async fn score(&self, request: Request<ScoreRequest>) -> std::result::Result<Response<ScoreResponse>, Status> {
         let hop = Hop::from_metadata("scorer.score", request.metadata());
-        let scorer = self.0.get().cloned().ok_or_else(|| Status::unavailable("the reward model is still loading"))?;
+        let scorer = self
+            .0
+            .read()
+            .ok()
+            .and_then(|c| c.clone())
+            .ok_or_else(|| Status::unavailable("no judges loaded yet: the learner has not announced them"))?;
         let rollouts = request
             .into_inner()
             .rollouts
@@ -65,14 +78,14 @@ impl ScorerRpc for Service {
 /// acknowledges what was published; returns how many were moved.
 fn score_batch(
     scorer: &RewardScorer,
-    deliveries: Vec<Delivery<Rollout>>,
-    raw: &dyn Queue<Rollout>,
+    deliveries: &[Delivery<ScoringRequest>],
+    raw: &dyn Queue<ScoringRequest>,
     scored: &dyn Queue<ScoredRollout>,
 ) -> Result<usize> {
     if deliveries.is_empty() {
         return Ok(0);
     }
-    let rollouts: Vec<Rollout> = deliveries.iter().map(|d| d.item.clone()).collect();
+    let rollouts: Vec<Rollout> = deliveries.iter().map(|d| d.item.rollout.clone()).collect();
     // One bad rollout must not hold its whole batch back: fall back to one at a time.
     let results: Vec<Option<ScoredRollout>> = match scorer.score(&rollouts) {
         Ok(all) => all.into_iter().map(Some).collect(),
@@ -101,77 +114,147 @@ fn score_batch(
     Ok(done.len())
 }
 
-/// Moves rollouts from `raw` to `scored` until `stop` is set.
+/// The worker: keeps the judges each request asks for and moves requests from `raw` to
+/// `scored`.
+pub(crate) struct Worker<'a> {
+    pub(crate) current: &'a Current,
+    pub(crate) fetch: &'a dyn FetchJudges,
+    pub(crate) config: &'a ScorerServiceConfig,
+    pub(crate) raw: &'a dyn Queue<ScoringRequest>,
+    pub(crate) scored: &'a dyn Queue<ScoredRollout>,
+}
+
+/// What to do with the requests for one judges version.
+enum Judged {
+    With(Arc<RewardScorer>),
+    /// The learner does not know the version: rollouts of an earlier learner, which no one
+    /// waits for.
+    Unknown,
+}
+
+impl Worker<'_> {
+    fn loaded(&self) -> Option<Arc<RewardScorer>> {
+        self.current.read().ok().and_then(|c| c.clone())
+    }
+
+    /// The judges of `version` (0: the current ones), fetched from the learner unless loaded.
+    fn judges(&self, version: u64) -> Result<Judged> {
+        if let Some(s) = self.loaded().filter(|s| version == 0 || s.version() == version) {
+            return Ok(Judged::With(s));
+        }
+        let Some((version, judges)) = self.fetch.fetch(version).map_err(crate::Error::Model)? else {
+            return Ok(Judged::Unknown);
+        };
+        let scorer = Arc::new(RewardScorer::from_judges(version, judges)?);
+        tracing::info!(version, consumer = %self.config.consumer, "judges loaded from the learner");
+        *self.current.write().map_err(|_| crate::Error::Model("judges lock poisoned".into()))? = Some(scorer.clone());
+        Ok(Judged::With(scorer))
+    }
+
+    /// Scores `deliveries`, each with the judges version it asks for.
+    pub(crate) fn handle(&self, deliveries: Vec<Delivery<ScoringRequest>>) -> Result<usize> {
+        let mut by_version: std::collections::BTreeMap<u64, Vec<Delivery<ScoringRequest>>> = Default::default();
+        for d in deliveries {
+            by_version.entry(d.item.judges_version).or_default().push(d);
+        }
+        let mut moved = 0;
+        for (version, group) in by_version {
+            // Version 0 is the one-process scorer's; no learner announces it.
+            let judged = if version == 0 { Judged::Unknown } else { self.judges(version)? };
+            match judged {
+                Judged::With(scorer) => moved += score_batch(&scorer, &group, self.raw, self.scored)?,
+                Judged::Unknown => {
+                    tracing::warn!(
+                        version,
+                        entries = group.len(),
+                        "dropping rollouts for judges the learner no longer has"
+                    );
+                    self.raw.ack(&group.iter().map(|d| d.id.clone()).collect::<Vec<_>>())?;
+                }
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Entries a dead scorer held first, then new ones.
+    fn round(&self) -> Result<usize> {
+        let taken =
+            self.handle(self.raw.claim_stale(&self.config.consumer, self.config.claim_after, self.config.batch)?)?;
+        let fresh = self.raw.pop(&self.config.consumer, self.config.batch, Duration::from_millis(200))?;
+        Ok(taken + self.handle(fresh)?)
+    }
+}
+
+/// Moves rollouts from `raw` to `scored` until `stop` is set, with judges from `fetch`; `ready`
+/// is told once the first judges are loaded.
 pub fn work(
-    scorer: &RewardScorer,
+    fetch: &dyn FetchJudges,
     config: &ScorerServiceConfig,
-    raw: &dyn Queue<Rollout>,
+    raw: &dyn Queue<ScoringRequest>,
     scored: &dyn Queue<ScoredRollout>,
     stop: &AtomicBool,
+    current: &Current,
+    ready: &dyn Fn(),
 ) {
-    // Entries a dead scorer held first, then new ones.
-    let round = || -> Result<usize> {
-        let taken =
-            score_batch(scorer, raw.claim_stale(&config.consumer, config.claim_after, config.batch)?, raw, scored)?;
-        let fresh = raw.pop(&config.consumer, config.batch, Duration::from_millis(200))?;
-        Ok(taken + score_batch(scorer, fresh, raw, scored)?)
-    };
+    let worker = Worker { current, fetch, config, raw, scored };
+    let mut announced = false;
     while !stop.load(Ordering::SeqCst) {
-        if let Err(e) = round() {
+        // Load the current judges as soon as the learner has them, so health tells the truth.
+        if worker.loaded().is_none() {
+            match worker.judges(0) {
+                Ok(Judged::With(_)) => ready(),
+                Ok(Judged::Unknown) | Err(_) => {
+                    if !announced {
+                        tracing::info!("waiting for the learner to announce its judges");
+                        announced = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                    continue;
+                }
+            }
+        }
+        if let Err(e) = worker.round() {
             tracing::error!(error = %e, "scoring batch failed; retrying in 1 s");
             std::thread::sleep(Duration::from_secs(1));
         }
     }
 }
 
-/// Loads the judges with `load` (health is NOT_SERVING until then), then scores from `raw` into
-/// `scored` and serves `Score` on `listener` until `shutdown` resolves.
-pub async fn run<L>(
+/// Scores from `raw` into `scored` with the judges `fetch` gets from the learner (health is
+/// NOT_SERVING until the first are loaded) and serves `Score` on `listener` until `shutdown`
+/// resolves.
+pub async fn run(
     config: ScorerServiceConfig,
-    load: L,
-    raw: Arc<dyn Queue<Rollout>>,
+    fetch: Arc<dyn FetchJudges>,
+    raw: Arc<dyn Queue<ScoringRequest>>,
     scored: Arc<dyn Queue<ScoredRollout>>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
-) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>
-where
-    L: FnOnce() -> std::result::Result<RewardScorer, String> + Send + 'static,
-{
+) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (health, health_service) = rlhf_rpc::health();
     rlhf_rpc::set_health::<RewardScorerServer<Service>>(&health, false).await;
-    let cell: Arc<tokio::sync::OnceCell<Arc<RewardScorer>>> = Arc::new(tokio::sync::OnceCell::new());
+    let current: Current = Arc::new(RwLock::new(None));
     let stop = Arc::new(AtomicBool::new(false));
     let worker = {
-        let (cell, stop, health) = (cell.clone(), stop.clone(), health.clone());
+        let (current, stop, health) = (current.clone(), stop.clone(), health.clone());
         let handle = tokio::runtime::Handle::current();
-        std::thread::spawn(move || -> std::result::Result<(), String> {
-            let scorer = Arc::new(load()?);
-            let _ = cell.set(scorer.clone());
-            handle.block_on(async {
-                rlhf_rpc::set_health::<RewardScorerServer<Service>>(&health, true).await;
-            });
-            tracing::info!(consumer = %config.consumer, "reward model loaded; scoring");
-            work(&scorer, &config, raw.as_ref(), scored.as_ref(), &stop);
-            Ok(())
+        std::thread::spawn(move || {
+            let ready = || {
+                handle.block_on(rlhf_rpc::set_health::<RewardScorerServer<Service>>(&health, true));
+                tracing::info!(consumer = %config.consumer, "judges loaded; scoring");
+            };
+            work(fetch.as_ref(), &config, raw.as_ref(), scored.as_ref(), &stop, &current, &ready);
         })
     };
-    let service = RewardScorerServer::new(Service(cell.clone()))
+    let service = RewardScorerServer::new(Service(current))
         .max_decoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES);
     let served = rlhf_rpc::serve(listener, Routes::new(health_service).add_service(service), shutdown).await;
     stop.store(true, Ordering::SeqCst);
-    if cell.get().is_none() {
-        // Still waiting for the reward model: nothing to drain, and the loader cannot be
-        // interrupted; the thread ends with the process.
-        tracing::info!("stopped before the reward model was loaded");
-        served?;
-        return Ok(());
-    }
     let worked = tokio::task::spawn_blocking(move || worker.join()).await;
     served?;
     match worked {
-        Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(e))) => Err(e.into()),
+        Ok(Ok(())) => Ok(()),
         _ => Err("the scoring worker panicked".into()),
     }
 }

@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use rlhf_model::{Config, Kernels, Llama, RewardHead, next_token_logprobs, seeded_var_builder};
+use rlhf_proto::judges::{Judges, ModelWeights};
 use rlhf_queue::{InProcessQueue, Queue};
-use rlhf_types::Rollout;
+use rlhf_types::{Rollout, ScoringRequest};
 
 use crate::*;
 
@@ -33,6 +34,60 @@ fn rollout(id: &str, prompt: Vec<u32>, response: Vec<u32>) -> Rollout {
         finished: true,
         generator_id: "g".into(),
     }
+}
+
+fn request(id: &str, judges_version: u64) -> ScoringRequest {
+    ScoringRequest { rollout: rollout(id, vec![1, 2], vec![3, 4]), judges_version }
+}
+
+fn judges(seed: u64) -> Judges {
+    let (rm_config, rm) = model(seed, true);
+    let (ref_config, reference) = model(seed + 1, false);
+    Judges {
+        reward_model: ModelWeights { config: rm_config, tensors: rm },
+        reference: ModelWeights { config: ref_config, tensors: reference },
+        pad_id: 0,
+        score_mean: 0.0,
+        score_std: 1.0,
+        temperature: 1.0,
+    }
+}
+
+/// A learner that has announced judges version 7 only.
+struct Learner {
+    asked: std::sync::Mutex<Vec<u64>>,
+}
+
+impl FetchJudges for Learner {
+    fn fetch(&self, version: u64) -> std::result::Result<Option<(u64, Judges)>, String> {
+        self.asked.lock().unwrap().push(version);
+        Ok(matches!(version, 0 | 7).then(|| (7, judges(1))))
+    }
+}
+
+#[test]
+fn requests_are_scored_by_the_judges_version_they_ask_for_and_unknown_versions_are_dropped() {
+    let learner = Learner { asked: Default::default() };
+    let raw: InProcessQueue<ScoringRequest> = InProcessQueue::new("raw");
+    let scored: InProcessQueue<ScoredRollout> = InProcessQueue::new("scored");
+    let config = ScorerServiceConfig::default();
+    let current = Default::default();
+    let worker = service::Worker { current: &current, fetch: &learner, config: &config, raw: &raw, scored: &scored };
+    // A rollout of a dead learner (version 5) and two of the live one (version 7).
+    raw.push(vec![request("old", 5), request("a", 7), request("b", 7)]).unwrap();
+    let moved = worker.handle(raw.pop("scorer", 10, std::time::Duration::ZERO).unwrap()).unwrap();
+    assert_eq!(moved, 2);
+    let out = scored.pop("learner", 10, std::time::Duration::ZERO).unwrap();
+    let ids: Vec<(&str, u64)> =
+        out.iter().map(|d| (d.item.rollout.rollout_id.as_str(), d.item.judges_version)).collect();
+    assert_eq!(ids, [("a", 7), ("b", 7)], "stamped with the version that scored them");
+    assert_eq!(raw.pending().unwrap(), 0, "the unknown version's entry is acknowledged, not retried forever");
+    assert_eq!(*learner.asked.lock().unwrap(), [5, 7], "each version fetched once");
+    // A scorer refuses to score a request for other judges than its own.
+    let scorer = RewardScorer::from_judges(7, judges(1)).unwrap();
+    raw.push(vec![request("c", 8)]).unwrap();
+    assert!(matches!(scorer.drain("scorer", &raw, &scored, 10), Err(Error::WrongJudges { wanted: 8, loaded: 7, .. })));
+    assert_eq!(scored.ready().unwrap(), 0);
 }
 
 #[test]
@@ -66,9 +121,9 @@ fn a_non_finite_score_publishes_nothing_and_keeps_the_rollouts_pending() {
     rm.insert("score.weight".into(), nan);
     let (ref_cfg, reference) = model(2, false);
     let scorer = RewardScorer::new(&rm_cfg, rm, &ref_cfg, reference, 0).unwrap();
-    let raw: InProcessQueue<Rollout> = InProcessQueue::new("raw");
+    let raw: InProcessQueue<ScoringRequest> = InProcessQueue::new("raw");
     let scored = InProcessQueue::new("scored");
-    raw.push(vec![rollout("a", vec![1, 2], vec![3])]).unwrap();
+    raw.push(vec![request("a", 0)]).unwrap();
     let err = scorer.drain("scorer", &raw, &scored, 10).unwrap_err();
     assert!(matches!(err, Error::NonFinite(ref id) if id == "a"), "{err}");
     assert_eq!(scored.ready().unwrap(), 0);
