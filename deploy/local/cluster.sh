@@ -43,6 +43,12 @@ G1=$(free_port $((G0 + 1)))
 SCORER=$(free_port $((G1 + 1)))
 PREFS=$(free_port $((SCORER + 1)))
 LEARNER=$(free_port $((PREFS + 1)))
+# Prometheus metrics (GET /metrics), one port per service.
+M_G0=$(free_port 9464)
+M_G1=$(free_port $((M_G0 + 1)))
+M_SCORER=$(free_port $((M_G1 + 1)))
+M_PREFS=$(free_port $((M_SCORER + 1)))
+M_LEARNER=$(free_port $((M_PREFS + 1)))
 REDIS=redis://127.0.0.1:$REDIS_PORT/
 # Writes to the preference service need this token; the learner sends it.
 RLHF_PREFERENCES_TOKEN=${RLHF_PREFERENCES_TOKEN:-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}
@@ -63,17 +69,22 @@ in_own_dir() {
 }
 in_own_dir redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no
 # One thread per replica: on a small CPU, decoding is faster single-threaded (see README, Benchmarks).
-RAYON_NUM_THREADS=1 in_own_dir generator-0 "$BIN" serve generator --listen "127.0.0.1:$G0" --id generator-0
-RAYON_NUM_THREADS=1 in_own_dir generator-1 "$BIN" serve generator --listen "127.0.0.1:$G1" --id generator-1
-in_own_dir scorer "$BIN" serve scorer --listen "127.0.0.1:$SCORER" --learner "http://127.0.0.1:$LEARNER" --redis "$REDIS"
-in_own_dir preferences "$BIN" serve preferences --listen "127.0.0.1:$PREFS" --db preferences.sqlite
+RAYON_NUM_THREADS=1 in_own_dir generator-0 "$BIN" serve generator --listen "127.0.0.1:$G0" --id generator-0 \
+    --metrics "127.0.0.1:$M_G0"
+RAYON_NUM_THREADS=1 in_own_dir generator-1 "$BIN" serve generator --listen "127.0.0.1:$G1" --id generator-1 \
+    --metrics "127.0.0.1:$M_G1"
+in_own_dir scorer "$BIN" serve scorer --listen "127.0.0.1:$SCORER" --learner "http://127.0.0.1:$LEARNER" --redis "$REDIS" \
+    --metrics "127.0.0.1:$M_SCORER"
+in_own_dir preferences "$BIN" serve preferences --listen "127.0.0.1:$PREFS" --db preferences.sqlite \
+    --metrics "127.0.0.1:$M_PREFS"
 
 echo "cluster: redis :$REDIS_PORT, generators :$G0 :$G1, scorer :$SCORER, preferences :$PREFS, learner :$LEARNER" >&2
 echo "cluster: run directory $RUN, service logs and working directories in $WORK" >&2
+echo "cluster: metrics on http://127.0.0.1:{$M_G0,$M_G1,$M_SCORER,$M_PREFS,$M_LEARNER}/metrics" >&2
 config_args=()
 if [[ -n "${CONFIG:-}" ]]; then config_args=(--config "$(realpath "$CONFIG")"); fi
 cd "$WORK/learner"
 # shellcheck disable=SC2086
-"$BIN" serve learner --listen "127.0.0.1:$LEARNER" --run-dir "$RUN" --redis "$REDIS" \
+"$BIN" serve learner --listen "127.0.0.1:$LEARNER" --run-dir "$RUN" --redis "$REDIS" --metrics "127.0.0.1:$M_LEARNER" \
     --generators "http://127.0.0.1:$G0,http://127.0.0.1:$G1" --preferences "http://127.0.0.1:$PREFS" \
     "${config_args[@]}" ${LEARNER_ARGS:-}

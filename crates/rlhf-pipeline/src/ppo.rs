@@ -262,6 +262,7 @@ pub fn run_with(
         record["stage"] = json!("ppo");
         record["rollout_seconds"] = json!(rollout_seconds);
         record["step_seconds"] = json!(step_started.elapsed().as_secs_f64());
+        rlhf_rpc::metrics::learner().step_seconds.observe(step_started.elapsed().as_secs_f64());
         run.metric(&record)?;
         progress.set_message(format!("reward {:.2} kl {:.2}", stats.reward, stats.kl));
         progress.inc(1);
@@ -276,6 +277,7 @@ pub fn run_with(
                 progress.suspend(|| eprintln!("reward-hacking alarm: {alarm}"));
                 run.metric(&json!({"stage": "alarm", "step": step, "message": alarm}))?;
                 alarms.push(alarm);
+                rlhf_rpc::metrics::learner().alarm.set(1);
             }
             save_policy(&learner, "ppo")?;
             state.ppo_progress = Some(PpoProgress {
@@ -300,6 +302,7 @@ pub fn run_with(
         eprintln!("alarm: {alarm}");
         run.metric(&json!({"stage": "alarm", "step": chosen.step, "message": alarm}))?;
         alarms.push(alarm);
+        rlhf_rpc::metrics::learner().alarm.set(1);
     }
     Ok(PpoResult {
         steps,

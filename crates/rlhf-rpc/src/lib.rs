@@ -7,8 +7,11 @@
 //!   subscriber, with OTLP export when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 //! - [`auth`]: bearer tokens, compared in constant time.
 //! - [`endpoint`]: client channels with connect timeouts.
+//! - [`metrics`]: every Prometheus metric rlhf exports, the `/metrics` endpoint, and the
+//!   latency of every gRPC request (a layer [`serve`] puts in front of each service).
 
 pub mod auth;
+pub mod metrics;
 pub mod telemetry;
 pub mod trace;
 
@@ -53,6 +56,7 @@ pub async fn serve(
         .build_v1()
         .expect("the bundled descriptor sets are valid");
     tonic::transport::Server::builder()
+        .layer(metrics::GrpcTiming)
         .add_routes(routes.add_service(reflection))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await

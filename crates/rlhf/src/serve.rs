@@ -36,6 +36,9 @@ pub struct Listen {
     /// Address to serve gRPC on.
     #[arg(long, default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
+    /// Address to serve Prometheus metrics on (`GET /metrics`), e.g. 0.0.0.0:9464; none if unset.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -168,6 +171,18 @@ pub fn run(service: Service) -> Result<()> {
         let _inside = runtime.enter();
         rlhf_rpc::telemetry::init(name)
     };
+    let listen = match &service {
+        Service::Generator(a) => &a.listen,
+        Service::Scorer(a) => &a.listen,
+        Service::Preferences(a) => &a.listen,
+        Service::Learner(a) => &a.listen,
+    };
+    if let Some(addr) = listen.metrics {
+        let listener =
+            runtime.block_on(tokio::net::TcpListener::bind(addr)).with_context(|| format!("metrics on {addr}"))?;
+        tracing::info!(%addr, "metrics on /metrics");
+        runtime.spawn(rlhf_rpc::metrics::serve(listener, std::future::pending()));
+    }
     match service {
         Service::Generator(args) => runtime.block_on(async {
             let shutdown = rlhf_rpc::shutdown_signal();

@@ -47,8 +47,12 @@ fn generator(name: &str, port: u16, extra: &[&str]) -> Child {
 /// A scorer on a free port that gets its judges from the learner at `learner` (it needs no
 /// files: it runs in a directory of its own).
 fn scorer(learner: &str, redis: &RedisServer, streams: &str) -> Child {
+    scorer_with(learner, redis, streams, &[])
+}
+
+fn scorer_with(learner: &str, redis: &RedisServer, streams: &str, extra: &[&str]) -> Child {
     let port = free_port();
-    let a = args(&[
+    let mut a = args(&[
         "serve",
         "scorer",
         "--listen",
@@ -60,9 +64,48 @@ fn scorer(learner: &str, redis: &RedisServer, streams: &str) -> Child {
         "--streams",
         streams,
     ]);
+    a.extend(args(extra));
     let child = Child::spawn("scorer", bin(), &a, &QUIET).unwrap();
     wait_for_port(port, Duration::from_secs(30)).unwrap();
     child
+}
+
+/// `GET /metrics` on `port`: the body, or `None` while nothing answers.
+fn scrape(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.to_lowercase().contains("content-type: text/plain; version=0.0.4"), "{head}");
+    Some(body.to_string())
+}
+
+/// `promtool check metrics` (Debian package `prometheus`) accepts `text` without a complaint.
+fn assert_promtool_accepts(service: &str, text: &str) {
+    use std::io::Write;
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (apt-get install prometheus; .ci/run does it)");
+    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "promtool on the {service}'s metrics: {said}\n{text}");
+}
+
+/// The value of the unlabelled sample `name` in `text`.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in\n{text}"))
 }
 
 fn url(port: u16) -> String {
@@ -157,9 +200,12 @@ fn four_services_as_processes_run_the_pipeline() {
     std::fs::write(&config, TINY).unwrap();
     let redis = RedisServer::start().unwrap();
     let (g1, g2) = (free_port(), free_port());
-    let _generators = [generator("gen-a", g1, &[]), generator("gen-b", g2, &[])];
+    // Every service serves /metrics on a port of its own.
+    let [m_gen, m_scorer, m_prefs, m_learner] = [free_port(), free_port(), free_port(), free_port()];
+    let metrics_arg = |port: u16| format!("127.0.0.1:{port}");
+    let _generators = [generator("gen-a", g1, &["--metrics", &metrics_arg(m_gen)]), generator("gen-b", g2, &[])];
     let learner_port = free_port();
-    let _scorer = scorer(&url(learner_port), &redis, "e2e");
+    let _scorer = scorer_with(&url(learner_port), &redis, "e2e", &["--metrics", &metrics_arg(m_scorer)]);
     let prefs_port = free_port();
     // The preference store owns its database; the learner owns the run directory.
     std::fs::create_dir_all(dir.path().join("preferences")).unwrap();
@@ -168,7 +214,16 @@ fn four_services_as_processes_run_the_pipeline() {
     let _prefs = Child::spawn(
         "preferences",
         bin(),
-        &args(&["serve", "preferences", "--listen", &format!("127.0.0.1:{prefs_port}"), "--db", db.to_str().unwrap()]),
+        &args(&[
+            "serve",
+            "preferences",
+            "--listen",
+            &format!("127.0.0.1:{prefs_port}"),
+            "--db",
+            db.to_str().unwrap(),
+            "--metrics",
+            &metrics_arg(m_prefs),
+        ]),
         &with_token,
     )
     .unwrap();
@@ -202,10 +257,22 @@ fn four_services_as_processes_run_the_pipeline() {
             "4",
             "--preferences",
             &url(prefs_port),
+            "--metrics",
+            &metrics_arg(m_learner),
         ]),
         &with_token,
     )
     .unwrap();
+    // The learner's metrics, once it has trained a step (it exits when the run ends).
+    let started = Instant::now();
+    let learner_metrics = loop {
+        assert!(started.elapsed() < Duration::from_secs(300), "the learner never reported a trained step");
+        if let Some(text) = scrape(m_learner).filter(|t| t.contains("rlhf_rollouts_trained_total 16")) {
+            break text;
+        }
+        assert!(learner.is_running(), "the learner ended before its metrics were scraped");
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let exit = learner.wait_timeout(Duration::from_secs(300)).expect("the learner finishes");
     assert!(exit.success(), "learner failed: {exit:?}");
     let run = RunDir::open(&run_root).unwrap();
@@ -213,6 +280,35 @@ fn four_services_as_processes_run_the_pipeline() {
     assert!(collected.rankings > 0);
     assert!(run.path("summary.json").exists() && run.path("report.html").exists());
     assert_every_step_complete(run.root(), 6, 16);
+
+    // Every service's metrics pass promtool's lint, and say what happened.
+    let generator_metrics = scrape(m_gen).unwrap();
+    let scorer_metrics = scrape(m_scorer).unwrap();
+    let preference_metrics = scrape(m_prefs).unwrap();
+    for (service, text) in [
+        ("generator", &generator_metrics),
+        ("scorer", &scorer_metrics),
+        ("preference store", &preference_metrics),
+        ("learner", &learner_metrics),
+    ] {
+        assert_promtool_accepts(service, text);
+    }
+    // Latency of the gRPC calls each took (nobody calls the scorer: its work comes by Redis).
+    for (service, text, method) in [
+        ("generator", &generator_metrics, "Generate"),
+        ("preference store", &preference_metrics, "SubmitRanking"),
+        ("learner", &learner_metrics, "GetJudges"),
+    ] {
+        let series = format!("rlhf_grpc_request_duration_seconds_count{{method=\"{method}\"");
+        assert!(text.contains(&series), "{service}: no latency of {method}\n{text}");
+    }
+    assert!(sample(&generator_metrics, "rlhf_rollouts_generated_total") > 0.0);
+    assert!(sample(&generator_metrics, "rlhf_tokens_generated_total") > 0.0);
+    assert_eq!(sample(&generator_metrics, "rlhf_weight_version"), 6.0);
+    assert!(sample(&scorer_metrics, "rlhf_rollouts_scored_total") >= 6.0 * 16.0);
+    assert!(scorer_metrics.contains("rlhf_stream_pending_entries{stream=\"rollouts\"}"), "{scorer_metrics}");
+    assert!(sample(&learner_metrics, "rlhf_ppo_step_duration_seconds_count") >= 1.0);
+    assert_eq!(sample(&learner_metrics, "rlhf_reward_hacking_alarm"), 0.0);
 
     // Both replicas took work and serve the final version.
     for port in [g1, g2] {
@@ -249,6 +345,7 @@ fn four_services_as_processes_run_the_pipeline() {
         let before = client.stats(StatsRequest {}).await.unwrap().into_inner();
         // Every ranking the learner collected went through the service.
         assert_eq!(before.rankings, collected.rankings);
+        assert_eq!(sample(&preference_metrics, "rlhf_preference_rankings_stored_total"), collected.rankings as f64);
         let bad =
             Ranking { ranking_id: "r-x".into(), prompt_id: "nope".into(), order: vec![0, 0], ..Default::default() };
         let refused = client.submit_ranking(SubmitRankingRequest { ranking: Some(bad.clone()) }).await.unwrap_err();

@@ -110,6 +110,9 @@ impl GeneratorRpc for Service {
         .await
         .map_err(|e| Status::internal(format!("generation task: {e}")))?
         .map_err(status)?;
+        let generated = rlhf_rpc::metrics::generator();
+        generated.rollouts.inc_by(rollouts.len() as u64);
+        generated.tokens.inc_by(rollouts.iter().map(|r| r.response_tokens.len() as u64).sum());
         let request_id = request.request_id;
         let stream = async_stream(rollouts, request_id, delay, in_flight);
         // The rollouts' next hop (the scorer, via the learner's queue) hangs off this span.
@@ -151,6 +154,7 @@ impl GeneratorRpc for Service {
         .map_err(|e| Status::internal(format!("update task: {e}")))?
         .map_err(status)?;
         rlhf_rpc::set_health::<PolicyGeneratorServer<Service>>(&self.0.health, true).await;
+        rlhf_rpc::metrics::generator().weight_version.set(serving as i64);
         tracing::info!(replica = %self.0.id, version = serving, "serving policy version");
         Ok(Response::new(UpdateWeightsResponse { serving_version: serving }))
     }
@@ -196,6 +200,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = rlhf_rpc::health();
+    rlhf_rpc::metrics::generator();
     rlhf_rpc::set_health::<PolicyGeneratorServer<Service>>(&health, false).await;
     let replica = Arc::new(Replica {
         id: config.id,

@@ -151,6 +151,19 @@ impl ClusterBackend {
         Ok(out)
     }
 
+    /// Records the streams' lengths and the replicas' versions for `/metrics`.
+    fn observe(&self) {
+        let ok = |r: rlhf_queue::Result<usize>| r.ok().map(|n| n as u64);
+        let streams = rlhf_rpc::metrics::streams();
+        streams.observe("rollouts", ok(self.raw.stored()), ok(self.raw.pending()), ok(self.raw.dead_letters()));
+        streams.observe("scored", ok(self.scored.stored()), ok(self.scored.pending()), ok(self.scored.dead_letters()));
+        let versions = &rlhf_rpc::metrics::learner().replica_weight_version;
+        versions.reset();
+        for r in self.fanout.report() {
+            versions.with_label_values(&[&r.url]).set(r.serving.map_or(-1.0, |v| v as f64));
+        }
+    }
+
     pub fn counters(&self) -> &ClusterCounters {
         &self.counters
     }
@@ -240,6 +253,7 @@ impl RolloutBackend for ClusterBackend {
                     unused.push(delivery.id);
                 } else if got.contains_key(&rollout.rollout_id) {
                     self.counters.duplicates_dropped += 1;
+                    rlhf_rpc::metrics::learner().deduplicated.inc();
                     unused.push(delivery.id);
                 } else if delivery.item.judges_version != self.epoch {
                     // Never trained on: judged by other models than the ones announced.
@@ -261,6 +275,7 @@ impl RolloutBackend for ClusterBackend {
             self.scored.ack(&unused)?;
         }
         self.counters.scored_wait_seconds += generated.elapsed().as_secs_f64();
+        self.observe();
         let mut deliveries: Vec<Delivery<ScoredRollout>> = got.into_values().collect();
         deliveries.sort_by(|a, b| a.item.rollout.rollout_id.cmp(&b.item.rollout.rollout_id));
         Ok(deliveries)

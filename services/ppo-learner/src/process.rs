@@ -30,6 +30,7 @@ pub fn serve<T>(
     scored: Arc<dyn Queue<ScoredRollout>>,
     work: impl FnOnce(&mut ClusterBackend, &StatusBoard) -> T,
 ) -> Result<T> {
+    rlhf_rpc::metrics::learner();
     let mut backend = ClusterBackend::new(&options.generators, raw, scored, options.cluster)?;
     let board = Arc::new(StatusBoard::default());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -53,7 +53,14 @@ impl StatusBoard {
         self.judges.lock().ok().and_then(|j| j.clone())
     }
 
+    /// Records a finished step for `GetStatus` and `/metrics`.
     pub fn record(&self, stats: &StepStats) {
+        let m = rlhf_rpc::metrics::learner();
+        m.rollouts.inc_by(stats.rollouts as u64);
+        m.deduplicated.inc_by(stats.duplicates_skipped as u64);
+        m.policy_version.set(stats.policy_version as i64);
+        m.reward.set(stats.reward);
+        m.kl.set(stats.kl);
         if let Ok(mut s) = self.status.lock() {
             *s = LearnerStatus {
                 step: stats.step,

@@ -12,8 +12,8 @@ use rlhf_proto::v1::{
     SubmitRankingResponse,
 };
 use rlhf_proto::{pair_to_proto, ranking_from_proto, ranking_to_proto};
-use rlhf_rpc::auth;
 use rlhf_rpc::trace::Hop;
+use rlhf_rpc::{auth, metrics};
 use tokio::net::TcpListener;
 use tokio_stream::Stream;
 use tonic::service::Routes;
@@ -85,7 +85,10 @@ impl StoreRpc for Service {
         let ranking = request.into_inner().ranking.ok_or_else(|| Status::invalid_argument("ranking is required"))?;
         let ranking = ranking_from_proto(ranking);
         let id = ranking.ranking_id.clone();
-        with_store(&self.store, move |s| span.in_scope(|| s.submit(&ranking))).await?;
+        let stored = with_store(&self.store, move |s| span.in_scope(|| s.submit(&ranking))).await;
+        let counter = if stored.is_ok() { &metrics::preferences().rankings } else { &metrics::preferences().refused };
+        counter.inc();
+        stored?;
         Ok(Response::new(SubmitRankingResponse { ranking_id: id }))
     }
 
@@ -155,6 +158,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = rlhf_rpc::health();
+    metrics::preferences();
     rlhf_rpc::set_health::<PreferenceStoreServer<Service>>(&health, true).await;
     let service = PreferenceStoreServer::new(Service { store: Arc::new(Mutex::new(store)), token: config.token })
         .max_decoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES);

@@ -111,6 +111,7 @@ fn score_batch(
     }
     scored.push_traced(publish)?;
     raw.ack(&done)?;
+    rlhf_rpc::metrics::scorer().rollouts.inc_by(done.len() as u64);
     Ok(done.len())
 }
 
@@ -147,6 +148,7 @@ impl Worker<'_> {
         };
         let scorer = Arc::new(RewardScorer::from_judges(version, judges)?);
         tracing::info!(version, consumer = %self.config.consumer, "judges loaded from the learner");
+        rlhf_rpc::metrics::scorer().judges_version.set(version as i64);
         *self.current.write().map_err(|_| crate::Error::Model("judges lock poisoned".into()))? = Some(scorer.clone());
         Ok(Judged::With(scorer))
     }
@@ -169,6 +171,7 @@ impl Worker<'_> {
                         entries = group.len(),
                         "dropping rollouts for judges the learner no longer has"
                     );
+                    rlhf_rpc::metrics::scorer().dropped.inc_by(group.len() as u64);
                     self.raw.ack(&group.iter().map(|d| d.id.clone()).collect::<Vec<_>>())?;
                 }
             }
@@ -185,6 +188,14 @@ impl Worker<'_> {
     }
 }
 
+/// Records both streams' lengths for `/metrics`.
+fn observe_streams(raw: &dyn Queue<ScoringRequest>, scored: &dyn Queue<ScoredRollout>) {
+    let ok = |r: rlhf_queue::Result<usize>| r.ok().map(|n| n as u64);
+    let streams = rlhf_rpc::metrics::streams();
+    streams.observe("rollouts", ok(raw.stored()), ok(raw.pending()), ok(raw.dead_letters()));
+    streams.observe("scored", ok(scored.stored()), ok(scored.pending()), ok(scored.dead_letters()));
+}
+
 /// Moves rollouts from `raw` to `scored` until `stop` is set, with judges from `fetch`; `ready`
 /// is told once the first judges are loaded.
 pub fn work(
@@ -198,7 +209,12 @@ pub fn work(
 ) {
     let worker = Worker { current, fetch, config, raw, scored };
     let mut announced = false;
+    let mut observed: Option<std::time::Instant> = None;
     while !stop.load(Ordering::SeqCst) {
+        if observed.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+            observe_streams(raw, scored);
+            observed = Some(std::time::Instant::now());
+        }
         // Load the current judges as soon as the learner has them, so health tells the truth.
         if worker.loaded().is_none() {
             match worker.judges(0) {
@@ -232,6 +248,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (health, health_service) = rlhf_rpc::health();
+    rlhf_rpc::metrics::scorer();
     rlhf_rpc::set_health::<RewardScorerServer<Service>>(&health, false).await;
     let current: Current = Arc::new(RwLock::new(None));
     let stop = Arc::new(AtomicBool::new(false));
