@@ -39,6 +39,11 @@ pub struct Listen {
     /// Address to serve Prometheus metrics on (`GET /metrics`), e.g. 0.0.0.0:9464; none if unset.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Check the arguments (and the learner's --config and --generators) and exit without
+    /// serving: what the Kubernetes manifests are tested with, so flags and manifests cannot
+    /// drift apart.
+    #[arg(long)]
+    check_args: bool,
 }
 
 #[derive(Debug, Args)]
@@ -177,6 +182,16 @@ pub fn run(service: Service) -> Result<()> {
         Service::Preferences(a) => &a.listen,
         Service::Learner(a) => &a.listen,
     };
+    if listen.check_args {
+        if let Service::Learner(args) = &service {
+            if let Some(path) = &args.config {
+                rlhf_pipeline::PipelineConfig::load(path)?.validate()?;
+            }
+            ppo_learner::discovery::resolver_for(&args.generators)?;
+        }
+        println!("{name}: arguments ok");
+        return Ok(());
+    }
     if let Some(addr) = listen.metrics {
         let listener =
             runtime.block_on(tokio::net::TcpListener::bind(addr)).with_context(|| format!("metrics on {addr}"))?;

