@@ -186,6 +186,8 @@ pub fn run_with(
     drop(sft);
 
     let resume = state.ppo_progress.clone().filter(|_| run.path("ppo").exists());
+    // What an interrupted session wrote after its last checkpoint is done again below.
+    run.forget_metrics_after(&["ppo", "eval", "alarm"], resume.as_ref().map(|p| p.step))?;
     let start_from = if resume.is_some() { "ppo" } else { "sft" };
     let ckpt = rlhf_data::load_checkpoint(&run.path(start_from))?;
     let pad = ckpt.tokenizer.pad_id;

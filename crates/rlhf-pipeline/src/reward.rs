@@ -142,6 +142,8 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<RewardModelResult> {
 /// Trains the reward model on the rankings in `store`.
 pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceStore) -> Result<RewardModelResult> {
     let start = Instant::now();
+    // An interrupted reward model starts over; so do its records.
+    run.forget_metrics_after(&["rm", "rm_eval"], None)?;
     let task = Task::load(run, config)?;
     if !run.path("sft").exists() {
         return Err(Error::MissingStage { stage: "rm", missing: "sft" });

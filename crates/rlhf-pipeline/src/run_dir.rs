@@ -202,6 +202,29 @@ impl RunDir {
         Ok(rlhf_data::jsonl::append(&self.path("metrics.jsonl"), record)?)
     }
 
+    /// Drops the records of `stages` that a resumed stage will write again: those after
+    /// `checkpoint` (every one when `None`, a stage starting over), so `metrics.jsonl` keeps one
+    /// record per step however often the run was stopped. Rewritten through a rename.
+    pub fn forget_metrics_after(&self, stages: &[&str], checkpoint: Option<u64>) -> Result<()> {
+        let records = self.metrics()?;
+        let redone = |r: &serde_json::Value| {
+            let stage = r["stage"].as_str().unwrap_or_default();
+            let step = r["step"].as_u64().unwrap_or(0);
+            stages.contains(&stage) && checkpoint.is_none_or(|c| step > c)
+        };
+        if !records.iter().any(redone) {
+            return Ok(());
+        }
+        let mut text = String::new();
+        for r in records.iter().filter(|r| !redone(r)) {
+            text.push_str(&serde_json::to_string(r).map_err(|e| Error::RunDir(e.to_string()))?);
+            text.push('\n');
+        }
+        let tmp = self.path(".metrics.jsonl.tmp");
+        std::fs::write(&tmp, text).map_err(|e| Error::RunDir(format!("{}: {e}", tmp.display())))?;
+        std::fs::rename(&tmp, self.path("metrics.jsonl")).map_err(|e| Error::RunDir(e.to_string()))
+    }
+
     pub fn metrics(&self) -> Result<Vec<serde_json::Value>> {
         let path = self.path("metrics.jsonl");
         if !path.exists() {
@@ -230,4 +253,31 @@ impl RunDir {
 #[derive(Debug)]
 pub struct RunLock {
     _file: std::fs::File,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_resumed_stage_forgets_only_the_records_it_will_write_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::create(&dir.path().join("run"), &PipelineConfig::default()).unwrap();
+        let records = [
+            json!({"stage": "sft", "step": 9}),
+            json!({"stage": "eval", "step": 0}),
+            json!({"stage": "ppo", "step": 1}),
+            json!({"stage": "ppo", "step": 2}),
+            json!({"stage": "eval", "step": 2}),
+            json!({"stage": "ppo", "step": 3}),
+            json!({"stage": "alarm", "step": 3}),
+        ];
+        records.iter().for_each(|r| run.metric(r).unwrap());
+        run.forget_metrics_after(&["ppo", "eval", "alarm"], Some(2)).unwrap();
+        assert_eq!(run.metrics().unwrap(), records[..5].to_vec());
+        run.forget_metrics_after(&["ppo", "eval", "alarm"], None).unwrap();
+        assert_eq!(run.metrics().unwrap(), vec![records[0].clone()]);
+    }
 }

@@ -37,6 +37,8 @@ pub fn learning_rate(base: f64, step: usize, total: usize) -> f64 {
 
 pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<SftResult> {
     let start = Instant::now();
+    // An interrupted SFT starts over; so do its records.
+    run.forget_metrics_after(&["sft", "sft_eval"], None)?;
     let task = Task::load(run, config)?;
     let mut rng = StdRng::seed_from_u64(config.seed ^ 0x5f7);
     let (model_config, varmap) = initial_policy(&task, config)?;

@@ -115,6 +115,24 @@ pub fn carries_trace_context<Q: Queue<String>>(make: impl Fn(&str, u32) -> Q) {
     assert_eq!(got.iter().map(|d| d.traceparent.clone()).collect::<Vec<_>>(), [Some(parent), None]);
 }
 
+/// A consumer restarted under its own name gets back what it held, at once and only that.
+pub fn own_pending_entries_come_back_to_their_consumer<Q: Queue<String>>(make: impl Fn(&str, u32) -> Q) {
+    let q = make("own-pending", 5);
+    q.push(vec!["a".into(), "b".into(), "c".into(), "d".into()]).unwrap();
+    let held = q.pop("scorer-1", 2, NOW).unwrap();
+    let other = q.pop("scorer-2", 1, NOW).unwrap();
+    let back = q.own_pending("scorer-1", 10).unwrap();
+    assert_eq!(items(&back), ["a", "b"]);
+    assert_eq!(ids(&back), ids(&held));
+    assert!(back.iter().all(|d| d.deliveries >= 1));
+    assert!(q.own_pending("scorer-3", 10).unwrap().is_empty(), "nobody else's entries");
+    assert_eq!(items(&q.own_pending("scorer-2", 10).unwrap()), ["c"]);
+    q.ack(&ids(&back)).unwrap();
+    q.ack(&ids(&other)).unwrap();
+    assert!(q.own_pending("scorer-1", 10).unwrap().is_empty());
+    assert_eq!((q.ready().unwrap(), q.pending().unwrap()), (1, 0));
+}
+
 /// Runs every check above.
 pub fn suite<Q: Queue<String> + 'static>(make: impl Fn(&str, u32) -> Q) {
     at_least_once(&make);
@@ -123,4 +141,5 @@ pub fn suite<Q: Queue<String> + 'static>(make: impl Fn(&str, u32) -> Q) {
     trimming_keeps_unacknowledged_entries(&make);
     pop_waits_for_a_push(&make);
     carries_trace_context(&make);
+    own_pending_entries_come_back_to_their_consumer(&make);
 }

@@ -14,6 +14,7 @@ struct Entry<T> {
 
 struct Pending<T> {
     since: Instant,
+    consumer: String,
     entry: Entry<T>,
 }
 
@@ -67,6 +68,26 @@ impl<T> InProcessQueue<T> {
     }
 }
 
+impl<T: Clone> InProcessQueue<T> {
+    /// Hands the pending entries `ids` to `consumer` once more, burying those past the delivery
+    /// limit.
+    fn redeliver(&self, state: &mut State<T>, ids: Vec<u64>, consumer: &str) -> Vec<Delivery<T>> {
+        let now = Instant::now();
+        let mut out = vec![];
+        for id in ids {
+            let mut pending = state.pending.remove(&id).expect("listed by the caller");
+            pending.entry.deliveries += 1;
+            if pending.entry.deliveries > self.max_deliveries {
+                state.dead.push(pending.entry);
+                continue;
+            }
+            out.push(deliver(&pending.entry));
+            state.pending.insert(id, Pending { since: now, consumer: consumer.to_string(), entry: pending.entry });
+        }
+        out
+    }
+}
+
 fn deliver<T: Clone>(entry: &Entry<T>) -> Delivery<T> {
     Delivery {
         id: format!("0-{}", entry.id),
@@ -88,7 +109,7 @@ impl<T: Clone + Send> Queue<T> for InProcessQueue<T> {
         Ok(())
     }
 
-    fn pop(&self, _consumer: &str, max: usize, wait: Duration) -> Result<Vec<Delivery<T>>> {
+    fn pop(&self, consumer: &str, max: usize, wait: Duration) -> Result<Vec<Delivery<T>>> {
         let mut state = self.lock()?;
         if state.ready.is_empty() && !wait.is_zero() {
             state = self.pushed.wait_timeout_while(state, wait, |s| s.ready.is_empty()).map_err(|_| self.poisoned())?.0;
@@ -99,7 +120,7 @@ impl<T: Clone + Send> Queue<T> for InProcessQueue<T> {
         for mut entry in state.ready.drain(..n).collect::<Vec<_>>() {
             entry.deliveries += 1;
             out.push(deliver(&entry));
-            state.pending.insert(entry.id, Pending { since: now, entry });
+            state.pending.insert(entry.id, Pending { since: now, consumer: consumer.to_string(), entry });
         }
         Ok(out)
     }
@@ -113,7 +134,14 @@ impl<T: Clone + Send> Queue<T> for InProcessQueue<T> {
         Ok(())
     }
 
-    fn claim_stale(&self, _consumer: &str, min_idle: Duration, max: usize) -> Result<Vec<Delivery<T>>> {
+    fn own_pending(&self, consumer: &str, max: usize) -> Result<Vec<Delivery<T>>> {
+        let mut state = self.lock()?;
+        let own: Vec<u64> =
+            state.pending.iter().filter(|(_, p)| p.consumer == consumer).map(|(id, _)| *id).take(max).collect();
+        Ok(self.redeliver(&mut state, own, consumer))
+    }
+
+    fn claim_stale(&self, consumer: &str, min_idle: Duration, max: usize) -> Result<Vec<Delivery<T>>> {
         let mut state = self.lock()?;
         let now = Instant::now();
         let stale: Vec<u64> = state
@@ -123,18 +151,7 @@ impl<T: Clone + Send> Queue<T> for InProcessQueue<T> {
             .map(|(id, _)| *id)
             .take(max)
             .collect();
-        let mut out = vec![];
-        for id in stale {
-            let mut pending = state.pending.remove(&id).expect("listed above");
-            pending.entry.deliveries += 1;
-            if pending.entry.deliveries > self.max_deliveries {
-                state.dead.push(pending.entry);
-                continue;
-            }
-            out.push(deliver(&pending.entry));
-            state.pending.insert(id, Pending { since: now, entry: pending.entry });
-        }
-        Ok(out)
+        Ok(self.redeliver(&mut state, stale, consumer))
     }
 
     fn ready(&self) -> Result<usize> {

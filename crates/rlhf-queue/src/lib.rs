@@ -81,6 +81,11 @@ pub trait Queue<T>: Send + Sync {
     /// (never the storage of an entry still pending or not yet delivered).
     fn ack(&self, ids: &[EntryId]) -> Result<()>;
 
+    /// Up to `max` entries pending with `consumer` itself (`XREADGROUP … 0`): what a consumer
+    /// restarted under its own name was working on when it died, taken back at once instead of
+    /// after a claim threshold. Entries past the delivery limit go to the dead-letter list.
+    fn own_pending(&self, consumer: &str, max: usize) -> Result<Vec<Delivery<T>>>;
+
     /// Takes over up to `max` entries that have been pending, with any consumer, for at least
     /// `min_idle`: their holder died or hangs. Entries that would exceed the delivery limit go to
     /// the dead-letter list instead and are not returned.

@@ -236,6 +236,54 @@ impl<T: Serialize + DeserializeOwned + Send> Queue<T> for RedisQueue<T> {
         Ok(out)
     }
 
+    fn own_pending(&self, consumer: &str, max: usize) -> Result<Vec<Delivery<T>>> {
+        let options = StreamReadOptions::default().group(&self.options.group, consumer).count(max.clamp(1, PAGE));
+        // History ("0"), not new entries (">"): what this consumer was handed and never acked.
+        let reply: Option<StreamReadReply> =
+            self.on(&self.reader, |c| c.xread_options(&[&self.options.stream], &["0"], &options))?;
+        let entries: Vec<StreamId> = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect();
+        let counts = match (entries.first(), entries.last()) {
+            (Some(first), Some(last)) => self.with_connection(|c| {
+                let pending: StreamPendingCountReply = c.xpending_consumer_count(
+                    &self.options.stream,
+                    &self.options.group,
+                    &first.id,
+                    &last.id,
+                    PAGE * 10,
+                    consumer,
+                )?;
+                Ok(pending.ids.into_iter().map(|p| (p.id, p.times_delivered)).collect::<HashMap<_, _>>())
+            })?,
+            _ => HashMap::new(),
+        };
+        let mut out = vec![];
+        let mut poison = vec![];
+        for entry in entries {
+            // A deleted entry (trimmed while pending) comes back without fields.
+            if entry.map.is_empty() {
+                continue;
+            }
+            let deliveries = counts.get(&entry.id).copied().unwrap_or(1);
+            if deliveries > self.options.max_deliveries as usize {
+                poison.push((entry, deliveries, format!("delivered {deliveries} times")));
+                continue;
+            }
+            match decode::<T>(&entry) {
+                Ok(t) => out.push(Delivery {
+                    id: entry.id.clone(),
+                    deliveries: deliveries as u32,
+                    item: t.item,
+                    traceparent: t.traceparent,
+                }),
+                Err(reason) => poison.push((entry, deliveries, reason)),
+            }
+        }
+        if !poison.is_empty() {
+            self.with_connection(|c| self.bury(c, &poison))?;
+        }
+        Ok(out)
+    }
+
     fn ack(&self, ids: &[EntryId]) -> Result<()> {
         if ids.is_empty() {
             return Ok(());

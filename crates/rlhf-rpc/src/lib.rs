@@ -43,21 +43,34 @@ pub async fn set_health<S: tonic::server::NamedService>(reporter: &HealthReporte
     reporter.set_service_status("", status).await;
 }
 
-/// Serves `routes` plus server reflection on `listener` until `shutdown` resolves; in-flight
-/// calls finish first.
+/// Serves `routes` (the services named `services`, plus health) and server reflection, v1 and
+/// v1alpha (grpcurl and older clients ask the latter), on `listener` until `shutdown` resolves;
+/// in-flight calls finish first. Reflection lists only what this process serves.
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
+    services: &[&str],
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(rlhf_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .expect("the bundled descriptor sets are valid");
+    let reflection = || {
+        let served = services.iter().copied().chain([
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ]);
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(rlhf_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        for name in served {
+            builder = builder.with_service_name(name);
+        }
+        builder
+    };
+    let v1alpha = reflection().build_v1alpha().expect("the bundled descriptor sets are valid");
+    let v1 = reflection().build_v1().expect("the bundled descriptor sets are valid");
     tonic::transport::Server::builder()
         .layer(metrics::GrpcTiming)
-        .add_routes(routes.add_service(reflection))
+        .add_routes(routes.add_service(v1).add_service(v1alpha))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
 }

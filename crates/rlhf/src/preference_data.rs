@@ -15,7 +15,7 @@ pub struct StoreArgs {
     /// A run directory (made by `rlhf sft`, `rlhf run`, ...): its preferences.sqlite.
     #[arg(long)]
     run_dir: Option<PathBuf>,
-    /// The preference service (`rlhf serve preferences`), e.g. http://127.0.0.1:50063. Writes
+    /// The preference service (`rlhf serve preferences`), e.g. http://127.0.0.1:50063. Calls
     /// carry RLHF_PREFERENCES_TOKEN as a bearer token when it is set.
     #[arg(long)]
     preferences: Option<String>,

@@ -23,8 +23,8 @@ pub enum Service {
     /// once it announces them, moves rollouts from the raw stream to the scored stream, and
     /// answers `Score` calls. It needs no files.
     Scorer(ScorerArgs),
-    /// The preference store over a SQLite file. Writes need `Authorization: Bearer <token>` when
-    /// RLHF_PREFERENCES_TOKEN is set.
+    /// The preference store over a SQLite file. Every call, reads included, needs
+    /// `Authorization: Bearer <token>` when RLHF_PREFERENCES_TOKEN is set.
     Preferences(PreferencesArgs),
     /// The PPO learner: runs the unfinished stages of --run-dir, with PPO's rollouts coming from
     /// the generator replicas through Redis and the scorer, then writes the report and exits.
@@ -94,6 +94,13 @@ pub struct GeneratorArgs {
     /// Fault injection for tests: pause this many milliseconds before each streamed rollout.
     #[arg(long, default_value_t = 0, hide = true)]
     stream_delay_ms: u64,
+    /// Most sequences (prompts × samples per prompt) one request may ask for.
+    #[arg(long, default_value_t = 1024)]
+    max_batch: usize,
+    /// Most tokens (prompt plus new tokens) one sequence may take; never more than the model's
+    /// context, which is the default.
+    #[arg(long)]
+    max_sequence_tokens: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -159,7 +166,7 @@ pub struct LearnerArgs {
     max_staleness: u64,
     /// The preference service (`rlhf serve preferences`) that collection submits rankings to
     /// and reward-model training reads them from; without it, the run's own SQLite file is
-    /// used. Writes carry RLHF_PREFERENCES_TOKEN as a bearer token when it is set.
+    /// used. Calls carry RLHF_PREFERENCES_TOKEN as a bearer token when it is set.
     #[arg(long)]
     preferences: Option<String>,
 }
@@ -208,6 +215,10 @@ pub fn run(service: Service) -> Result<()> {
             let config = policy_generator::GeneratorServiceConfig {
                 id,
                 stream_delay: Duration::from_millis(args.stream_delay_ms),
+                limits: policy_generator::Limits {
+                    max_rows: args.max_batch.max(1),
+                    max_sequence_tokens: args.max_sequence_tokens,
+                },
             };
             policy_generator::run(config, listener, shutdown).await?;
             Ok(())

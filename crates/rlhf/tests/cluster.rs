@@ -132,26 +132,33 @@ fn health(rt: &tokio::runtime::Runtime, port: u16) -> Option<ServingStatus> {
     })
 }
 
-/// The services a server lists through gRPC reflection (what `grpcurl list` shows).
-fn reflected_services(rt: &tokio::runtime::Runtime, port: u16) -> Vec<String> {
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    rt.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(url(port)).unwrap().connect().await.unwrap();
-        let mut client = ServerReflectionClient::new(channel);
-        let request = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        };
-        let mut replies = client.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
-        let reply = replies.message().await.unwrap().unwrap();
-        match reply.message_response {
-            Some(MessageResponse::ListServicesResponse(list)) => list.service.into_iter().map(|s| s.name).collect(),
-            other => panic!("unexpected reflection reply {other:?}"),
-        }
-    })
+/// The services a server lists through gRPC reflection (what `grpcurl list` shows), asked in
+/// reflection version `$pb` (v1, or v1alpha as older clients do).
+macro_rules! reflected_services {
+    ($pb:ident, $rt:expr, $port:expr) => {{
+        use tonic_reflection::pb::$pb::ServerReflectionRequest;
+        use tonic_reflection::pb::$pb::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$pb::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$pb::server_reflection_response::MessageResponse;
+        $rt.block_on(async {
+            let channel = tonic::transport::Endpoint::from_shared(url($port)).unwrap().connect().await.unwrap();
+            let mut client = ServerReflectionClient::new(channel);
+            let request = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let mut replies = client.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+            let reply = replies.message().await.unwrap().unwrap();
+            match reply.message_response {
+                Some(MessageResponse::ListServicesResponse(list)) => {
+                    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+                    names.sort();
+                    names
+                }
+                other => panic!("unexpected reflection reply {other:?}"),
+            }
+        })
+    }};
 }
 
 /// A run directory with SFT, collection and the reward model done, ready for PPO.
@@ -232,7 +239,18 @@ fn four_services_as_processes_run_the_pipeline() {
     // Replicas start empty: not serving until the learner pushes weights.
     let rt = runtime();
     assert_eq!(health(&rt, g1), Some(ServingStatus::NotServing));
-    assert!(reflected_services(&rt, g1).contains(&"rlhf.v1.PolicyGenerator".to_string()));
+    // Reflection lists what this process serves, nothing else, in both protocol versions.
+    let listed = reflected_services!(v1, rt, g1);
+    assert_eq!(
+        listed,
+        [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+            "rlhf.v1.PolicyGenerator"
+        ]
+    );
+    assert_eq!(reflected_services!(v1alpha, rt, g1), listed);
 
     let generators = format!("{},{}", url(g1), url(g2));
     let mut learner = Child::spawn(
@@ -333,6 +351,44 @@ fn four_services_as_processes_run_the_pipeline() {
         assert!(refused.message().contains("checksum"), "{refused}");
     });
     assert_eq!(status(&rt, g1).unwrap().serving_version, 6);
+    // Requests beyond the model's context or the batch cap are refused before any work, and the
+    // replica goes on serving.
+    rt.block_on(async {
+        let mut client = PolicyGeneratorClient::connect(url(g1)).await.unwrap();
+        let request = |tokens: usize, max_new_tokens: u32, samples_per_prompt: u32| rlhf_proto::v1::GenerateRequest {
+            request_id: "limits".into(),
+            prompts: vec![rlhf_proto::v1::Prompt {
+                prompt_id: "p".into(),
+                text: String::new(),
+                token_ids: vec![1; tokens],
+            }],
+            sampling: Some(rlhf_proto::v1::SamplingParams {
+                temperature: 1.0,
+                top_p: 1.0,
+                max_new_tokens,
+                seed: 1,
+                ..Default::default()
+            }),
+            samples_per_prompt,
+            min_policy_version: 0,
+        };
+        for (tokens, new, samples, what) in [
+            (100_000, 8, 1, "a 100,000-token prompt"),
+            (4, 2_000_000_000, 1, "max_new_tokens in the billions"),
+            (4, 8, 5_000, "5,000 sequences in one request"),
+        ] {
+            let started = Instant::now();
+            let refused = client.generate(request(tokens, new, samples)).await.expect_err(what);
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{what}: {refused}");
+            assert!(started.elapsed() < Duration::from_secs(5), "{what} was not refused before work");
+        }
+        let mut stream = client.generate(request(4, 4, 2)).await.unwrap().into_inner();
+        let mut rollouts = 0;
+        while stream.message().await.unwrap().is_some() {
+            rollouts += 1;
+        }
+        assert_eq!(rollouts, 2, "the replica still serves");
+    });
     // Everything the learner consumed was acknowledged after the final checkpoint, and freed.
     let (raw, scored) = streams(&redis, "e2e");
     assert_eq!((raw.pending().unwrap(), scored.pending().unwrap()), (0, 0));
@@ -341,8 +397,16 @@ fn four_services_as_processes_run_the_pipeline() {
 
     // The preference store serves the run's rankings and guards writes with the token.
     rt.block_on(async {
-        let mut client = PreferenceStoreClient::connect(url(prefs_port)).await.unwrap();
-        let before = client.stats(StatsRequest {}).await.unwrap().into_inner();
+        let mut client =
+            PreferenceStoreClient::connect(url(prefs_port)).await.unwrap().max_encoding_message_size(64 << 20);
+        fn authed<T>(message: T) -> tonic::Request<T> {
+            let mut request = tonic::Request::new(message);
+            request.metadata_mut().insert("authorization", "Bearer s3cret".parse().unwrap());
+            request
+        }
+        // Reads need the token too: the rankings are the team's data.
+        assert_eq!(client.stats(StatsRequest {}).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+        let before = client.stats(authed(StatsRequest {})).await.unwrap().into_inner();
         // Every ranking the learner collected went through the service.
         assert_eq!(before.rankings, collected.rankings);
         assert_eq!(sample(&preference_metrics, "rlhf_preference_rankings_stored_total"), collected.rankings as f64);
@@ -350,12 +414,31 @@ fn four_services_as_processes_run_the_pipeline() {
             Ranking { ranking_id: "r-x".into(), prompt_id: "nope".into(), order: vec![0, 0], ..Default::default() };
         let refused = client.submit_ranking(SubmitRankingRequest { ranking: Some(bad.clone()) }).await.unwrap_err();
         assert_eq!(refused.code(), tonic::Code::Unauthenticated);
-        let mut request = tonic::Request::new(SubmitRankingRequest { ranking: Some(bad) });
-        request.metadata_mut().insert("authorization", "Bearer s3cret".parse().unwrap());
-        assert_eq!(client.submit_ranking(request).await.unwrap_err().code(), tonic::Code::InvalidArgument);
-        assert_eq!(client.stats(StatsRequest {}).await.unwrap().into_inner(), before);
+        assert_eq!(
+            client.submit_ranking(authed(SubmitRankingRequest { ranking: Some(bad) })).await.unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        // A 52 MB ranking: refused from its headers without a token, unread with one.
+        let huge = Ranking {
+            ranking_id: "r-huge".into(),
+            prompt_id: "p".into(),
+            order: vec![0],
+            responses: vec![rlhf_proto::v1::RankedResponse {
+                response_id: "x".into(),
+                text: "a".repeat(52 << 20),
+                token_ids: vec![],
+            }],
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let refused = client.submit_ranking(SubmitRankingRequest { ranking: Some(huge.clone()) }).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
+        let refused = client.submit_ranking(authed(SubmitRankingRequest { ranking: Some(huge) })).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused}");
+        assert!(started.elapsed() < Duration::from_secs(30));
+        assert_eq!(client.stats(authed(StatsRequest {})).await.unwrap().into_inner(), before);
         // Rankings stream back whole, and pairs are derived from them: C(K, 2) each.
-        let mut rankings = client.list_rankings(ListRankingsRequest::default()).await.unwrap().into_inner();
+        let mut rankings = client.list_rankings(authed(ListRankingsRequest::default())).await.unwrap().into_inner();
         let mut listed = 0;
         let mut expected_pairs = 0;
         while let Some(r) = rankings.message().await.unwrap() {
@@ -363,7 +446,7 @@ fn four_services_as_processes_run_the_pipeline() {
             expected_pairs += r.order.len() * (r.order.len() - 1) / 2;
         }
         assert_eq!(listed, before.rankings);
-        let mut pairs = client.export_pairs(ExportPairsRequest::default()).await.unwrap().into_inner();
+        let mut pairs = client.export_pairs(authed(ExportPairsRequest::default())).await.unwrap().into_inner();
         let mut exported = 0;
         while let Some(p) = pairs.message().await.unwrap() {
             assert_ne!(p.chosen.unwrap().response_id, p.rejected.unwrap().response_id);
@@ -444,6 +527,53 @@ fn a_replica_killed_mid_batch_loses_nothing_and_comes_back_with_current_weights(
 }
 
 #[test]
+fn a_scorer_restarted_under_its_own_name_takes_back_what_it_held_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = prepared_run(dir.path());
+    let redis = RedisServer::start().unwrap();
+    let g = free_port();
+    let _generator = generator("gen-a", g, &[]);
+    let service = runtime();
+    let board = Arc::new(StatusBoard::default());
+    let learner_port = free_port();
+    let listener = service.block_on(tokio::net::TcpListener::bind(("127.0.0.1", learner_port))).unwrap();
+    service.spawn(ppo_learner::run(board.clone(), listener, std::future::pending()));
+    let (raw, scored) = streams(&redis, "own");
+    let config = ClusterConfig { prompts_per_request: 16, ..Default::default() };
+    let mut backend = ClusterBackend::new(&[url(g)], Arc::new(raw), Arc::new(scored), config).unwrap();
+    let learner = {
+        let (run, board) = (RunDir::open(run.root()).unwrap(), board.clone());
+        std::thread::spawn(move || {
+            let config = run.config().unwrap();
+            let scorer = Arc::new(rlhf_pipeline::ppo::prepared_scorer(&run, &config).unwrap());
+            rlhf_pipeline::ppo::run_with(&run, &config, scorer, &mut backend, &board)
+        })
+    };
+    // A scorer named scorer-own takes the first step's 16 rollouts and dies before scoring them.
+    let (raw, _) = streams(&redis, "own");
+    let mut held = vec![];
+    let start = Instant::now();
+    while held.len() < 16 {
+        assert!(start.elapsed() < Duration::from_secs(120), "the learner never sent its first step");
+        held.extend(raw.pop("scorer-own", 16, Duration::from_millis(200)).unwrap());
+    }
+    assert_eq!(raw.pending().unwrap(), 16);
+    // Its successor under the same name scores them at once, not after the 30 s claim threshold.
+    let restarted = Instant::now();
+    let _scorer = scorer_with(&url(learner_port), &redis, "own", &["--consumer", "scorer-own"]);
+    while ppo_records(run.root()).is_empty() {
+        assert!(restarted.elapsed() < Duration::from_secs(60), "the first step never finished");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let waited = restarted.elapsed();
+    assert!(waited < Duration::from_secs(10), "the first step came {waited:?} after the restart");
+    eprintln!("first step trained {waited:?} after the scorer restarted");
+    let result = learner.join().unwrap().expect("PPO completes");
+    assert_eq!(result.steps, 6);
+    assert_every_step_complete(run.root(), 6, 16);
+}
+
+#[test]
 fn services_exit_on_sigterm_even_while_waiting_for_a_model() {
     let redis = RedisServer::start().unwrap();
     // A scorer whose learner is not up waits for its judges; SIGTERM must still stop it.
@@ -518,10 +648,11 @@ fn a_learner_killed_between_checkpoints_resumes_and_leaves_nothing_pending() {
     assert!(exit.success(), "{exit:?}");
     // Every step from the checkpoint on was trained again, completely, once per incarnation.
     let records = ppo_records(run.root());
-    let last_of: std::collections::BTreeMap<u64, &serde_json::Value> =
-        records.iter().map(|r| (r["step"].as_u64().unwrap(), r)).collect();
-    assert_eq!(last_of.len(), 30);
-    assert!(last_of.values().all(|r| r["rollouts"] == 16 && r["duplicates_skipped"] == 0));
+    // metrics.jsonl keeps one record per step: the killed incarnation's steps after its
+    // checkpoint were dropped when they were trained again.
+    let steps: Vec<u64> = records.iter().map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (1..=30).collect::<Vec<u64>>());
+    assert!(records.iter().all(|r| r["rollouts"] == 16 && r["duplicates_skipped"] == 0));
     // What the first incarnation held was released, and nothing is pending or stored now.
     assert_eq!((raw.pending().unwrap(), scored.pending().unwrap()), (0, 0), "{left} were pending at the kill");
     assert_eq!(scored.stored().unwrap(), 0);

@@ -34,6 +34,21 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// What one request may ask of a replica; checked before any work starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Sequences (prompts × samples per prompt) in one request.
+    pub max_rows: usize,
+    /// Prompt plus new tokens of one sequence, below the model's context (`None`: the context).
+    pub max_sequence_tokens: Option<usize>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_rows: 1024, max_sequence_tokens: None }
+    }
+}
+
 impl From<rlhf_proto::weights::BadWeights> for Error {
     fn from(e: rlhf_proto::weights::BadWeights) -> Self {
         Error::BadWeights(e.0)
@@ -117,11 +132,36 @@ impl PolicyGenerator {
         Ok(())
     }
 
-    /// Samples `samples_per_prompt` responses for every prompt, all with one policy version.
-    pub fn generate(&self, request: &GenerateRequest) -> Result<Vec<Rollout>> {
+    /// Refuses, before any work, a request the replica cannot serve within `limits` and the
+    /// model's context: every prompt plus `max_new_tokens` must fit both, and so must the rows.
+    pub fn check(&self, request: &GenerateRequest, limits: &Limits) -> Result<()> {
         if request.samples_per_prompt == 0 || request.prompts.is_empty() {
             return Err(Error::InvalidRequest("no prompts or zero samples per prompt".into()));
         }
+        let rows = request.prompts.len().saturating_mul(request.samples_per_prompt);
+        if rows > limits.max_rows {
+            return Err(Error::InvalidRequest(format!(
+                "{rows} sequences (prompts × samples per prompt) in one request; this replica takes at most {}",
+                limits.max_rows
+            )));
+        }
+        let context = self.config.max_position_embeddings;
+        let cap = limits.max_sequence_tokens.map_or(context, |c| c.min(context));
+        let longest = request.prompts.iter().map(|p| p.tokens.len()).max().unwrap_or(0);
+        let total = longest.saturating_add(request.sampling.max_new_tokens);
+        if total > cap || longest == 0 {
+            return Err(Error::InvalidRequest(format!(
+                "a prompt of {longest} tokens plus max_new_tokens {} is {total} tokens; this replica takes 1 to                  {cap} (the model's context is {context})",
+                request.sampling.max_new_tokens
+            )));
+        }
+        Ok(())
+    }
+
+    /// Samples `samples_per_prompt` responses for every prompt, all with one policy version.
+    /// Only the model's context bounds a request here; a service checks its own [`Limits`] first.
+    pub fn generate(&self, request: &GenerateRequest) -> Result<Vec<Rollout>> {
+        self.check(request, &Limits { max_rows: usize::MAX, max_sequence_tokens: None })?;
         let served = self.served.read().map_err(|_| Error::Generation("lock poisoned".into()))?;
         let mut prompts = vec![];
         for p in &request.prompts {

@@ -29,11 +29,18 @@ pub struct GeneratorServiceConfig {
     /// Pause before each streamed rollout. Fault injection for tests: it widens the window in
     /// which a replica can be killed in the middle of a batch. Zero in production.
     pub stream_delay: std::time::Duration,
+    /// What one request may ask for.
+    pub limits: crate::Limits,
 }
+
+/// Largest request a replica decodes: a weight chunk (1 MiB of tensor data) or a generation
+/// request within the default limits, with room to spare; anything larger is refused unread.
+pub const MAX_REQUEST_BYTES: usize = 16 << 20;
 
 struct Replica {
     id: String,
     stream_delay: std::time::Duration,
+    limits: crate::Limits,
     generator: RwLock<Option<Arc<PolicyGenerator>>>,
     in_flight: AtomicU32,
     /// One weight update at a time; a second waits rather than racing the first.
@@ -98,6 +105,8 @@ impl GeneratorRpc for Service {
             sampling,
             samples_per_prompt: request.samples_per_prompt as usize,
         };
+        // Refused before any work: an oversize request must not take the replica down.
+        generator.check(&domain, &self.0.limits).map_err(status)?;
         self.0.in_flight.fetch_add(1, Ordering::SeqCst);
         let in_flight = InFlight(self.0.clone());
         let delay = self.0.stream_delay;
@@ -205,13 +214,15 @@ pub async fn run(
     let replica = Arc::new(Replica {
         id: config.id,
         stream_delay: config.stream_delay,
+        limits: config.limits,
         generator: RwLock::new(None),
         in_flight: AtomicU32::new(0),
         updating: tokio::sync::Mutex::new(()),
         health,
     });
     let service = PolicyGeneratorServer::new(Service(replica))
-        .max_decoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES);
-    rlhf_rpc::serve(listener, Routes::new(health_service).add_service(service), shutdown).await
+    let names = [<PolicyGeneratorServer<Service> as tonic::server::NamedService>::NAME];
+    rlhf_rpc::serve(listener, Routes::new(health_service).add_service(service), &names, shutdown).await
 }

@@ -103,3 +103,28 @@ fn a_newer_learner_epoch_may_roll_the_version_back_an_older_one_may_not() {
     assert!(matches!(generator.update_weights_from(200, 3, tensors), Err(Error::StaleVersion { .. })));
     assert_eq!((generator.epoch(), generator.version()), (200, 3));
 }
+
+#[test]
+fn requests_beyond_the_context_or_the_limits_are_refused_before_any_work() {
+    let (cfg, tensors) = weights(7);
+    let context = cfg.max_position_embeddings;
+    let generator = PolicyGenerator::new("gen-0", cfg, 0, tensors, 0).unwrap();
+    let limits = Limits { max_rows: 4, max_sequence_tokens: Some(10) };
+    let with = |tokens: usize, new: usize, samples: usize| GenerateRequest {
+        prompts: vec![PromptTokens { prompt_id: "p".into(), tokens: vec![1; tokens] }],
+        sampling: SamplingParams { max_new_tokens: new, ..Default::default() },
+        samples_per_prompt: samples,
+        ..request()
+    };
+    generator.check(&with(6, 4, 4), &limits).unwrap();
+    for (tokens, new, samples, why) in
+        [(7, 4, 1, "11 tokens > cap 10"), (2, 2, 5, "5 rows > 4"), (0, 4, 1, "an empty prompt")]
+    {
+        let err = generator.check(&with(tokens, new, samples), &limits).expect_err(why);
+        assert!(matches!(err, Error::InvalidRequest(_)), "{why}: {err}");
+    }
+    // Without a service's limits only the model's context bounds a request, before any work.
+    let err = generator.generate(&with(context, 1, 1)).unwrap_err();
+    assert!(err.to_string().contains(&format!("the model's context is {context}")), "{err}");
+    assert_eq!(generator.generate(&with(3, 2, 8)).unwrap().len(), 8);
+}

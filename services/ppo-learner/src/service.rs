@@ -141,5 +141,6 @@ pub async fn run(
     let service = PpoLearnerServer::new(Service(board))
         .max_decoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES);
-    rlhf_rpc::serve(listener, Routes::new(health_service).add_service(service), shutdown).await
+    let names = [<PpoLearnerServer<Service> as tonic::server::NamedService>::NAME];
+    rlhf_rpc::serve(listener, Routes::new(health_service).add_service(service), &names, shutdown).await
 }

@@ -39,7 +39,7 @@ fn from_status(status: Status) -> Error {
 }
 
 impl RemoteStore {
-    /// A client of the service at `url`; `token` is sent as a bearer token on writes.
+    /// A client of the service at `url`; `token` is sent as a bearer token with every call.
     pub fn connect(url: &str, token: Option<String>) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -85,7 +85,8 @@ impl PreferenceStore for RemoteStore {
     fn prompts(&self) -> Result<Vec<(String, String)>> {
         let mut client = self.client.clone();
         self.runtime.block_on(async {
-            let mut stream = client.list_prompts(ListPromptsRequest {}).await.map_err(from_status)?.into_inner();
+            let mut stream =
+                client.list_prompts(self.authed(ListPromptsRequest {})).await.map_err(from_status)?.into_inner();
             let mut out = vec![];
             while let Some(p) = stream.message().await.map_err(from_status)? {
                 out.push((p.prompt_id, p.text));
@@ -98,7 +99,7 @@ impl PreferenceStore for RemoteStore {
         let mut client = self.client.clone();
         let request = ListRankingsRequest { prompt_id: prompt_id.map(str::to_string), annotator_id: None };
         self.runtime.block_on(async {
-            let mut stream = client.list_rankings(request).await.map_err(from_status)?.into_inner();
+            let mut stream = client.list_rankings(self.authed(request)).await.map_err(from_status)?.into_inner();
             let mut out = vec![];
             while let Some(r) = stream.message().await.map_err(from_status)? {
                 out.push(ranking_from_proto(r));
@@ -109,7 +110,7 @@ impl PreferenceStore for RemoteStore {
 
     fn stats(&self) -> Result<Stats> {
         let mut client = self.client.clone();
-        let s = self.runtime.block_on(client.stats(StatsRequest {})).map_err(from_status)?.into_inner();
+        let s = self.runtime.block_on(client.stats(self.authed(StatsRequest {}))).map_err(from_status)?.into_inner();
         Ok(Stats { rankings: s.rankings, pairs: s.pairs, prompts: s.prompts, annotators: s.annotators })
     }
 }

@@ -1,5 +1,8 @@
-//! The preference store as a gRPC service. Writes need the bearer token when one is configured;
-//! an invalid ranking is refused with INVALID_ARGUMENT and nothing is written.
+//! The preference store as a gRPC service. Every call (reads too: rankings are the team's data)
+//! needs the bearer token when one is configured, checked from the headers before the body is
+//! read, so an unauthenticated client cannot make the server decode anything; a body over
+//! [`MAX_REQUEST_BYTES`] is refused unread. An invalid ranking is refused with INVALID_ARGUMENT and
+//! nothing is written. Health and reflection stay open.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,6 +20,7 @@ use rlhf_rpc::{auth, metrics};
 use tokio::net::TcpListener;
 use tokio_stream::Stream;
 use tonic::service::Routes;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use crate::{Error, PreferenceStore};
@@ -24,15 +28,17 @@ use crate::{Error, PreferenceStore};
 /// Settings of the preference service.
 #[derive(Debug, Clone, Default)]
 pub struct PreferenceServiceConfig {
-    /// Bearer token required by `SubmitRanking`; `None` leaves writes open (loopback use).
+    /// Bearer token every call needs; `None` leaves the service open (loopback use).
     pub token: Option<String>,
 }
 
 type Store = Arc<Mutex<Box<dyn PreferenceStore>>>;
 
+/// Largest request decoded: a ranking of K long responses, or a few thousand prompts to register.
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+
 struct Service {
     store: Store,
-    token: Option<String>,
 }
 
 fn status(e: Error) -> Status {
@@ -65,7 +71,6 @@ impl StoreRpc for Service {
         &self,
         request: Request<RegisterPromptsRequest>,
     ) -> Result<Response<RegisterPromptsResponse>, Status> {
-        auth::check_bearer(&request, self.token.as_deref())?;
         let prompts: Vec<(String, String)> =
             request.into_inner().prompts.into_iter().map(|p| (p.prompt_id, p.text)).collect();
         if prompts.iter().any(|(id, _)| id.is_empty()) {
@@ -80,7 +85,6 @@ impl StoreRpc for Service {
         &self,
         request: Request<SubmitRankingRequest>,
     ) -> Result<Response<SubmitRankingResponse>, Status> {
-        auth::check_bearer(&request, self.token.as_deref())?;
         let span = Hop::from_metadata("preferences.submit", request.metadata()).span;
         let ranking = request.into_inner().ranking.ok_or_else(|| Status::invalid_argument("ranking is required"))?;
         let ranking = ranking_from_proto(ranking);
@@ -160,7 +164,15 @@ pub async fn run(
     let (health, health_service) = rlhf_rpc::health();
     metrics::preferences();
     rlhf_rpc::set_health::<PreferenceStoreServer<Service>>(&health, true).await;
-    let service = PreferenceStoreServer::new(Service { store: Arc::new(Mutex::new(store)), token: config.token })
-        .max_decoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES);
-    rlhf_rpc::serve(listener, Routes::new(health_service).add_service(service), shutdown).await
+    let token = config.token;
+    let service = PreferenceStoreServer::new(Service { store: Arc::new(Mutex::new(store)) })
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+        .max_encoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES);
+    // Runs on the request's headers, before its body is read.
+    let service = InterceptedService::new(service, move |request: Request<()>| {
+        auth::check_bearer(&request, token.as_deref())?;
+        Ok(request)
+    });
+    let names = [<PreferenceStoreServer<Service> as tonic::server::NamedService>::NAME];
+    rlhf_rpc::serve(listener, Routes::new(health_service).add_service(service), &names, shutdown).await
 }

@@ -118,7 +118,10 @@ mod over_grpc {
         let pairs: Vec<rlhf_proto::v1::PreferencePair> = rt.block_on(async {
             let mut client =
                 rlhf_proto::v1::preference_store_client::PreferenceStoreClient::connect(url.clone()).await.unwrap();
-            let request = rlhf_proto::v1::ExportPairsRequest { annotator_id: None };
+            let request = rlhf_rpc::auth::with_bearer(
+                tonic::Request::new(rlhf_proto::v1::ExportPairsRequest { annotator_id: None }),
+                Some("s3cret"),
+            );
             let mut stream = client.export_pairs(request).await.unwrap().into_inner();
             let mut out = vec![];
             while let Some(p) = stream.message().await.unwrap() {
@@ -129,11 +132,12 @@ mod over_grpc {
         assert_eq!(pairs.len(), 6);
         assert!(pairs.iter().all(|p| p.prompt_text == "what is 1 plus 1 ?"), "{:?}", pairs[0]);
 
-        // Without the token, writes are refused and nothing is stored.
+        // Without the token, writes and reads are refused and nothing is stored.
         let mut anonymous = RemoteStore::connect(&url, None).unwrap();
         let err = anonymous.submit(&ranking("r4", "p2", vec![1, 0], 2)).unwrap_err().to_string();
         assert!(err.contains("Bearer"), "{err}");
         assert!(anonymous.register_prompts(&[("p3".into(), "x".into())]).is_err());
-        assert_eq!(anonymous.stats().unwrap().rankings, 1);
+        assert!(anonymous.rankings(None).is_err() && anonymous.stats().is_err());
+        assert_eq!(remote.stats().unwrap().rankings, 1);
     }
 }

@@ -179,6 +179,22 @@ impl Worker<'_> {
         Ok(moved)
     }
 
+    /// What an earlier process under this consumer name held when it died: taken back at once,
+    /// not after the claim threshold. Returns how many were scored.
+    fn take_back_own(&self) -> Result<usize> {
+        let mut moved = 0;
+        loop {
+            let own = self.raw.own_pending(&self.config.consumer, self.config.batch)?;
+            let (held, done) = (own.len(), self.handle(own)?);
+            moved += done;
+            // Stop when nothing is left, or when what is left cannot be scored (it is retried
+            // later and, past the delivery limit, dead-lettered).
+            if held == 0 || done == 0 {
+                return Ok(moved);
+            }
+        }
+    }
+
     /// Entries a dead scorer held first, then new ones.
     fn round(&self) -> Result<usize> {
         let taken =
@@ -210,6 +226,7 @@ pub fn work(
     let worker = Worker { current, fetch, config, raw, scored };
     let mut announced = false;
     let mut observed: Option<std::time::Instant> = None;
+    let mut took_back = false;
     while !stop.load(Ordering::SeqCst) {
         if observed.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
             observe_streams(raw, scored);
@@ -227,6 +244,17 @@ pub fn work(
                     std::thread::sleep(Duration::from_millis(500));
                     continue;
                 }
+            }
+        }
+        if !took_back {
+            match worker.take_back_own() {
+                Ok(n) => {
+                    took_back = true;
+                    if n > 0 {
+                        tracing::info!(rollouts = n, "scored what this consumer held before it restarted");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "taking back this consumer's pending entries failed; retrying"),
             }
         }
         if let Err(e) = worker.round() {
@@ -266,7 +294,8 @@ pub async fn run(
     let service = RewardScorerServer::new(Service(current))
         .max_decoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES);
-    let served = rlhf_rpc::serve(listener, Routes::new(health_service).add_service(service), shutdown).await;
+    let names = [<RewardScorerServer<Service> as tonic::server::NamedService>::NAME];
+    let served = rlhf_rpc::serve(listener, Routes::new(health_service).add_service(service), &names, shutdown).await;
     stop.store(true, Ordering::SeqCst);
     let worked = tokio::task::spawn_blocking(move || worker.join()).await;
     served?;
