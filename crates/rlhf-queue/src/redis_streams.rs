@@ -192,6 +192,57 @@ fn decode<T: DeserializeOwned>(entry: &StreamId) -> std::result::Result<Traced<T
     Ok(Traced { item, traceparent: entry.get::<String>("traceparent").filter(|t| !t.is_empty()) })
 }
 
+impl<T: DeserializeOwned> RedisQueue<T> {
+    /// How often each of `entries` (pending with `consumer`) has been delivered.
+    fn times_delivered(
+        &self,
+        c: &mut redis::Connection,
+        entries: &[StreamId],
+        consumer: &str,
+    ) -> redis::RedisResult<HashMap<String, usize>> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return Ok(HashMap::new()) };
+        let pending: StreamPendingCountReply = c.xpending_consumer_count(
+            &self.options.stream,
+            &self.options.group,
+            &first.id,
+            &last.id,
+            PAGE * 10,
+            consumer,
+        )?;
+        Ok(pending.ids.into_iter().map(|p| (p.id, p.times_delivered)).collect())
+    }
+
+    /// The deliveries among re-delivered `entries`; those past the delivery limit or that do not
+    /// parse go to the dead-letter list.
+    fn deliver_or_bury(&self, entries: Vec<StreamId>, counts: &HashMap<String, usize>) -> Result<Vec<Delivery<T>>> {
+        let mut out = vec![];
+        let mut poison: Vec<(StreamId, usize, String)> = vec![];
+        for entry in entries {
+            let deliveries = counts.get(&entry.id).copied().unwrap_or(1);
+            if deliveries > self.options.max_deliveries as usize {
+                poison.push((entry, deliveries, format!("delivered {deliveries} times")));
+                continue;
+            }
+            match decode::<T>(&entry) {
+                Ok(t) => out.push(Delivery {
+                    id: entry.id.clone(),
+                    deliveries: deliveries as u32,
+                    item: t.item,
+                    traceparent: t.traceparent,
+                }),
+                Err(reason) => poison.push((entry, deliveries, reason)),
+            }
+        }
+        if !poison.is_empty() {
+            self.with_connection(|c| {
+                self.bury(c, &poison)?;
+                self.trim(c)
+            })?;
+        }
+        Ok(out)
+    }
+}
+
 impl<T: Serialize + DeserializeOwned + Send> Queue<T> for RedisQueue<T> {
     fn push_traced(&self, items: Vec<Traced<T>>) -> Result<()> {
         if items.is_empty() {
@@ -241,47 +292,11 @@ impl<T: Serialize + DeserializeOwned + Send> Queue<T> for RedisQueue<T> {
         // History ("0"), not new entries (">"): what this consumer was handed and never acked.
         let reply: Option<StreamReadReply> =
             self.on(&self.reader, |c| c.xread_options(&[&self.options.stream], &["0"], &options))?;
-        let entries: Vec<StreamId> = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect();
-        let counts = match (entries.first(), entries.last()) {
-            (Some(first), Some(last)) => self.with_connection(|c| {
-                let pending: StreamPendingCountReply = c.xpending_consumer_count(
-                    &self.options.stream,
-                    &self.options.group,
-                    &first.id,
-                    &last.id,
-                    PAGE * 10,
-                    consumer,
-                )?;
-                Ok(pending.ids.into_iter().map(|p| (p.id, p.times_delivered)).collect::<HashMap<_, _>>())
-            })?,
-            _ => HashMap::new(),
-        };
-        let mut out = vec![];
-        let mut poison = vec![];
-        for entry in entries {
-            // A deleted entry (trimmed while pending) comes back without fields.
-            if entry.map.is_empty() {
-                continue;
-            }
-            let deliveries = counts.get(&entry.id).copied().unwrap_or(1);
-            if deliveries > self.options.max_deliveries as usize {
-                poison.push((entry, deliveries, format!("delivered {deliveries} times")));
-                continue;
-            }
-            match decode::<T>(&entry) {
-                Ok(t) => out.push(Delivery {
-                    id: entry.id.clone(),
-                    deliveries: deliveries as u32,
-                    item: t.item,
-                    traceparent: t.traceparent,
-                }),
-                Err(reason) => poison.push((entry, deliveries, reason)),
-            }
-        }
-        if !poison.is_empty() {
-            self.with_connection(|c| self.bury(c, &poison))?;
-        }
-        Ok(out)
+        // An entry trimmed while pending comes back without fields: nothing left to deliver.
+        let entries: Vec<StreamId> =
+            reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).filter(|e| !e.map.is_empty()).collect();
+        let counts = self.with_connection(|c| self.times_delivered(c, &entries, consumer))?;
+        self.deliver_or_bury(entries, &counts)
     }
 
     fn ack(&self, ids: &[EntryId]) -> Result<()> {
@@ -315,45 +330,10 @@ impl<T: Serialize + DeserializeOwned + Send> Queue<T> for RedisQueue<T> {
                     break;
                 }
             }
-            let mut counts = HashMap::new();
-            if let (Some(first), Some(last)) = (claimed.first(), claimed.last()) {
-                let pending: StreamPendingCountReply = c.xpending_consumer_count(
-                    &self.options.stream,
-                    &self.options.group,
-                    &first.id,
-                    &last.id,
-                    PAGE * 10,
-                    consumer,
-                )?;
-                counts.extend(pending.ids.into_iter().map(|p| (p.id, p.times_delivered)));
-            }
+            let counts = self.times_delivered(c, &claimed, consumer)?;
             Ok((claimed, counts))
         })?;
-        let mut out = vec![];
-        let mut poison: Vec<(StreamId, usize, String)> = vec![];
-        for entry in claimed {
-            let deliveries = counts.get(&entry.id).copied().unwrap_or(1);
-            if deliveries > self.options.max_deliveries as usize {
-                poison.push((entry, deliveries, format!("delivered {deliveries} times")));
-                continue;
-            }
-            match decode::<T>(&entry) {
-                Ok(t) => out.push(Delivery {
-                    id: entry.id.clone(),
-                    deliveries: deliveries as u32,
-                    item: t.item,
-                    traceparent: t.traceparent,
-                }),
-                Err(reason) => poison.push((entry, deliveries, reason)),
-            }
-        }
-        if !poison.is_empty() {
-            self.with_connection(|c| {
-                self.bury(c, &poison)?;
-                self.trim(c)
-            })?;
-        }
-        Ok(out)
+        self.deliver_or_bury(claimed, &counts)
     }
 
     fn ready(&self) -> Result<usize> {

@@ -1,0 +1,11 @@
+//! End to end over real transport: a private redis-server, generator replicas and the other
+//! services as child processes of the `rlhf` binary, on loopback.
+//!
+//! - `e2e`: the four services run the pipeline; metrics, limits, auth and reflection.
+//! - `recovery`: processes killed and restarted mid-run (replica, scorer, learner), SIGTERM.
+
+#[macro_use]
+mod support;
+
+mod e2e;
+mod recovery;
