@@ -11,6 +11,7 @@
 //!   latency of every gRPC request (a layer [`serve`] puts in front of each service).
 
 pub mod auth;
+pub mod drain;
 pub mod metrics;
 pub mod telemetry;
 pub mod trace;
@@ -44,12 +45,17 @@ pub async fn set_health<S: tonic::server::NamedService>(reporter: &HealthReporte
 }
 
 /// Serves `routes` (the services named `services`, plus health) and server reflection, v1 and
-/// v1alpha (grpcurl and older clients ask the latter), on `listener` until `shutdown` resolves;
-/// in-flight calls finish first. Reflection lists only what this process serves.
+/// v1alpha (grpcurl and older clients ask the latter), on `listener`. Reflection lists only what
+/// this process serves.
+///
+/// When `shutdown` resolves (SIGTERM), the services report NOT_SERVING on `health` at once, new
+/// calls are refused with UNAVAILABLE, and the calls in flight get at most [`drain::grace`] to
+/// finish; then the server stops, cancelling what is left.
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
     services: &[&str],
+    health: HealthReporter,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let reflection = || {
@@ -68,11 +74,40 @@ pub async fn serve(
     };
     let v1alpha = reflection().build_v1alpha().expect("the bundled descriptor sets are valid");
     let v1 = reflection().build_v1().expect("the bundled descriptor sets are valid");
-    tonic::transport::Server::builder()
+    let drain = std::sync::Arc::new(drain::Drain::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
         .layer(metrics::GrpcTiming)
+        .layer(drain::Admission(drain.clone()))
         .add_routes(routes.add_service(v1).add_service(v1alpha))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stopped.await;
+        });
+    let names: Vec<String> = services.iter().map(|s| s.to_string()).collect();
+    let drain_then_stop = async move {
+        shutdown.await;
+        let deadline = tokio::time::Instant::now() + drain::grace();
+        for name in names.iter().map(String::as_str).chain([""]) {
+            health.set_service_status(name, ServingStatus::NotServing).await;
+        }
+        drain.start();
+        tracing::info!(in_flight = drain.in_flight(), grace = ?drain::grace(), "draining: NOT_SERVING, new calls refused");
+        while drain.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Streams still being sent finish within what is left of the grace.
+        let _ = stop.send(());
+        tokio::time::sleep_until(deadline).await;
+        drain.in_flight()
+    };
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => result,
+        left = drain_then_stop => {
+            tracing::warn!(in_flight = left, "the drain grace passed; cancelling what is left");
+            Ok(())
+        }
+    }
 }
 
 /// A lazily connecting channel to `url` (`http://host:port`), with a connect timeout so a dead

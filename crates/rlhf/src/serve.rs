@@ -39,6 +39,10 @@ pub struct Listen {
     /// Address to serve Prometheus metrics on (`GET /metrics`), e.g. 0.0.0.0:9464; none if unset.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Seconds the calls in flight get to finish after SIGTERM (health turns NOT_SERVING and new
+    /// calls are refused at once); keep it below Kubernetes' terminationGracePeriodSeconds.
+    #[arg(long, default_value_t = 20)]
+    drain_secs: u64,
     /// Check the arguments (and the learner's --config and --generators) and exit without
     /// serving: what the Kubernetes manifests are tested with, so flags and manifests cannot
     /// drift apart.
@@ -199,6 +203,7 @@ pub fn run(service: Service) -> Result<()> {
         println!("{name}: arguments ok");
         return Ok(());
     }
+    rlhf_rpc::drain::set_grace(Duration::from_secs(listen.drain_secs));
     if let Some(addr) = listen.metrics {
         let listener =
             runtime.block_on(tokio::net::TcpListener::bind(addr)).with_context(|| format!("metrics on {addr}"))?;

@@ -218,11 +218,11 @@ pub async fn run(
         generator: RwLock::new(None),
         in_flight: AtomicU32::new(0),
         updating: tokio::sync::Mutex::new(()),
-        health,
+        health: health.clone(),
     });
     let service = PolicyGeneratorServer::new(Service(replica))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES);
     let names = [<PolicyGeneratorServer<Service> as tonic::server::NamedService>::NAME];
-    rlhf_rpc::serve(listener, Routes::new(health_service).add_service(service), &names, shutdown).await
+    rlhf_rpc::serve(listener, Routes::new(health_service).add_service(service), &names, health.clone(), shutdown).await
 }

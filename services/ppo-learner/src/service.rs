@@ -142,5 +142,5 @@ pub async fn run(
         .max_decoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES);
     let names = [<PpoLearnerServer<Service> as tonic::server::NamedService>::NAME];
-    rlhf_rpc::serve(listener, Routes::new(health_service).add_service(service), &names, shutdown).await
+    rlhf_rpc::serve(listener, Routes::new(health_service).add_service(service), &names, health.clone(), shutdown).await
 }

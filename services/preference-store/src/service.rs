@@ -174,5 +174,5 @@ pub async fn run(
         Ok(request)
     });
     let names = [<PreferenceStoreServer<Service> as tonic::server::NamedService>::NAME];
-    rlhf_rpc::serve(listener, Routes::new(health_service).add_service(service), &names, shutdown).await
+    rlhf_rpc::serve(listener, Routes::new(health_service).add_service(service), &names, health.clone(), shutdown).await
 }

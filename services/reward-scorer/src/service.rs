@@ -295,7 +295,9 @@ pub async fn run(
         .max_decoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES);
     let names = [<RewardScorerServer<Service> as tonic::server::NamedService>::NAME];
-    let served = rlhf_rpc::serve(listener, Routes::new(health_service).add_service(service), &names, shutdown).await;
+    let served =
+        rlhf_rpc::serve(listener, Routes::new(health_service).add_service(service), &names, health.clone(), shutdown)
+            .await;
     stop.store(true, Ordering::SeqCst);
     let worked = tokio::task::spawn_blocking(move || worker.join()).await;
     served?;

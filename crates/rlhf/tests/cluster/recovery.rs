@@ -142,6 +142,71 @@ fn services_exit_on_sigterm_even_while_waiting_for_a_model() {
     }
 }
 
+/// SIGTERM in the middle of a stream: NOT_SERVING at once, new calls refused, the stream in
+/// flight finishes, and the process exits 0 within its drain grace.
+#[test]
+fn sigterm_drains_a_replica_as_kubernetes_expects() {
+    use rlhf_proto::v1::policy_generator_client::PolicyGeneratorClient;
+    use tonic_health::pb::health_check_response::ServingStatus;
+
+    let dir = tempfile::tempdir().unwrap();
+    let run = prepared_run(dir.path());
+    let port = free_port();
+    // 500 ms before each streamed rollout: eight rollouts take 4 s to send.
+    let mut replica = generator("gen-drain", port, &["--stream-delay-ms", "500", "--drain-secs", "10"]);
+    let rt = runtime();
+    let sft = rlhf_data::load_checkpoint(&run.path("sft")).unwrap();
+    let mut client = rt.block_on(PolicyGeneratorClient::connect(url(port))).unwrap();
+    let chunks = rlhf_proto::weights::encode(1, &sft.tensors, &sft.config, sft.tokenizer.pad_id).unwrap();
+    rt.block_on(client.update_weights(tokio_stream::iter(chunks))).unwrap();
+    let request = rlhf_proto::v1::GenerateRequest {
+        request_id: "drain".into(),
+        prompts: vec![rlhf_proto::v1::Prompt { prompt_id: "p".into(), text: String::new(), token_ids: vec![1, 2, 3] }],
+        sampling: Some(rlhf_proto::v1::SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            max_new_tokens: 8,
+            seed: 1,
+            ..Default::default()
+        }),
+        samples_per_prompt: 8,
+        min_policy_version: 0,
+    };
+    let streaming = {
+        let (mut client, request) = (client.clone(), request.clone());
+        rt.spawn(async move {
+            let mut stream = client.generate(request).await.unwrap().into_inner();
+            let mut rollouts = 0;
+            while stream.message().await.unwrap().is_some() {
+                rollouts += 1;
+            }
+            rollouts
+        })
+    };
+    while status(&rt, port).is_none_or(|s| s.in_flight_requests == 0) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let terminated = Instant::now();
+    replica.terminate();
+    // At once: NOT_SERVING to a probe, UNAVAILABLE to new work.
+    let mut seen = None;
+    while terminated.elapsed() < Duration::from_secs(3) {
+        seen = health(&rt, port);
+        if seen == Some(ServingStatus::NotServing) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(seen, Some(ServingStatus::NotServing), "health after SIGTERM");
+    let refused = rt.block_on(client.generate(request)).expect_err("new work while draining");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused}");
+    // The stream in flight finishes, and the process exits 0 within the grace.
+    assert_eq!(rt.block_on(streaming).unwrap(), 8, "the stream in flight was cut");
+    let exit = replica.wait_timeout(Duration::from_secs(15)).expect("exits within its grace");
+    assert!(exit.success(), "{exit:?}");
+    assert!(terminated.elapsed() < Duration::from_secs(12), "exit took {:?}", terminated.elapsed());
+}
+
 #[test]
 fn a_learner_killed_between_checkpoints_resumes_and_leaves_nothing_pending() {
     let dir = tempfile::tempdir().unwrap();
