@@ -149,20 +149,20 @@ impl<T> RedisQueue<T> {
         let mut pipe = redis::pipe();
         pipe.atomic();
         for (entry, deliveries, reason) in entries {
-            let data: String = entry.get("data").unwrap_or_default();
-            let traceparent: String = entry.get("traceparent").unwrap_or_default();
-            pipe.xadd(
-                &self.dead_stream,
-                "*",
-                &[
-                    ("data", data.as_str()),
-                    ("traceparent", traceparent.as_str()),
-                    ("source_id", entry.id.as_str()),
-                    ("deliveries", &deliveries.to_string()),
-                    ("reason", reason.as_str()),
-                ],
-            )
-            .ignore();
+            // Every field of the original as the bytes it was, valid UTF-8 or not, so the
+            // dead letter can be read back exactly as it arrived.
+            let mut fields: Vec<(String, Vec<u8>)> = entry
+                .map
+                .iter()
+                .map(|(k, v)| (k.clone(), redis::from_redis_value::<Vec<u8>>(v.clone()).unwrap_or_default()))
+                .collect();
+            fields.sort();
+            fields.extend([
+                ("source_id".to_string(), entry.id.clone().into_bytes()),
+                ("deliveries".to_string(), deliveries.to_string().into_bytes()),
+                ("reason".to_string(), reason.clone().into_bytes()),
+            ]);
+            pipe.xadd(&self.dead_stream, "*", &fields).ignore();
             pipe.xack(&self.options.stream, &self.options.group, &[&entry.id]).ignore();
         }
         pipe.query::<()>(c)

@@ -27,9 +27,20 @@ fn redis_entries_that_do_not_parse_go_to_the_dead_letter_stream() {
     writer.push(vec!["not a number".into()]).unwrap();
     let reader = RedisQueue::<u64>::connect(options).unwrap();
     reader.push(vec![7]).unwrap();
+    // And bytes that are not even UTF-8.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_connection().unwrap();
+    let garbage: &[u8] = &[0xff, 0xfe, b'{', 0x00, 0x80];
+    let _: String = redis::cmd("XADD").arg("typed").arg("*").arg("data").arg(garbage).query(&mut c).unwrap();
     let got = reader.pop("worker-1", 10, std::time::Duration::ZERO).unwrap();
     assert_eq!(got.iter().map(|d| d.item).collect::<Vec<_>>(), [7]);
-    assert_eq!((reader.dead_letters().unwrap(), reader.pending().unwrap()), (1, 1));
+    assert_eq!((reader.dead_letters().unwrap(), reader.pending().unwrap()), (2, 1));
+    // The dead letters keep the original bytes.
+    let dead: redis::streams::StreamRangeReply =
+        redis::cmd("XRANGE").arg("typed:dead").arg("-").arg("+").query(&mut c).unwrap();
+    let data: Vec<Vec<u8>> = dead.ids.iter().map(|e| e.get::<Vec<u8>>("data").unwrap()).collect();
+    assert_eq!(data, [serde_json::to_vec("not a number").unwrap(), garbage.to_vec()]);
+    assert!(dead.ids.iter().all(|e| e.get::<String>("reason").is_some_and(|r| !r.is_empty())));
 }
 
 #[test]
