@@ -40,4 +40,4 @@ pub use rl::preference::{
     RankingError, bradley_terry_loss, log_sigmoid, pairwise_accuracy, ranking_loss, ranking_pairs, validate_ranking,
 };
 pub use rl::rewards::{RewardShaping, ShapedRewards, kl_penalized_rewards};
-pub use sampling::{Generation, SamplingParams, generate, tempered_logprobs};
+pub use sampling::{Generation, SamplingParams, generate, generate_until, tempered_logprobs};

@@ -34,6 +34,18 @@ pub struct Generation {
 /// Samples one response per prompt. `pad_id` fills the left padding and the rows that finished
 /// early; it never reaches a returned response.
 pub fn generate(model: &Llama, prompts: &[Vec<u32>], params: &SamplingParams, pad_id: u32) -> Result<Vec<Generation>> {
+    Ok(generate_until(model, prompts, params, pad_id, &|| false)?.unwrap_or_default())
+}
+
+/// [`generate`], asking `cancelled` before every decode step: `None` once it says yes (the
+/// client went away or its deadline passed), so a cancelled request stops within one step.
+pub fn generate_until(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    params: &SamplingParams,
+    pad_id: u32,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Option<Vec<Generation>>> {
     validate(model, prompts, params)?;
     let device = model.device().clone();
     let batch = prompts.len();
@@ -57,6 +69,9 @@ pub fn generate(model: &Llama, prompts: &[Vec<u32>], params: &SamplingParams, pa
     let mut out: Vec<Generation> =
         (0..batch).map(|_| Generation { tokens: vec![], logprobs: vec![], finished: false }).collect();
     for step in 0..params.max_new_tokens {
+        if cancelled() {
+            return Ok(None);
+        }
         let rows = logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
         let mut next = vec![pad_id; batch];
         for (b, row) in rows.iter().enumerate() {
@@ -82,7 +97,7 @@ pub fn generate(model: &Llama, prompts: &[Vec<u32>], params: &SamplingParams, pa
         let hidden = model.forward_positions(&input, &positions, &bias, Some(&mut cache), Kernels::Fused)?;
         logits = model.lm_head(&hidden.squeeze(1)?)?;
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 fn validate(model: &Llama, prompts: &[Vec<u32>], params: &SamplingParams) -> Result<()> {

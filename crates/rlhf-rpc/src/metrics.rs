@@ -83,12 +83,17 @@ pub fn streams() -> &'static StreamMetrics {
 /// A generator replica's figures.
 #[derive(Debug)]
 pub struct GeneratorMetrics {
+    pub cancelled: IntCounter,
     pub rollouts: IntCounter,
     pub tokens: IntCounter,
     pub weight_version: IntGauge,
 }
 
 static GENERATOR: LazyLock<GeneratorMetrics> = LazyLock::new(|| GeneratorMetrics {
+    cancelled: counter(
+        "rlhf_generations_cancelled_total",
+        "Generations stopped because their client cancelled or their deadline passed.",
+    ),
     rollouts: counter("rlhf_rollouts_generated_total", "Rollouts this replica sampled."),
     tokens: counter("rlhf_tokens_generated_total", "Response tokens this replica sampled."),
     weight_version: gauge("rlhf_weight_version", "The policy version this replica serves (0 before the first)."),

@@ -13,7 +13,7 @@ use std::sync::RwLock;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use rlhf_model::{Config, Llama, generate};
+use rlhf_model::{Config, Llama, generate_until};
 use rlhf_types::{GenerateRequest, Rollout, RolloutId};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +30,8 @@ pub enum Error {
     Generation(String),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    #[error("generation cancelled: its client went away or its deadline passed")]
+    Cancelled,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -161,6 +163,11 @@ impl PolicyGenerator {
     /// Samples `samples_per_prompt` responses for every prompt, all with one policy version.
     /// Only the model's context bounds a request here; a service checks its own [`Limits`] first.
     pub fn generate(&self, request: &GenerateRequest) -> Result<Vec<Rollout>> {
+        self.generate_until(request, &|| false)
+    }
+
+    /// [`PolicyGenerator::generate`], stopping within one decode step once `cancelled` says so.
+    pub fn generate_until(&self, request: &GenerateRequest, cancelled: &dyn Fn() -> bool) -> Result<Vec<Rollout>> {
         self.check(request, &Limits { max_rows: usize::MAX, max_sequence_tokens: None })?;
         let served = self.served.read().map_err(|_| Error::Generation("lock poisoned".into()))?;
         let mut prompts = vec![];
@@ -169,8 +176,9 @@ impl PolicyGenerator {
                 prompts.push(p.tokens.clone());
             }
         }
-        let generations = generate(&served.model, &prompts, &request.sampling, self.pad_id)
-            .map_err(|e| Error::Generation(e.to_string()))?;
+        let generations = generate_until(&served.model, &prompts, &request.sampling, self.pad_id, cancelled)
+            .map_err(|e| Error::Generation(e.to_string()))?
+            .ok_or(Error::Cancelled)?;
         Ok(generations
             .into_iter()
             .enumerate()

@@ -65,6 +65,26 @@ fn status(e: Error) -> Status {
             Status::invalid_argument(e.to_string())
         }
         Error::Generation(_) => Status::internal(e.to_string()),
+        Error::Cancelled => Status::cancelled(e.to_string()),
+    }
+}
+
+/// Cancels a generation when the call that asked for it goes away: tonic drops the call's
+/// future when the client cancels or its `grpc-timeout` deadline passes.
+struct CancelOnDrop(Option<Arc<std::sync::atomic::AtomicBool>>);
+
+impl CancelOnDrop {
+    /// The generation finished: nothing left to cancel.
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(flag) = &self.0 {
+            flag.store(true, Ordering::SeqCst);
+        }
     }
 }
 
@@ -110,15 +130,23 @@ impl GeneratorRpc for Service {
         self.0.in_flight.fetch_add(1, Ordering::SeqCst);
         let in_flight = InFlight(self.0.clone());
         let delay = self.0.stream_delay;
+        let cancelled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cancel_on_drop = CancelOnDrop(Some(cancelled.clone()));
         let rollouts = tokio::task::spawn_blocking(move || {
             span.in_scope(|| {
                 tracing::debug!(request = %domain.request_id, prompts = domain.prompts.len(), "generating");
-                generator.generate(&domain)
+                let result = generator.generate_until(&domain, &|| cancelled.load(Ordering::SeqCst));
+                if matches!(result, Err(Error::Cancelled)) {
+                    rlhf_rpc::metrics::generator().cancelled.inc();
+                    tracing::info!(request = %domain.request_id, "generation cancelled");
+                }
+                result
             })
         })
         .await
         .map_err(|e| Status::internal(format!("generation task: {e}")))?
         .map_err(status)?;
+        cancel_on_drop.disarm();
         let generated = rlhf_rpc::metrics::generator();
         generated.rollouts.inc_by(rollouts.len() as u64);
         generated.tokens.inc_by(rollouts.iter().map(|r| r.response_tokens.len() as u64).sum());

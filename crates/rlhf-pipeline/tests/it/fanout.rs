@@ -95,6 +95,43 @@ async fn with_every_replica_down_a_request_gives_up_after_its_attempts() {
     assert!(matches!(err, FanoutError::GaveUp { attempts: 3, .. }), "{err}");
 }
 
+/// A client whose deadline passes: the replica stops decoding within a step (the counter moves)
+/// instead of finishing minutes of work nobody waits for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_whose_deadline_passes_stops_within_a_decode_step() {
+    use rlhf_proto::v1::policy_generator_client::PolicyGeneratorClient;
+    let url = replica("deadline", Duration::ZERO).await;
+    let (cfg, tensors) = weights();
+    let chunks = rlhf_proto::weights::encode(1, &tensors, &cfg, 0).unwrap();
+    let mut client = PolicyGeneratorClient::new(rlhf_rpc::endpoint(&url).unwrap());
+    client.update_weights(tokio_stream::iter(chunks)).await.unwrap();
+    let cancelled = || rlhf_rpc::metrics::generator().cancelled.get();
+    let before = cancelled();
+    // 1,024 sequences of 1,500 new tokens and no stop token: far longer than the test.
+    let mut request = tonic::Request::new(rlhf_proto::v1::GenerateRequest {
+        request_id: "too-slow".into(),
+        prompts: vec![rlhf_proto::v1::Prompt { prompt_id: "p".into(), text: String::new(), token_ids: vec![1, 2] }],
+        sampling: Some(rlhf_proto::v1::SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            max_new_tokens: 1_500,
+            seed: 3,
+            ..Default::default()
+        }),
+        samples_per_prompt: 1_024,
+        min_policy_version: 0,
+    });
+    request.set_timeout(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let err = client.generate(request).await.unwrap_err();
+    assert!(matches!(err.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled), "{err}");
+    while cancelled() == before {
+        assert!(started.elapsed() < Duration::from_secs(20), "the replica kept decoding after the deadline");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!("decoding stopped {:?} after the request was sent (deadline 300 ms)", started.elapsed());
+}
+
 /// A resolver whose answer the test changes while a step runs, as DNS behind a headless Service
 /// changes when pods come and go.
 #[derive(Debug, Clone, Default)]
