@@ -11,7 +11,8 @@
 //! - [`discovery`]: where the replicas are (a list, or DNS re-resolved while a run goes).
 //! - [`fanout`]: rollout requests spread over generator replicas (least-loaded first, an
 //!   in-flight limit, deadlines, retries elsewhere) and weight pushes to every replica.
-//! - [`StatusBoard`] and [`run`]: the learner's own gRPC face (status, checkpoint on request);
+//! - [`StatusBoard`] and [`run`]: the learner's own gRPC face (status, checkpoint on request,
+//!   the judges the scorers load);
 //!   [`serve`]: the learner process of a distributed run, backend and service together.
 
 mod backend;
