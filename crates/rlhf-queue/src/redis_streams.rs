@@ -34,7 +34,13 @@ pub struct RedisQueueOptions {
     pub stream: String,
     pub group: String,
     pub max_deliveries: u32,
+    /// Largest entry (its serialised item) pushed or read: a bigger push is refused whole, a
+    /// bigger entry found in the stream goes to the dead-letter list unparsed.
+    pub max_entry_bytes: usize,
 }
+
+/// Far above any rollout (a few KB to a few hundred KB), far below what hurts a worker.
+pub const DEFAULT_MAX_ENTRY_BYTES: usize = 8 << 20;
 
 impl RedisQueueOptions {
     pub fn new(url: &str, stream: &str) -> Self {
@@ -43,6 +49,7 @@ impl RedisQueueOptions {
             stream: stream.to_string(),
             group: format!("{stream}:workers"),
             max_deliveries: DEFAULT_MAX_DELIVERIES,
+            max_entry_bytes: DEFAULT_MAX_ENTRY_BYTES,
         }
     }
 }
@@ -186,8 +193,11 @@ fn backend(queue: &str, e: redis::RedisError) -> Error {
     Error::Backend { queue: queue.to_string(), message: e.to_string() }
 }
 
-fn decode<T: DeserializeOwned>(entry: &StreamId) -> std::result::Result<Traced<T>, String> {
+fn decode<T: DeserializeOwned>(entry: &StreamId, max_bytes: usize) -> std::result::Result<Traced<T>, String> {
     let data: String = entry.get("data").ok_or("entry has no data field")?;
+    if data.len() > max_bytes {
+        return Err(format!("entry of {} bytes is over the {max_bytes}-byte cap", data.len()));
+    }
     let item = serde_json::from_str(&data).map_err(|e| format!("entry does not parse: {e}"))?;
     Ok(Traced { item, traceparent: entry.get::<String>("traceparent").filter(|t| !t.is_empty()) })
 }
@@ -223,7 +233,7 @@ impl<T: DeserializeOwned> RedisQueue<T> {
                 poison.push((entry, deliveries, format!("delivered {deliveries} times")));
                 continue;
             }
-            match decode::<T>(&entry) {
+            match decode::<T>(&entry, self.options.max_entry_bytes) {
                 Ok(t) => out.push(Delivery {
                     id: entry.id.clone(),
                     deliveries: deliveries as u32,
@@ -253,6 +263,13 @@ impl<T: Serialize + DeserializeOwned + Send> Queue<T> for RedisQueue<T> {
             .map(|t| serde_json::to_string(&t.item).map(|data| (data, t.traceparent.clone().unwrap_or_default())))
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| self.error(&format!("item does not serialise: {e}")))?;
+        if let Some((data, _)) = encoded.iter().find(|(data, _)| data.len() > self.options.max_entry_bytes) {
+            return Err(self.error(&format!(
+                "an entry of {} bytes is over the {}-byte cap; nothing was pushed",
+                data.len(),
+                self.options.max_entry_bytes
+            )));
+        }
         self.with_connection(|c| {
             let mut pipe = redis::pipe();
             for (data, traceparent) in &encoded {
@@ -274,7 +291,7 @@ impl<T: Serialize + DeserializeOwned + Send> Queue<T> for RedisQueue<T> {
         let mut out = Vec::with_capacity(entries.len());
         let mut poison = vec![];
         for entry in &entries {
-            match decode::<T>(entry) {
+            match decode::<T>(entry, self.options.max_entry_bytes) {
                 Ok(t) => {
                     out.push(Delivery { id: entry.id.clone(), deliveries: 1, item: t.item, traceparent: t.traceparent })
                 }

@@ -44,6 +44,23 @@ fn redis_entries_that_do_not_parse_go_to_the_dead_letter_stream() {
 }
 
 #[test]
+fn redis_entries_over_the_size_cap_are_refused_on_push_and_buried_on_read() {
+    let redis = RedisServer::start().expect("start a private redis-server");
+    let small = RedisQueueOptions { max_entry_bytes: 64, ..RedisQueueOptions::new(&redis.url(), "capped") };
+    let capped = RedisQueue::<String>::connect(small.clone()).unwrap();
+    // A push with one oversize item is refused whole: nothing is written.
+    let err = capped.push(vec!["ok".into(), "x".repeat(100)]).unwrap_err().to_string();
+    assert!(err.contains("cap"), "{err}");
+    assert_eq!((capped.ready().unwrap(), capped.stored().unwrap()), (0, 0));
+    // One that another writer (with a larger cap) put there goes to the dead letters unread.
+    let roomy = RedisQueue::<String>::connect(RedisQueueOptions::new(&redis.url(), "capped")).unwrap();
+    roomy.push(vec!["x".repeat(100), "fits".into()]).unwrap();
+    let got = capped.pop("worker-1", 10, std::time::Duration::ZERO).unwrap();
+    assert_eq!(got.iter().map(|d| d.item.as_str()).collect::<Vec<_>>(), ["fits"]);
+    assert_eq!(capped.dead_letters().unwrap(), 1);
+}
+
+#[test]
 fn redis_queue_survives_a_server_restart_of_its_connection() {
     let redis = RedisServer::start().expect("start a private redis-server");
     let q = RedisQueue::<String>::connect(RedisQueueOptions::new(&redis.url(), "reconnect")).unwrap();

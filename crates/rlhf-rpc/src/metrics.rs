@@ -84,12 +84,17 @@ pub fn streams() -> &'static StreamMetrics {
 #[derive(Debug)]
 pub struct GeneratorMetrics {
     pub cancelled: IntCounter,
+    pub shed: IntCounter,
     pub rollouts: IntCounter,
     pub tokens: IntCounter,
     pub weight_version: IntGauge,
 }
 
 static GENERATOR: LazyLock<GeneratorMetrics> = LazyLock::new(|| GeneratorMetrics {
+    shed: counter(
+        "rlhf_generation_requests_shed_total",
+        "Generation requests refused with RESOURCE_EXHAUSTED because the replica was full.",
+    ),
     cancelled: counter(
         "rlhf_generations_cancelled_total",
         "Generations stopped because their client cancelled or their deadline passed.",

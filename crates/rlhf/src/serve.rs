@@ -105,6 +105,10 @@ pub struct GeneratorArgs {
     /// context, which is the default.
     #[arg(long)]
     max_sequence_tokens: Option<usize>,
+    /// Generation requests served at once; more are refused with RESOURCE_EXHAUSTED (the learner
+    /// retries them on another replica).
+    #[arg(long, default_value_t = 4)]
+    max_concurrent: usize,
 }
 
 #[derive(Debug, Args)]
@@ -223,6 +227,7 @@ pub fn run(service: Service) -> Result<()> {
                 limits: policy_generator::Limits {
                     max_rows: args.max_batch.max(1),
                     max_sequence_tokens: args.max_sequence_tokens,
+                    max_concurrent: args.max_concurrent.max(1),
                 },
             };
             policy_generator::run(config, listener, shutdown).await?;

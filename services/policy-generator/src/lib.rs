@@ -43,11 +43,14 @@ pub struct Limits {
     pub max_rows: usize,
     /// Prompt plus new tokens of one sequence, below the model's context (`None`: the context).
     pub max_sequence_tokens: Option<usize>,
+    /// Generation requests served at once; one more is shed with RESOURCE_EXHAUSTED, so the
+    /// learner sends it to another replica instead of queueing behind this one.
+    pub max_concurrent: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_rows: 1024, max_sequence_tokens: None }
+        Limits { max_rows: 1024, max_sequence_tokens: None, max_concurrent: 4 }
     }
 }
 
@@ -168,7 +171,7 @@ impl PolicyGenerator {
 
     /// [`PolicyGenerator::generate`], stopping within one decode step once `cancelled` says so.
     pub fn generate_until(&self, request: &GenerateRequest, cancelled: &dyn Fn() -> bool) -> Result<Vec<Rollout>> {
-        self.check(request, &Limits { max_rows: usize::MAX, max_sequence_tokens: None })?;
+        self.check(request, &Limits { max_rows: usize::MAX, max_sequence_tokens: None, max_concurrent: usize::MAX })?;
         let served = self.served.read().map_err(|_| Error::Generation("lock poisoned".into()))?;
         let mut prompts = vec![];
         for p in &request.prompts {

@@ -127,8 +127,14 @@ impl GeneratorRpc for Service {
         };
         // Refused before any work: an oversize request must not take the replica down.
         generator.check(&domain, &self.0.limits).map_err(status)?;
-        self.0.in_flight.fetch_add(1, Ordering::SeqCst);
+        let busy = self.0.in_flight.fetch_add(1, Ordering::SeqCst);
         let in_flight = InFlight(self.0.clone());
+        if busy as usize >= self.0.limits.max_concurrent {
+            rlhf_rpc::metrics::generator().shed.inc();
+            return Err(Status::resource_exhausted(format!(
+                "{busy} generation requests in flight, the most this replica takes; try another"
+            )));
+        }
         let delay = self.0.stream_delay;
         let cancelled = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let cancel_on_drop = CancelOnDrop(Some(cancelled.clone()));

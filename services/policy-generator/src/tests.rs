@@ -109,7 +109,7 @@ fn requests_beyond_the_context_or_the_limits_are_refused_before_any_work() {
     let (cfg, tensors) = weights(7);
     let context = cfg.max_position_embeddings;
     let generator = PolicyGenerator::new("gen-0", cfg, 0, tensors, 0).unwrap();
-    let limits = Limits { max_rows: 4, max_sequence_tokens: Some(10) };
+    let limits = Limits { max_rows: 4, max_sequence_tokens: Some(10), max_concurrent: 1 };
     let with = |tokens: usize, new: usize, samples: usize| GenerateRequest {
         prompts: vec![PromptTokens { prompt_id: "p".into(), tokens: vec![1; tokens] }],
         sampling: SamplingParams { max_new_tokens: new, ..Default::default() },

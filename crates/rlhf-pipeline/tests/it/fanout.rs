@@ -132,6 +132,37 @@ async fn a_generation_whose_deadline_passes_stops_within_a_decode_step() {
     eprintln!("decoding stopped {:?} after the request was sent (deadline 300 ms)", started.elapsed());
 }
 
+/// A full replica sheds a request with RESOURCE_EXHAUSTED at once instead of queueing it, and
+/// takes work again once it has room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_replica_sheds_load_with_resource_exhausted() {
+    use rlhf_proto::v1::policy_generator_client::PolicyGeneratorClient;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let config = GeneratorServiceConfig {
+        id: "full".into(),
+        stream_delay: Duration::from_millis(200),
+        limits: policy_generator::Limits { max_concurrent: 1, ..Default::default() },
+    };
+    tokio::spawn(policy_generator::run(config, listener, std::future::pending()));
+    let (cfg, tensors) = weights();
+    let chunks = rlhf_proto::weights::encode(1, &tensors, &cfg, 0).unwrap();
+    let mut client = PolicyGeneratorClient::new(rlhf_rpc::endpoint(&url).unwrap());
+    client.update_weights(tokio_stream::iter(chunks)).await.unwrap();
+    let request = || rlhf_proto::request_to_proto(&requests(1)[0], 0);
+    // The first request streams for about 400 ms and holds the replica's one slot.
+    let mut first = client.generate(request()).await.unwrap().into_inner();
+    let shed = client.generate(request()).await.expect_err("a second request while full");
+    assert_eq!(shed.code(), tonic::Code::ResourceExhausted, "{shed}");
+    let mut rollouts = 0;
+    while first.message().await.unwrap().is_some() {
+        rollouts += 1;
+    }
+    assert_eq!(rollouts, 2);
+    let mut again = client.generate(request()).await.expect("room again").into_inner();
+    while again.message().await.unwrap().is_some() {}
+}
+
 /// A resolver whose answer the test changes while a step runs, as DNS behind a headless Service
 /// changes when pods come and go.
 #[derive(Debug, Clone, Default)]
