@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`free_port`]: a loopback port nothing listens on.
-//! - [`RedisServer`]: a private, diskless redis-server on a free port.
+//! - [`RedisServer`]: a private redis-server on a free port (diskless, or with an append-only
+//!   file), which a test can kill and restart.
 //! - [`Child`]: any service process (usually `rlhf serve …`), killed on drop, restartable.
 //! - [`fixture`]: reference checkpoints and values made by `transformers` (`tests/fixtures/`).
 
@@ -147,36 +148,50 @@ impl Drop for Child {
     }
 }
 
-/// A private redis-server: no persistence, loopback only, on a free port.
+/// A private redis-server: loopback only, on a free port; diskless unless started with
+/// [`RedisServer::start_with_aof`].
 #[derive(Debug)]
 pub struct RedisServer {
     port: u16,
-    _child: Child,
+    child: Child,
 }
 
 impl RedisServer {
-    /// Starts one, or explains how to install redis-server when it is missing.
+    /// Starts one without persistence, or explains how to install redis-server when it is missing.
     pub fn start() -> Result<Self, String> {
+        Self::start_with(&["--save", "", "--appendonly", "no"])
+    }
+
+    /// Starts one that writes every command to an append-only file in `dir` before it answers
+    /// (`appendfsync always`), so a restart loses nothing.
+    pub fn start_with_aof(dir: &Path) -> Result<Self, String> {
+        let dir = dir.display().to_string();
+        Self::start_with(&["--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", &dir])
+    }
+
+    fn start_with(persistence: &[&str]) -> Result<Self, String> {
         let port = free_port();
-        let args: Vec<String> = [
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "no",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let port_arg = port.to_string();
+        let args: Vec<String> = ["--port", &port_arg, "--bind", "127.0.0.1", "--protected-mode", "no"]
+            .iter()
+            .chain(persistence)
+            .map(|s| s.to_string())
+            .collect();
         let child = Child::spawn("redis", "redis-server", &args, &[])
             .map_err(|e| format!("{e} (install it with `apt-get install redis-server`)"))?;
         wait_for_port(port, Duration::from_secs(10))?;
-        Ok(RedisServer { port, _child: child })
+        Ok(RedisServer { port, child })
+    }
+
+    /// SIGKILL: what is not persisted is lost.
+    pub fn kill(&mut self) {
+        self.child.kill();
+    }
+
+    /// Starts it again on the same port with the same settings (after [`RedisServer::kill`]).
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.child.start()?;
+        wait_for_port(self.port, Duration::from_secs(10))
     }
 
     pub fn port(&self) -> u16 {

@@ -14,8 +14,11 @@
 //! - [`InProcessQueue`]: the embedded default, a mutex-guarded deque.
 //! - [`RedisQueue`]: a Redis stream with one consumer group. **Invariant:** no other crate of
 //!   the workspace talks to Redis.
+//! - [`QueueHealth`]: whether the backend is reachable, and what outages and data losses the
+//!   queue rode out (`outage`: the backoff and what counts as Redis being away).
 
 mod in_process;
+mod outage;
 mod redis_streams;
 
 pub mod conformance;
@@ -23,6 +26,7 @@ pub mod conformance;
 use std::time::Duration;
 
 pub use in_process::InProcessQueue;
+pub use outage::{DEFAULT_OUTAGE_BUDGET, QueueHealth};
 pub use redis_streams::{RedisQueue, RedisQueueOptions};
 
 /// Identifies one delivered entry for [`Queue::ack`] (a stream id, `<ms>-<seq>`, in Redis).
@@ -99,4 +103,10 @@ pub trait Queue<T>: Send + Sync {
     fn stored(&self) -> Result<usize>;
     /// Entries moved to the dead-letter list.
     fn dead_letters(&self) -> Result<usize>;
+
+    /// Whether the backend is reachable now, and what outages and data losses it has seen.
+    /// Never blocks: a health probe asks while a worker waits out an outage.
+    fn health(&self) -> QueueHealth {
+        QueueHealth::always_up()
+    }
 }

@@ -7,12 +7,15 @@
 //!   the delivery limit, or one that does not parse, goes to `<stream>:dead` and is acknowledged.
 //!
 //! The connection is synchronous: every caller of a queue is a worker thread that blocks on it
-//! anyway, and it keeps tokio out of this crate. It reconnects once on a dropped connection.
+//! anyway, and it keeps tokio out of this crate. When Redis is away, every command is retried
+//! with backoff until the outage budget is spent ([`crate::outage`]); when the consumer group
+//! is missing (Redis came back without its data) it is created again, loudly, and counted in
+//! [`QueueHealth::groups_recreated`] so that the consumer can decide what the loss means.
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::streams::{
     StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamPendingCountReply,
@@ -22,10 +25,17 @@ use redis::{Commands, Connection, RedisResult};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::outage::{Backoff, DEFAULT_OUTAGE_BUDGET, Link, QueueHealth, is_transient};
 use crate::{DEFAULT_MAX_DELIVERIES, Delivery, EntryId, Error, Queue, Result, Traced};
 
 /// XAUTOCLAIM and XPENDING scan in pages of this size.
 const PAGE: usize = 1_000;
+
+/// A connection attempt to a host that does not answer gives up after this long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A command with no answer after this long (beyond its own blocking time) counts as an
+/// outage: a frozen Redis must not hang a worker forever.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the stream lives and how it treats poison entries.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +47,9 @@ pub struct RedisQueueOptions {
     /// Largest entry (its serialised item) pushed or read: a bigger push is refused whole, a
     /// bigger entry found in the stream goes to the dead-letter list unparsed.
     pub max_entry_bytes: usize,
+    /// How long an outage is waited out (commands retried with backoff) before the caller sees
+    /// an error.
+    pub outage_budget: Duration,
 }
 
 /// Far above any rollout (a few KB to a few hundred KB), far below what hurts a worker.
@@ -50,6 +63,7 @@ impl RedisQueueOptions {
             group: format!("{stream}:workers"),
             max_deliveries: DEFAULT_MAX_DELIVERIES,
             max_entry_bytes: DEFAULT_MAX_ENTRY_BYTES,
+            outage_budget: DEFAULT_OUTAGE_BUDGET,
         }
     }
 }
@@ -62,6 +76,7 @@ pub struct RedisQueue<T> {
     connection: Mutex<Option<Connection>>,
     /// Blocking reads get their own connection, so a push is not stuck behind a waiting pop.
     reader: Mutex<Option<Connection>>,
+    link: Link,
     _items: PhantomData<fn() -> T>,
 }
 
@@ -81,48 +96,97 @@ impl<T> RedisQueue<T> {
             client,
             connection: Mutex::new(None),
             reader: Mutex::new(None),
+            link: Link::default(),
             _items: PhantomData,
         };
-        queue.with_connection(|c| {
-            let created: RedisResult<()> = c.xgroup_create_mkstream(&queue.options.stream, &queue.options.group, "0");
-            match created {
-                Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-                other => other,
-            }
-        })?;
+        queue.with_connection(|c| queue.create_group(c))?;
         Ok(queue)
+    }
+
+    /// Creates the stream and its group (from the first entry) unless the group exists.
+    fn create_group(&self, c: &mut Connection) -> RedisResult<()> {
+        let created: RedisResult<()> = c.xgroup_create_mkstream(&self.options.stream, &self.options.group, "0");
+        match created {
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            other => other,
+        }
     }
 
     pub fn options(&self) -> &RedisQueueOptions {
         &self.options
     }
 
-    /// Runs `f` on the connection, reconnecting and retrying once when the connection dropped.
+    /// Runs `f` on the connection (see [`RedisQueue::on`]).
     fn with_connection<R>(&self, f: impl FnMut(&mut Connection) -> RedisResult<R>) -> Result<R> {
-        self.on(&self.connection, f)
+        self.on(&self.connection, Duration::ZERO, f)
     }
 
+    /// Runs `f` on `connection`, which may block up to `blocking` by itself. While Redis is away
+    /// the command is retried with backoff for up to the outage budget; a missing consumer group
+    /// is created again (once per command) and the command retried.
     fn on<R>(
         &self,
         connection: &Mutex<Option<Connection>>,
+        blocking: Duration,
         mut f: impl FnMut(&mut Connection) -> RedisResult<R>,
     ) -> Result<R> {
         let mut slot = connection.lock().map_err(|_| self.error("connection lock poisoned"))?;
-        for attempt in 0..2 {
-            if slot.is_none() {
-                *slot = Some(self.client.get_connection().map_err(|e| backend(&self.options.stream, e))?);
-            }
-            match f(slot.as_mut().expect("connected above")) {
-                Ok(r) => return Ok(r),
-                Err(e)
-                    if attempt == 0 && (e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()) =>
-                {
-                    *slot = None;
+        let mut backoff = Backoff::new();
+        let mut recreated = false;
+        let mut stale = false;
+        loop {
+            let fresh = slot.is_none();
+            let attempt = (|| {
+                if slot.is_none() {
+                    *slot = Some(self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?);
                 }
-                Err(e) => return Err(backend(&self.options.stream, e)),
+                let c = slot.as_mut().expect("connected above");
+                c.set_read_timeout(Some(blocking + REPLY_TIMEOUT))?;
+                f(c)
+            })();
+            let e = match attempt {
+                Ok(r) => {
+                    self.link.up(&self.options.stream);
+                    return Ok(r);
+                }
+                Err(e) => e,
+            };
+            if e.code() == Some("NOGROUP") && !recreated {
+                recreated = true;
+                tracing::error!(stream = %self.options.stream, group = %self.options.group,
+                    "the consumer group is gone: Redis lost its data; creating it again (entries pushed before are lost)");
+                self.create_group(slot.as_mut().expect("a command ran on it")).map_err(|e| self.backend(e))?;
+                self.link.group_recreated();
+                continue;
             }
+            if !is_transient(&e) {
+                return Err(self.backend(e));
+            }
+            // The connection's state is unknown after an I/O error: start a new one, at once the
+            // first time (an idle connection Redis dropped is not an outage).
+            *slot = None;
+            if !fresh && !stale {
+                stale = true;
+                continue;
+            }
+            let lasted = self.link.down(&self.options.stream, &e);
+            if lasted >= self.options.outage_budget {
+                return Err(self.error(&format!(
+                    "Redis at {} has been unreachable for {lasted:.0?}, past the outage budget of {:?}: {e}",
+                    self.options.url, self.options.outage_budget
+                )));
+            }
+            backoff.pause(Instant::now() + (self.options.outage_budget - lasted));
         }
-        Err(self.error("connection lost twice"))
+    }
+
+    /// What the link to Redis looks like now; callable from any thread while a command waits.
+    pub fn link_health(&self) -> QueueHealth {
+        self.link.health()
+    }
+
+    fn backend(&self, e: redis::RedisError) -> Error {
+        backend(&self.options.stream, e)
     }
 
     fn error(&self, message: &str) -> Error {
@@ -286,7 +350,7 @@ impl<T: Serialize + DeserializeOwned + Send> Queue<T> for RedisQueue<T> {
             options = options.block(wait.as_millis().max(1) as usize);
         }
         let reply: Option<StreamReadReply> =
-            self.on(&self.reader, |c| c.xread_options(&[&self.options.stream], &[">"], &options))?;
+            self.on(&self.reader, wait, |c| c.xread_options(&[&self.options.stream], &[">"], &options))?;
         let entries: Vec<StreamId> = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect();
         let mut out = Vec::with_capacity(entries.len());
         let mut poison = vec![];
@@ -308,7 +372,7 @@ impl<T: Serialize + DeserializeOwned + Send> Queue<T> for RedisQueue<T> {
         let options = StreamReadOptions::default().group(&self.options.group, consumer).count(max.clamp(1, PAGE));
         // History ("0"), not new entries (">"): what this consumer was handed and never acked.
         let reply: Option<StreamReadReply> =
-            self.on(&self.reader, |c| c.xread_options(&[&self.options.stream], &["0"], &options))?;
+            self.on(&self.reader, Duration::ZERO, |c| c.xread_options(&[&self.options.stream], &["0"], &options))?;
         // An entry trimmed while pending comes back without fields: nothing left to deliver.
         let entries: Vec<StreamId> =
             reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).filter(|e| !e.map.is_empty()).collect();
@@ -380,5 +444,9 @@ impl<T: Serialize + DeserializeOwned + Send> Queue<T> for RedisQueue<T> {
 
     fn dead_letters(&self) -> Result<usize> {
         self.with_connection(|c| c.xlen(&self.dead_stream))
+    }
+
+    fn health(&self) -> QueueHealth {
+        self.link_health()
     }
 }
