@@ -52,6 +52,22 @@ pub fn claims_only_stale_entries<Q: Queue<String>>(make: impl Fn(&str, u32) -> Q
     assert_eq!(ids(&taken), ids(&held));
 }
 
+/// A worker that keeps its entries alive keeps them, however long it works; the entries it
+/// stopped keeping alive are taken over, and after that it no longer holds them.
+pub fn kept_alive_entries_are_not_taken_over<Q: Queue<String>>(make: impl Fn(&str, u32) -> Q) {
+    let q = make("keep-alive", 5);
+    q.push(vec!["x".into(), "y".into()]).unwrap();
+    let held = q.pop("worker-1", 2, NOW).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(q.keep_alive("worker-1", &ids(&held[..1])).unwrap(), 1);
+    // Only "y" has been idle for 200 ms: "x" was touched a moment ago.
+    let taken = q.claim_stale("worker-2", Duration::from_millis(200), 10).unwrap();
+    assert_eq!(items(&taken), ["y"]);
+    assert_eq!(taken[0].deliveries, 2, "keep-alive must not count as a delivery");
+    assert_eq!(q.keep_alive("worker-1", &ids(&held)).unwrap(), 1, "worker-1 took y back");
+    assert_eq!(q.own_pending("worker-2", 10).unwrap().len(), 1);
+}
+
 /// An entry that keeps failing moves to the dead-letter list after `max_deliveries` and stops
 /// being delivered; the others go on.
 pub fn dead_letters_after_max_deliveries<Q: Queue<String>>(make: impl Fn(&str, u32) -> Q) {
@@ -137,6 +153,7 @@ pub fn own_pending_entries_come_back_to_their_consumer<Q: Queue<String>>(make: i
 pub fn suite<Q: Queue<String> + 'static>(make: impl Fn(&str, u32) -> Q) {
     at_least_once(&make);
     claims_only_stale_entries(&make);
+    kept_alive_entries_are_not_taken_over(&make);
     dead_letters_after_max_deliveries(&make);
     trimming_keeps_unacknowledged_entries(&make);
     pop_waits_for_a_push(&make);

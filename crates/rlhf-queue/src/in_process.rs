@@ -154,6 +154,20 @@ impl<T: Clone + Send> Queue<T> for InProcessQueue<T> {
         Ok(self.redeliver(&mut state, stale, consumer))
     }
 
+    fn keep_alive(&self, consumer: &str, ids: &[EntryId]) -> Result<usize> {
+        let ids = ids.iter().map(|id| self.parse(id)).collect::<Result<Vec<_>>>()?;
+        let mut state = self.lock()?;
+        let now = Instant::now();
+        let mut held = 0;
+        for id in ids {
+            if let Some(p) = state.pending.get_mut(&id).filter(|p| p.consumer == consumer) {
+                p.since = now;
+                held += 1;
+            }
+        }
+        Ok(held)
+    }
+
     fn ready(&self) -> Result<usize> {
         Ok(self.lock()?.ready.len())
     }

@@ -95,6 +95,11 @@ pub trait Queue<T>: Send + Sync {
     /// the dead-letter list instead and are not returned.
     fn claim_stale(&self, consumer: &str, min_idle: Duration, max: usize) -> Result<Vec<Delivery<T>>>;
 
+    /// Marks those of `ids` still pending with `consumer` as just delivered (idle time zero, the
+    /// delivery count unchanged), so that a live worker's long job is not taken over by
+    /// [`Queue::claim_stale`]; returns how many it still holds (the others were taken over).
+    fn keep_alive(&self, consumer: &str, ids: &[EntryId]) -> Result<usize>;
+
     /// Entries waiting to be handed out.
     fn ready(&self) -> Result<usize>;
     /// Entries handed out and not yet acknowledged.

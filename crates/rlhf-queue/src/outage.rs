@@ -51,36 +51,36 @@ pub(crate) fn is_transient(e: &redis::RedisError) -> bool {
 /// The outage state one queue shares between its connections and whoever asks for its health.
 #[derive(Debug, Default)]
 pub(crate) struct Link {
-    /// Milliseconds since the Unix epoch when the current outage began; 0 while reachable.
-    down_since_ms: AtomicU64,
+    /// Microseconds since the Unix epoch when the current outage began; 0 while reachable.
+    down_since_us: AtomicU64,
     outages: AtomicU64,
     groups_recreated: AtomicU64,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_millis() as u64).max(1)
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64).max(1)
 }
 
 impl Link {
     /// A command went through: any outage is over.
     pub(crate) fn up(&self, stream: &str) {
-        let since = self.down_since_ms.swap(0, Ordering::SeqCst);
+        let since = self.down_since_us.swap(0, Ordering::SeqCst);
         if since != 0 {
-            let lasted = Duration::from_millis(now_ms().saturating_sub(since));
+            let lasted = Duration::from_micros(now_us().saturating_sub(since));
             tracing::warn!(stream, ?lasted, "Redis is reachable again");
         }
     }
 
     /// A command failed with a transient error; returns how long the outage has lasted.
     pub(crate) fn down(&self, stream: &str, error: &redis::RedisError) -> Duration {
-        let now = now_ms();
-        match self.down_since_ms.compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst) {
+        let now = now_us();
+        match self.down_since_us.compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst) {
             Ok(_) => {
                 self.outages.fetch_add(1, Ordering::SeqCst);
                 tracing::warn!(stream, %error, "Redis is unreachable; retrying with backoff");
                 Duration::ZERO
             }
-            Err(since) => Duration::from_millis(now.saturating_sub(since)),
+            Err(since) => Duration::from_micros(now.saturating_sub(since)),
         }
     }
 
@@ -89,13 +89,13 @@ impl Link {
     }
 
     pub(crate) fn health(&self) -> QueueHealth {
-        let since = self.down_since_ms.load(Ordering::SeqCst);
+        let since = self.down_since_us.load(Ordering::SeqCst);
         QueueHealth {
             reachable: since == 0,
             unreachable_for: if since == 0 {
                 Duration::ZERO
             } else {
-                Duration::from_millis(now_ms().saturating_sub(since))
+                Duration::from_micros(now_us().saturating_sub(since))
             },
             outages: self.outages.load(Ordering::SeqCst),
             groups_recreated: self.groups_recreated.load(Ordering::SeqCst),

@@ -3,6 +3,8 @@
 //! - push: `XADD` with the item as JSON in field `data` and its trace context in `traceparent`.
 //! - pop: `XREADGROUP … >`; ack: `XACK`, then `XTRIM MINID` to the oldest entry still pending
 //!   (or the first never delivered). A plain `MAXLEN` would delete un-acknowledged entries.
+//! - keep_alive: a script that `XCLAIM`s (JUSTID) the consumer's own entries, to reset their idle
+//!   time without taking over anyone else's.
 //! - claim_stale: `XAUTOCLAIM`, with the delivery counts read back from `XPENDING`; an entry past
 //!   the delivery limit, or one that does not parse, goes to `<stream>:dead` and is acknowledged.
 //!
@@ -30,6 +32,21 @@ use crate::{DEFAULT_MAX_DELIVERIES, Delivery, EntryId, Error, Queue, Result, Tra
 
 /// XAUTOCLAIM and XPENDING scan in pages of this size.
 const PAGE: usize = 1_000;
+
+/// Resets the idle time of the entries (`ARGV[3..]`) still pending with the consumer
+/// (`ARGV[2]`), and only those: XCLAIM alone would also take back an entry another consumer has
+/// claimed meanwhile. JUSTID leaves the delivery count alone. Atomic, as every script is.
+const KEEP_ALIVE: &str = r"
+local held = 0
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  if #p > 0 then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    held = held + 1
+  end
+end
+return held
+";
 
 /// A connection attempt to a host that does not answer gives up after this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -415,6 +432,22 @@ impl<T: Serialize + DeserializeOwned + Send> Queue<T> for RedisQueue<T> {
             Ok((claimed, counts))
         })?;
         self.deliver_or_bury(claimed, &counts)
+    }
+
+    fn keep_alive(&self, consumer: &str, ids: &[EntryId]) -> Result<usize> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        self.with_connection(|c| {
+            redis::cmd("EVAL")
+                .arg(KEEP_ALIVE)
+                .arg(1)
+                .arg(&self.options.stream)
+                .arg(&self.options.group)
+                .arg(consumer)
+                .arg(ids)
+                .query(c)
+        })
     }
 
     fn ready(&self) -> Result<usize> {

@@ -54,7 +54,9 @@ fn a_redis_restart_with_its_data_is_waited_out_and_loses_nothing() {
     assert_eq!(rest.iter().map(|d| d.item.as_str()).collect::<Vec<_>>(), ["b", "c", "d"]);
     let health = queue.health();
     assert!(health.reachable);
-    assert_eq!((health.outages, health.groups_recreated), (1, 0));
+    // At least the one outage (a connection that meets Redis mid-restart may count a second).
+    assert!(health.outages >= 1, "{health:?}");
+    assert_eq!(health.groups_recreated, 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -1,7 +1,8 @@
 //! What every rlhf gRPC service shares.
 //!
 //! # Layout
-//! - [`serve`]: runs a service's routes with server reflection on a listener until shutdown.
+//! - [`serve`]: runs a service's routes with server reflection on a listener until shutdown;
+//!   [`serve_while_ready`] also keeps health equal to a [`Readiness`] until the drain.
 //! - [`health`]: the grpc.health.v1 reporter a service flips to SERVING once its model loaded.
 //! - [`trace`]: W3C trace context in gRPC metadata and queue entries; [`telemetry`]: the
 //!   subscriber, with OTLP export when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
@@ -58,6 +59,27 @@ pub async fn serve(
     health: HealthReporter,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    serve_while_ready(listener, routes, services, health, None, shutdown).await
+}
+
+/// Whether a service can do its work now (its model loaded, Redis reachable): asked a few times
+/// a second, so it must not block.
+pub type Readiness = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// How often a [`Readiness`] is asked.
+const READINESS_POLL: Duration = Duration::from_millis(250);
+
+/// [`serve`], with health following `ready` until the drain begins: a scorer that cannot reach
+/// Redis reports NOT_SERVING, and SERVING again once it can. Once `shutdown` resolves, `ready` is
+/// no longer asked, so nothing turns a draining service back to SERVING.
+pub async fn serve_while_ready(
+    listener: TcpListener,
+    routes: Routes,
+    services: &[&str],
+    health: HealthReporter,
+    ready: Option<Readiness>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
     let reflection = || {
         let served = services.iter().copied().chain([
             "grpc.health.v1.Health",
@@ -84,8 +106,31 @@ pub async fn serve(
             let _ = stopped.await;
         });
     let names: Vec<String> = services.iter().map(|s| s.to_string()).collect();
+    let follow = {
+        let (health, names) = (health.clone(), names.clone());
+        async move {
+            let Some(ready) = ready else { return std::future::pending::<()>().await };
+            let mut reported = None;
+            loop {
+                let now = ready();
+                if reported != Some(now) {
+                    let status = if now { ServingStatus::Serving } else { ServingStatus::NotServing };
+                    for name in names.iter().map(String::as_str).chain([""]) {
+                        health.set_service_status(name, status).await;
+                    }
+                    reported = Some(now);
+                }
+                tokio::time::sleep(READINESS_POLL).await;
+            }
+        }
+    };
     let drain_then_stop = async move {
-        shutdown.await;
+        // Health follows readiness until the shutdown; the drain's NOT_SERVING comes after, so
+        // the two never race.
+        tokio::select! {
+            _ = shutdown => {}
+            _ = follow => {}
+        }
         let deadline = tokio::time::Instant::now() + drain::grace();
         for name in names.iter().map(String::as_str).chain([""]) {
             health.set_service_status(name, ServingStatus::NotServing).await;

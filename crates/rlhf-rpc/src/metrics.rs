@@ -14,8 +14,8 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntGauge, IntGaugeVec, Opts,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, TextEncoder,
 };
 
 fn counter(name: &str, help: &str) -> IntCounter {
@@ -48,6 +48,11 @@ pub struct StreamMetrics {
     pub length: IntGaugeVec,
     pub pending: IntGaugeVec,
     pub dead_letters: IntGaugeVec,
+    /// 1 while this process reaches Redis for the stream, 0 while it waits out an outage.
+    pub reachable: IntGaugeVec,
+    pub outages: IntCounterVec,
+    /// Consumer groups created again because Redis came back without its data.
+    pub data_losses: IntCounterVec,
 }
 
 impl StreamMetrics {
@@ -57,10 +62,30 @@ impl StreamMetrics {
             prometheus::register(Box::new(g.clone())).expect("each metric is registered once");
             g
         };
+        let counters = |name: &str, help: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help), &["stream"]).expect("a valid metric");
+            prometheus::register(Box::new(c.clone())).expect("each metric is registered once");
+            c
+        };
         StreamMetrics {
+            reachable: vec("rlhf_redis_reachable", "1 while Redis answers for this stream, 0 during an outage."),
+            outages: counters("rlhf_redis_outages_total", "Redis outages this process waited out (or is waiting out)."),
+            data_losses: counters(
+                "rlhf_redis_data_losses_total",
+                "Consumer groups created again because Redis came back without its data.",
+            ),
             length: vec("rlhf_stream_length", "Entries stored in a Redis stream (delivered or not)."),
             pending: vec("rlhf_stream_pending_entries", "Entries delivered to a consumer and not yet acknowledged."),
             dead_letters: vec("rlhf_stream_dead_letter_entries", "Entries moved to a stream's dead-letter list."),
+        }
+    }
+
+    /// Records the link to Redis of one stream: reachable now, and the process's totals so far.
+    pub fn observe_link(&self, stream: &str, reachable: bool, outages: u64, data_losses: u64) {
+        self.reachable.with_label_values(&[stream]).set(i64::from(reachable));
+        for (counter, total) in [(&self.outages, outages), (&self.data_losses, data_losses)] {
+            let counter = counter.with_label_values(&[stream]);
+            counter.inc_by(total.saturating_sub(counter.get()));
         }
     }
 

@@ -59,32 +59,28 @@ pub struct Streams {
     /// share one Redis.
     #[arg(long, default_value = "rlhf")]
     streams: String,
+    /// How long Redis may be unreachable (a restart, a rescheduled pod) before the service gives
+    /// up: every command is retried with jittered backoff until then, and health says
+    /// NOT_SERVING meanwhile.
+    #[arg(long, default_value_t = rlhf_queue::DEFAULT_OUTAGE_BUDGET.as_secs())]
+    redis_outage_secs: u64,
 }
 
 /// The raw and the scored rollout streams.
 type StreamPair = (Arc<dyn Queue<ScoringRequest>>, Arc<dyn Queue<ScoredRollout>>);
 
 impl Streams {
-    /// Connects to both streams, waiting up to 30 s for Redis: services start in any order.
+    /// Connects to both streams. A Redis that is not up yet is waited for (services start in any
+    /// order) for as long as an outage would be.
     fn open(&self) -> Result<StreamPair> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let raw = RedisQueue::<ScoringRequest>::connect(RedisQueueOptions::new(
-                &self.redis,
-                &format!("{}:rollouts", self.streams),
-            ));
-            let scored = RedisQueue::<ScoredRollout>::connect(RedisQueueOptions::new(
-                &self.redis,
-                &format!("{}:scored", self.streams),
-            ));
-            match (raw, scored) {
-                (Ok(raw), Ok(scored)) => return Ok((Arc::new(raw), Arc::new(scored))),
-                (Err(e), _) | (_, Err(e)) if std::time::Instant::now() > deadline => {
-                    return Err(e).with_context(|| format!("connecting to {}", self.redis));
-                }
-                _ => std::thread::sleep(Duration::from_millis(200)),
-            }
-        }
+        let options = |suffix: &str| RedisQueueOptions {
+            outage_budget: Duration::from_secs(self.redis_outage_secs),
+            ..RedisQueueOptions::new(&self.redis, &format!("{}:{suffix}", self.streams))
+        };
+        let connect = || -> rlhf_queue::Result<StreamPair> {
+            Ok((Arc::new(RedisQueue::connect(options("rollouts"))?), Arc::new(RedisQueue::connect(options("scored"))?)))
+        };
+        connect().with_context(|| format!("connecting to {}", self.redis))
     }
 }
 
@@ -120,11 +116,15 @@ pub struct ScorerArgs {
     /// The learner (`rlhf serve learner`) whose judges to load, e.g. http://127.0.0.1:50060.
     #[arg(long)]
     learner: String,
-    /// Consumer name in the raw stream's group; each scorer needs its own. Entries a dead
-    /// scorer held are taken over by any scorer after 30 s (default: scorer-<hostname>, the pod
-    /// name on Kubernetes).
+    /// Consumer name in the raw stream's group; each scorer needs its own (default:
+    /// scorer-<hostname>, the pod name on Kubernetes). A scorer restarted under its name takes
+    /// back what it held at once.
     #[arg(long)]
     consumer: Option<String>,
+    /// Entries a scorer has not touched for this long are taken over by another: it died. A live
+    /// scorer touches what it works on every third of this, however long the batch takes.
+    #[arg(long, default_value_t = 10)]
+    claim_after_secs: u64,
     /// Rollouts per forward pass.
     #[arg(long, default_value_t = 64)]
     batch: usize,
@@ -239,7 +239,7 @@ pub fn run(service: Service) -> Result<()> {
             let config = reward_scorer::ScorerServiceConfig {
                 consumer: args.consumer.unwrap_or_else(|| format!("scorer-{}", hostname())),
                 batch: args.batch,
-                ..Default::default()
+                claim_after: Duration::from_secs(args.claim_after_secs.max(1)),
             };
             runtime.block_on(async {
                 let shutdown = rlhf_rpc::shutdown_signal();

@@ -7,6 +7,11 @@
 //! the step exactly once. Entries it does not need (duplicates, rollouts of another learner
 //! incarnation, stale versions) are acknowledged at once; the ones it trains on only after the
 //! checkpoint that covers them.
+//!
+//! Redis going away is waited out by the queues themselves. Redis coming back without its data
+//! (no persistence) shows as a re-created consumer group; the learner then pushes again every
+//! rollout of the step whose scored copy it does not hold, so a step never trains on part of
+//! its batch and never waits for entries that no longer exist.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -55,6 +60,9 @@ pub struct ClusterCounters {
     pub stale_dropped: u64,
     /// Scored by judges other than the announced version, and sent to be scored again.
     pub rescored: u64,
+    /// Pushed again because Redis lost its streams (it came back without its data) before
+    /// their scored copies arrived.
+    pub repushed: u64,
     /// From the first request sent to the last rollout pushed to the raw stream.
     pub generate_seconds: f64,
     /// From then until the last scored rollout of the step arrived.
@@ -164,6 +172,12 @@ impl ClusterBackend {
         }
     }
 
+    /// Times either stream's consumer group had to be created again: each is a Redis that came
+    /// back without its data.
+    fn data_losses(&self) -> u64 {
+        self.raw.health().groups_recreated + self.scored.health().groups_recreated
+    }
+
     pub fn counters(&self) -> &ClusterCounters {
         &self.counters
     }
@@ -198,7 +212,10 @@ impl RolloutBackend for ClusterBackend {
     fn rollouts(&mut self, version: u64, requests: Vec<GenerateRequest>) -> Result<Vec<Delivery<ScoredRollout>>> {
         let expected: HashSet<RolloutId> = requests.iter().flat_map(GenerateRequest::rollout_ids).collect();
         let started = Instant::now();
-        let mut pushed: HashSet<RolloutId> = HashSet::new();
+        let losses_before = self.data_losses();
+        // Every request pushed this step, kept until its scored copy arrives: if Redis loses its
+        // streams, what it lost is pushed again rather than waited for forever.
+        let mut pushed: HashMap<RolloutId, Traced<ScoringRequest>> = HashMap::new();
         let mut push_error = None;
         let raw = self.raw.clone();
         let judges_version = self.epoch;
@@ -210,12 +227,15 @@ impl RolloutBackend for ClusterBackend {
             |_, rollouts, traceparent| {
                 let fresh: Vec<Traced<ScoringRequest>> = rollouts
                     .into_iter()
-                    .filter(|r| pushed.insert(r.rollout_id.clone()))
+                    .filter(|r| !pushed.contains_key(&r.rollout_id))
                     .map(|rollout| Traced {
                         item: ScoringRequest { rollout, judges_version },
                         traceparent: Some(traceparent.to_string()),
                     })
                     .collect();
+                for request in &fresh {
+                    pushed.insert(request.item.rollout.rollout_id.clone(), request.clone());
+                }
                 counters.raw_pushed += fresh.len() as u64;
                 if let Err(e) = raw.push_traced(fresh) {
                     push_error.get_or_insert(e);
@@ -229,6 +249,7 @@ impl RolloutBackend for ClusterBackend {
         self.counters.generate_seconds += (generated - started).as_secs_f64();
 
         let deadline = Instant::now() + self.config.scored_timeout;
+        let mut losses = losses_before;
         let mut got: HashMap<RolloutId, Delivery<ScoredRollout>> = HashMap::with_capacity(expected.len());
         while got.len() < expected.len() {
             if Instant::now() > deadline {
@@ -273,6 +294,17 @@ impl RolloutBackend for ClusterBackend {
             }
             self.raw.push_traced(again)?;
             self.scored.ack(&unused)?;
+            if self.data_losses() != losses {
+                losses = self.data_losses();
+                let lost: Vec<Traced<ScoringRequest>> =
+                    pushed.values().filter(|r| !got.contains_key(&r.item.rollout.rollout_id)).cloned().collect();
+                tracing::error!(
+                    lost = lost.len(),
+                    "Redis came back without its streams: pushing this step's rollouts that have not come back again"
+                );
+                self.counters.repushed += lost.len() as u64;
+                self.raw.push_traced(lost)?;
+            }
         }
         self.counters.scored_wait_seconds += generated.elapsed().as_secs_f64();
         self.observe();

@@ -22,7 +22,8 @@ pub struct LearnerOptions {
 }
 
 /// Runs `work` with a [`ClusterBackend`] over `raw` and `scored` and a [`StatusBoard`] served on
-/// `listener` (GetStatus, SaveCheckpoint, health) for as long as `work` runs.
+/// `listener` (GetStatus, SaveCheckpoint, health: NOT_SERVING while Redis is unreachable) for as
+/// long as `work` runs.
 pub fn serve<T>(
     listener: std::net::TcpListener,
     options: LearnerOptions,
@@ -31,8 +32,20 @@ pub fn serve<T>(
     work: impl FnOnce(&mut ClusterBackend, &StatusBoard) -> T,
 ) -> Result<T> {
     rlhf_rpc::metrics::learner();
-    let mut backend = ClusterBackend::new(&options.generators, raw, scored, options.cluster)?;
     let board = Arc::new(StatusBoard::default());
+    {
+        let (raw, scored) = (raw.clone(), scored.clone());
+        // Asked a few times a second, even while the loop waits out an outage, so it also keeps
+        // the link metrics.
+        board.set_readiness(Arc::new(move || {
+            let streams = rlhf_rpc::metrics::streams();
+            let (r, s) = (raw.health(), scored.health());
+            streams.observe_link("rollouts", r.reachable, r.outages, r.groups_recreated);
+            streams.observe_link("scored", s.reachable, s.outages, s.groups_recreated);
+            r.reachable && s.reachable
+        }));
+    }
+    let mut backend = ClusterBackend::new(&options.generators, raw, scored, options.cluster)?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = {
         let _inside = backend.runtime().enter();

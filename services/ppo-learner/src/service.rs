@@ -28,6 +28,7 @@ pub struct StatusBoard {
     status: Mutex<LearnerStatus>,
     waiting: Mutex<Vec<oneshot::Sender<(String, u64)>>>,
     judges: Mutex<Option<(u64, JudgesLoader)>>,
+    readiness: Mutex<Option<rlhf_rpc::Readiness>>,
 }
 
 impl std::fmt::Debug for StatusBoard {
@@ -41,6 +42,13 @@ impl StatusBoard {
     pub fn announce_judges(&self, version: u64, load: JudgesLoader) {
         if let Ok(mut j) = self.judges.lock() {
             *j = Some((version, load));
+        }
+    }
+
+    /// From now on health follows `ready` (the learner cannot train while Redis is away).
+    pub fn set_readiness(&self, ready: rlhf_rpc::Readiness) {
+        if let Ok(mut r) = self.readiness.lock() {
+            *r = Some(ready);
         }
     }
 
@@ -130,7 +138,8 @@ impl LearnerRpc for Service {
     }
 }
 
-/// Serves the learner's status on `listener` until `shutdown` resolves.
+/// Serves the learner's status on `listener` until `shutdown` resolves; health follows the
+/// board's readiness when one is set.
 pub async fn run(
     board: Arc<StatusBoard>,
     listener: TcpListener,
@@ -138,9 +147,11 @@ pub async fn run(
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = rlhf_rpc::health();
     rlhf_rpc::set_health::<PpoLearnerServer<Service>>(&health, true).await;
+    let ready = board.readiness.lock().ok().and_then(|r| r.clone());
     let service = PpoLearnerServer::new(Service(board))
         .max_decoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES);
     let names = [<PpoLearnerServer<Service> as tonic::server::NamedService>::NAME];
-    rlhf_rpc::serve(listener, Routes::new(health_service).add_service(service), &names, health.clone(), shutdown).await
+    let routes = Routes::new(health_service).add_service(service);
+    rlhf_rpc::serve_while_ready(listener, routes, &names, health.clone(), ready, shutdown).await
 }

@@ -7,7 +7,9 @@
 //! died; they are acknowledged and dropped.
 //!
 //! The worker acknowledges a raw entry only after its scored result is published, and first
-//! takes over entries another scorer held for longer than `claim_after` (it died). A rollout the
+//! takes over entries another scorer left untouched for longer than `claim_after` (it died).
+//! While it scores a batch it touches the batch's entries every third of `claim_after`
+//! ([`Queue::keep_alive`]), so the threshold can be short without a slow batch being stolen. A rollout the
 //! model cannot score (a non-finite score) is left unacknowledged, so it is retried and, after
 //! the queue's delivery limit, dead-lettered; the rest of its batch goes on.
 
@@ -34,14 +36,42 @@ pub struct ScorerServiceConfig {
     pub consumer: String,
     /// Rollouts scored per forward pass.
     pub batch: usize,
-    /// Entries pending with a consumer this long are taken over.
+    /// Entries a consumer has not touched for this long are taken over (it died).
     pub claim_after: Duration,
 }
 
 impl Default for ScorerServiceConfig {
     fn default() -> Self {
-        ScorerServiceConfig { consumer: "scorer-0".into(), batch: 64, claim_after: Duration::from_secs(30) }
+        ScorerServiceConfig { consumer: "scorer-0".into(), batch: 64, claim_after: Duration::from_secs(10) }
     }
+}
+
+/// Runs `work` while another thread touches `ids` (pending with `consumer`) every `every`, so
+/// that no other consumer takes them over however long `work` takes.
+pub(crate) fn kept_alive<T, R>(
+    queue: &dyn Queue<T>,
+    consumer: &str,
+    ids: &[rlhf_queue::EntryId],
+    every: Duration,
+    work: impl FnOnce() -> R,
+) -> R {
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(every) {
+                match queue.keep_alive(consumer, ids) {
+                    Ok(held) if held < ids.len() => {
+                        tracing::warn!(held, of = ids.len(), "another scorer took over entries of this batch")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "could not keep this batch's entries alive"),
+                }
+            }
+        });
+        let out = work();
+        drop(done);
+        out
+    })
 }
 
 /// The judges in use, shared by the worker and the `Score` RPC.
@@ -74,20 +104,11 @@ impl ScorerRpc for Service {
     }
 }
 
-/// Scores one batch of deliveries, publishes the results with their trace context, and
-/// acknowledges what was published; returns how many were moved.
-fn score_batch(
-    scorer: &RewardScorer,
-    deliveries: &[Delivery<ScoringRequest>],
-    raw: &dyn Queue<ScoringRequest>,
-    scored: &dyn Queue<ScoredRollout>,
-) -> Result<usize> {
-    if deliveries.is_empty() {
-        return Ok(0);
-    }
+/// The scores of `deliveries`, `None` for a rollout the model cannot score: one bad rollout
+/// must not hold its whole batch back, so a failed batch is scored again one at a time.
+fn score_each(scorer: &RewardScorer, deliveries: &[Delivery<ScoringRequest>]) -> Vec<Option<ScoredRollout>> {
     let rollouts: Vec<Rollout> = deliveries.iter().map(|d| d.item.rollout.clone()).collect();
-    // One bad rollout must not hold its whole batch back: fall back to one at a time.
-    let results: Vec<Option<ScoredRollout>> = match scorer.score(&rollouts) {
+    match scorer.score(&rollouts) {
         Ok(all) => all.into_iter().map(Some).collect(),
         Err(_) => rollouts
             .iter()
@@ -99,7 +120,23 @@ fn score_batch(
                 }
             })
             .collect(),
-    };
+    }
+}
+
+/// Scores one batch of deliveries (keeping their entries alive meanwhile), publishes the results with their trace context, and
+/// acknowledges what was published; returns how many were moved.
+fn score_batch(
+    scorer: &RewardScorer,
+    deliveries: &[Delivery<ScoringRequest>],
+    raw: &dyn Queue<ScoringRequest>,
+    scored: &dyn Queue<ScoredRollout>,
+    config: &ScorerServiceConfig,
+) -> Result<usize> {
+    if deliveries.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<rlhf_queue::EntryId> = deliveries.iter().map(|d| d.id.clone()).collect();
+    let results = kept_alive(raw, &config.consumer, &ids, config.claim_after / 3, || score_each(scorer, deliveries));
     let mut publish = vec![];
     let mut done = vec![];
     for (delivery, result) in deliveries.iter().zip(results) {
@@ -164,7 +201,7 @@ impl Worker<'_> {
             // Version 0 is the one-process scorer's; no learner announces it.
             let judged = if version == 0 { Judged::Unknown } else { self.judges(version)? };
             match judged {
-                Judged::With(scorer) => moved += score_batch(&scorer, &group, self.raw, self.scored)?,
+                Judged::With(scorer) => moved += score_batch(&scorer, &group, self.raw, self.scored, self.config)?,
                 Judged::Unknown => {
                     tracing::warn!(
                         version,
@@ -264,9 +301,9 @@ pub fn work(
     }
 }
 
-/// Scores from `raw` into `scored` with the judges `fetch` gets from the learner (health is
-/// NOT_SERVING until the first are loaded) and serves `Score` on `listener` until `shutdown`
-/// resolves.
+/// Scores from `raw` into `scored` with the judges `fetch` gets from the learner and serves
+/// `Score` on `listener` until `shutdown` resolves. Health is NOT_SERVING until the first judges
+/// are loaded and whenever Redis cannot be reached.
 pub async fn run(
     config: ScorerServiceConfig,
     fetch: Arc<dyn FetchJudges>,
@@ -280,14 +317,22 @@ pub async fn run(
     rlhf_rpc::set_health::<RewardScorerServer<Service>>(&health, false).await;
     let current: Current = Arc::new(RwLock::new(None));
     let stop = Arc::new(AtomicBool::new(false));
+    // Serving once the first judges are loaded, and while both streams are reachable. Asked a few
+    // times a second, even while the worker waits out an outage, so it also keeps the link metrics.
+    let ready: rlhf_rpc::Readiness = {
+        let (current, raw, scored) = (current.clone(), raw.clone(), scored.clone());
+        Arc::new(move || {
+            let streams = rlhf_rpc::metrics::streams();
+            let (r, s) = (raw.health(), scored.health());
+            streams.observe_link("rollouts", r.reachable, r.outages, r.groups_recreated);
+            streams.observe_link("scored", s.reachable, s.outages, s.groups_recreated);
+            current.read().is_ok_and(|c| c.is_some()) && r.reachable && s.reachable
+        })
+    };
     let worker = {
-        let (current, stop, health) = (current.clone(), stop.clone(), health.clone());
-        let handle = tokio::runtime::Handle::current();
+        let (current, stop) = (current.clone(), stop.clone());
         std::thread::spawn(move || {
-            let ready = || {
-                handle.block_on(rlhf_rpc::set_health::<RewardScorerServer<Service>>(&health, true));
-                tracing::info!(consumer = %config.consumer, "judges loaded; scoring");
-            };
+            let ready = || tracing::info!(consumer = %config.consumer, "judges loaded; scoring");
             work(fetch.as_ref(), &config, raw.as_ref(), scored.as_ref(), &stop, &current, &ready);
         })
     };
@@ -295,9 +340,8 @@ pub async fn run(
         .max_decoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES);
     let names = [<RewardScorerServer<Service> as tonic::server::NamedService>::NAME];
-    let served =
-        rlhf_rpc::serve(listener, Routes::new(health_service).add_service(service), &names, health.clone(), shutdown)
-            .await;
+    let routes = Routes::new(health_service).add_service(service);
+    let served = rlhf_rpc::serve_while_ready(listener, routes, &names, health.clone(), Some(ready), shutdown).await;
     stop.store(true, Ordering::SeqCst);
     let worked = tokio::task::spawn_blocking(move || worker.join()).await;
     served?;

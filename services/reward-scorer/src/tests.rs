@@ -161,3 +161,21 @@ fn every_row_of_a_large_batch_gets_its_own_reference_logprobs_and_score() {
         assert!((alone[0].score - s.score).abs() < 1e-5, "{}", r.rollout_id);
     }
 }
+
+#[test]
+fn a_batch_kept_alive_is_not_taken_over_however_long_it_takes() {
+    use std::time::Duration;
+    let queue = InProcessQueue::<u32>::new("raw");
+    queue.push(vec![1, 2]).unwrap();
+    let ids: Vec<String> = queue.pop("scorer-a", 2, Duration::ZERO).unwrap().into_iter().map(|d| d.id).collect();
+    let idle = Duration::from_millis(1_000);
+    // A batch that takes longer than the claim threshold, with another scorer trying to claim.
+    let stolen = crate::service::kept_alive(&queue, "scorer-a", &ids, Duration::from_millis(50), || {
+        std::thread::sleep(Duration::from_millis(1_500));
+        queue.claim_stale("scorer-b", idle, 10).unwrap().len()
+    });
+    assert_eq!(stolen, 0, "a live batch was taken over");
+    // Once nobody keeps them alive, they are taken over after the threshold.
+    std::thread::sleep(Duration::from_millis(1_100));
+    assert_eq!(queue.claim_stale("scorer-b", idle, 10).unwrap().len(), 2);
+}

@@ -3,9 +3,11 @@
 //!
 //! - `e2e`: the four services run the pipeline; metrics, limits, auth and reflection.
 //! - `recovery`: processes killed and restarted mid-run (replica, scorer, learner), SIGTERM.
+//! - `redis_outage`: Redis killed during PPO and restarted, with and without its data.
 
 #[macro_use]
 mod support;
 
 mod e2e;
 mod recovery;
+mod redis_outage;

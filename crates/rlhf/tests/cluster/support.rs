@@ -47,7 +47,11 @@ pub fn scorer(learner: &str, redis: &RedisServer, streams: &str) -> Child {
 }
 
 pub fn scorer_with(learner: &str, redis: &RedisServer, streams: &str, extra: &[&str]) -> Child {
-    let port = free_port();
+    scorer_on(free_port(), learner, redis, streams, extra)
+}
+
+/// A scorer listening on `port`, for tests that ask it for its health.
+pub fn scorer_on(port: u16, learner: &str, redis: &RedisServer, streams: &str, extra: &[&str]) -> Child {
     let mut a = args(&[
         "serve",
         "scorer",
