@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`serve`]: runs a service's routes with server reflection on a listener until shutdown;
-//!   [`serve_while_ready`] also keeps health equal to a [`Readiness`] until the drain.
+//!   [`serve_with`] adds a [`Readiness`] that health follows until the drain, TLS ([`tls`]) and
+//!   access control ([`auth`]).
 //! - [`health`]: the grpc.health.v1 reporter a service flips to SERVING once its model loaded.
 //! - [`trace`]: W3C trace context in gRPC metadata and queue entries; [`telemetry`]: the
 //!   subscriber, with OTLP export when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
@@ -15,6 +16,7 @@ pub mod auth;
 pub mod drain;
 pub mod metrics;
 pub mod telemetry;
+pub mod tls;
 pub mod trace;
 
 use std::future::Future;
@@ -59,7 +61,7 @@ pub async fn serve(
     health: HealthReporter,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    serve_while_ready(listener, routes, services, health, None, shutdown).await
+    serve_with(listener, routes, services, health, ServeOptions::default(), shutdown).await
 }
 
 /// Whether a service can do its work now (its model loaded, Redis reachable): asked a few times
@@ -69,17 +71,54 @@ pub type Readiness = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
 /// How often a [`Readiness`] is asked.
 const READINESS_POLL: Duration = Duration::from_millis(250);
 
-/// [`serve`], with health following `ready` until the drain begins: a scorer that cannot reach
-/// Redis reports NOT_SERVING, and SERVING again once it can. Once `shutdown` resolves, `ready` is
-/// no longer asked, so nothing turns a draining service back to SERVING.
-pub async fn serve_while_ready(
+/// A server's TLS and the tokens of the roles that may call it: what a process is configured
+/// with, handed to each service, which adds its own table of who may call what.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
+    pub tokens: auth::RoleTokens,
+}
+
+impl Security {
+    /// The options to serve with: this security, `rules` for access, and `ready` for health.
+    pub fn options(&self, rules: &[(&'static str, &'static [auth::Role])], ready: Option<Readiness>) -> ServeOptions {
+        ServeOptions { ready, tls: self.tls.clone(), access: Some(auth::Access::new(self.tokens.clone(), rules)) }
+    }
+}
+
+/// What a server adds to [`serve`]'s defaults.
+#[derive(Clone, Default)]
+pub struct ServeOptions {
+    /// Health follows it until the drain begins: a scorer that cannot reach Redis reports
+    /// NOT_SERVING, and SERVING again once it can. Once the shutdown begins it is no longer
+    /// asked, so nothing turns a draining service back to SERVING.
+    pub ready: Option<Readiness>,
+    /// TLS (mutual when it names a client CA), from [`tls::server_config`].
+    pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// Who may call which method, checked before a request is decoded.
+    pub access: Option<auth::Access>,
+}
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("ready", &self.ready.is_some())
+            .field("tls", &self.tls.is_some())
+            .field("access", &self.access)
+            .finish()
+    }
+}
+
+/// [`serve`] with `options`: readiness, TLS, access control.
+pub async fn serve_with(
     listener: TcpListener,
     routes: Routes,
     services: &[&str],
     health: HealthReporter,
-    ready: Option<Readiness>,
+    options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let ServeOptions { ready, tls, access } = options;
     let reflection = || {
         let served = services.iter().copied().chain([
             "grpc.health.v1.Health",
@@ -98,13 +137,18 @@ pub async fn serve_while_ready(
     let v1 = reflection().build_v1().expect("the bundled descriptor sets are valid");
     let drain = std::sync::Arc::new(drain::Drain::default());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .layer(metrics::GrpcTiming)
+        .layer(auth::Authorize(access.map(std::sync::Arc::new)))
         .layer(drain::Admission(drain.clone()))
-        .add_routes(routes.add_service(v1).add_service(v1alpha))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-            let _ = stopped.await;
-        });
+        .add_routes(routes.add_service(v1).add_service(v1alpha));
+    let stopped = async {
+        let _ = stopped.await;
+    };
+    let server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls {
+        Some(config) => Box::pin(router.serve_with_incoming_shutdown(tls::incoming(listener, config), stopped)),
+        None => Box::pin(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped)),
+    };
     let names: Vec<String> = services.iter().map(|s| s.to_string()).collect();
     let follow = {
         let (health, names) = (health.clone(), names.clone());
@@ -155,10 +199,15 @@ pub async fn serve_while_ready(
     }
 }
 
-/// A lazily connecting channel to `url` (`http://host:port`), with a connect timeout so a dead
-/// peer fails fast instead of hanging a request.
+/// A lazily connecting channel to `url` (`http://host:port`, or `https://` with the process's
+/// client TLS, [`tls::set_client`]), with a connect timeout so a dead peer fails fast instead of
+/// hanging a request.
 pub fn endpoint(url: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(url.to_string())?.connect_timeout(Duration::from_secs(2)).tcp_nodelay(true).connect_lazy())
+    let mut endpoint = Endpoint::from_shared(url.to_string())?.connect_timeout(Duration::from_secs(2)).tcp_nodelay(true);
+    if url.starts_with("https://") {
+        endpoint = endpoint.tls_config(tls::client().cloned().unwrap_or_default())?;
+    }
+    Ok(endpoint.connect_lazy())
 }
 
 /// Resolves on Ctrl-C or SIGTERM (what Kubernetes sends), so a service drains and exits.

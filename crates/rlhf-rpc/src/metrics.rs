@@ -230,6 +230,15 @@ static GRPC_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     h
 });
 
+static REFUSED_CALLS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter("rlhf_grpc_calls_refused_total", "gRPC calls refused before decoding: no token, a wrong one, or a role not allowed.")
+});
+
+/// Calls the access check refused (every server).
+pub fn refused_calls() -> &'static IntCounter {
+    &REFUSED_CALLS
+}
+
 /// Everything registered so far, in the Prometheus text format.
 pub fn render() -> String {
     let mut out = vec![];
@@ -243,6 +252,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     LazyLock::force(&GRPC_SECONDS);
+    LazyLock::force(&REFUSED_CALLS);
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(|| async { ([(http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], render()) }),

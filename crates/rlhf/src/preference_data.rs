@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use preference_store::{PreferenceStore, RemoteStore, SqliteStore};
 use rlhf_pipeline::preference_files;
+use rlhf_rpc::auth::Role;
 
 /// Which preference store to use: a run's own file or the preference service.
 #[derive(Debug, Args)]
@@ -16,7 +17,7 @@ pub struct StoreArgs {
     #[arg(long)]
     run_dir: Option<PathBuf>,
     /// The preference service (`rlhf serve preferences`), e.g. http://127.0.0.1:50063. Calls
-    /// carry RLHF_PREFERENCES_TOKEN as a bearer token when it is set.
+    /// carry RLHF_ADMIN_TOKEN (else RLHF_LEARNER_TOKEN) as a bearer token when one is set.
     #[arg(long)]
     preferences: Option<String>,
 }
@@ -24,7 +25,7 @@ pub struct StoreArgs {
 impl StoreArgs {
     fn open(&self) -> Result<Box<dyn PreferenceStore>> {
         if let Some(url) = &self.preferences {
-            let token = std::env::var("RLHF_PREFERENCES_TOKEN").ok().filter(|t| !t.is_empty());
+            let token = crate::serve::client_token(&[Role::Admin, Role::Learner]);
             return Ok(Box::new(RemoteStore::connect(url, token)?));
         }
         let dir = self.run_dir.as_deref().expect("clap requires one of the group");

@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use rlhf_pipeline::RunDir;
 use rlhf_queue::{Queue, RedisQueue, RedisQueueOptions};
+use rlhf_rpc::auth::Role;
 use rlhf_types::{ScoredRollout, ScoringRequest};
 
 #[derive(Debug, Subcommand)]
@@ -23,8 +24,10 @@ pub enum Service {
     /// once it announces them, moves rollouts from the raw stream to the scored stream, and
     /// answers `Score` calls. It needs no files.
     Scorer(ScorerArgs),
-    /// The preference store over a SQLite file. Every call, reads included, needs
-    /// `Authorization: Bearer <token>` when RLHF_PREFERENCES_TOKEN is set.
+    /// The preference store over a SQLite file. Every call, reads included, needs the bearer
+    /// token of a role allowed to make it when tokens are set: annotators (RLHF_ANNOTATOR_TOKEN)
+    /// list prompts and submit rankings; the learner (RLHF_LEARNER_TOKEN) and admins
+    /// (RLHF_ADMIN_TOKEN) may call anything.
     Preferences(PreferencesArgs),
     /// The PPO learner: runs the unfinished stages of --run-dir, with PPO's rollouts coming from
     /// the generator replicas through Redis and the scorer, then writes the report and exits.
@@ -48,6 +51,56 @@ pub struct Listen {
     /// drift apart.
     #[arg(long)]
     check_args: bool,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// TLS for this process's server and the clients it dials (`https://` URLs). Role tokens come
+/// from the environment: RLHF_LEARNER_TOKEN, RLHF_SCORER_TOKEN, RLHF_ANNOTATOR_TOKEN,
+/// RLHF_ADMIN_TOKEN; a server checks the tokens of the roles allowed to call each method, a
+/// client sends its own role's.
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    /// This process's certificate chain (PEM): served to clients, and presented to servers that
+    /// demand one. Read again when the file changes.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The CA (PEM) that signs the cluster's certificates: servers this process calls must
+    /// present one it signed; with --mtls, so must clients that call this process.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// Mutual TLS: refuse clients without a certificate signed by --tls-ca.
+    #[arg(long, requires_all = ["tls_ca", "tls_cert"])]
+    mtls: bool,
+}
+
+impl TlsArgs {
+    /// This process's server security (and, as a side effect, the client TLS of its `https://`
+    /// calls), with the role tokens from the environment.
+    fn security(&self) -> Result<rlhf_rpc::Security> {
+        if let Some(ca) = &self.tls_ca {
+            let identity = self.tls_cert.clone().zip(self.tls_key.clone());
+            rlhf_rpc::tls::set_client(&rlhf_rpc::tls::ClientTls { ca: ca.clone(), identity })?;
+        }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(rlhf_rpc::tls::server_config(&rlhf_rpc::tls::ServerTls {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.mtls.then(|| self.tls_ca.clone()).flatten(),
+            })?),
+            _ => None,
+        };
+        Ok(rlhf_rpc::Security { tls, tokens: rlhf_rpc::auth::RoleTokens::from_env() })
+    }
+}
+
+/// The first of `roles` whose token is set in the environment: what this process's client sends.
+pub fn client_token(roles: &[rlhf_rpc::auth::Role]) -> Option<String> {
+    let tokens = rlhf_rpc::auth::RoleTokens::from_env();
+    roles.iter().find_map(|r| tokens.get(*r).map(str::to_string))
 }
 
 #[derive(Debug, Args)]
@@ -174,7 +227,7 @@ pub struct LearnerArgs {
     max_staleness: u64,
     /// The preference service (`rlhf serve preferences`) that collection submits rankings to
     /// and reward-model training reads them from; without it, the run's own SQLite file is
-    /// used. Calls carry RLHF_PREFERENCES_TOKEN as a bearer token when it is set.
+    /// used. Calls carry RLHF_LEARNER_TOKEN as a bearer token when it is set.
     #[arg(long)]
     preferences: Option<String>,
 }
@@ -208,6 +261,7 @@ pub fn run(service: Service) -> Result<()> {
         return Ok(());
     }
     rlhf_rpc::drain::set_grace(Duration::from_secs(listen.drain_secs));
+    let security = listen.tls.security()?;
     if let Some(addr) = listen.metrics {
         let listener =
             runtime.block_on(tokio::net::TcpListener::bind(addr)).with_context(|| format!("metrics on {addr}"))?;
@@ -229,17 +283,23 @@ pub fn run(service: Service) -> Result<()> {
                     max_sequence_tokens: args.max_sequence_tokens,
                     max_concurrent: args.max_concurrent.max(1),
                 },
+                security,
             };
             policy_generator::run(config, listener, shutdown).await?;
             Ok(())
         }),
         Service::Scorer(args) => {
             let (raw, scored) = args.streams.open()?;
-            let fetch = Arc::new(reward_scorer::LearnerJudges { url: args.learner, handle: runtime.handle().clone() });
+            let fetch = Arc::new(reward_scorer::LearnerJudges {
+                url: args.learner,
+                handle: runtime.handle().clone(),
+                token: client_token(&[Role::Scorer]),
+            });
             let config = reward_scorer::ScorerServiceConfig {
                 consumer: args.consumer.unwrap_or_else(|| format!("scorer-{}", hostname())),
                 batch: args.batch,
                 claim_after: Duration::from_secs(args.claim_after_secs.max(1)),
+                security,
             };
             runtime.block_on(async {
                 let shutdown = rlhf_rpc::shutdown_signal();
@@ -250,13 +310,13 @@ pub fn run(service: Service) -> Result<()> {
         }
         Service::Preferences(args) => {
             let store = preference_store::SqliteStore::open(&args.db)?;
-            let token = preferences_token();
             runtime.block_on(async {
                 let shutdown = rlhf_rpc::shutdown_signal();
                 let listener = tokio::net::TcpListener::bind(args.listen.listen).await?;
-                tracing::info!(addr = %args.listen.listen, db = %args.db.display(), auth = token.is_some(), "preference store listening");
+                tracing::info!(addr = %args.listen.listen, db = %args.db.display(), roles = ?security.tokens,
+                    tls = security.tls.is_some(), "preference store listening");
                 preference_store::run(
-                    preference_store::PreferenceServiceConfig { token },
+                    preference_store::PreferenceServiceConfig { security },
                     Box::new(store),
                     listener,
                     shutdown,
@@ -265,7 +325,7 @@ pub fn run(service: Service) -> Result<()> {
                 Ok(())
             })
         }
-        Service::Learner(args) => run_learner(args),
+        Service::Learner(args) => run_learner(args, security),
     }
 }
 
@@ -279,12 +339,12 @@ fn hostname() -> String {
         .unwrap_or_else(|| "local".into())
 }
 
-fn run_learner(args: LearnerArgs) -> Result<()> {
+fn run_learner(args: LearnerArgs, security: rlhf_rpc::Security) -> Result<()> {
     let run = RunDir::open_or_create(&args.run_dir, args.config.as_deref())?;
     let _lock = run.lock()?;
     let (raw, scored) = args.streams.open()?;
     let store = match &args.preferences {
-        Some(url) => Some(preference_store::RemoteStore::connect(url, preferences_token())?),
+        Some(url) => Some(preference_store::RemoteStore::connect(url, client_token(&[Role::Learner, Role::Admin]))?),
         None => None,
     };
     let options = ppo_learner::LearnerOptions {
@@ -294,12 +354,14 @@ fn run_learner(args: LearnerArgs) -> Result<()> {
                 in_flight_per_replica: args.in_flight.max(1),
                 deadline: Duration::from_secs(args.deadline_secs),
                 refresh_every: Duration::from_secs(args.refresh_secs.max(1)),
+                token: client_token(&[Role::Learner]),
                 ..Default::default()
             },
             prompts_per_request: args.prompts_per_request.max(1),
             max_staleness: args.max_staleness,
             ..Default::default()
         },
+        security,
     };
     let listener = std::net::TcpListener::bind(args.listen.listen)?;
     tracing::info!(addr = %args.listen.listen, run = %run.root().display(), "learner listening");
@@ -312,7 +374,3 @@ fn run_learner(args: LearnerArgs) -> Result<()> {
     Ok(())
 }
 
-/// RLHF_PREFERENCES_TOKEN, when set and not empty.
-fn preferences_token() -> Option<String> {
-    std::env::var("RLHF_PREFERENCES_TOKEN").ok().filter(|t| !t.is_empty())
-}

@@ -13,6 +13,7 @@ use rlhf_proto::v1::policy_generator_server::{PolicyGenerator as GeneratorRpc, P
 use rlhf_proto::v1::{GenerateResponse, GeneratorStatus, GeneratorStatusRequest, UpdateWeightsResponse, WeightChunk};
 use rlhf_rpc::HealthReporter;
 use rlhf_rpc::trace::Hop;
+use rlhf_rpc::auth::Role;
 use tokio::net::TcpListener;
 use tokio_stream::{Stream, StreamExt};
 use tonic::service::Routes;
@@ -31,7 +32,16 @@ pub struct GeneratorServiceConfig {
     pub stream_delay: std::time::Duration,
     /// What one request may ask for.
     pub limits: crate::Limits,
+    /// TLS and the role tokens: weights only from the learner, generation from the learner or an
+    /// admin.
+    pub security: rlhf_rpc::Security,
 }
+
+/// Who may call what on a replica ([`rlhf_rpc::auth::Access`]).
+pub const ACCESS: &[(&str, &[Role])] = &[
+    ("/rlhf.v1.PolicyGenerator/UpdateWeights", &[Role::Learner]),
+    ("/rlhf.v1.PolicyGenerator/", &[Role::Learner, Role::Admin]),
+];
 
 /// Largest request a replica decodes: a weight chunk (1 MiB of tensor data) or a generation
 /// request within the default limits, with room to spare; anything larger is refused unread.
@@ -258,5 +268,7 @@ pub async fn run(
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES);
     let names = [<PolicyGeneratorServer<Service> as tonic::server::NamedService>::NAME];
-    rlhf_rpc::serve(listener, Routes::new(health_service).add_service(service), &names, health.clone(), shutdown).await
+    let options = config.security.options(ACCESS, None);
+    let routes = Routes::new(health_service).add_service(service);
+    rlhf_rpc::serve_with(listener, routes, &names, health.clone(), options, shutdown).await
 }

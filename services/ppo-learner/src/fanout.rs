@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use rlhf_proto::request_to_proto;
 use rlhf_proto::v1::WeightChunk;
 use rlhf_proto::v1::policy_generator_client::PolicyGeneratorClient;
+use rlhf_rpc::auth;
 use rlhf_rpc::trace::{self, Hop};
 use rlhf_types::{GenerateRequest, Rollout};
 use tokio::task::JoinSet;
@@ -41,6 +42,8 @@ pub struct FanoutConfig {
     pub cooldown: Duration,
     /// How often the resolver is asked again which replicas there are.
     pub refresh_every: Duration,
+    /// The learner's bearer token, sent with every call (replicas take weights only from it).
+    pub token: Option<String>,
 }
 
 impl Default for FanoutConfig {
@@ -51,6 +54,7 @@ impl Default for FanoutConfig {
             max_attempts: 6,
             cooldown: Duration::from_secs(1),
             refresh_every: Duration::from_secs(10),
+            token: None,
         }
     }
 }
@@ -109,10 +113,11 @@ async fn push_weights(
     chunks: Arc<Vec<WeightChunk>>,
     version: u64,
     traceparent: &str,
+    token: Option<&str>,
 ) -> Result<(), String> {
     let stream = tokio_stream::iter(chunks.as_ref().clone());
-    let reply =
-        client.update_weights(trace::inject(Request::new(stream), traceparent)).await.map_err(|s| s.to_string())?;
+    let request = auth::with_bearer(trace::inject(Request::new(stream), traceparent), token);
+    let reply = client.update_weights(request).await.map_err(|s| s.to_string())?;
     match reply.into_inner().serving_version {
         serving if serving == version => Ok(()),
         serving => Err(format!("serves {serving} after a push of {version}")),
@@ -123,10 +128,11 @@ async fn generate_on(
     mut client: PolicyGeneratorClient<Channel>,
     request: rlhf_proto::v1::GenerateRequest,
     traceparent: &str,
+    token: Option<&str>,
 ) -> Result<(Vec<Rollout>, Option<String>), String> {
     let expected = request.prompts.len() * request.samples_per_prompt as usize;
-    let response =
-        client.generate(trace::inject(Request::new(request), traceparent)).await.map_err(|s| s.to_string())?;
+    let request = auth::with_bearer(trace::inject(Request::new(request), traceparent), token);
+    let response = client.generate(request).await.map_err(|s| s.to_string())?;
     // The generator's span, for the rollouts' next hop.
     let generator_span = trace::extract(response.metadata());
     let mut stream = response.into_inner();
@@ -248,9 +254,10 @@ impl Fanout {
                 continue;
             }
             let (client, chunks, traceparent) = (r.client.clone(), chunks.clone(), hop.header());
-            let deadline = self.config.deadline;
+            let (deadline, token) = (self.config.deadline, self.config.token.clone());
             pushes.spawn(async move {
-                let result = tokio::time::timeout(deadline, push_weights(client, chunks, version, &traceparent)).await;
+                let push = push_weights(client, chunks, version, &traceparent, token.as_deref());
+                let result = tokio::time::timeout(deadline, push).await;
                 (i, result)
             });
         }
@@ -297,13 +304,14 @@ impl Fanout {
                 let needs_weights = replica.serving != Some(version);
                 let client = replica.client.clone();
                 let (chunks, traceparent, deadline) = (chunks.clone(), hops[index].header(), self.config.deadline);
+                let token = self.config.token.clone();
                 let wire = request_to_proto(&requests[index], version);
                 running.spawn(async move {
                     let work = async {
                         if needs_weights {
-                            push_weights(client.clone(), chunks, version, &traceparent).await?;
+                            push_weights(client.clone(), chunks, version, &traceparent, token.as_deref()).await?;
                         }
-                        generate_on(client, wire, &traceparent).await
+                        generate_on(client, wire, &traceparent, token.as_deref()).await
                     };
                     let result = match tokio::time::timeout(deadline, work).await {
                         Ok(result) => result,

@@ -19,6 +19,8 @@ pub struct LearnerOptions {
     /// Generator replica URLs.
     pub generators: Vec<String>,
     pub cluster: ClusterConfig,
+    /// The learner's own service: TLS and who may fetch judges or ask for checkpoints.
+    pub security: rlhf_rpc::Security,
 }
 
 /// Runs `work` with a [`ClusterBackend`] over `raw` and `scored` and a [`StatusBoard`] served on
@@ -52,7 +54,7 @@ pub fn serve<T>(
         listener.set_nonblocking(true).map_err(|e| Error::Rollouts(format!("learner listener: {e}")))?;
         let listener =
             TcpListener::from_std(listener).map_err(|e| Error::Rollouts(format!("learner listener: {e}")))?;
-        backend.runtime().spawn(crate::run(board.clone(), listener, async {
+        backend.runtime().spawn(crate::run(board.clone(), listener, options.security, async {
             let _ = stopped.await;
         }))
     };

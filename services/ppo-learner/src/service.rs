@@ -11,6 +11,7 @@ use rlhf_proto::v1::ppo_learner_server::{PpoLearner as LearnerRpc, PpoLearnerSer
 use rlhf_proto::v1::{
     GetJudgesRequest, JudgesChunk, LearnerStatus, LearnerStatusRequest, SaveCheckpointRequest, SaveCheckpointResponse,
 };
+use rlhf_rpc::auth::Role;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::service::Routes;
@@ -138,11 +139,17 @@ impl LearnerRpc for Service {
     }
 }
 
-/// Serves the learner's status on `listener` until `shutdown` resolves; health follows the
-/// board's readiness when one is set.
+/// Who may call what on the learner: scorers fetch the judges; status and checkpoints are an
+/// admin's.
+pub const ACCESS: &[(&str, &[Role])] =
+    &[("/rlhf.v1.PpoLearner/GetJudges", &[Role::Scorer, Role::Admin]), ("/rlhf.v1.PpoLearner/", &[Role::Admin])];
+
+/// Serves the learner's status on `listener` with `security` until `shutdown` resolves; health
+/// follows the board's readiness when one is set.
 pub async fn run(
     board: Arc<StatusBoard>,
     listener: TcpListener,
+    security: rlhf_rpc::Security,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = rlhf_rpc::health();
@@ -153,5 +160,5 @@ pub async fn run(
         .max_encoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES);
     let names = [<PpoLearnerServer<Service> as tonic::server::NamedService>::NAME];
     let routes = Routes::new(health_service).add_service(service);
-    rlhf_rpc::serve_while_ready(listener, routes, &names, health.clone(), ready, shutdown).await
+    rlhf_rpc::serve_with(listener, routes, &names, health.clone(), security.options(ACCESS, ready), shutdown).await
 }

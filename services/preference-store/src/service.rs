@@ -1,6 +1,7 @@
 //! The preference store as a gRPC service. Every call (reads too: rankings are the team's data)
-//! needs the bearer token when one is configured, checked from the headers before the body is
-//! read, so an unauthenticated client cannot make the server decode anything; a body over
+//! needs the token of a role allowed to make it ([`ACCESS`]) when tokens are configured, checked
+//! from the headers before the body is read, so an unauthenticated client cannot make the server
+//! decode anything; a body over
 //! [`MAX_REQUEST_BYTES`] is refused unread. An invalid ranking is refused with INVALID_ARGUMENT and
 //! nothing is written. Health and reflection stay open.
 
@@ -16,11 +17,11 @@ use rlhf_proto::v1::{
 };
 use rlhf_proto::{pair_to_proto, ranking_from_proto, ranking_to_proto};
 use rlhf_rpc::trace::Hop;
-use rlhf_rpc::{auth, metrics};
+use rlhf_rpc::auth::Role;
+use rlhf_rpc::metrics;
 use tokio::net::TcpListener;
 use tokio_stream::Stream;
 use tonic::service::Routes;
-use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use crate::{Error, PreferenceStore};
@@ -28,9 +29,17 @@ use crate::{Error, PreferenceStore};
 /// Settings of the preference service.
 #[derive(Debug, Clone, Default)]
 pub struct PreferenceServiceConfig {
-    /// Bearer token every call needs; `None` leaves the service open (loopback use).
-    pub token: Option<String>,
+    /// TLS and the role tokens ([`ACCESS`]); no tokens leave the service open (loopback use).
+    pub security: rlhf_rpc::Security,
 }
+
+/// Who may call what on the store: annotators list prompts and submit rankings; the learner
+/// (collection with simulated annotators, reward-model training) and admins may call anything.
+pub const ACCESS: &[(&str, &[Role])] = &[
+    ("/rlhf.v1.PreferenceStore/SubmitRanking", &[Role::Annotator, Role::Learner, Role::Admin]),
+    ("/rlhf.v1.PreferenceStore/ListPrompts", &[Role::Annotator, Role::Learner, Role::Admin]),
+    ("/rlhf.v1.PreferenceStore/", &[Role::Learner, Role::Admin]),
+];
 
 type Store = Arc<Mutex<Box<dyn PreferenceStore>>>;
 
@@ -164,15 +173,12 @@ pub async fn run(
     let (health, health_service) = rlhf_rpc::health();
     metrics::preferences();
     rlhf_rpc::set_health::<PreferenceStoreServer<Service>>(&health, true).await;
-    let token = config.token;
     let service = PreferenceStoreServer::new(Service { store: Arc::new(Mutex::new(store)) })
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES);
-    // Runs on the request's headers, before its body is read.
-    let service = InterceptedService::new(service, move |request: Request<()>| {
-        auth::check_bearer(&request, token.as_deref())?;
-        Ok(request)
-    });
     let names = [<PreferenceStoreServer<Service> as tonic::server::NamedService>::NAME];
-    rlhf_rpc::serve(listener, Routes::new(health_service).add_service(service), &names, health.clone(), shutdown).await
+    // The access check runs on the request's headers, before its body is read.
+    let options = config.security.options(ACCESS, None);
+    let routes = Routes::new(health_service).add_service(service);
+    rlhf_rpc::serve_with(listener, routes, &names, health.clone(), options, shutdown).await
 }

@@ -81,12 +81,13 @@ fn the_file_survives_reopening() {
 /// The gRPC service and its client behave like the embedded store they wrap.
 mod over_grpc {
     use super::*;
+    use rlhf_rpc::auth::{Role, RoleTokens};
 
     /// Serves `store` on a free port from a thread of its own; returns the URL.
-    fn serve(store: SqliteStore, token: Option<&str>) -> String {
+    fn serve(store: SqliteStore, tokens: RoleTokens) -> String {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let config = PreferenceServiceConfig { token: token.map(str::to_string) };
+        let config = PreferenceServiceConfig { security: rlhf_rpc::Security { tls: None, tokens } };
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
@@ -100,7 +101,8 @@ mod over_grpc {
 
     #[test]
     fn the_remote_store_stores_refuses_and_counts_like_the_embedded_one() {
-        let url = serve(SqliteStore::in_memory().unwrap(), Some("s3cret"));
+        let tokens = RoleTokens::default().with(Role::Admin, "s3cret").with(Role::Annotator, "n0te");
+        let url = serve(SqliteStore::in_memory().unwrap(), tokens);
         let mut remote = RemoteStore::connect(&url, Some("s3cret".into())).unwrap();
         remote.register_prompts(&[("p1".into(), "what is 1 plus 1 ?".into()), ("p2".into(), "hi".into())]).unwrap();
         let a = ranking("r1", "p1", vec![2, 0, 3, 1], 4);
@@ -139,5 +141,15 @@ mod over_grpc {
         assert!(anonymous.register_prompts(&[("p3".into(), "x".into())]).is_err());
         assert!(anonymous.rankings(None).is_err() && anonymous.stats().is_err());
         assert_eq!(remote.stats().unwrap().rankings, 1);
+
+        // An annotator lists prompts and submits rankings, and may not read others' rankings,
+        // register prompts or export.
+        let mut annotator = RemoteStore::connect(&url, Some("n0te".into())).unwrap();
+        assert_eq!(annotator.prompts().unwrap().len(), 2);
+        annotator.submit(&ranking("r5", "p2", vec![1, 0], 2)).unwrap();
+        let denied = annotator.rankings(None).unwrap_err().to_string();
+        assert!(denied.contains("may not call"), "{denied}");
+        assert!(annotator.register_prompts(&[("p9".into(), "x".into())]).is_err() && annotator.stats().is_err());
+        assert_eq!(remote.stats().unwrap().rankings, 2);
     }
 }

@@ -18,6 +18,8 @@ pub trait FetchJudges: Send + Sync {
 pub struct LearnerJudges {
     pub url: String,
     pub handle: tokio::runtime::Handle,
+    /// The scorer's bearer token (the learner gives its judges only to scorers).
+    pub token: Option<String>,
 }
 
 impl FetchJudges for LearnerJudges {
@@ -25,7 +27,11 @@ impl FetchJudges for LearnerJudges {
         self.handle.block_on(async {
             let channel = rlhf_rpc::endpoint(&self.url).map_err(|e| format!("learner {}: {e}", self.url))?;
             let mut client = PpoLearnerClient::new(channel).max_decoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES);
-            let mut stream = match client.get_judges(GetJudgesRequest { judges_version: version }).await {
+            let request = rlhf_rpc::auth::with_bearer(
+                tonic::Request::new(GetJudgesRequest { judges_version: version }),
+                self.token.as_deref(),
+            );
+            let mut stream = match client.get_judges(request).await {
                 Ok(reply) => reply.into_inner(),
                 Err(status) if status.code() == tonic::Code::NotFound => return Ok(None),
                 Err(status) => return Err(format!("learner {}: {}", self.url, status.message())),

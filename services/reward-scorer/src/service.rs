@@ -21,6 +21,7 @@ use std::time::Duration;
 use rlhf_proto::v1::reward_scorer_server::{RewardScorer as ScorerRpc, RewardScorerServer};
 use rlhf_proto::v1::{ScoreRequest, ScoreResponse};
 use rlhf_queue::{Delivery, Queue, Traced};
+use rlhf_rpc::auth::Role;
 use rlhf_rpc::trace::Hop;
 use rlhf_types::{Rollout, ScoredRollout, ScoringRequest};
 use tokio::net::TcpListener;
@@ -38,11 +39,21 @@ pub struct ScorerServiceConfig {
     pub batch: usize,
     /// Entries a consumer has not touched for this long are taken over (it died).
     pub claim_after: Duration,
+    /// TLS and the role tokens: `Score` from the learner or an admin.
+    pub security: rlhf_rpc::Security,
 }
+
+/// Who may call what on a scorer ([`rlhf_rpc::auth::Access`]).
+pub const ACCESS: &[(&str, &[Role])] = &[("/rlhf.v1.RewardScorer/", &[Role::Learner, Role::Admin])];
 
 impl Default for ScorerServiceConfig {
     fn default() -> Self {
-        ScorerServiceConfig { consumer: "scorer-0".into(), batch: 64, claim_after: Duration::from_secs(10) }
+        ScorerServiceConfig {
+            consumer: "scorer-0".into(),
+            batch: 64,
+            claim_after: Duration::from_secs(10),
+            security: rlhf_rpc::Security::default(),
+        }
     }
 }
 
@@ -317,6 +328,7 @@ pub async fn run(
     rlhf_rpc::set_health::<RewardScorerServer<Service>>(&health, false).await;
     let current: Current = Arc::new(RwLock::new(None));
     let stop = Arc::new(AtomicBool::new(false));
+    let security = config.security.clone();
     // Serving once the first judges are loaded, and while both streams are reachable. Asked a few
     // times a second, even while the worker waits out an outage, so it also keeps the link metrics.
     let ready: rlhf_rpc::Readiness = {
@@ -341,7 +353,8 @@ pub async fn run(
         .max_encoding_message_size(rlhf_rpc::MAX_MESSAGE_BYTES);
     let names = [<RewardScorerServer<Service> as tonic::server::NamedService>::NAME];
     let routes = Routes::new(health_service).add_service(service);
-    let served = rlhf_rpc::serve_while_ready(listener, routes, &names, health.clone(), Some(ready), shutdown).await;
+    let options = security.options(ACCESS, Some(ready));
+    let served = rlhf_rpc::serve_with(listener, routes, &names, health.clone(), options, shutdown).await;
     stop.store(true, Ordering::SeqCst);
     let worked = tokio::task::spawn_blocking(move || worker.join()).await;
     served?;

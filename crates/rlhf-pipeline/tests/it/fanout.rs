@@ -26,7 +26,7 @@ fn weights() -> (Config, HashMap<String, Tensor>) {
 async fn replica(id: &str, stream_delay: Duration) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let config = GeneratorServiceConfig { id: id.into(), stream_delay, limits: Default::default() };
+    let config = GeneratorServiceConfig { id: id.into(), stream_delay, limits: Default::default(), security: Default::default() };
     tokio::spawn(policy_generator::run(config, listener, std::future::pending()));
     url
 }
@@ -143,6 +143,7 @@ async fn a_full_replica_sheds_load_with_resource_exhausted() {
         id: "full".into(),
         stream_delay: Duration::from_millis(200),
         limits: policy_generator::Limits { max_concurrent: 1, ..Default::default() },
+        security: Default::default(),
     };
     tokio::spawn(policy_generator::run(config, listener, std::future::pending()));
     let (cfg, tensors) = weights();
@@ -231,7 +232,7 @@ async fn status_and_checkpoint_requests_reach_the_training_loop() {
     let board = Arc::new(StatusBoard::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(ppo_learner::run(board.clone(), listener, std::future::pending()));
+    tokio::spawn(ppo_learner::run(board.clone(), listener, Default::default(), std::future::pending()));
     let mut client = PpoLearnerClient::new(rlhf_rpc::endpoint(&url).unwrap());
 
     board.record(&StepStats { step: 7, policy_version: 7, reward: 0.5, kl: 1.25, kl_coef: 0.2, ..Default::default() });

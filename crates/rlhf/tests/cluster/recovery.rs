@@ -25,7 +25,7 @@ fn a_replica_killed_mid_batch_loses_nothing_and_comes_back_with_current_weights(
     let board = Arc::new(StatusBoard::default());
     let learner_port = free_port();
     let listener = service.block_on(tokio::net::TcpListener::bind(("127.0.0.1", learner_port))).unwrap();
-    service.spawn(ppo_learner::run(board.clone(), listener, std::future::pending()));
+    service.spawn(ppo_learner::run(board.clone(), listener, Default::default(), std::future::pending()));
     let _scorer = scorer(&url(learner_port), &redis, "kill");
 
     let (raw, scored) = streams(&redis, "kill");
@@ -91,7 +91,7 @@ fn a_scorer_restarted_under_its_own_name_takes_back_what_it_held_at_once() {
     let board = Arc::new(StatusBoard::default());
     let learner_port = free_port();
     let listener = service.block_on(tokio::net::TcpListener::bind(("127.0.0.1", learner_port))).unwrap();
-    service.spawn(ppo_learner::run(board.clone(), listener, std::future::pending()));
+    service.spawn(ppo_learner::run(board.clone(), listener, Default::default(), std::future::pending()));
     let (raw, scored) = streams(&redis, "own");
     let config = ClusterConfig { prompts_per_request: 16, ..Default::default() };
     let mut backend = ClusterBackend::new(&[url(g)], Arc::new(raw), Arc::new(scored), config).unwrap();

@@ -37,7 +37,7 @@ fn run_through_an_outage(mut redis: RedisServer, prefix: &str) -> Outage {
     let board = Arc::new(StatusBoard::default());
     let learner_port = free_port();
     let listener = service.block_on(tokio::net::TcpListener::bind(("127.0.0.1", learner_port))).unwrap();
-    service.spawn(ppo_learner::run(board.clone(), listener, std::future::pending()));
+    service.spawn(ppo_learner::run(board.clone(), listener, Default::default(), std::future::pending()));
     let scorer_port = free_port();
     let _scorer = scorer_on(scorer_port, &url(learner_port), &redis, prefix, &[]);
 

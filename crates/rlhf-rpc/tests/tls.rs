@@ -1,0 +1,133 @@
+//! TLS on a real server: mutual TLS refuses clients without a certificate, with one from another
+//! CA, or in plain text; a certificate rotated on disk is served from the next handshake on, and
+//! a half-written rotation keeps the old one.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use rlhf_rpc::tls::{ClientTls, ServerTls, client_config, server_config};
+use tokio_rustls::rustls;
+use tonic::service::Routes;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        Ca { issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap() }
+    }
+
+    /// A certificate for 127.0.0.1 named `name`: (certificate PEM, key PEM, certificate DER).
+    fn issue(&self, name: &str) -> (String, String, Vec<u8>) {
+        let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A health server with `tls` on a free port; returns its port.
+async fn serve(tls: &ServerTls) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (health, health_service) = rlhf_rpc::health();
+    let options = rlhf_rpc::ServeOptions { tls: Some(server_config(tls).unwrap()), ..Default::default() };
+    tokio::spawn(async move {
+        rlhf_rpc::serve_with(listener, Routes::new(health_service), &[], health, options, std::future::pending()).await
+    });
+    port
+}
+
+/// Whether a health check over `url` with `tls` (none: plain text) gets an answer.
+async fn answered(url: &str, tls: Option<&ClientTls>) -> bool {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string()).unwrap();
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(client_config(tls).unwrap()).unwrap();
+    }
+    let Ok(channel) = endpoint.connect_timeout(Duration::from_secs(5)).connect().await else { return false };
+    HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await.is_ok()
+}
+
+/// The certificate (DER) the server on `port` presents, to a client of `ca` with `identity`.
+async fn presented(port: u16, ca: &Path, identity: (&Path, &Path)) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(ca).unwrap()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![CertificateDer::from_pem_file(identity.0).unwrap()],
+            PrivateKeyDer::from_pem_file(identity.1).unwrap(),
+        )
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_admits_only_clients_of_its_ca_and_reloads_a_rotated_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ours, theirs) = (Ca::new("rlhf test CA"), Ca::new("another CA"));
+    let ca = write(dir.path(), "ca.pem", &ours.issuer.pem());
+    let other_ca = write(dir.path(), "other-ca.pem", &theirs.issuer.pem());
+    let (server_cert, server_key, first_der) = ours.issue("server");
+    let files = ServerTls {
+        cert: write(dir.path(), "server.pem", &server_cert),
+        key: write(dir.path(), "server.key", &server_key),
+        client_ca: Some(ca.clone()),
+    };
+    let port = serve(&files).await;
+    let url = format!("https://127.0.0.1:{port}");
+    let client = |name: &str, of: &Ca, trusting: &Path| {
+        let (cert, key, _) = of.issue(name);
+        ClientTls {
+            ca: trusting.to_path_buf(),
+            identity: Some((
+                write(dir.path(), &format!("{name}.pem"), &cert),
+                write(dir.path(), &format!("{name}.key"), &key),
+            )),
+        }
+    };
+    let learner = client("learner", &ours, &ca);
+    assert!(answered(&url, Some(&learner)).await, "a client of the cluster's CA was refused");
+    let anonymous = ClientTls { ca: ca.clone(), identity: None };
+    assert!(!answered(&url, Some(&anonymous)).await, "a client without a certificate got in");
+    assert!(!answered(&url, Some(&client("intruder", &theirs, &ca))).await, "a client of another CA got in");
+    assert!(!answered(&format!("http://127.0.0.1:{port}"), None).await, "a plain-text client got in");
+    // And the client checks the server: one that trusts another CA refuses this server.
+    assert!(!answered(&url, Some(&client("doubter", &ours, &other_ca))).await);
+
+    // Rotation: the new certificate is written first, its key a moment later. Until both
+    // are there and match, the old pair is served.
+    let identity = learner.identity.clone().unwrap();
+    assert_eq!(presented(port, &ca, (&identity.0, &identity.1)).await, first_der);
+    let (rotated_cert, rotated_key, rotated_der) = ours.issue("server-rotated");
+    std::fs::write(&files.cert, &rotated_cert).unwrap();
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(presented(port, &ca, (&identity.0, &identity.1)).await, first_der, "a half rotation was served");
+    std::fs::write(&files.key, &rotated_key).unwrap();
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(presented(port, &ca, (&identity.0, &identity.1)).await, rotated_der, "the rotation was not picked up");
+    assert!(answered(&url, Some(&learner)).await);
+}
