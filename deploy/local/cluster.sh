@@ -50,9 +50,13 @@ M_SCORER=$(free_port $((M_G1 + 1)))
 M_PREFS=$(free_port $((M_SCORER + 1)))
 M_LEARNER=$(free_port $((M_PREFS + 1)))
 REDIS=redis://127.0.0.1:$REDIS_PORT/
-# Writes to the preference service need this token; the learner sends it.
-RLHF_PREFERENCES_TOKEN=${RLHF_PREFERENCES_TOKEN:-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}
-export RLHF_PREFERENCES_TOKEN
+# Role tokens: each service checks its callers' and sends its own (the learner drives the
+# generators and the preference store; the scorer fetches the judges from the learner).
+token() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
+RLHF_LEARNER_TOKEN=${RLHF_LEARNER_TOKEN:-$(token)}
+RLHF_SCORER_TOKEN=${RLHF_SCORER_TOKEN:-$(token)}
+RLHF_ADMIN_TOKEN=${RLHF_ADMIN_TOKEN:-$(token)}
+export RLHF_LEARNER_TOKEN RLHF_SCORER_TOKEN RLHF_ADMIN_TOKEN
 
 pids=()
 cleanup() {

@@ -6,7 +6,10 @@
 //! - [`RedisServer`]: a private redis-server on a free port (diskless, or with an append-only
 //!   file), which a test can kill and restart.
 //! - [`Child`]: any service process (usually `rlhf serve …`), killed on drop, restartable.
+//! - [`certs`]: a CA and the certificates it signs, for TLS tests.
 //! - [`fixture`]: reference checkpoints and values made by `transformers` (`tests/fixtures/`).
+
+pub mod certs;
 
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
@@ -167,6 +170,14 @@ impl RedisServer {
     pub fn start_with_aof(dir: &Path) -> Result<Self, String> {
         let dir = dir.display().to_string();
         Self::start_with(&["--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", &dir])
+    }
+
+    /// Starts a diskless one where only the ACL user `user` with `password` may do anything (the
+    /// default user is switched off): URLs then need `redis://user:password@…`.
+    pub fn start_with_user(user: &str, password: &str) -> Result<Self, String> {
+        let password = format!(">{password}");
+        let acl = ["--user", user, "on", &password, "~*", "&*", "+@all", "--user", "default", "off"];
+        Self::start_with(&[&["--save", "", "--appendonly", "no"][..], &acl].concat())
     }
 
     fn start_with(persistence: &[&str]) -> Result<Self, String> {

@@ -38,14 +38,17 @@ impl QueueHealth {
 }
 
 /// True when `e` says the server is away or restarting (worth waiting for), false when the
-/// command itself failed (retrying would fail again).
+/// command itself failed, or the credentials did (retrying would fail again).
 pub(crate) fn is_transient(e: &redis::RedisError) -> bool {
-    e.is_io_error()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || e.is_timeout()
-        || e.is_unrecoverable_error()
-        || matches!(e.code(), Some("LOADING" | "TRYAGAIN" | "MASTERDOWN"))
+    let refused = e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"));
+    !refused
+        && (e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_timeout()
+            || e.is_unrecoverable_error()
+            || matches!(e.code(), Some("LOADING" | "TRYAGAIN" | "MASTERDOWN")))
 }
 
 /// The outage state one queue shares between its connections and whoever asks for its health.

@@ -203,7 +203,8 @@ pub async fn serve_with(
 /// client TLS, [`tls::set_client`]), with a connect timeout so a dead peer fails fast instead of
 /// hanging a request.
 pub fn endpoint(url: &str) -> Result<Channel, tonic::transport::Error> {
-    let mut endpoint = Endpoint::from_shared(url.to_string())?.connect_timeout(Duration::from_secs(2)).tcp_nodelay(true);
+    let mut endpoint =
+        Endpoint::from_shared(url.to_string())?.connect_timeout(Duration::from_secs(2)).tcp_nodelay(true);
     if url.starts_with("https://") {
         endpoint = endpoint.tls_config(tls::client().cloned().unwrap_or_default())?;
     }

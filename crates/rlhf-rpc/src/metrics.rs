@@ -231,7 +231,10 @@ static GRPC_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
 });
 
 static REFUSED_CALLS: LazyLock<IntCounter> = LazyLock::new(|| {
-    counter("rlhf_grpc_calls_refused_total", "gRPC calls refused before decoding: no token, a wrong one, or a role not allowed.")
+    counter(
+        "rlhf_grpc_calls_refused_total",
+        "gRPC calls refused before decoding: no token, a wrong one, or a role not allowed.",
+    )
 });
 
 /// Calls the access check refused (every server).

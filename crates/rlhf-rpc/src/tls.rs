@@ -118,7 +118,9 @@ impl ResolvesServerCert for Reloading {
                         tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
                     }
                     // Mid-rotation: keep serving the old pair and look again next time.
-                    Err(e) => tracing::warn!(error = %e, "TLS certificate changed but does not load; keeping the old one"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "TLS certificate changed but does not load; keeping the old one")
+                    }
                 }
             }
         }

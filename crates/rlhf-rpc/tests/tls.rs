@@ -2,44 +2,16 @@
 //! CA, or in plain text; a certificate rotated on disk is served from the next handshake on, and
 //! a half-written rotation keeps the old one.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use rlhf_harness::certs::TestCa;
 use rlhf_rpc::tls::{ClientTls, ServerTls, client_config, server_config};
 use tokio_rustls::rustls;
 use tonic::service::Routes;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
-
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        Ca { issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap() }
-    }
-
-    /// A certificate for 127.0.0.1 named `name`: (certificate PEM, key PEM, certificate DER).
-    fn issue(&self, name: &str) -> (String, String, Vec<u8>) {
-        let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
-    }
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 /// A health server with `tls` on a free port; returns its port.
 async fn serve(tls: &ServerTls) -> u16 {
@@ -88,26 +60,17 @@ async fn presented(port: u16, ca: &Path, identity: (&Path, &Path)) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_admits_only_clients_of_its_ca_and_reloads_a_rotated_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let (ours, theirs) = (Ca::new("rlhf test CA"), Ca::new("another CA"));
-    let ca = write(dir.path(), "ca.pem", &ours.issuer.pem());
-    let other_ca = write(dir.path(), "other-ca.pem", &theirs.issuer.pem());
-    let (server_cert, server_key, first_der) = ours.issue("server");
-    let files = ServerTls {
-        cert: write(dir.path(), "server.pem", &server_cert),
-        key: write(dir.path(), "server.key", &server_key),
-        client_ca: Some(ca.clone()),
-    };
+    let (ours, theirs) = (TestCa::new("rlhf test CA"), TestCa::new("another CA"));
+    let ca = ours.write(dir.path(), "ca.pem");
+    let other_ca = theirs.write(dir.path(), "other-ca.pem");
+    let first = ours.issue("server");
+    let (cert, key) = first.write(dir.path(), "server");
+    let files = ServerTls { cert, key, client_ca: Some(ca.clone()) };
     let port = serve(&files).await;
     let url = format!("https://127.0.0.1:{port}");
-    let client = |name: &str, of: &Ca, trusting: &Path| {
-        let (cert, key, _) = of.issue(name);
-        ClientTls {
-            ca: trusting.to_path_buf(),
-            identity: Some((
-                write(dir.path(), &format!("{name}.pem"), &cert),
-                write(dir.path(), &format!("{name}.key"), &key),
-            )),
-        }
+    let client = |name: &str, of: &TestCa, trusting: &Path| ClientTls {
+        ca: trusting.to_path_buf(),
+        identity: Some(of.issue(name).write(dir.path(), name)),
     };
     let learner = client("learner", &ours, &ca);
     assert!(answered(&url, Some(&learner)).await, "a client of the cluster's CA was refused");
@@ -121,13 +84,17 @@ async fn mutual_tls_admits_only_clients_of_its_ca_and_reloads_a_rotated_certific
     // Rotation: the new certificate is written first, its key a moment later. Until both
     // are there and match, the old pair is served.
     let identity = learner.identity.clone().unwrap();
-    assert_eq!(presented(port, &ca, (&identity.0, &identity.1)).await, first_der);
-    let (rotated_cert, rotated_key, rotated_der) = ours.issue("server-rotated");
-    std::fs::write(&files.cert, &rotated_cert).unwrap();
+    assert_eq!(presented(port, &ca, (&identity.0, &identity.1)).await, first.cert_der);
+    let rotated = ours.issue("server-rotated");
+    std::fs::write(&files.cert, &rotated.cert_pem).unwrap();
     tokio::time::sleep(Duration::from_millis(1_100)).await;
-    assert_eq!(presented(port, &ca, (&identity.0, &identity.1)).await, first_der, "a half rotation was served");
-    std::fs::write(&files.key, &rotated_key).unwrap();
+    assert_eq!(presented(port, &ca, (&identity.0, &identity.1)).await, first.cert_der, "a half rotation was served");
+    std::fs::write(&files.key, &rotated.key_pem).unwrap();
     tokio::time::sleep(Duration::from_millis(1_100)).await;
-    assert_eq!(presented(port, &ca, (&identity.0, &identity.1)).await, rotated_der, "the rotation was not picked up");
+    assert_eq!(
+        presented(port, &ca, (&identity.0, &identity.1)).await,
+        rotated.cert_der,
+        "the rotation was not picked up"
+    );
     assert!(answered(&url, Some(&learner)).await);
 }

@@ -373,4 +373,3 @@ fn run_learner(args: LearnerArgs, security: rlhf_rpc::Security) -> Result<()> {
     println!("report: {}", run.path("report.html").display());
     Ok(())
 }
-

@@ -16,9 +16,9 @@ use rlhf_proto::v1::{
     SubmitRankingResponse,
 };
 use rlhf_proto::{pair_to_proto, ranking_from_proto, ranking_to_proto};
-use rlhf_rpc::trace::Hop;
 use rlhf_rpc::auth::Role;
 use rlhf_rpc::metrics;
+use rlhf_rpc::trace::Hop;
 use tokio::net::TcpListener;
 use tokio_stream::Stream;
 use tonic::service::Routes;

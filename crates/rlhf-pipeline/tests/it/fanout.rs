@@ -26,7 +26,12 @@ fn weights() -> (Config, HashMap<String, Tensor>) {
 async fn replica(id: &str, stream_delay: Duration) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let config = GeneratorServiceConfig { id: id.into(), stream_delay, limits: Default::default(), security: Default::default() };
+    let config = GeneratorServiceConfig {
+        id: id.into(),
+        stream_delay,
+        limits: Default::default(),
+        security: Default::default(),
+    };
     tokio::spawn(policy_generator::run(config, listener, std::future::pending()));
     url
 }

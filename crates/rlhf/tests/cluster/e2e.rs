@@ -31,7 +31,7 @@ fn four_services_as_processes_run_the_pipeline() {
     // The preference store owns its database; the learner owns the run directory.
     std::fs::create_dir_all(dir.path().join("preferences")).unwrap();
     let db = dir.path().join("preferences/preferences.sqlite");
-    let with_token = [("RUST_BACKTRACE", "0"), ("RUST_LOG", "warn"), ("RLHF_PREFERENCES_TOKEN", "s3cret")];
+    let with_token = [("RUST_BACKTRACE", "0"), ("RUST_LOG", "warn"), ("RLHF_LEARNER_TOKEN", "s3cret")];
     let _prefs = Child::spawn(
         "preferences",
         bin(),

@@ -4,6 +4,7 @@
 //! - `e2e`: the four services run the pipeline; metrics, limits, auth and reflection.
 //! - `recovery`: processes killed and restarted mid-run (replica, scorer, learner), SIGTERM.
 //! - `redis_outage`: Redis killed during PPO and restarted, with and without its data.
+//! - `secure`: mutual TLS on every connection and a token per role.
 
 #[macro_use]
 mod support;
@@ -11,3 +12,4 @@ mod support;
 mod e2e;
 mod recovery;
 mod redis_outage;
+mod secure;
