@@ -259,7 +259,12 @@ impl PipelineConfig {
     /// fields (command-line flags) before validating the whole.
     pub fn parse(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-        serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+        let mut json = serde_json::Deserializer::from_str(&text);
+        serde_path_to_error::deserialize(&mut json).map_err(|e| {
+            let setting = e.path().to_string();
+            let at = if setting == "." { String::new() } else { format!("{setting}: ") };
+            Error::Config(format!("{}: {at}{}", path.display(), e.inner()))
+        })
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -280,17 +285,17 @@ impl PipelineConfig {
             return fail("collect.annotators must be at least 1");
         }
         if self.sft.batch_size == 0 || self.reward_model.batch_rankings == 0 || self.ppo.prompts_per_step == 0 {
-            return fail("batch sizes must be positive");
+            return fail("sft.batch_size, reward_model.batch_rankings and ppo.prompts_per_step must be positive");
         }
         if self.ppo.eval_every == 0 || self.ppo.max_new_tokens == 0 || self.ppo.eval_samples_per_prompt == 0 {
             return fail("ppo.eval_every, ppo.max_new_tokens and ppo.eval_samples_per_prompt must be positive");
         }
         if !(self.collect.top_p > 0.0 && self.collect.top_p <= 1.0 && self.ppo.top_p > 0.0 && self.ppo.top_p <= 1.0) {
-            return fail("top_p must be in (0, 1]");
+            return fail("collect.top_p and ppo.top_p must be in (0, 1]");
         }
         let rates = [self.sft.learning_rate, self.reward_model.learning_rate, self.ppo.algorithm.learning_rate];
         if rates.iter().any(|r| !(r.is_finite() && *r > 0.0)) {
-            return fail("learning rates must be positive and finite");
+            return fail("sft.learning_rate, reward_model.learning_rate and ppo.algorithm.learning_rate must be positive and finite");
         }
         let natural = self.world.phrasing == Some(Phrasing::Natural);
         if (self.sft.data.is_some() || self.ppo.prompts.is_some() || natural) && self.model.path.is_none() {
@@ -307,6 +312,46 @@ impl PipelineConfig {
         }
         if self.monitor.kl_band[0] > self.monitor.kl_band[1] || self.monitor.window == 0 {
             return fail("monitor.kl_band must be [low, high] with low <= high, and monitor.window positive");
+        }
+        self.validate_numbers()?;
+        self.ppo.algorithm.validate().map_err(Error::Config)
+    }
+
+    /// The numbers no stage can run with: sizes of zero, temperatures that are not positive,
+    /// shares that are negative, bounds that are not finite. Each refusal names its field.
+    fn validate_numbers(&self) -> Result<()> {
+        let fail = |msg: &str| Err(Error::Config(msg.to_string()));
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        let m = &self.model;
+        if self.model.path.is_none() {
+            let dims = [m.hidden_size, m.num_hidden_layers, m.num_attention_heads, m.num_key_value_heads];
+            if dims.contains(&0) || m.intermediate_size == 0 {
+                return fail("model.hidden_size, model.num_hidden_layers, model.num_attention_heads, model.num_key_value_heads and model.intermediate_size must be positive");
+            }
+            if m.hidden_size % m.num_attention_heads != 0 || m.num_attention_heads % m.num_key_value_heads != 0 {
+                return fail(
+                    "model.hidden_size must be a multiple of model.num_attention_heads, and that of \
+                     model.num_key_value_heads",
+                );
+            }
+        }
+        if self.world.sft_responses_per_prompt == 0 {
+            return fail("world.sft_responses_per_prompt must be at least 1");
+        }
+        let mix = &self.world.style_mix;
+        let shares = [mix.concise, mix.verbose, mix.refusal, mix.wrong, mix.off_topic];
+        if shares.iter().any(|s| !(s.is_finite() && *s >= 0.0)) || !positive(shares.iter().sum()) {
+            return fail("world.style_mix shares must be finite, not negative, and not all zero");
+        }
+        if !positive(self.collect.temperature) || !positive(self.collect.annotator_temperature) {
+            return fail("collect.temperature and collect.annotator_temperature must be positive and finite");
+        }
+        if !self.collect.length_bias.is_finite() {
+            return fail("collect.length_bias must be finite");
+        }
+        let monitor = [self.monitor.max_length_ratio, self.monitor.min_reward_rise, self.monitor.min_gold_drop];
+        if monitor.iter().chain(&self.monitor.kl_band).any(|v| !v.is_finite()) || self.monitor.max_length_ratio <= 0.0 {
+            return fail("monitor.max_length_ratio, monitor.min_reward_rise, monitor.min_gold_drop and monitor.kl_band must be finite, and monitor.max_length_ratio positive");
         }
         Ok(())
     }

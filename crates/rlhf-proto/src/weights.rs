@@ -107,6 +107,16 @@ impl std::fmt::Debug for Assembler {
     }
 }
 
+/// The bytes a tensor of `shape` and `dtype` holds, refusing shapes too large to exist (a
+/// hostile shape would otherwise overflow the product).
+fn byte_len(name: &str, shape: &[usize], dtype: DType) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(dtype.size_in_bytes(), |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= isize::MAX as usize)
+        .ok_or_else(|| BadWeights(format!("{name}: shape {shape:?} is too large")))
+}
+
 fn dtype(name: &str) -> Result<DType> {
     match name {
         "F32" => Ok(DType::F32),
@@ -159,7 +169,7 @@ impl Assembler {
                 partial.bytes.len()
             ));
         }
-        let expected = shape.iter().product::<usize>() * dtype.size_in_bytes();
+        let expected = byte_len(&chunk.tensor_name, &shape, dtype)?;
         if partial.bytes.len() + chunk.data.len() > expected {
             return bad(format!("{}: more bytes than its shape holds", chunk.tensor_name));
         }
@@ -176,7 +186,7 @@ impl Assembler {
         }
         let mut tensors = HashMap::with_capacity(self.partial.len());
         for (name, p) in self.partial {
-            let expected = p.shape.iter().product::<usize>() * p.dtype.size_in_bytes();
+            let expected = byte_len(&name, &p.shape, p.dtype)?;
             if p.bytes.len() != expected {
                 return Err(BadWeights(format!("{name}: {} of {expected} bytes arrived", p.bytes.len())));
             }

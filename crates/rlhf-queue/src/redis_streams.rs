@@ -483,3 +483,69 @@ impl<T: Serialize + DeserializeOwned + Send> Queue<T> for RedisQueue<T> {
         self.link_health()
     }
 }
+
+/// Fuzzing of the decoding of stream entries, which anyone with access to Redis can write:
+/// any bytes in any field are an item, or a reason to bury the entry; never a panic.
+#[cfg(test)]
+mod fuzz {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+    use redis::Value;
+    use redis::streams::StreamId;
+
+    use super::decode;
+
+    fn entry(data: Option<Vec<u8>>, traceparent: Option<Vec<u8>>) -> StreamId {
+        let mut map = HashMap::new();
+        if let Some(d) = data {
+            map.insert("data".to_string(), Value::BulkString(d));
+        }
+        if let Some(t) = traceparent {
+            map.insert("traceparent".to_string(), Value::BulkString(t));
+        }
+        StreamId { id: "1-0".into(), map, milliseconds_elapsed_from_delivery: None, delivered_count: None }
+    }
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::Direct(
+                "src/redis_streams.proptest-regressions",
+            ))),
+            ..ProptestConfig::default()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn any_entry_decodes_or_is_buried_with_a_reason(
+            data in prop::option::of(prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..64),
+                any::<Vec<(String, u8)>>().prop_map(|v| serde_json::to_vec(&v).unwrap()),
+            ]),
+            traceparent in prop::option::of(prop::collection::vec(any::<u8>(), 0..64)),
+            cap in 0usize..80,
+        ) {
+            let size = data.as_ref().map(Vec::len);
+            match decode::<Vec<(String, u8)>>(&entry(data.clone(), traceparent), cap) {
+                Ok(t) => {
+                    prop_assert!(size.is_some_and(|n| n <= cap));
+                    prop_assert_eq!(serde_json::from_slice::<Vec<(String, u8)>>(&data.unwrap()).unwrap(), t.item);
+                }
+                Err(reason) => prop_assert!(!reason.is_empty()),
+            }
+        }
+
+        /// What a producer pushes comes back as it was, with its trace context.
+        #[test]
+        fn a_pushed_item_decodes_to_itself(item in any::<Vec<(String, u8)>>(), traced in any::<bool>()) {
+            let data = serde_json::to_vec(&item).unwrap();
+            let parent = traced.then(|| b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_vec());
+            let t = decode::<Vec<(String, u8)>>(&entry(Some(data), parent.clone()), usize::MAX).unwrap();
+            prop_assert_eq!(t.item, item);
+            prop_assert_eq!(t.traceparent.map(String::into_bytes), parent);
+        }
+    }
+}

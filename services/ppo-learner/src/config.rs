@@ -36,6 +36,56 @@ pub struct PpoConfig {
     pub max_staleness: u64,
 }
 
+impl PpoConfig {
+    /// Refuses settings PPO cannot run with, naming the field (as `ppo.algorithm.<field>`).
+    pub fn validate(&self) -> Result<(), String> {
+        let field = |names: &[&str], why: &str| {
+            let named: Vec<String> = names.iter().map(|n| format!("ppo.algorithm.{n}")).collect();
+            Err(format!("{} {why}", named.join(", ")))
+        };
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        let probability = |v: f64| (0.0..=1.0).contains(&v);
+        if !positive(self.learning_rate) {
+            return field(&["learning_rate"], "must be positive and finite");
+        }
+        if self.epochs == 0 || self.minibatch_size == 0 || self.micro_batch_size == Some(0) {
+            return field(&["epochs", "minibatch_size", "micro_batch_size"], "must be positive");
+        }
+        if !positive(self.clip) || self.value_clip.is_some_and(|c| !positive(c)) {
+            return field(&["clip", "value_clip"], "must be positive and finite");
+        }
+        if self.dual_clip.is_some_and(|c| !(c.is_finite() && c > 1.0)) {
+            return field(&["dual_clip"], "must be above 1 (or null)");
+        }
+        if !(self.value_coef.is_finite() && self.value_coef >= 0.0) {
+            return field(&["value_coef"], "must be finite and not negative");
+        }
+        if !probability(self.gamma) || !probability(self.lambda) {
+            return field(&["gamma", "lambda"], "must be in [0, 1]");
+        }
+        let kl_ok = match self.kl {
+            KlController::Fixed { coef } => coef.is_finite() && coef >= 0.0,
+            KlController::Adaptive { coef, target, horizon } => {
+                coef.is_finite() && coef >= 0.0 && positive(target) && positive(horizon)
+            }
+        };
+        if !kl_ok {
+            return field(&["kl"], "needs a finite coef >= 0 (and, adaptive, a positive target and horizon)");
+        }
+        let optional_positive = [self.score_clip, self.max_grad_norm];
+        if optional_positive.iter().flatten().any(|&v| !positive(v)) {
+            return field(&["score_clip", "max_grad_norm"], "must be positive and finite (or null)");
+        }
+        if self.missing_stop_penalty.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
+            return field(&["missing_stop_penalty"], "must be finite and not negative (or null)");
+        }
+        if !positive(self.temperature) {
+            return field(&["temperature"], "must be positive and finite");
+        }
+        Ok(())
+    }
+}
+
 impl Default for PpoConfig {
     fn default() -> Self {
         PpoConfig {

@@ -15,7 +15,7 @@ use crate::helpers::{golden, ids_of, max_diff, model_of, tiny};
 
 /// The tokenizer of an hf-tiny folder as `tokenizer.ggml.*` metadata, its vocabulary padded
 /// with filler tokens to `vocab_size`.
-fn tokenizer_metadata(dir: &Path, vocab_size: usize) -> Vec<(String, Value)> {
+pub(crate) fn tokenizer_metadata(dir: &Path, vocab_size: usize) -> Vec<(String, Value)> {
     let spec: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap()).unwrap();
     let vocab = spec["model"]["vocab"].as_object().unwrap();
@@ -47,7 +47,7 @@ fn tokenizer_metadata(dir: &Path, vocab_size: usize) -> Vec<(String, Value)> {
 
 /// Writes `tensors` (Hugging Face names) of a model with `config` as a llama.cpp GGUF file:
 /// matrices quantized as `matrices`, vectors in F32, q/k rows permuted for the `llama` arch.
-fn write_gguf(
+pub(crate) fn write_gguf(
     path: &Path,
     config: &Config,
     tensors: &HashMap<String, Tensor>,

@@ -4,6 +4,7 @@
 mod bad_inputs;
 mod datasets;
 mod export;
+mod fuzz;
 mod gguf;
 mod helpers;
 mod hf_tiny;

@@ -4,6 +4,7 @@
 mod alarms;
 mod collect_resume;
 mod fanout;
+mod fuzz;
 mod hacking;
 mod preference_files;
 mod pretrained;
