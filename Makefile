@@ -1,7 +1,7 @@
 # The front door: each target is one cargo command. See README.md.
 CARGO ?= cargo
 
-.PHONY: run run-smollm2 cluster test bench lint fmt
+.PHONY: run run-smollm2 cluster test soak bench lint fmt
 
 ## run: the main job: SFT, preference collection, reward model and PPO on the bundled task, then the report
 run:
@@ -20,6 +20,10 @@ cluster:
 ## test: the whole suite, as CI runs it
 test:
 	$(CARGO) test --workspace
+
+## soak: 63 PPO steps (1,008 rollouts) through the services while each kind of process is killed in turn and Redis restarts; prints what each disruption cost
+soak:
+	$(CARGO) test --release -p rlhf --test cluster soak -- --ignored --nocapture
 
 ## bench: training, sampling and scoring throughput, then sampling on one thread
 bench:

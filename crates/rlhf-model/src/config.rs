@@ -15,6 +15,15 @@ use serde_json::Value;
 /// The `model_type`s whose maths this crate implements.
 pub const SUPPORTED_MODEL_TYPES: [&str; 3] = ["llama", "mistral", "qwen2"];
 
+/// Largest vocabulary [`Config::validate`] accepts (released models stay below 300,000).
+pub const MAX_VOCAB: usize = 1 << 24;
+/// Largest hidden, intermediate or head width accepted (released models stay below 60,000).
+pub const MAX_WIDTH: usize = 1 << 18;
+pub const MAX_LAYERS: usize = 1 << 12;
+pub const MAX_HEADS: usize = 1 << 12;
+/// Longest context accepted (no rotary table is built ahead: it only bounds arithmetic).
+pub const MAX_CONTEXT: usize = 1 << 24;
+
 /// Architecture of a Llama-family causal LM (RMSNorm, RoPE, SwiGLU, grouped-query attention).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(from = "RawConfig")]
@@ -295,6 +304,8 @@ impl Config {
     /// Checks what the model code relies on, so that a bad or unsupported `config.json` fails
     /// with a reason instead of a shape error deep inside a matmul, or worse, with numbers that
     /// are silently not what the checkpoint's authors computed.
+    /// Refuses what the model code cannot build: unsupported architectures and features,
+    /// inconsistent shapes, and sizes beyond [`MAX_WIDTH`] and its siblings.
     pub fn validate(&self) -> candle_core::Result<()> {
         let fail = |msg: String| Err(candle_core::Error::Msg(format!("invalid model config: {msg}")));
         if !SUPPORTED_MODEL_TYPES.contains(&self.model_type.as_str()) {
@@ -309,6 +320,21 @@ impl Config {
         }
         if self.num_attention_heads == 0 {
             return fail("num_attention_heads must be positive".into());
+        }
+        // A damaged or hostile config.json must not make a loader count, allocate or multiply
+        // the impossible: bounds far beyond any released model, checked before anything else.
+        let bounds = [
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("hidden_size", self.hidden_size, MAX_WIDTH),
+            ("intermediate_size", self.intermediate_size, MAX_WIDTH),
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            ("num_attention_heads", self.num_attention_heads, MAX_HEADS),
+            ("num_key_value_heads", self.num_kv_heads(), MAX_HEADS),
+            ("head_dim", self.head_dim(), MAX_WIDTH),
+            ("max_position_embeddings", self.max_position_embeddings, MAX_CONTEXT),
+        ];
+        if let Some((name, value, max)) = bounds.into_iter().find(|&(_, v, max)| v > max) {
+            return fail(format!("{name} {value} is beyond any model this loads (at most {max})"));
         }
         if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return fail(format!(

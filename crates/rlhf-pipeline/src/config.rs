@@ -295,7 +295,9 @@ impl PipelineConfig {
         }
         let rates = [self.sft.learning_rate, self.reward_model.learning_rate, self.ppo.algorithm.learning_rate];
         if rates.iter().any(|r| !(r.is_finite() && *r > 0.0)) {
-            return fail("sft.learning_rate, reward_model.learning_rate and ppo.algorithm.learning_rate must be positive and finite");
+            return fail(
+                "sft.learning_rate, reward_model.learning_rate and ppo.algorithm.learning_rate must be positive and finite",
+            );
         }
         let natural = self.world.phrasing == Some(Phrasing::Natural);
         if (self.sft.data.is_some() || self.ppo.prompts.is_some() || natural) && self.model.path.is_none() {
@@ -326,7 +328,9 @@ impl PipelineConfig {
         if self.model.path.is_none() {
             let dims = [m.hidden_size, m.num_hidden_layers, m.num_attention_heads, m.num_key_value_heads];
             if dims.contains(&0) || m.intermediate_size == 0 {
-                return fail("model.hidden_size, model.num_hidden_layers, model.num_attention_heads, model.num_key_value_heads and model.intermediate_size must be positive");
+                return fail(
+                    "model.hidden_size, model.num_hidden_layers, model.num_attention_heads, model.num_key_value_heads and model.intermediate_size must be positive",
+                );
             }
             if m.hidden_size % m.num_attention_heads != 0 || m.num_attention_heads % m.num_key_value_heads != 0 {
                 return fail(
@@ -351,7 +355,9 @@ impl PipelineConfig {
         }
         let monitor = [self.monitor.max_length_ratio, self.monitor.min_reward_rise, self.monitor.min_gold_drop];
         if monitor.iter().chain(&self.monitor.kl_band).any(|v| !v.is_finite()) || self.monitor.max_length_ratio <= 0.0 {
-            return fail("monitor.max_length_ratio, monitor.min_reward_rise, monitor.min_gold_drop and monitor.kl_band must be finite, and monitor.max_length_ratio positive");
+            return fail(
+                "monitor.max_length_ratio, monitor.min_reward_rise, monitor.min_gold_drop and monitor.kl_band must be finite, and monitor.max_length_ratio positive",
+            );
         }
         Ok(())
     }

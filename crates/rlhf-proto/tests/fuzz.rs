@@ -9,8 +9,8 @@
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
-use prost::Message;
 use proptest::prelude::*;
+use prost::Message;
 use rlhf_model::Config;
 use rlhf_proto::v1;
 use rlhf_proto::weights::{Assembler, encode_for_epoch};

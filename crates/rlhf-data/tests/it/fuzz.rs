@@ -40,17 +40,26 @@ fn seed_gguf() -> &'static [u8] {
 #[derive(Debug, Clone)]
 enum Mutation {
     /// Overwrite the bytes at a position with others.
-    Write { at: usize, bytes: Vec<u8> },
+    Write {
+        at: usize,
+        bytes: Vec<u8>,
+    },
     /// A little-endian u64 (a length or a count in GGUF) made huge.
-    Huge { at: usize, value: u64 },
-    Truncate { at: usize },
+    Huge {
+        at: usize,
+        value: u64,
+    },
+    Truncate {
+        at: usize,
+    },
 }
 
 fn any_mutation() -> impl Strategy<Value = Mutation> {
     // Most damage lands in the header (metadata and tensor table), where the lengths are.
     let position = prop_oneof![3 => 0usize..4096, 1 => any::<usize>()];
     prop_oneof![
-        (position.clone(), prop::collection::vec(any::<u8>(), 1..8)).prop_map(|(at, bytes)| Mutation::Write { at, bytes }),
+        (position.clone(), prop::collection::vec(any::<u8>(), 1..8))
+            .prop_map(|(at, bytes)| Mutation::Write { at, bytes }),
         (position.clone(), prop_oneof![Just(u64::MAX), Just(1u64 << 40), Just(1u64 << 31), any::<u64>()])
             .prop_map(|(at, value)| Mutation::Huge { at, value }),
         position.prop_map(|at| Mutation::Truncate { at }),
@@ -96,8 +105,16 @@ fn any_line() -> impl Strategy<Value = String> {
         1 => Just("[0,18446744073709551615]".into()),
         1 => Just("\"x\"".into()),
     ];
-    let keys = prop_oneof![Just("prompt"), Just("chosen"), Just("rejected"), Just("responses"), Just("ranking"),
-        Just("messages"), Just("completion"), Just("annotator")];
+    let keys = prop_oneof![
+        Just("prompt"),
+        Just("chosen"),
+        Just("rejected"),
+        Just("responses"),
+        Just("ranking"),
+        Just("messages"),
+        Just("completion"),
+        Just("annotator")
+    ];
     prop_oneof![
         1 => prop::collection::vec((keys, text.clone()), 0..5).prop_map(|fields| {
             let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();

@@ -200,6 +200,14 @@ fn hugging_face_config_json_parses_and_round_trips() {
     bad.num_key_value_heads = Some(4);
     assert!(bad.validate().unwrap_err().to_string().contains("num_key_value_heads"));
     assert!(serde_json::from_str::<Config>(r#"{"hidden_size": 64}"#).is_err());
+    // Sizes no model has are refused before a loader counts layers or multiplies widths (the
+    // fuzzing of config.json found a u64::MAX layer count exhausting memory).
+    let mut huge = cfg.clone();
+    huge.num_hidden_layers = usize::MAX;
+    assert!(huge.validate().unwrap_err().to_string().contains("num_hidden_layers"));
+    let mut wide = cfg.clone();
+    wide.vocab_size = 1 << 40;
+    assert!(wide.validate().unwrap_err().to_string().contains("vocab_size"));
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! - `recovery`: processes killed and restarted mid-run (replica, scorer, learner), SIGTERM.
 //! - `redis_outage`: Redis killed during PPO and restarted, with and without its data.
 //! - `secure`: mutual TLS on every connection and a token per role.
+//! - `soak` (ignored; `make soak`): 1,008 rollouts while every kind of process is killed in turn.
 
 #[macro_use]
 mod support;
@@ -13,3 +14,4 @@ mod e2e;
 mod recovery;
 mod redis_outage;
 mod secure;
+mod soak;
