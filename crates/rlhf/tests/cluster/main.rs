@@ -3,6 +3,7 @@
 //!
 //! - `e2e`: the four services run the pipeline; metrics, limits, auth and reflection.
 //! - `recovery`: processes killed and restarted mid-run (replica, scorer, learner), SIGTERM.
+//! - `cancel`: a generation past its deadline stops using the replica's CPU.
 //! - `redis_outage`: Redis killed during PPO and restarted, with and without its data.
 //! - `secure`: mutual TLS on every connection and a token per role.
 //! - `soak` (ignored; `make soak`): 1,008 rollouts while every kind of process is killed in turn.
@@ -10,6 +11,7 @@
 #[macro_use]
 mod support;
 
+mod cancel;
 mod e2e;
 mod recovery;
 mod redis_outage;
