@@ -332,7 +332,9 @@ impl PipelineConfig {
                     "model.hidden_size, model.num_hidden_layers, model.num_attention_heads, model.num_key_value_heads and model.intermediate_size must be positive",
                 );
             }
-            if m.hidden_size % m.num_attention_heads != 0 || m.num_attention_heads % m.num_key_value_heads != 0 {
+            if !m.hidden_size.is_multiple_of(m.num_attention_heads)
+                || !m.num_attention_heads.is_multiple_of(m.num_key_value_heads)
+            {
                 return fail(
                     "model.hidden_size must be a multiple of model.num_attention_heads, and that of \
                      model.num_key_value_heads",

@@ -184,11 +184,11 @@ proptest! {
         let mut config: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(tiny("llama-untied").join("config.json")).unwrap()).unwrap();
         config[field] = value;
-        if let Ok(config) = serde_json::from_value::<rlhf_model::Config>(config) {
-            if config.validate().is_ok() {
-                // A config that validates describes tensors that can be made.
-                prop_assert!(config.expected_shapes().iter().all(|(_, s)| s.iter().all(|&d| d > 0)));
-            }
+        if let Ok(config) = serde_json::from_value::<rlhf_model::Config>(config)
+            && config.validate().is_ok()
+        {
+            // A config that validates describes tensors that can be made.
+            prop_assert!(config.expected_shapes().iter().all(|(_, s)| s.iter().all(|&d| d > 0)));
         }
     }
 }

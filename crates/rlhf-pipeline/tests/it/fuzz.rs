@@ -50,7 +50,11 @@ fn runnable(c: &PipelineConfig) -> Result<(), String> {
     let m = &c.model;
     let checks: [(bool, &str); 12] = [
         (m.hidden_size > 0 && m.num_attention_heads > 0 && m.num_key_value_heads > 0, "model sizes"),
-        (m.hidden_size % m.num_attention_heads == 0 && m.num_attention_heads % m.num_key_value_heads == 0, "heads"),
+        (
+            m.hidden_size.is_multiple_of(m.num_attention_heads)
+                && m.num_attention_heads.is_multiple_of(m.num_key_value_heads),
+            "heads",
+        ),
         (m.num_hidden_layers > 0 && m.intermediate_size > 0, "layers"),
         (c.collect.k >= 2 && c.collect.annotators > 0 && c.world.sft_responses_per_prompt > 0, "collection counts"),
         (c.collect.temperature > 0.0 && c.collect.annotator_temperature > 0.0, "collection temperatures"),
