@@ -180,12 +180,28 @@ impl RedisServer {
         Self::start_with(&[&["--save", "", "--appendonly", "no"][..], &acl].concat())
     }
 
+    /// Starts a diskless one that speaks only TLS, with the certificate `cert`/`key` signed by
+    /// `ca`; with `clients_need_certificates`, clients must present one signed by `ca` too. Its
+    /// URL is [`RedisServer::tls_url`].
+    pub fn start_with_tls(cert: &Path, key: &Path, ca: &Path, clients_need_certificates: bool) -> Result<Self, String> {
+        let [cert, key, ca] = [cert, key, ca].map(|p| p.display().to_string());
+        let auth = if clients_need_certificates { "yes" } else { "no" };
+        let tls =
+            ["--tls-cert-file", &cert, "--tls-key-file", &key, "--tls-ca-cert-file", &ca, "--tls-auth-clients", auth];
+        Self::start_on("--tls-port", &[&["--port", "0", "--save", "", "--appendonly", "no"][..], &tls].concat())
+    }
+
     fn start_with(persistence: &[&str]) -> Result<Self, String> {
+        Self::start_on("--port", persistence)
+    }
+
+    /// Starts one listening with `listen` (`--port`, or `--tls-port`) on a free port.
+    fn start_on(listen: &str, settings: &[&str]) -> Result<Self, String> {
         let port = free_port();
         let port_arg = port.to_string();
-        let args: Vec<String> = ["--port", &port_arg, "--bind", "127.0.0.1", "--protected-mode", "no"]
+        let args: Vec<String> = [listen, &port_arg, "--bind", "127.0.0.1", "--protected-mode", "no"]
             .iter()
-            .chain(persistence)
+            .chain(settings)
             .map(|s| s.to_string())
             .collect();
         let child = Child::spawn("redis", "redis-server", &args, &[])
@@ -207,6 +223,11 @@ impl RedisServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `rediss://127.0.0.1:<port>/`, for one started with [`RedisServer::start_with_tls`].
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}/", self.port)
     }
 
     /// `redis://127.0.0.1:<port>/`.

@@ -41,7 +41,8 @@ impl QueueHealth {
 /// command itself failed, or the credentials did (retrying would fail again).
 pub(crate) fn is_transient(e: &redis::RedisError) -> bool {
     let refused = e.kind() == redis::ErrorKind::AuthenticationFailed
-        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"));
+        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+        || tls_refusal(e);
     !refused
         && (e.is_io_error()
             || e.is_connection_dropped()
@@ -49,6 +50,15 @@ pub(crate) fn is_transient(e: &redis::RedisError) -> bool {
             || e.is_timeout()
             || e.is_unrecoverable_error()
             || matches!(e.code(), Some("LOADING" | "TRYAGAIN" | "MASTERDOWN")))
+}
+
+/// Whether `e` is TLS refusing this client or its peer: a certificate to fix, not an outage to
+/// wait out, though redis-rs reports it as an I/O error carrying only rustls's message.
+pub(crate) fn tls_refusal(e: &redis::RedisError) -> bool {
+    let said = e.to_string();
+    ["received fatal alert", "invalid peer certificate", "peer is incompatible", "peer misbehaved"]
+        .iter()
+        .any(|rustls_says| said.contains(rustls_says))
 }
 
 /// The outage state one queue shares between its connections and whoever asks for its health.

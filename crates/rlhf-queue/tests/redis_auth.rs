@@ -21,3 +21,41 @@ fn a_queue_connects_as_an_acl_user_and_fails_fast_without_credentials() {
         assert!(err.contains("NOAUTH") || err.contains("WRONGPASS") || err.contains("auth"), "{url}: {err}");
     }
 }
+
+#[test]
+fn a_queue_talks_to_redis_over_tls_and_only_with_the_certificates_redis_demands() {
+    use rlhf_harness::certs::TestCa;
+    use rlhf_queue::RedisTls;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("redis CA");
+    let ca_path = ca.write(dir.path(), "ca.pem");
+    let (cert, key) = ca.issue("redis").write(dir.path(), "redis");
+    let client = ca.issue("learner").write(dir.path(), "learner");
+    let redis = RedisServer::start_with_tls(&cert, &key, &ca_path, true).expect("a TLS redis-server");
+    let with = |tls: Option<RedisTls>, url: &str| RedisQueueOptions {
+        tls,
+        outage_budget: Duration::from_secs(30),
+        ..RedisQueueOptions::new(url, "tls")
+    };
+    let mutual = RedisTls { ca: ca_path.clone(), identity: Some(client) };
+    let queue = RedisQueue::<String>::connect(with(Some(mutual.clone()), &redis.tls_url()))
+        .expect("TLS with a client certificate");
+    queue.push(vec!["sealed".into()]).unwrap();
+    assert_eq!(queue.pop("worker", 1, Duration::ZERO).unwrap()[0].item, "sealed");
+
+    // Refused at once, with a reason: no client certificate, plain text, or TLS asked of a
+    // redis:// URL (which would silently drop the encryption).
+    let no_identity = RedisTls { ca: ca_path, identity: None };
+    let fast = Duration::from_secs(5);
+    for (options, what) in [
+        (with(Some(no_identity), &redis.tls_url()), "no client certificate"),
+        (with(Some(mutual), &redis.url()), "certificates for a redis:// URL"),
+    ] {
+        let started = Instant::now();
+        let err = RedisQueue::<String>::connect(options).expect_err(what).to_string();
+        assert!(started.elapsed() < fast, "{what}: waited {:?}", started.elapsed());
+        eprintln!("{what}: {err}");
+    }
+    let plain = RedisQueueOptions { outage_budget: Duration::from_secs(1), ..with(None, &redis.url()) };
+    assert!(RedisQueue::<String>::connect(plain).is_err(), "plain text reached a TLS-only Redis");
+}

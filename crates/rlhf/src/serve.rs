@@ -105,7 +105,8 @@ pub fn client_token(roles: &[rlhf_rpc::auth::Role]) -> Option<String> {
 
 #[derive(Debug, Args)]
 pub struct Streams {
-    /// Redis holding the rollout streams.
+    /// Redis holding the rollout streams: redis://[USER:PASSWORD@]HOST:PORT/, or rediss:// for
+    /// TLS (with --tls-ca).
     #[arg(long, default_value = "redis://127.0.0.1:6379/")]
     redis: String,
     /// Prefix of the stream names (`<prefix>:rollouts`, `<prefix>:scored`), so that runs can
@@ -124,10 +125,22 @@ type StreamPair = (Arc<dyn Queue<ScoringRequest>>, Arc<dyn Queue<ScoredRollout>>
 
 impl Streams {
     /// Connects to both streams. A Redis that is not up yet is waited for (services start in any
-    /// order) for as long as an outage would be.
-    fn open(&self) -> Result<StreamPair> {
+    /// order) for as long as an outage would be. A `rediss://` URL is dialled with TLS: Redis's
+    /// certificate must be signed by --tls-ca, and --tls-cert is presented when Redis asks.
+    fn open(&self, tls: &TlsArgs) -> Result<StreamPair> {
+        let redis_tls = match (self.redis.starts_with("rediss://"), &tls.tls_ca) {
+            (false, _) => None,
+            (true, Some(ca)) => {
+                Some(rlhf_queue::RedisTls { ca: ca.clone(), identity: tls.tls_cert.clone().zip(tls.tls_key.clone()) })
+            }
+            (true, None) => anyhow::bail!(
+                "{} is a rediss:// URL: give the CA that signs Redis's certificate with --tls-ca",
+                self.redis
+            ),
+        };
         let options = |suffix: &str| RedisQueueOptions {
             outage_budget: Duration::from_secs(self.redis_outage_secs),
+            tls: redis_tls.clone(),
             ..RedisQueueOptions::new(&self.redis, &format!("{}:{suffix}", self.streams))
         };
         let connect = || -> rlhf_queue::Result<StreamPair> {
@@ -289,7 +302,7 @@ pub fn run(service: Service) -> Result<()> {
             Ok(())
         }),
         Service::Scorer(args) => {
-            let (raw, scored) = args.streams.open()?;
+            let (raw, scored) = args.streams.open(&args.listen.tls)?;
             let fetch = Arc::new(reward_scorer::LearnerJudges {
                 url: args.learner,
                 handle: runtime.handle().clone(),
@@ -342,7 +355,7 @@ fn hostname() -> String {
 fn run_learner(args: LearnerArgs, security: rlhf_rpc::Security) -> Result<()> {
     let run = RunDir::open_or_create(&args.run_dir, args.config.as_deref())?;
     let _lock = run.lock()?;
-    let (raw, scored) = args.streams.open()?;
+    let (raw, scored) = args.streams.open(&args.listen.tls)?;
     let store = match &args.preferences {
         Some(url) => Some(preference_store::RemoteStore::connect(url, client_token(&[Role::Learner, Role::Admin]))?),
         None => None,

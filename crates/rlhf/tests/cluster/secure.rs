@@ -1,5 +1,5 @@
-//! The services as processes with mutual TLS on every connection and a token per role: PPO runs
-//! through them, and a caller without a certificate, without a token, or with another role's
+//! The services as processes with mutual TLS on every connection (Redis included) and a token
+//! per role: PPO runs through them, and a caller without a certificate, without a token, or with another role's
 //! token is refused.
 
 use std::path::Path;
@@ -53,16 +53,18 @@ fn ppo_runs_over_mutual_tls_with_role_tokens_and_strangers_are_refused() {
     std::fs::create_dir_all(&certs).unwrap();
     let ca = TestCa::new("rlhf cluster CA");
     let ca_path = ca.write(&certs, "ca.pem");
-    for name in ["generator", "scorer", "learner", "caller"] {
+    for name in ["generator", "scorer", "learner", "caller", "redis"] {
         ca.issue(name).write(&certs, name);
     }
     let run = prepared_run(dir.path());
-    let redis = RedisServer::start().unwrap();
+    // Redis too speaks only TLS, and only to clients with a certificate of the cluster's CA.
+    let (redis_cert, redis_key) = (certs.join("redis.pem"), certs.join("redis.key"));
+    let redis = RedisServer::start_with_tls(&redis_cert, &redis_key, &ca_path, true).unwrap();
     let (g, s, l) = (free_port(), free_port(), free_port());
     let listen = |port: u16| format!("127.0.0.1:{port}");
     let _generator = spawn("generator", args(&["serve", "generator", "--listen", &listen(g)]), &certs, g);
     let scorer_args =
-        args(&["serve", "scorer", "--listen", &listen(s), "--learner", &https(l), "--redis", &redis.url()]);
+        args(&["serve", "scorer", "--listen", &listen(s), "--learner", &https(l), "--redis", &redis.tls_url()]);
     let _scorer = spawn("scorer", [scorer_args, args(&["--streams", "secure"])].concat(), &certs, s);
     let learner_args = args(&[
         "serve",
@@ -72,7 +74,7 @@ fn ppo_runs_over_mutual_tls_with_role_tokens_and_strangers_are_refused() {
         "--run-dir",
         run.root().to_str().unwrap(),
         "--redis",
-        &redis.url(),
+        &redis.tls_url(),
         "--streams",
         "secure",
         "--generators",
