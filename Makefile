@@ -1,7 +1,7 @@
 # The front door: each target is one cargo command. See README.md.
 CARGO ?= cargo
 
-.PHONY: run run-smollm2 cluster test soak bench lint fmt
+.PHONY: run run-smollm2 cluster test fuzz soak bench lint fmt
 
 ## run: the main job: SFT, preference collection, reward model and PPO on the bundled task, then the report
 run:
@@ -17,9 +17,16 @@ run-smollm2:
 cluster:
 	CARGO=$(CARGO) deploy/local/cluster.sh
 
-## test: the whole suite, as CI runs it
+## test: the whole suite, as CI runs it; then each cargo-fuzz target for a few seconds (skipped without nightly and cargo-fuzz)
 test:
 	$(CARGO) test --workspace
+	scripts/fuzz.sh $(FUZZ_SECONDS)
+
+FUZZ_SECONDS ?= 10
+
+## fuzz: each cargo-fuzz target for FUZZ_SECONDS (default 10; e.g. make fuzz FUZZ_SECONDS=600)
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
 
 ## soak: 63 PPO steps (1,008 rollouts) through the services while each kind of process is killed in turn and Redis restarts; prints what each disruption cost
 soak:

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 pub use in_process::InProcessQueue;
 pub use outage::{DEFAULT_OUTAGE_BUDGET, QueueHealth};
-pub use redis_streams::{RedisQueue, RedisQueueOptions, RedisTls};
+pub use redis_streams::{RedisQueue, RedisQueueOptions, RedisTls, parse_entry};
 
 /// Identifies one delivered entry for [`Queue::ack`] (a stream id, `<ms>-<seq>`, in Redis).
 pub type EntryId = String;

@@ -308,12 +308,26 @@ fn backend(queue: &str, e: redis::RedisError) -> Error {
 }
 
 fn decode<T: DeserializeOwned>(entry: &StreamId, max_bytes: usize) -> std::result::Result<Traced<T>, String> {
-    let data: String = entry.get("data").ok_or("entry has no data field")?;
+    let field = |name: &str| entry.get::<Vec<u8>>(name);
+    parse_entry(field("data").as_deref(), field("traceparent").as_deref(), max_bytes)
+}
+
+/// An item from the raw fields of a stream entry as anyone with access to Redis may have written
+/// them, or why the entry goes to the dead letters: no data, over `max_bytes`, not UTF-8, not
+/// JSON of the item. (The `fuzz/` targets call this directly.)
+pub fn parse_entry<T: DeserializeOwned>(
+    data: Option<&[u8]>,
+    traceparent: Option<&[u8]>,
+    max_bytes: usize,
+) -> std::result::Result<Traced<T>, String> {
+    let data = data.ok_or("entry has no data field")?;
     if data.len() > max_bytes {
         return Err(format!("entry of {} bytes is over the {max_bytes}-byte cap", data.len()));
     }
-    let item = serde_json::from_str(&data).map_err(|e| format!("entry does not parse: {e}"))?;
-    Ok(Traced { item, traceparent: entry.get::<String>("traceparent").filter(|t| !t.is_empty()) })
+    let data = std::str::from_utf8(data).map_err(|e| format!("entry is not UTF-8: {e}"))?;
+    let item = serde_json::from_str(data).map_err(|e| format!("entry does not parse: {e}"))?;
+    let traceparent = traceparent.and_then(|t| std::str::from_utf8(t).ok()).filter(|t| !t.is_empty());
+    Ok(Traced { item, traceparent: traceparent.map(str::to_string) })
 }
 
 impl<T: DeserializeOwned> RedisQueue<T> {

@@ -206,7 +206,7 @@ pub fn endpoint(url: &str) -> Result<Channel, tonic::transport::Error> {
     let mut endpoint =
         Endpoint::from_shared(url.to_string())?.connect_timeout(Duration::from_secs(2)).tcp_nodelay(true);
     if url.starts_with("https://") {
-        endpoint = endpoint.tls_config(tls::client().cloned().unwrap_or_default())?;
+        endpoint = endpoint.tls_config(tls::client().unwrap_or_default())?;
     }
     Ok(endpoint.connect_lazy())
 }

@@ -14,7 +14,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::{TcpListener, TcpStream};
@@ -204,19 +204,57 @@ pub fn client_config(files: &ClientTls) -> Result<tonic::transport::ClientTlsCon
     let mut config = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(read(&files.ca)?));
     if let Some((cert, key)) = &files.identity {
+        // The same check a server makes of its own pair: a half-written rotation is refused here,
+        // not discovered in a handshake.
+        load_key_pair(&ServerTls { cert: cert.clone(), key: key.clone(), client_ca: None })?;
         config = config.identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
     }
     Ok(config)
 }
 
-static CLIENT: OnceLock<tonic::transport::ClientTlsConfig> = OnceLock::new();
-
-/// Sets the TLS every `https://` client of this process uses (once, at start).
-pub fn set_client(files: &ClientTls) -> Result<(), TlsError> {
-    let config = client_config(files)?;
-    CLIENT.set(config).map_err(|_| TlsError("the client TLS of this process is already set".into()))
+/// The process's client TLS: its files, and the config read from them as they last were.
+struct ClientState {
+    files: ClientTls,
+    stamp: Vec<Option<SystemTime>>,
+    config: tonic::transport::ClientTlsConfig,
 }
 
-pub(crate) fn client() -> Option<&'static tonic::transport::ClientTlsConfig> {
-    CLIENT.get()
+static CLIENT: Mutex<Option<ClientState>> = Mutex::new(None);
+
+fn client_stamp(files: &ClientTls) -> Vec<Option<SystemTime>> {
+    let at = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut paths = vec![files.ca.as_path()];
+    if let Some((cert, key)) = &files.identity {
+        paths.extend([cert.as_path(), key.as_path()]);
+    }
+    paths.into_iter().map(at).collect()
+}
+
+/// Sets the TLS every `https://` client of this process uses (at start; a second call replaces
+/// the first).
+pub fn set_client(files: &ClientTls) -> Result<(), TlsError> {
+    let config = client_config(files)?;
+    let state = ClientState { files: files.clone(), stamp: client_stamp(files), config };
+    *CLIENT.lock().map_err(|_| TlsError("client TLS lock poisoned".into()))? = Some(state);
+    Ok(())
+}
+
+/// The client TLS for a new connection: read again when its files changed since, so a channel
+/// made after a rotation presents the new certificate (channels already open keep theirs until
+/// they are made again). A rotation caught half-written keeps the previous files' config.
+pub(crate) fn client() -> Option<tonic::transport::ClientTlsConfig> {
+    let mut guard = CLIENT.lock().ok()?;
+    let state = guard.as_mut()?;
+    let stamp = client_stamp(&state.files);
+    if stamp != state.stamp {
+        match client_config(&state.files) {
+            Ok(config) => {
+                state.config = config;
+                state.stamp = stamp;
+                tracing::info!(ca = %state.files.ca.display(), "client TLS files reloaded");
+            }
+            Err(e) => tracing::warn!(error = %e, "client TLS files changed but do not load; keeping the old ones"),
+        }
+    }
+    Some(state.config.clone())
 }

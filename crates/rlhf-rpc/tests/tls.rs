@@ -97,4 +97,20 @@ async fn mutual_tls_admits_only_clients_of_its_ca_and_reloads_a_rotated_certific
         "the rotation was not picked up"
     );
     assert!(answered(&url, Some(&learner)).await);
+
+    // The process's own client certificate rotates too: a channel made after the files change
+    // presents the new one. First a certificate the server refuses, then one it accepts.
+    let outsider = theirs.issue("client-before");
+    let (client_cert, client_key) = outsider.write(dir.path(), "client");
+    rlhf_rpc::tls::set_client(&ClientTls { ca: ca.clone(), identity: Some((client_cert.clone(), client_key.clone())) })
+        .unwrap();
+    let check = || async {
+        let channel = rlhf_rpc::endpoint(&url).unwrap();
+        HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await.is_ok()
+    };
+    assert!(!check().await, "a client certificate of another CA was accepted");
+    let renewed = ours.issue("client-after");
+    std::fs::write(&client_key, &renewed.key_pem).unwrap();
+    std::fs::write(&client_cert, &renewed.cert_pem).unwrap();
+    assert!(check().await, "the renewed client certificate was not picked up");
 }
