@@ -78,6 +78,8 @@ struct Replica {
     down_until: Option<Instant>,
     requests: u64,
     failures: u64,
+    /// Requests it turned away because it was full (RESOURCE_EXHAUSTED).
+    shed: u64,
     /// No longer among the resolver's answers: it gets no new work and is dropped once idle.
     gone: bool,
 }
@@ -89,6 +91,38 @@ pub struct ReplicaReport {
     pub serving: Option<u64>,
     pub requests: u64,
     pub failures: u64,
+    /// Requests it turned away because it was full: not failures, its weights are still good.
+    pub shed: u64,
+}
+
+/// Why a call to a replica did not deliver.
+#[derive(Debug)]
+enum CallError {
+    /// The replica is full (RESOURCE_EXHAUSTED): alive, weights intact, busy with other work.
+    Busy(String),
+    /// Anything else: it may have died or lost its weights.
+    Failed(String),
+}
+
+impl From<String> for CallError {
+    fn from(why: String) -> Self {
+        CallError::Failed(why)
+    }
+}
+
+impl From<&str> for CallError {
+    fn from(why: &str) -> Self {
+        CallError::Failed(why.to_string())
+    }
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Busy(why) => write!(f, "replica full: {why}"),
+            CallError::Failed(why) => f.write_str(why),
+        }
+    }
 }
 
 /// The learner's view of the generator replicas.
@@ -129,10 +163,13 @@ async fn generate_on(
     request: rlhf_proto::v1::GenerateRequest,
     traceparent: &str,
     token: Option<&str>,
-) -> Result<(Vec<Rollout>, Option<String>), String> {
+) -> Result<(Vec<Rollout>, Option<String>), CallError> {
     let expected = request.prompts.len() * request.samples_per_prompt as usize;
     let request = auth::with_bearer(trace::inject(Request::new(request), traceparent), token);
-    let response = client.generate(request).await.map_err(|s| s.to_string())?;
+    let response = client.generate(request).await.map_err(|s| match s.code() {
+        tonic::Code::ResourceExhausted => CallError::Busy(s.message().to_string()),
+        _ => CallError::Failed(s.to_string()),
+    })?;
     // The generator's span, for the rollouts' next hop.
     let generator_span = trace::extract(response.metadata());
     let mut stream = response.into_inner();
@@ -142,7 +179,7 @@ async fn generate_on(
         rollouts.push(Rollout::try_from(rollout).map_err(|e| e.to_string())?);
     }
     if rollouts.len() != expected {
-        return Err(format!("the stream ended after {} of {expected} rollouts", rollouts.len()));
+        return Err(format!("the stream ended after {} of {expected} rollouts", rollouts.len()).into());
     }
     Ok((rollouts, generator_span))
 }
@@ -195,6 +232,7 @@ impl Fanout {
                         down_until: None,
                         requests: 0,
                         failures: 0,
+                        shed: 0,
                         gone: false,
                     });
                 }
@@ -218,8 +256,18 @@ impl Fanout {
                 serving: r.serving,
                 requests: r.requests,
                 failures: r.failures,
+                shed: r.shed,
             })
             .collect()
+    }
+
+    /// A full replica: rested for the cooldown so the request goes elsewhere first, but still
+    /// known to serve its version (no weight push on its next request).
+    fn mark_busy(&mut self, replica: usize, why: &str) {
+        let r = &mut self.replicas[replica];
+        r.shed += 1;
+        r.down_until = Some(Instant::now() + self.config.cooldown);
+        tracing::info!(replica = %r.url, reason = %why, "generator replica full; trying elsewhere");
     }
 
     fn mark_failed(&mut self, replica: usize, why: &str) {
@@ -315,7 +363,7 @@ impl Fanout {
                     };
                     let result = match tokio::time::timeout(deadline, work).await {
                         Ok(result) => result,
-                        Err(_) => Err(format!("no complete answer within {deadline:?}")),
+                        Err(_) => Err(CallError::Failed(format!("no complete answer within {deadline:?}"))),
                     };
                     (r, index, attempts, result)
                 });
@@ -360,8 +408,12 @@ impl Fanout {
                     let parent = generator_span.unwrap_or_else(|| hops[index].header());
                     deliver(&requests[index], rollouts, &parent);
                 }
-                Err(why) => {
-                    self.mark_failed(r, &why);
+                Err(error) => {
+                    let why = error.to_string();
+                    match error {
+                        CallError::Busy(_) => self.mark_busy(r, &why),
+                        CallError::Failed(_) => self.mark_failed(r, &why),
+                    }
                     let attempts = attempts + 1;
                     if attempts >= self.config.max_attempts {
                         return Err(FanoutError::GaveUp {

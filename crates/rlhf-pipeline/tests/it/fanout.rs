@@ -167,6 +167,19 @@ async fn a_full_replica_sheds_load_with_resource_exhausted() {
     assert_eq!(rollouts, 2);
     let mut again = client.generate(request()).await.expect("room again").into_inner();
     while again.message().await.unwrap().is_some() {}
+
+    // The fan-out, sending two requests at once to this one-slot replica, has one shed: it rests
+    // the replica briefly and retries, without counting a failure or pushing the weights again.
+    let config = FanoutConfig { in_flight_per_replica: 2, cooldown: Duration::from_millis(50), ..Default::default() };
+    let mut fanout = Fanout::new(std::slice::from_ref(&url), config).unwrap();
+    let chunks = Arc::new(rlhf_proto::weights::encode(2, &tensors, &cfg, 0).unwrap());
+    assert_eq!(fanout.publish(2, chunks.clone()).await, 1);
+    let mut delivered = 0;
+    fanout.generate(&requests(2), 2, chunks, |_, rollouts, _| delivered += rollouts.len()).await.unwrap();
+    assert_eq!(delivered, 4);
+    let report = &fanout.report()[0];
+    assert!(report.shed >= 1, "nothing was shed: {report:?}");
+    assert_eq!((report.failures, report.serving), (0, Some(2)), "a full replica was counted as failed");
 }
 
 /// A resolver whose answer the test changes while a step runs, as DNS behind a headless Service
