@@ -71,6 +71,7 @@ pub fn load(path: &Path) -> Result<GgufModel> {
             ));
         }
     }
+    check_tensor_table(&content, &config, &file, path)?;
     let permuted = config.model_type == "llama";
     let mut tensors = HashMap::new();
     for name in content.tensor_infos.keys() {
@@ -101,6 +102,36 @@ pub fn load(path: &Path) -> Result<GgufModel> {
     }
     let tokenizer = tokenizer(&content, path)?;
     Ok(GgufModel { config, tensors, tokenizer })
+}
+
+/// Refuses a tensor table that does not fit the model or the file before anything is read or
+/// allocated: every tensor has the shape the metadata implies (shapes the config bounds), and
+/// its bytes lie inside the file. A damaged or hostile file would otherwise have candle
+/// allocate whatever its table claims (found by fuzzing: a dimension that overflowed the
+/// dequantized buffer's size).
+fn check_tensor_table(content: &Content, config: &Config, file: &File, path: &Path) -> Result<()> {
+    let expected: HashMap<String, Vec<usize>> = config.expected_shapes().into_iter().collect();
+    let file_len = file.metadata().map_err(io_error(path))?.len();
+    for (name, info) in &content.tensor_infos {
+        let hf = hf_name(name)
+            .ok_or_else(|| format_error(path, format!("tensor {name} has no counterpart in the model")))?;
+        let dims = info.shape.dims();
+        match expected.get(&hf) {
+            Some(shape) if shape.as_slice() == dims => {}
+            Some(shape) => {
+                return Err(format_error(path, format!("{name} has shape {dims:?}, the metadata implies {shape:?}")));
+            }
+            None => return Err(format_error(path, format!("tensor {name} ({hf}) is not part of this model"))),
+        }
+        let elements: usize = dims.iter().product();
+        let (block, block_bytes) = (info.ggml_dtype.block_size(), info.ggml_dtype.type_size());
+        let bytes = (elements / block * block_bytes) as u64;
+        let end = (content.tensor_data_offset).checked_add(info.offset).and_then(|start| start.checked_add(bytes));
+        if !elements.is_multiple_of(block) || end.is_none_or(|end| end > file_len) {
+            return Err(format_error(path, format!("tensor {name} lies outside the file (is it truncated?)")));
+        }
+    }
+    Ok(())
 }
 
 /// Undoes llama.cpp's Q/K permutation. Its converter writes each head's rows as
