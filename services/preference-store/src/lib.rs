@@ -5,11 +5,15 @@
 //! - [`PreferenceStore`]: the operations every backend offers (the gRPC service wraps it).
 //! - [`SqliteStore`]: the embedded default, one SQLite file.
 //! - `service`: the store as a gRPC service; [`RemoteStore`]: its client, behind the same trait.
+//! - [`quality`]: whether the rankings can be trusted, per annotator and overall (agreement with
+//!   gold and with peers, position bias), with [`alpha`]: Krippendorff's alpha.
 //!
 //! **Architecture invariant:** only this crate speaks SQL. A ranking that fails validation, or
 //! names an unknown prompt, is refused before anything is written; a valid one is written in a
 //! single transaction.
 
+pub mod alpha;
+pub mod quality;
 mod remote;
 mod service;
 mod sqlite;
