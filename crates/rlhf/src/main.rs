@@ -1,5 +1,6 @@
 //! `rlhf`: the one binary of the project. Every pipeline stage and every service is a subcommand.
 
+mod annotators;
 mod bench;
 mod preference_data;
 mod serve;
@@ -57,6 +58,9 @@ enum Command {
     ImportPreferences(preference_data::ImportArgs),
     /// Write the stored rankings out as TRL preference pairs (or whole rankings), JSON Lines.
     ExportPreferences(preference_data::ExportArgs),
+    /// Manage the people who rank responses: add (prints a login token once), pause, resume.
+    #[command(subcommand)]
+    Annotators(annotators::AnnotatorCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -74,6 +78,7 @@ fn main() -> anyhow::Result<()> {
         Command::Generate(args) => try_model::generate_command(&args),
         Command::Score(args) => try_model::score_command(&args),
         Command::ImportPreferences(args) => preference_data::import_command(&args),
+        Command::Annotators(command) => annotators::run(command),
         Command::ExportPreferences(args) => preference_data::export_command(&args),
         Command::Serve(service) => serve::run(service),
     }

@@ -5,6 +5,8 @@
 //! - [`PreferenceStore`]: the operations every backend offers (the gRPC service wraps it).
 //! - [`SqliteStore`]: the embedded default, one SQLite file.
 //! - `service`: the store as a gRPC service; [`RemoteStore`]: its client, behind the same trait.
+//! - [`tasks`]: ranking tasks for people, each assigned to N annotators under expiring leases,
+//!   and the annotators themselves (tokens stored hashed).
 //! - [`quality`]: whether the rankings can be trusted, per annotator and overall (agreement with
 //!   gold and with peers, position bias), with [`alpha`]: Krippendorff's alpha.
 //!
@@ -17,6 +19,9 @@ pub mod quality;
 mod remote;
 mod service;
 mod sqlite;
+pub mod tasks;
+#[cfg(test)]
+mod tasks_tests;
 
 pub use remote::RemoteStore;
 pub use service::{PreferenceServiceConfig, run};

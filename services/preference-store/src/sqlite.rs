@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{Error, PreferenceStore, Result, Stats};
 
-const SCHEMA: &str = "
+pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS prompts (
     id   TEXT PRIMARY KEY,
     text TEXT NOT NULL
@@ -83,6 +83,45 @@ impl SqliteStore {
     }
 }
 
+/// Writes `ranking` (already validated, of a known prompt) and its responses inside `tx`; a
+/// ranking id already stored is refused. The task board calls it in the transaction that also
+/// closes the annotator's assignment.
+pub(crate) fn insert_ranking(tx: &rusqlite::Transaction<'_>, ranking: &Ranking) -> Result<()> {
+    let exists: Option<i64> = tx
+        .query_row("SELECT 1 FROM rankings WHERE id = ?1", params![ranking.ranking_id], |r| r.get(0))
+        .optional()
+        .map_err(storage)?;
+    if exists.is_some() {
+        return Err(Error::DuplicateRanking(ranking.ranking_id.clone()));
+    }
+    tx.execute(
+        "INSERT INTO rankings (id, prompt_id, annotator_id, created_unix_ms, k, order_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            ranking.ranking_id,
+            ranking.prompt_id,
+            ranking.annotator_id,
+            ranking.created_unix_ms,
+            ranking.responses.len() as i64,
+            serde_json::to_string(&ranking.order).map_err(storage)?
+        ],
+    )
+    .map_err(storage)?;
+    for (position, response) in ranking.responses.iter().enumerate() {
+        tx.execute(
+            "INSERT INTO responses (ranking_id, position, response_id, text, tokens_json) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                ranking.ranking_id,
+                position as i64,
+                response.response_id,
+                response.text,
+                serde_json::to_string(&response.tokens).map_err(storage)?
+            ],
+        )
+        .map_err(storage)?;
+    }
+    Ok(())
+}
+
 impl PreferenceStore for SqliteStore {
     fn register_prompts(&mut self, prompts: &[(String, String)]) -> Result<()> {
         let tx = self.conn.transaction().map_err(storage)?;
@@ -107,38 +146,7 @@ impl PreferenceStore for SqliteStore {
             return Err(Error::UnknownPrompt(ranking.prompt_id.clone()));
         }
         let tx = self.conn.transaction().map_err(storage)?;
-        let exists: Option<i64> = tx
-            .query_row("SELECT 1 FROM rankings WHERE id = ?1", params![ranking.ranking_id], |r| r.get(0))
-            .optional()
-            .map_err(storage)?;
-        if exists.is_some() {
-            return Err(Error::DuplicateRanking(ranking.ranking_id.clone()));
-        }
-        tx.execute(
-            "INSERT INTO rankings (id, prompt_id, annotator_id, created_unix_ms, k, order_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                ranking.ranking_id,
-                ranking.prompt_id,
-                ranking.annotator_id,
-                ranking.created_unix_ms,
-                ranking.responses.len() as i64,
-                serde_json::to_string(&ranking.order).map_err(storage)?
-            ],
-        )
-        .map_err(storage)?;
-        for (position, response) in ranking.responses.iter().enumerate() {
-            tx.execute(
-                "INSERT INTO responses (ranking_id, position, response_id, text, tokens_json) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    ranking.ranking_id,
-                    position as i64,
-                    response.response_id,
-                    response.text,
-                    serde_json::to_string(&response.tokens).map_err(storage)?
-                ],
-            )
-            .map_err(storage)?;
-        }
+        insert_ranking(&tx, ranking)?;
         tx.commit().map_err(storage)
     }
 
