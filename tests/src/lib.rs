@@ -7,6 +7,7 @@
 //!   file), which a test can kill and restart.
 //! - [`Child`]: any service process (usually `rlhf serve …`), killed on drop, restartable.
 //! - [`certs`]: a CA and the certificates it signs, for TLS tests.
+//! - [`fuzzing`]: the proptest settings every `fuzz` property test runs with.
 //! - [`fixture`]: reference checkpoints and values made by `transformers` (`tests/fixtures/`).
 
 pub mod certs;
@@ -36,6 +37,16 @@ pub fn smollm2_gguf() -> Option<std::path::PathBuf> {
     let dir = String::from_utf8(out.stdout).ok()?;
     let path = Path::new(dir.trim()).join(FILE);
     (!dir.trim().is_empty() && path.exists()).then_some(path)
+}
+
+/// The settings of a `fuzz` property test: proptest's defaults (256 inputs, or
+/// `PROPTEST_CASES`), with failing inputs kept in `regressions` (relative to the crate's root,
+/// where `cargo test` runs) and replayed first on every run.
+pub fn fuzzing(regressions: &'static str) -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::Direct(regressions))),
+        ..Default::default()
+    }
 }
 
 /// A loopback TCP port that was free a moment ago.

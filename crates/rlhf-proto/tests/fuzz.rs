@@ -50,18 +50,8 @@ prop_compose! {
     }
 }
 
-/// Failing inputs are kept beside this file and tried first on every later run.
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::Direct(
-            "tests/fuzz.proptest-regressions",
-        ))),
-        ..ProptestConfig::default()
-    }
-}
-
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(rlhf_harness::fuzzing("tests/fuzz.proptest-regressions"))]
 
     /// Whatever arrives on the wire: decoding never panics, and what decodes converts or is refused.
     #[test]
@@ -196,7 +186,7 @@ fn tiny_model() -> (Config, HashMap<String, Tensor>) {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(rlhf_harness::fuzzing("tests/fuzz.proptest-regressions"))]
 
     /// A damaged weight stream is refused, or every tensor it delivers holds the values sent, bit
     /// for bit: never silently different numbers. (What the checksums do not cover, a stream

@@ -554,17 +554,8 @@ mod fuzz {
         StreamId { id: "1-0".into(), map, milliseconds_elapsed_from_delivery: None, delivered_count: None }
     }
 
-    fn config() -> ProptestConfig {
-        ProptestConfig {
-            failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::Direct(
-                "src/redis_streams.proptest-regressions",
-            ))),
-            ..ProptestConfig::default()
-        }
-    }
-
     proptest! {
-        #![proptest_config(config())]
+        #![proptest_config(rlhf_harness::fuzzing("src/redis_streams.proptest-regressions"))]
 
         #[test]
         fn any_entry_decodes_or_is_buried_with_a_reason(

@@ -68,17 +68,8 @@ prop_compose! {
     }
 }
 
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::Direct(
-            "tests/fuzz.proptest-regressions",
-        ))),
-        ..ProptestConfig::default()
-    }
-}
-
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(rlhf_harness::fuzzing("tests/fuzz.proptest-regressions"))]
 
     #[test]
     fn any_request_is_refused_or_served_with_well_formed_rollouts(wire in any_request()) {

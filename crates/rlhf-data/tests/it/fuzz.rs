@@ -14,15 +14,6 @@ use rlhf_data::{datasets, gguf, load_checkpoint};
 use crate::gguf::{tokenizer_metadata, write_gguf};
 use crate::helpers::tiny;
 
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::Direct(
-            "tests/it/fuzz.proptest-regressions",
-        ))),
-        ..ProptestConfig::default()
-    }
-}
-
 /// A valid GGUF of the untied tiny llama, as bytes: the seed every mutation starts from.
 fn seed_gguf() -> &'static [u8] {
     static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
@@ -129,7 +120,7 @@ fn any_line() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(rlhf_harness::fuzzing("tests/it/fuzz.proptest-regressions"))]
 
     #[test]
     fn a_damaged_gguf_is_read_or_refused(mutations in prop::collection::vec(any_mutation(), 1..4)) {

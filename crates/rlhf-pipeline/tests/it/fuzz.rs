@@ -10,15 +10,6 @@ use proptest::prelude::*;
 use rlhf_pipeline::PipelineConfig;
 use serde_json::{Value, json};
 
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::Direct(
-            "tests/it/fuzz.proptest-regressions",
-        ))),
-        ..ProptestConfig::default()
-    }
-}
-
 /// Every leaf of `v` as a JSON pointer.
 fn leaves(v: &Value, at: String, out: &mut Vec<String>) {
     match v {
@@ -81,7 +72,7 @@ fn names(said: &str, path: &str) -> bool {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(rlhf_harness::fuzzing("tests/it/fuzz.proptest-regressions"))]
 
     #[test]
     fn a_config_with_hostile_settings_is_refused_by_name_or_runnable(
