@@ -3,7 +3,14 @@
 //! - training: differentiable forward + next-token cross-entropy + backward + AdamW step;
 //! - sampling: batched KV-cache generation with behaviour log-probs;
 //! - scoring: a no-grad forward with the fused kernels plus token log-probs, as for reference
-//!   or old-policy log-probs.
+//!   or old-policy log-probs;
+//! - rm: one reward-model step, `--batch` preference pairs of `--seq-len` tokens (both responses
+//!   through the backbone and the scalar head, Bradley–Terry loss, backward, AdamW), in pairs/s.
+//!
+//! Training and the reward-model step also print the FLOP/s they achieve (6 FLOPs per matmul
+//! parameter per token, plus attention's `12 · layers · hidden · seq_len`) and that as a fraction
+//! of the fp32 matmul peak the bench measures first on this machine (a 1024³ matmul), so figures
+//! from machines with other SIMD (AVX2, AVX-512) compare as fractions.
 //!
 //! With `--model PATH` the model is a real checkpoint (Hugging Face folder, GGUF or run stage)
 //! instead of a random one of the given size: the bench then also reports the load time and
@@ -24,7 +31,8 @@ use clap::{Args, ValueEnum};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rlhf_model::{
-    Config, Kernels, Llama, SamplingParams, generate, masked_mean, next_token_logprobs, seeded_var_builder,
+    Config, Kernels, Llama, RewardHead, SamplingParams, bradley_terry_loss, generate, masked_mean, next_token_logprobs,
+    seeded_var_builder,
 };
 use serde::Serialize;
 
@@ -85,6 +93,7 @@ enum Workload {
     Forward,
     Sample,
     Score,
+    Rm,
 }
 
 #[derive(Debug, Serialize)]
@@ -93,6 +102,12 @@ struct Measurement {
     tokens_per_s: f64,
     seconds_per_batch: f64,
     tokens_per_batch: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pairs_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gflops_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peak_fraction: Option<f64>,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -119,8 +134,18 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut rng = StdRng::seed_from_u64(args.seed);
     let mut results = vec![];
     let wanted = |w: Workload| args.only.map_or(w != Workload::Forward || args.model.is_some(), |o| o == w);
+    let peak = if wanted(Workload::Train) || wanted(Workload::Rm) { Some(matmul_peak(args)?) } else { None };
     if wanted(Workload::Train) {
-        results.push(bench_train(args, vocab, &model, &varmap, &mut rng)?);
+        let mut m = bench_train(args, vocab, &model, &varmap, &mut rng)?;
+        let flops = training_flops_per_token(&cfg, args.seq_len, true) * m.tokens_per_batch as f64;
+        report_flops(&mut m, flops, peak);
+        results.push(m);
+    }
+    if wanted(Workload::Rm) {
+        let mut m = bench_rm(args, &cfg, &mut rng)?;
+        let flops = training_flops_per_token(&cfg, args.seq_len, false) * m.tokens_per_batch as f64;
+        report_flops(&mut m, flops, peak);
+        results.push(m);
     }
     if wanted(Workload::Forward) {
         results.push(bench_forward(args, vocab, &model, &mut rng)?);
@@ -199,6 +224,9 @@ fn measure(
         tokens_per_s: tokens_per_batch as f64 / seconds,
         seconds_per_batch: seconds,
         tokens_per_batch,
+        pairs_per_s: None,
+        gflops_per_s: None,
+        peak_fraction: None,
     };
     println!(
         "{:<8} {:>9.0} tokens/s   ({:.3} s per batch of {} tokens)",
@@ -262,4 +290,67 @@ fn bench_score(args: &BenchArgs, vocab: usize, model: &Llama, rng: &mut StdRng) 
         next_token_logprobs(&logits, &ids)?;
         Ok(())
     })
+}
+
+/// The fp32 matmul FLOP/s of this machine as candle reaches it: a 1024 × 1024 by 1024 × 1024
+/// product, the median of the repeats. The yardstick for the training figures.
+fn matmul_peak(args: &BenchArgs) -> Result<f64> {
+    const N: usize = 1024;
+    let a = Tensor::randn(0f32, 1.0, (N, N), &Device::Cpu)?;
+    let b = Tensor::randn(0f32, 1.0, (N, N), &Device::Cpu)?;
+    a.matmul(&b)?;
+    let mut times: Vec<f64> = (0..args.repeats.max(3))
+        .map(|_| {
+            let start = Instant::now();
+            a.matmul(&b).map(|_| start.elapsed().as_secs_f64())
+        })
+        .collect::<candle_core::Result<_>>()?;
+    times.sort_by(f64::total_cmp);
+    let gflops = 2.0 * (N * N * N) as f64 / times[times.len() / 2] / 1e9;
+    println!("peak     {gflops:>9.1} GFLOP/s fp32 matmul ({N}³, the yardstick for train and rm)");
+    Ok(gflops)
+}
+
+/// FLOPs of forward + backward per token: 6 per matmul parameter (the LM head's too when
+/// `lm_head`), plus attention's scores and weighted sums, `12 · layers · hidden · seq_len`.
+fn training_flops_per_token(cfg: &Config, seq_len: usize, lm_head: bool) -> f64 {
+    let (h, i) = (cfg.hidden_size as f64, cfg.intermediate_size as f64);
+    let q = (cfg.num_attention_heads * cfg.head_dim()) as f64;
+    let kv = (cfg.num_kv_heads() * cfg.head_dim()) as f64;
+    let per_layer = h * q + 2.0 * h * kv + q * h + 3.0 * h * i;
+    let head = if lm_head { cfg.vocab_size as f64 * h } else { h };
+    let layers = cfg.num_hidden_layers as f64;
+    6.0 * (layers * per_layer + head) + 12.0 * layers * q * seq_len as f64
+}
+
+/// Adds the achieved GFLOP/s (and its share of `peak`) to `m` and prints them.
+fn report_flops(m: &mut Measurement, flops_per_batch: f64, peak: Option<f64>) {
+    let gflops = flops_per_batch / m.seconds_per_batch / 1e9;
+    m.gflops_per_s = Some(gflops);
+    m.peak_fraction = peak.map(|p| gflops / p);
+    let share = m.peak_fraction.map_or(String::new(), |f| format!(", {:.0}% of peak", f * 100.0));
+    println!("         {gflops:>9.1} GFLOP/s{share}");
+}
+
+/// One reward-model step on `--batch` pairs: chosen and rejected through a backbone and the
+/// scalar head, Bradley–Terry loss, backward, AdamW.
+fn bench_rm(args: &BenchArgs, cfg: &Config, rng: &mut StdRng) -> Result<Measurement> {
+    let varmap = VarMap::new();
+    let vb = seeded_var_builder(&varmap, args.seed, DType::F32, &Device::Cpu);
+    let backbone = Llama::backbone(cfg, vb.clone())?;
+    let head = RewardHead::new(cfg.hidden_size, vb)?;
+    let ids = random_ids(rng, 2 * args.batch, args.seq_len, cfg.vocab_size)?;
+    let mask = Tensor::ones((2 * args.batch, args.seq_len), DType::F32, &Device::Cpu)?;
+    let mut opt = AdamW::new(varmap.all_vars(), ParamsAdamW { lr: 1e-5, ..Default::default() })?;
+    let mut m = measure(args, Workload::Rm, 2 * args.batch * args.seq_len, || {
+        let hidden = backbone.hidden_states(&ids, &mask, Kernels::Differentiable)?;
+        let scores = head.forward(&hidden, &mask)?;
+        let (chosen, rejected) = (scores.narrow(0, 0, args.batch)?, scores.narrow(0, args.batch, args.batch)?);
+        opt.backward_step(&bradley_terry_loss(&chosen, &rejected, None)?)?;
+        Ok(())
+    })?;
+    let pairs = args.batch as f64 / m.seconds_per_batch;
+    m.pairs_per_s = Some(pairs);
+    println!("         {pairs:>9.1} pairs/s ({} pairs of {} tokens)", args.batch, args.seq_len);
+    Ok(m)
 }

@@ -26,6 +26,7 @@ fn every_stage_explains_itself() {
         "score",
         "import-preferences",
         "export-preferences",
+        "annotators",
     ] {
         let out = rlhf().args([stage, "--help"]).output().unwrap();
         assert!(out.status.success(), "{stage} --help failed");
@@ -41,6 +42,22 @@ fn every_stage_explains_itself() {
     let out = rlhf().args(["run", "--help"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("--resume") && text.contains("--length-bias") && text.contains("--config"), "{text}");
+}
+
+#[test]
+fn the_reward_model_bench_reports_pairs_and_its_share_of_the_matmul_peak() {
+    let tiny = ["--layers", "1", "--hidden", "32", "--intermediate", "64", "--batch", "2", "--seq-len", "8"];
+    let out = rlhf().args(["bench", "--only", "rm", "--repeats", "1", "--json"]).args(tiny).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("GFLOP/s fp32 matmul") && text.contains("pairs/s"), "{text}");
+    let records: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let rm = &records[0];
+    assert_eq!(rm["workload"], "rm");
+    // Pairs per second is the batch's pairs over its seconds; FLOP/s and its share are positive.
+    let (pairs, seconds) = (rm["pairs_per_s"].as_f64().unwrap(), rm["seconds_per_batch"].as_f64().unwrap());
+    assert!((pairs * seconds - 2.0).abs() < 1e-6, "{rm}");
+    assert!(rm["gflops_per_s"].as_f64().unwrap() > 0.0 && rm["peak_fraction"].as_f64().unwrap() > 0.0, "{rm}");
 }
 
 #[test]
