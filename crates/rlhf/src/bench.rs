@@ -4,6 +4,7 @@
 //! - sampling: batched KV-cache generation with behaviour log-probs;
 //! - scoring: a no-grad forward with the fused kernels plus token log-probs, as for reference
 //!   or old-policy log-probs;
+//! - ppo (only with `--only ppo`): one PPO iteration with its phases (`bench_ppo`);
 //! - rm: one reward-model step, `--batch` preference pairs of `--seq-len` tokens (both responses
 //!   through the backbone and the scalar head, Bradley–Terry loss, backward, AdamW), in pairs/s.
 //!
@@ -94,6 +95,15 @@ enum Workload {
     Sample,
     Score,
     Rm,
+    Ppo,
+}
+
+/// One `--json` record: a throughput, or the PPO iteration with its phases.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Record {
+    Throughput(Measurement),
+    Ppo(crate::bench_ppo::PpoMeasurement),
 }
 
 #[derive(Debug, Serialize)]
@@ -132,29 +142,36 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
     let vocab = cfg.vocab_size;
     let mut rng = StdRng::seed_from_u64(args.seed);
-    let mut results = vec![];
-    let wanted = |w: Workload| args.only.map_or(w != Workload::Forward || args.model.is_some(), |o| o == w);
+    let mut results: Vec<Record> = vec![];
+    // The forward alone is for real models; the PPO iteration only when asked for.
+    let wanted = |w: Workload| {
+        args.only.map_or(!matches!(w, Workload::Ppo) && (w != Workload::Forward || args.model.is_some()), |o| o == w)
+    };
     let peak = if wanted(Workload::Train) || wanted(Workload::Rm) { Some(matmul_peak(args)?) } else { None };
     if wanted(Workload::Train) {
         let mut m = bench_train(args, vocab, &model, &varmap, &mut rng)?;
         let flops = training_flops_per_token(&cfg, args.seq_len, true) * m.tokens_per_batch as f64;
         report_flops(&mut m, flops, peak);
-        results.push(m);
+        results.push(Record::Throughput(m));
     }
     if wanted(Workload::Rm) {
         let mut m = bench_rm(args, &cfg, &mut rng)?;
         let flops = training_flops_per_token(&cfg, args.seq_len, false) * m.tokens_per_batch as f64;
         report_flops(&mut m, flops, peak);
-        results.push(m);
+        results.push(Record::Throughput(m));
     }
     if wanted(Workload::Forward) {
-        results.push(bench_forward(args, vocab, &model, &mut rng)?);
+        results.push(Record::Throughput(bench_forward(args, vocab, &model, &mut rng)?));
     }
     if wanted(Workload::Sample) {
-        results.push(bench_sample(args, vocab, &model, &mut rng)?);
+        results.push(Record::Throughput(bench_sample(args, vocab, &model, &mut rng)?));
     }
     if wanted(Workload::Score) {
-        results.push(bench_score(args, vocab, &model, &mut rng)?);
+        results.push(Record::Throughput(bench_score(args, vocab, &model, &mut rng)?));
+    }
+    if wanted(Workload::Ppo) {
+        let shape = (args.batch, args.prompt_len, args.new_tokens, args.repeats, args.seed);
+        results.push(Record::Ppo(crate::bench_ppo::bench_ppo(&cfg, &varmap, shape, &mut rng)?));
     }
     if let Some(peak) = memory_kib("VmHWM") {
         println!("peak resident memory: {:.0} MiB", peak as f64 / 1024.0);

@@ -2,6 +2,7 @@
 
 mod annotators;
 mod bench;
+mod bench_ppo;
 mod preference_data;
 mod serve;
 mod stages;

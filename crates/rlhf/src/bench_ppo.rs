@@ -1,0 +1,118 @@
+//! `rlhf bench --only ppo`: one PPO iteration as TRL's bench runs it, through rlhf's own service
+//! cores in one process: `--batch` prompts of `--prompt-len` tokens sample exactly `--new-tokens`
+//! new tokens each (no stop token), the reward model and the reference score them, and the
+//! learner takes 4 epochs of one minibatch of the whole batch (k1 KL, γ = 1, λ = 0.95, clip 0.2,
+//! value clip 0.2). The new weights then go to the generator, as every PPO step does.
+//!
+//! The phases are timed apart: rollout (sampling with behaviour log-probs), scoring (reward model
+//! and reference log-probs), update (advantages, then the epochs), publish (weights into the
+//! generator). Figures are medians over the repeats after one warm-up iteration.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use rand::Rng;
+use rand::rngs::StdRng;
+use rlhf_model::{Config, Llama, RewardHead, seeded_var_builder};
+use rlhf_types::{GenerateRequest, PromptTokens, SamplingParams};
+use serde::Serialize;
+
+/// Seconds of one iteration's phases.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Phases {
+    pub rollout: f64,
+    pub scoring: f64,
+    pub update: f64,
+    pub publish: f64,
+}
+
+impl Phases {
+    fn total(&self) -> f64 {
+        self.rollout + self.scoring + self.update + self.publish
+    }
+}
+
+/// The `--json` record of the PPO bench.
+#[derive(Debug, Serialize)]
+pub struct PpoMeasurement {
+    pub workload: &'static str,
+    pub seconds_per_iteration: f64,
+    pub phases: Phases,
+}
+
+fn tensors(varmap: &VarMap) -> HashMap<String, Tensor> {
+    let data = varmap.data().lock().expect("VarMap lock");
+    data.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect()
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Runs the iteration `1 + repeats` times on the policy in `varmap`; returns the medians.
+pub fn bench_ppo(
+    cfg: &Config,
+    varmap: &VarMap,
+    (batch, prompt_len, new_tokens, repeats, seed): (usize, usize, usize, usize, u64),
+    rng: &mut StdRng,
+) -> Result<PpoMeasurement> {
+    let policy = tensors(varmap);
+    let judges = VarMap::new();
+    let vb = seeded_var_builder(&judges, seed + 1, DType::F32, &Device::Cpu);
+    Llama::backbone(cfg, vb.clone())?;
+    RewardHead::new(cfg.hidden_size, vb)?;
+    let scorer = reward_scorer::RewardScorer::new(cfg, tensors(&judges), cfg, policy.clone(), 0)?;
+    let generator = policy_generator::PolicyGenerator::new("bench", cfg.clone(), 0, policy.clone(), 0)?;
+    let config = ppo_learner::PpoConfig { epochs: 4, minibatch_size: batch, ..Default::default() };
+    let mut learner = ppo_learner::PpoLearner::new(config, cfg.clone(), policy, 0, 0, seed)?;
+    let prompts: Vec<PromptTokens> = (0..batch)
+        .map(|i| PromptTokens {
+            prompt_id: format!("p{i}"),
+            tokens: (0..prompt_len).map(|_| rng.random_range(1..cfg.vocab_size as u32)).collect(),
+        })
+        .collect();
+    let mut iteration = |i: usize| -> Result<Phases> {
+        let request = GenerateRequest {
+            request_id: format!("bench-{i}"),
+            prompts: prompts.clone(),
+            sampling: SamplingParams { max_new_tokens: new_tokens, seed: seed + i as u64, ..Default::default() },
+            samples_per_prompt: 1,
+        };
+        let t = Instant::now();
+        let rollouts = generator.generate(&request)?;
+        let rollout = t.elapsed().as_secs_f64();
+        anyhow::ensure!(rollouts.iter().all(|r| r.response_tokens.len() == new_tokens), "a sequence stopped early");
+        let t = Instant::now();
+        let scored = scorer.score(&rollouts)?;
+        let scoring = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        learner.train_step(scored)?;
+        let update = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        generator.update_weights(learner.version(), learner.policy_weights()?)?;
+        let publish = t.elapsed().as_secs_f64();
+        Ok(Phases { rollout, scoring, update, publish })
+    };
+    iteration(0)?;
+    let runs: Vec<Phases> = (1..=repeats.max(1)).map(&mut iteration).collect::<Result<_>>()?;
+    let phases = Phases {
+        rollout: median(runs.iter().map(|p| p.rollout).collect()),
+        scoring: median(runs.iter().map(|p| p.scoring).collect()),
+        update: median(runs.iter().map(|p| p.update).collect()),
+        publish: median(runs.iter().map(|p| p.publish).collect()),
+    };
+    let m = PpoMeasurement {
+        workload: "ppo",
+        seconds_per_iteration: median(runs.iter().map(Phases::total).collect()),
+        phases,
+    };
+    println!(
+        "ppo      {:>9.3} s per iteration: rollout {:.3}, scoring {:.3}, update {:.3} (advantages and 4 epochs), publish {:.3}",
+        m.seconds_per_iteration, phases.rollout, phases.scoring, phases.update, phases.publish
+    );
+    Ok(m)
+}
