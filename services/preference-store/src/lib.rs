@@ -7,6 +7,7 @@
 //! - `service`: the store as a gRPC service; [`RemoteStore`]: its client, behind the same trait.
 //! - [`tasks`]: ranking tasks for people, each assigned to N annotators under expiring leases,
 //!   and the annotators themselves (tokens stored hashed).
+//! - [`web`]: the labeling app's HTTP API over the task board (sessions, CSRF, CSP).
 //! - [`quality`]: whether the rankings can be trusted, per annotator and overall (agreement with
 //!   gold and with peers, position bias), with [`alpha`]: Krippendorff's alpha.
 //!
@@ -22,6 +23,9 @@ mod sqlite;
 pub mod tasks;
 #[cfg(test)]
 mod tasks_tests;
+pub mod web;
+#[cfg(test)]
+mod web_tests;
 
 pub use remote::RemoteStore;
 pub use service::{PreferenceServiceConfig, run};

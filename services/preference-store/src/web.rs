@@ -1,0 +1,228 @@
+//! The labeling app's HTTP API, beside the gRPC port: an annotator logs in with their token,
+//! then takes tasks from the [`TaskBoard`] and ranks, skips or flags them. (The ranking page that
+//! calls it is not built yet.)
+//!
+//! Sessions are a random id in an `HttpOnly; SameSite=Strict` cookie; every state-changing
+//! request must also carry the session's CSRF token in `x-csrf-token` (a cross-site form cannot
+//! set a header). Every response forbids inline script and framing (Content-Security-Policy) and
+//! content sniffing, so a model response containing markup can only ever be shown as text.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+
+use crate::tasks::{Task, TaskBoard};
+
+/// Sent with every response: scripts only from this origin (no inline script, no eval), no
+/// plugins, no framing by other sites.
+pub const CONTENT_SECURITY_POLICY: &str =
+    "default-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
+
+const COOKIE: &str = "rlhf_session";
+
+struct Session {
+    annotator: String,
+    csrf: String,
+}
+
+/// What the handlers share: the board (one SQLite connection, behind a lock) and the sessions.
+#[derive(Clone)]
+pub struct App {
+    board: Arc<Mutex<TaskBoard>>,
+    sessions: Arc<Mutex<HashMap<String, Session>>>,
+    now_ms: Arc<dyn Fn() -> i64 + Send + Sync>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sessions = self.sessions.lock().map(|s| s.len()).unwrap_or(0);
+        f.debug_struct("App").field("sessions", &sessions).finish_non_exhaustive()
+    }
+}
+
+impl App {
+    pub fn new(board: TaskBoard) -> Self {
+        let now =
+            || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        App::with_clock(board, Arc::new(now))
+    }
+
+    /// An app whose clock is `now_ms` (tests move time to expire leases).
+    pub fn with_clock(board: TaskBoard, now_ms: Arc<dyn Fn() -> i64 + Send + Sync>) -> Self {
+        App { board: Arc::new(Mutex::new(board)), sessions: Arc::default(), now_ms }
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    (0..bytes).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
+}
+
+/// A refusal with a reason, as JSON.
+fn refuse(status: StatusCode, why: impl Into<String>) -> Response {
+    #[derive(Serialize)]
+    struct Refusal {
+        error: String,
+    }
+    (status, Json(Refusal { error: why.into() })).into_response()
+}
+
+/// The routes of the app, every response carrying the security headers.
+pub fn router(app: App) -> axum::Router {
+    axum::Router::new()
+        .route("/api/login", post(login))
+        .route("/api/task", get(next_task))
+        .route("/api/rank", post(rank))
+        .route("/api/decline", post(decline))
+        .with_state(app)
+        .layer(axum::middleware::map_response(|mut response: Response| async move {
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
+            headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+            headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+            response
+        }))
+}
+
+#[derive(Deserialize)]
+struct Login {
+    token: String,
+}
+
+#[derive(Serialize)]
+struct LoggedIn {
+    annotator: String,
+    admin: bool,
+    csrf: String,
+}
+
+async fn login(State(app): State<App>, Json(body): Json<Login>) -> Response {
+    let who = match app.board.lock().map(|b| b.authenticate(&body.token)) {
+        Ok(Ok(Some(who))) => who,
+        Ok(Ok(None)) => return refuse(StatusCode::UNAUTHORIZED, "unknown token"),
+        _ => return refuse(StatusCode::INTERNAL_SERVER_ERROR, "the board is unavailable"),
+    };
+    let (id, csrf) = (random_hex(32), random_hex(32));
+    if let Ok(mut sessions) = app.sessions.lock() {
+        sessions.insert(id.clone(), Session { annotator: who.id.clone(), csrf: csrf.clone() });
+    }
+    let cookie = format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/");
+    let mut response = Json(LoggedIn { annotator: who.id, admin: who.admin, csrf }).into_response();
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// Why a request has no usable session.
+struct Refused(StatusCode, &'static str);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        refuse(self.0, self.1)
+    }
+}
+
+/// The session's annotator, with its CSRF token checked when `changes_state`.
+fn session(app: &App, headers: &HeaderMap, changes_state: bool) -> Result<String, Refused> {
+    let id = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix(COOKIE).and_then(|rest| rest.strip_prefix('=')))
+        .ok_or(Refused(StatusCode::UNAUTHORIZED, "log in first"))?;
+    let sessions =
+        app.sessions.lock().map_err(|_| Refused(StatusCode::INTERNAL_SERVER_ERROR, "sessions unavailable"))?;
+    let session = sessions.get(id).ok_or(Refused(StatusCode::UNAUTHORIZED, "the session has ended"))?;
+    if changes_state {
+        let given = headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let ok: bool = subtle::ConstantTimeEq::ct_eq(given.as_bytes(), session.csrf.as_bytes()).into();
+        if !ok {
+            return Err(Refused(StatusCode::FORBIDDEN, "missing or wrong CSRF token"));
+        }
+    }
+    Ok(session.annotator.clone())
+}
+
+#[derive(Serialize)]
+struct TaskView {
+    task_id: String,
+    prompt: String,
+    /// Plain text, shown as text: the page never renders it as markup.
+    responses: Vec<String>,
+    leased_until_ms: i64,
+}
+
+impl From<Task> for TaskView {
+    fn from(t: Task) -> Self {
+        TaskView {
+            task_id: t.id,
+            prompt: t.prompt_text,
+            responses: t.responses.into_iter().map(|r| r.text).collect(),
+            leased_until_ms: t.leased_until_ms,
+        }
+    }
+}
+
+async fn next_task(State(app): State<App>, headers: HeaderMap) -> Response {
+    let annotator = match session(&app, &headers, false) {
+        Ok(a) => a,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let now = (app.now_ms)();
+    match app.board.lock().map(|mut b| b.next_task(&annotator, now)) {
+        Ok(Ok(Some(task))) => Json(TaskView::from(task)).into_response(),
+        Ok(Ok(None)) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Err(e)) => refuse(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(_) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "the board is unavailable"),
+    }
+}
+
+#[derive(Deserialize)]
+struct Rank {
+    task_id: String,
+    /// Indices of the responses as shown, best first.
+    order: Vec<usize>,
+}
+
+async fn rank(State(app): State<App>, headers: HeaderMap, Json(body): Json<Rank>) -> Response {
+    let annotator = match session(&app, &headers, true) {
+        Ok(a) => a,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let now = (app.now_ms)();
+    match app.board.lock().map(|mut b| b.submit(&annotator, &body.task_id, &body.order, now)) {
+        Ok(Ok(_)) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Err(e)) => refuse(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(_) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "the board is unavailable"),
+    }
+}
+
+#[derive(Deserialize)]
+struct Decline {
+    task_id: String,
+    /// Set to flag the task as unsafe, with the reason; absent to skip it.
+    flag: Option<String>,
+}
+
+async fn decline(State(app): State<App>, headers: HeaderMap, Json(body): Json<Decline>) -> Response {
+    let annotator = match session(&app, &headers, true) {
+        Ok(a) => a,
+        Err(refusal) => return refusal.into_response(),
+    };
+    if body.flag.as_deref().is_some_and(|r| r.trim().is_empty()) {
+        return refuse(StatusCode::BAD_REQUEST, "a flag needs a reason");
+    }
+    let now = (app.now_ms)();
+    match app.board.lock().map(|mut b| b.decline(&annotator, &body.task_id, body.flag.as_deref(), now)) {
+        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Err(e)) => refuse(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(_) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "the board is unavailable"),
+    }
+}

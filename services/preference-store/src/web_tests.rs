@@ -1,0 +1,112 @@
+//! The labeling API as a browser would call it: log in, take a task, rank it; and what it refuses:
+//! unknown tokens, requests without a session, state changes without the CSRF token.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use rlhf_types::RankedResponse;
+use tower::ServiceExt;
+
+use crate::tasks::{NewTask, TaskBoard};
+use crate::web::{App, CONTENT_SECURITY_POLICY, router};
+use crate::{PreferenceStore, SqliteStore};
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    json: serde_json::Value,
+}
+
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    csrf: Option<&str>,
+    body: serde_json::Value,
+) -> Reply {
+    let mut request = Request::builder().method(method).uri(path).header(header::CONTENT_TYPE, "application/json");
+    if let Some(c) = cookie {
+        request = request.header(header::COOKIE, c);
+    }
+    if let Some(t) = csrf {
+        request = request.header("x-csrf-token", t);
+    }
+    let response = app.clone().oneshot(request.body(Body::from(body.to_string())).unwrap()).await.unwrap();
+    let (status, headers) = (response.status(), response.headers().clone());
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    Reply { status, headers, json }
+}
+
+#[tokio::test]
+async fn an_annotator_logs_in_takes_a_task_and_ranks_it_and_forgeries_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("prefs.sqlite");
+    SqliteStore::open(&db).unwrap().register_prompts(&[("p".into(), "Which is kinder?".into())]).unwrap();
+    let mut board = TaskBoard::open(&db, 60_000).unwrap();
+    let token = board.add_annotator("ann", false, 0).unwrap();
+    let xss = "<script>alert(1)</script><img src=x onerror=alert(2)>";
+    let responses = ["Thank you!", xss]
+        .iter()
+        .enumerate()
+        .map(|(i, t)| RankedResponse { response_id: format!("r{i}"), text: t.to_string(), tokens: vec![] })
+        .collect();
+    board
+        .enqueue(&[NewTask { id: "t1".into(), prompt_id: "p".into(), responses, needed: 1, gold_order: None }])
+        .unwrap();
+    let clock = Arc::new(AtomicI64::new(1_000));
+    let now = clock.clone();
+    let app = router(App::with_clock(board, Arc::new(move || now.load(Ordering::SeqCst))));
+
+    // Unknown token; no session.
+    let r = call(&app, "POST", "/api/login", None, None, serde_json::json!({"token": "nope"})).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers[header::CONTENT_SECURITY_POLICY], CONTENT_SECURITY_POLICY, "every response carries the CSP");
+    assert_eq!(
+        call(&app, "GET", "/api/task", None, None, serde_json::json!({})).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Log in: an HttpOnly, SameSite=Strict session cookie and a CSRF token.
+    let r = call(&app, "POST", "/api/login", None, None, serde_json::json!({"token": token})).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let set_cookie = r.headers[header::SET_COOKIE].to_str().unwrap().to_string();
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"), "{set_cookie}");
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    let csrf = r.json["csrf"].as_str().unwrap().to_string();
+    assert_eq!(r.json["annotator"], "ann");
+
+    // The task, with the responses as plain text (the page shows them as text).
+    let task = call(&app, "GET", "/api/task", Some(&cookie), None, serde_json::json!({})).await;
+    assert_eq!(task.status, StatusCode::OK);
+    assert_eq!((task.json["task_id"].as_str(), task.json["prompt"].as_str()), (Some("t1"), Some("Which is kinder?")));
+    assert_eq!(task.json["responses"][1], xss);
+    assert_eq!(task.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+
+    // A state change without the CSRF token, or with a wrong one, is refused and stores nothing.
+    let ranking = serde_json::json!({"task_id": "t1", "order": [0, 1]});
+    for forged in [None, Some("0000")] {
+        let r = call(&app, "POST", "/api/rank", Some(&cookie), forged, ranking.clone()).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{forged:?}");
+    }
+    assert!(SqliteStore::open(&db).unwrap().rankings(None).unwrap().is_empty());
+    // A tie is refused; the real ranking is stored.
+    let tie = serde_json::json!({"task_id": "t1", "order": [0, 0]});
+    assert_eq!(call(&app, "POST", "/api/rank", Some(&cookie), Some(&csrf), tie).await.status, StatusCode::BAD_REQUEST);
+    clock.store(2_000, Ordering::SeqCst);
+    assert_eq!(
+        call(&app, "POST", "/api/rank", Some(&cookie), Some(&csrf), ranking).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let stored = SqliteStore::open(&db).unwrap().rankings(None).unwrap();
+    assert_eq!((stored.len(), stored[0].annotator_id.as_str(), stored[0].order.as_slice()), (1, "ann", &[0, 1][..]));
+    // Nothing left for ann.
+    assert_eq!(
+        call(&app, "GET", "/api/task", Some(&cookie), None, serde_json::json!({})).await.status,
+        StatusCode::NO_CONTENT
+    );
+}
