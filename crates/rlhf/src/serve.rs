@@ -203,6 +203,13 @@ pub struct PreferencesArgs {
     /// The SQLite file (created if missing).
     #[arg(long, default_value = "preferences.sqlite")]
     db: PathBuf,
+    /// Also serve the labeling app's HTTP API on this address (annotators log in with the token
+    /// `rlhf annotators add` printed), e.g. 127.0.0.1:8080. Plain HTTP: put it behind a TLS proxy.
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// Minutes a task stays with the annotator who opened it before it goes back to the queue.
+    #[arg(long, default_value_t = 10)]
+    lease_minutes: u64,
 }
 
 #[derive(Debug, Args)]
@@ -323,9 +330,22 @@ pub fn run(service: Service) -> Result<()> {
         }
         Service::Preferences(args) => {
             let store = preference_store::SqliteStore::open(&args.db)?;
+            let board = match args.http {
+                Some(_) => {
+                    Some(preference_store::tasks::TaskBoard::open(&args.db, args.lease_minutes as i64 * 60_000)?)
+                }
+                None => None,
+            };
             runtime.block_on(async {
                 let shutdown = rlhf_rpc::shutdown_signal();
                 let listener = tokio::net::TcpListener::bind(args.listen.listen).await?;
+                if let (Some(addr), Some(board)) = (args.http, board) {
+                    let http = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--http {addr}"))?;
+                    tracing::info!(%addr, "labeling app API listening");
+                    let app = preference_store::web::router(preference_store::web::App::new(board));
+                    // Ends with the process, after the gRPC service has drained.
+                    tokio::spawn(async move { axum::serve(http, app).await });
+                }
                 tracing::info!(addr = %args.listen.listen, db = %args.db.display(), roles = ?security.tokens,
                     tls = security.tls.is_some(), "preference store listening");
                 preference_store::run(
