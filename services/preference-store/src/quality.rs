@@ -13,7 +13,7 @@ use rlhf_types::Ranking;
 use crate::alpha::{Level, krippendorff_alpha};
 
 /// Pairs put the same way round, out of pairs compared.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct Agreement {
     pub agree: usize,
     pub pairs: usize,
@@ -52,7 +52,7 @@ fn best_first(r: &Ranking) -> Vec<&str> {
 }
 
 /// One annotator's figures.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct AnnotatorQuality {
     pub annotator: String,
     pub rankings: usize,
@@ -65,7 +65,7 @@ pub struct AnnotatorQuality {
 }
 
 /// The whole team's figures.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct QualityReport {
     pub annotators: Vec<AnnotatorQuality>,
     /// Ordinal alpha over every response ranked by two or more annotators (`None` when there is

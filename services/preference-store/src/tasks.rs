@@ -96,6 +96,7 @@ pub struct Progress {
 pub struct TaskBoard {
     conn: Connection,
     lease_ms: i64,
+    path: std::path::PathBuf,
 }
 
 fn sha256_hex(token: &str) -> String {
@@ -112,7 +113,12 @@ impl TaskBoard {
         conn.pragma_update(None, "foreign_keys", "ON").map_err(storage)?;
         conn.execute_batch(SCHEMA).map_err(storage)?;
         conn.execute_batch(TASK_SCHEMA).map_err(storage)?;
-        Ok(TaskBoard { conn, lease_ms })
+        Ok(TaskBoard { conn, lease_ms, path: path.to_path_buf() })
+    }
+
+    /// The preference database the board lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Adds an annotator and returns their login token: shown this once, stored only hashed.
@@ -264,6 +270,27 @@ impl TaskBoard {
         let state = if flag_reason.is_some() { "flagged" } else { "skipped" };
         close(&tx, annotator, task_id, state, flag_reason)?;
         tx.commit().map_err(storage)
+    }
+
+    /// The known order of every gold task, as response ids best first, by prompt id (what
+    /// [`crate::quality::report`] compares annotators with; one gold task per prompt).
+    pub fn gold_orders(&self) -> Result<std::collections::HashMap<String, Vec<String>>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT prompt_id, responses_json, gold_order_json FROM tasks WHERE gold_order_json IS NOT NULL")
+            .map_err(storage)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
+            .map_err(storage)?;
+        let mut gold = std::collections::HashMap::new();
+        for row in rows {
+            let (prompt_id, responses, order) = row.map_err(storage)?;
+            let responses = responses_of(&responses)?;
+            let order: Vec<usize> = serde_json::from_str(&order).map_err(storage)?;
+            let ids = order.iter().filter_map(|&i| responses.get(i)).map(|r| r.response_id.clone()).collect();
+            gold.insert(prompt_id, ids);
+        }
+        Ok(gold)
     }
 
     pub fn progress(&self) -> Result<Progress> {

@@ -28,6 +28,7 @@ const COOKIE: &str = "rlhf_session";
 
 struct Session {
     annotator: String,
+    admin: bool,
     csrf: String,
 }
 
@@ -79,6 +80,7 @@ pub fn router(app: App) -> axum::Router {
         .route("/api/task", get(next_task))
         .route("/api/rank", post(rank))
         .route("/api/decline", post(decline))
+        .route("/api/quality", get(quality))
         .with_state(app)
         .layer(axum::middleware::map_response(|mut response: Response| async move {
             let headers = response.headers_mut();
@@ -109,7 +111,7 @@ async fn login(State(app): State<App>, Json(body): Json<Login>) -> Response {
     };
     let (id, csrf) = (random_hex(32), random_hex(32));
     if let Ok(mut sessions) = app.sessions.lock() {
-        sessions.insert(id.clone(), Session { annotator: who.id.clone(), csrf: csrf.clone() });
+        sessions.insert(id.clone(), Session { annotator: who.id.clone(), admin: who.admin, csrf: csrf.clone() });
     }
     let cookie = format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/");
     let mut response = Json(LoggedIn { annotator: who.id, admin: who.admin, csrf }).into_response();
@@ -130,6 +132,11 @@ impl IntoResponse for Refused {
 
 /// The session's annotator, with its CSRF token checked when `changes_state`.
 fn session(app: &App, headers: &HeaderMap, changes_state: bool) -> Result<String, Refused> {
+    session_of(app, headers, changes_state).map(|(annotator, _)| annotator)
+}
+
+/// The session's annotator and whether they are an admin.
+fn session_of(app: &App, headers: &HeaderMap, changes_state: bool) -> Result<(String, bool), Refused> {
     let id = headers
         .get_all(header::COOKIE)
         .iter()
@@ -147,7 +154,7 @@ fn session(app: &App, headers: &HeaderMap, changes_state: bool) -> Result<String
             return Err(Refused(StatusCode::FORBIDDEN, "missing or wrong CSRF token"));
         }
     }
-    Ok(session.annotator.clone())
+    Ok((session.annotator.clone(), session.admin))
 }
 
 #[derive(Serialize)]
@@ -224,5 +231,26 @@ async fn decline(State(app): State<App>, headers: HeaderMap, Json(body): Json<De
         Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
         Ok(Err(e)) => refuse(StatusCode::BAD_REQUEST, e.to_string()),
         Err(_) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "the board is unavailable"),
+    }
+}
+
+/// The quality report over every stored ranking (admins only): what the dashboard shows.
+async fn quality(State(app): State<App>, headers: HeaderMap) -> Response {
+    match session_of(&app, &headers, false) {
+        Ok((_, true)) => {}
+        Ok((_, false)) => return refuse(StatusCode::FORBIDDEN, "the quality report is for admins"),
+        Err(refusal) => return refusal.into_response(),
+    }
+    let Ok(board) = app.board.lock() else {
+        return refuse(StatusCode::INTERNAL_SERVER_ERROR, "the board is unavailable");
+    };
+    let rankings = crate::SqliteStore::open(board.path()).and_then(|store| {
+        use crate::PreferenceStore;
+        store.rankings(None)
+    });
+    let report = board.gold_orders().and_then(|gold| Ok((rankings?, gold)));
+    match report {
+        Ok((rankings, gold)) => Json(crate::quality::report(&rankings, &gold)).into_response(),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

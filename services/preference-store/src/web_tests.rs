@@ -110,3 +110,53 @@ async fn an_annotator_logs_in_takes_a_task_and_ranks_it_and_forgeries_are_refuse
         StatusCode::NO_CONTENT
     );
 }
+
+#[tokio::test]
+async fn admins_see_the_quality_report_and_annotators_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("prefs.sqlite");
+    SqliteStore::open(&db).unwrap().register_prompts(&[("p".into(), "Which is right?".into())]).unwrap();
+    let mut board = TaskBoard::open(&db, 60_000).unwrap();
+    let (ann, boss) = (board.add_annotator("ann", false, 0).unwrap(), board.add_annotator("boss", true, 0).unwrap());
+    let responses: Vec<RankedResponse> = ["right", "wrong", "off"]
+        .iter()
+        .map(|t| RankedResponse { response_id: t.to_string(), text: t.to_string(), tokens: vec![] })
+        .collect();
+    // A gold task whose known order is right > wrong > off.
+    board
+        .enqueue(&[NewTask {
+            id: "g1".into(),
+            prompt_id: "p".into(),
+            responses,
+            needed: 1,
+            gold_order: Some(vec![0, 1, 2]),
+        }])
+        .unwrap();
+    let app = router(App::with_clock(board, Arc::new(|| 1_000)));
+    let login = |token: String| {
+        let app = app.clone();
+        async move {
+            let r = call(&app, "POST", "/api/login", None, None, serde_json::json!({"token": token})).await;
+            let cookie = r.headers[header::SET_COOKIE].to_str().unwrap().split(';').next().unwrap().to_string();
+            (cookie, r.json["csrf"].as_str().unwrap().to_string())
+        }
+    };
+    let (ann_cookie, ann_csrf) = login(ann).await;
+    call(&app, "GET", "/api/task", Some(&ann_cookie), None, serde_json::json!({})).await;
+    // Ann swaps the last two: 2 of the 3 gold pairs agree.
+    let order = serde_json::json!({"task_id": "g1", "order": [0, 2, 1]});
+    assert_eq!(
+        call(&app, "POST", "/api/rank", Some(&ann_cookie), Some(&ann_csrf), order).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let denied = call(&app, "GET", "/api/quality", Some(&ann_cookie), None, serde_json::json!({})).await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    let (boss_cookie, _) = login(boss).await;
+    let report = call(&app, "GET", "/api/quality", Some(&boss_cookie), None, serde_json::json!({})).await;
+    assert_eq!(report.status, StatusCode::OK);
+    let row = &report.json["annotators"][0];
+    assert_eq!((row["annotator"].as_str(), row["rankings"].as_u64()), (Some("ann"), Some(1)));
+    assert_eq!((row["gold"]["agree"].as_u64(), row["gold"]["pairs"].as_u64()), (Some(2), Some(3)));
+    // The first card shown (right) won: the position-bias check counts it.
+    assert_eq!(row["first_card_wins"].as_u64(), Some(1));
+}
