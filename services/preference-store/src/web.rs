@@ -66,11 +66,12 @@ fn random_hex(bytes: usize) -> String {
 
 /// A refusal with a reason, as JSON.
 fn refuse(status: StatusCode, why: impl Into<String>) -> Response {
+    let why: String = why.into();
     #[derive(Serialize)]
     struct Refusal {
         error: String,
     }
-    (status, Json(Refusal { error: why.into() })).into_response()
+    (status, Json(Refusal { error: why })).into_response()
 }
 
 /// The routes of the app, every response carrying the security headers.
@@ -104,10 +105,10 @@ struct LoggedIn {
 }
 
 async fn login(State(app): State<App>, Json(body): Json<Login>) -> Response {
-    let who = match app.board.lock().map(|b| b.authenticate(&body.token)) {
-        Ok(Ok(Some(who))) => who,
-        Ok(Ok(None)) => return refuse(StatusCode::UNAUTHORIZED, "unknown token"),
-        _ => return refuse(StatusCode::INTERNAL_SERVER_ERROR, "the board is unavailable"),
+    let who = match on_board(&app, StatusCode::INTERNAL_SERVER_ERROR, move |b| b.authenticate(&body.token)).await {
+        Ok(Some(who)) => who,
+        Ok(None) => return refuse(StatusCode::UNAUTHORIZED, "unknown token"),
+        Err(refusal) => return refusal.into_response(),
     };
     let (id, csrf) = (random_hex(32), random_hex(32));
     if let Ok(mut sessions) = app.sessions.lock() {
@@ -121,13 +122,30 @@ async fn login(State(app): State<App>, Json(body): Json<Login>) -> Response {
     response
 }
 
-/// Why a request has no usable session.
-struct Refused(StatusCode, &'static str);
+/// Why a request is refused: no usable session, or the board said no.
+struct Refused(StatusCode, std::borrow::Cow<'static, str>);
 
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
         refuse(self.0, self.1)
     }
+}
+
+/// Runs `f` on the board on a blocking thread: SQLite waits for its lock and the disk, which a
+/// tokio worker must not. A refusal of the board's is `status`.
+async fn on_board<R: Send + 'static>(
+    app: &App,
+    status: StatusCode,
+    f: impl FnOnce(&mut TaskBoard) -> crate::Result<R> + Send + 'static,
+) -> Result<R, Refused> {
+    let board = app.board.clone();
+    let unavailable = || Refused(StatusCode::INTERNAL_SERVER_ERROR, "the board is unavailable".into());
+    tokio::task::spawn_blocking(move || {
+        let mut board = board.lock().map_err(|_| unavailable())?;
+        f(&mut board).map_err(|e| Refused(status, e.to_string().into()))
+    })
+    .await
+    .map_err(|_| unavailable())?
 }
 
 /// The session's annotator, with its CSRF token checked when `changes_state`.
@@ -143,15 +161,15 @@ fn session_of(app: &App, headers: &HeaderMap, changes_state: bool) -> Result<(St
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .find_map(|pair| pair.trim().strip_prefix(COOKIE).and_then(|rest| rest.strip_prefix('=')))
-        .ok_or(Refused(StatusCode::UNAUTHORIZED, "log in first"))?;
+        .ok_or(Refused(StatusCode::UNAUTHORIZED, "log in first".into()))?;
     let sessions =
-        app.sessions.lock().map_err(|_| Refused(StatusCode::INTERNAL_SERVER_ERROR, "sessions unavailable"))?;
-    let session = sessions.get(id).ok_or(Refused(StatusCode::UNAUTHORIZED, "the session has ended"))?;
+        app.sessions.lock().map_err(|_| Refused(StatusCode::INTERNAL_SERVER_ERROR, "sessions unavailable".into()))?;
+    let session = sessions.get(id).ok_or(Refused(StatusCode::UNAUTHORIZED, "the session has ended".into()))?;
     if changes_state {
         let given = headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
         let ok: bool = subtle::ConstantTimeEq::ct_eq(given.as_bytes(), session.csrf.as_bytes()).into();
         if !ok {
-            return Err(Refused(StatusCode::FORBIDDEN, "missing or wrong CSRF token"));
+            return Err(Refused(StatusCode::FORBIDDEN, "missing or wrong CSRF token".into()));
         }
     }
     Ok((session.annotator.clone(), session.admin))
@@ -183,11 +201,10 @@ async fn next_task(State(app): State<App>, headers: HeaderMap) -> Response {
         Err(refusal) => return refusal.into_response(),
     };
     let now = (app.now_ms)();
-    match app.board.lock().map(|mut b| b.next_task(&annotator, now)) {
-        Ok(Ok(Some(task))) => Json(TaskView::from(task)).into_response(),
-        Ok(Ok(None)) => StatusCode::NO_CONTENT.into_response(),
-        Ok(Err(e)) => refuse(StatusCode::BAD_REQUEST, e.to_string()),
-        Err(_) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "the board is unavailable"),
+    match on_board(&app, StatusCode::BAD_REQUEST, move |b| b.next_task(&annotator, now)).await {
+        Ok(Some(task)) => Json(TaskView::from(task)).into_response(),
+        Ok(None) => StatusCode::NO_CONTENT.into_response(),
+        Err(refusal) => refusal.into_response(),
     }
 }
 
@@ -204,11 +221,9 @@ async fn rank(State(app): State<App>, headers: HeaderMap, Json(body): Json<Rank>
         Err(refusal) => return refusal.into_response(),
     };
     let now = (app.now_ms)();
-    match app.board.lock().map(|mut b| b.submit(&annotator, &body.task_id, &body.order, now)) {
-        Ok(Ok(_)) => StatusCode::NO_CONTENT.into_response(),
-        Ok(Err(e)) => refuse(StatusCode::BAD_REQUEST, e.to_string()),
-        Err(_) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "the board is unavailable"),
-    }
+    let submitted =
+        on_board(&app, StatusCode::BAD_REQUEST, move |b| b.submit(&annotator, &body.task_id, &body.order, now));
+    submitted.await.map_or_else(IntoResponse::into_response, |_| StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(Deserialize)]
@@ -227,11 +242,10 @@ async fn decline(State(app): State<App>, headers: HeaderMap, Json(body): Json<De
         return refuse(StatusCode::BAD_REQUEST, "a flag needs a reason");
     }
     let now = (app.now_ms)();
-    match app.board.lock().map(|mut b| b.decline(&annotator, &body.task_id, body.flag.as_deref(), now)) {
-        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
-        Ok(Err(e)) => refuse(StatusCode::BAD_REQUEST, e.to_string()),
-        Err(_) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "the board is unavailable"),
-    }
+    let declined = on_board(&app, StatusCode::BAD_REQUEST, move |b| {
+        b.decline(&annotator, &body.task_id, body.flag.as_deref(), now)
+    });
+    declined.await.map_or_else(IntoResponse::into_response, |()| StatusCode::NO_CONTENT.into_response())
 }
 
 /// The quality report over every stored ranking (admins only): what the dashboard shows.
@@ -241,16 +255,13 @@ async fn quality(State(app): State<App>, headers: HeaderMap) -> Response {
         Ok((_, false)) => return refuse(StatusCode::FORBIDDEN, "the quality report is for admins"),
         Err(refusal) => return refusal.into_response(),
     }
-    let Ok(board) = app.board.lock() else {
-        return refuse(StatusCode::INTERNAL_SERVER_ERROR, "the board is unavailable");
-    };
-    let rankings = crate::SqliteStore::open(board.path()).and_then(|store| {
+    let report = on_board(&app, StatusCode::INTERNAL_SERVER_ERROR, |board| {
         use crate::PreferenceStore;
-        store.rankings(None)
+        let rankings = crate::SqliteStore::open(board.path())?.rankings(None)?;
+        Ok((rankings, board.gold_orders()?))
     });
-    let report = board.gold_orders().and_then(|gold| Ok((rankings?, gold)));
-    match report {
+    match report.await {
         Ok((rankings, gold)) => Json(crate::quality::report(&rankings, &gold)).into_response(),
-        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(refusal) => refusal.into_response(),
     }
 }
