@@ -7,7 +7,9 @@
 //! - `service`: the store as a gRPC service; [`RemoteStore`]: its client, behind the same trait.
 //! - [`tasks`]: ranking tasks for people, each assigned to N annotators under expiring leases,
 //!   and the annotators themselves (tokens stored hashed).
-//! - [`web`]: the labeling app's HTTP API over the task board (sessions, CSRF, CSP).
+//! - [`activity`]: per annotator, tasks ranked, skipped and flagged and the time they take.
+//! - [`web`]: the labeling app over the task board: the ranking page and the admin dashboard
+//!   (static files in `web/`, compiled in) and their HTTP API (sessions, CSRF, CSP).
 //! - [`quality`]: whether the rankings can be trusted, per annotator and overall (agreement with
 //!   gold and with peers, position bias), with [`alpha`]: Krippendorff's alpha.
 //!
@@ -15,6 +17,7 @@
 //! names an unknown prompt, is refused before anything is written; a valid one is written in a
 //! single transaction.
 
+pub mod activity;
 pub mod alpha;
 pub mod quality;
 mod remote;

@@ -39,6 +39,8 @@ CREATE TABLE IF NOT EXISTS assignments (
     annotator_id    TEXT NOT NULL REFERENCES annotators(id),
     state           TEXT NOT NULL CHECK (state IN ('leased', 'ranked', 'skipped', 'flagged')),
     leased_until_ms INTEGER NOT NULL,
+    opened_ms       INTEGER NOT NULL,
+    closed_ms       INTEGER,
     reason          TEXT,
     PRIMARY KEY (task_id, annotator_id)
 );
@@ -82,7 +84,7 @@ pub struct Annotator {
 }
 
 /// How far collection has come.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct Progress {
     pub tasks: u64,
     /// Tasks with all their rankings.
@@ -94,7 +96,7 @@ pub struct Progress {
 /// The tasks, assignments and annotators in a preference database.
 #[derive(Debug)]
 pub struct TaskBoard {
-    conn: Connection,
+    pub(crate) conn: Connection,
     lease_ms: i64,
     path: std::path::PathBuf,
 }
@@ -230,10 +232,13 @@ impl TaskBoard {
                 .map_err(storage)?,
         };
         let Some(task_id) = task_id else { return Ok(None) };
+        // A task opened again after its lease ran out keeps its first opening time: the time
+        // per task on the dashboard is from first sight to the ranking.
         tx.execute(
-            "INSERT INTO assignments (task_id, annotator_id, state, leased_until_ms) VALUES (?1, ?2, 'leased', ?3)
+            "INSERT INTO assignments (task_id, annotator_id, state, leased_until_ms, opened_ms)
+             VALUES (?1, ?2, 'leased', ?3, ?4)
              ON CONFLICT (task_id, annotator_id) DO UPDATE SET state = 'leased', leased_until_ms = ?3",
-            params![task_id, annotator, until],
+            params![task_id, annotator, until, now_ms],
         )
         .map_err(storage)?;
         let task = task_of(&tx, &task_id, until)?;
@@ -257,7 +262,7 @@ impl TaskBoard {
         };
         ranking.validate()?;
         insert_ranking(&tx, &ranking)?;
-        close(&tx, annotator, task_id, "ranked", None)?;
+        close(&tx, annotator, task_id, "ranked", None, now_ms)?;
         tx.commit().map_err(storage)?;
         Ok(ranking)
     }
@@ -268,7 +273,7 @@ impl TaskBoard {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(storage)?;
         open_assignment(&tx, annotator, task_id, now_ms)?;
         let state = if flag_reason.is_some() { "flagged" } else { "skipped" };
-        close(&tx, annotator, task_id, state, flag_reason)?;
+        close(&tx, annotator, task_id, state, flag_reason, now_ms)?;
         tx.commit().map_err(storage)
     }
 
@@ -291,6 +296,13 @@ impl TaskBoard {
             gold.insert(prompt_id, ids);
         }
         Ok(gold)
+    }
+
+    /// The ids of every enqueued task (a resumed collection enqueues only the others).
+    pub fn task_ids(&self) -> Result<std::collections::HashSet<String>> {
+        let mut stmt = self.conn.prepare("SELECT id FROM tasks").map_err(storage)?;
+        let ids = stmt.query_map([], |r| r.get(0)).map_err(storage)?;
+        ids.collect::<rusqlite::Result<_>>().map_err(storage)
     }
 
     pub fn progress(&self) -> Result<Progress> {
@@ -384,10 +396,11 @@ fn close(
     task_id: &str,
     state: &str,
     reason: Option<&str>,
+    now_ms: i64,
 ) -> Result<()> {
     tx.execute(
-        "UPDATE assignments SET state = ?3, reason = ?4 WHERE task_id = ?1 AND annotator_id = ?2",
-        params![task_id, annotator, state, reason],
+        "UPDATE assignments SET state = ?3, reason = ?4, closed_ms = ?5 WHERE task_id = ?1 AND annotator_id = ?2",
+        params![task_id, annotator, state, reason, now_ms],
     )
     .map_err(storage)?;
     Ok(())

@@ -1,6 +1,7 @@
-//! The labeling app's HTTP API, beside the gRPC port: an annotator logs in with their token,
-//! then takes tasks from the [`TaskBoard`] and ranks, skips or flags them. (The ranking page that
-//! calls it is not built yet.)
+//! The labeling app, beside the gRPC port: an annotator logs in with their token, then takes
+//! tasks from the [`TaskBoard`] and ranks, skips or flags them on the ranking page; admins watch
+//! quality on the dashboard and pause annotators. The pages are static files from `web/`,
+//! compiled into the binary, that call the JSON API below.
 //!
 //! Sessions are a random id in an `HttpOnly; SameSite=Strict` cookie; every state-changing
 //! request must also carry the session's CSRF token in `x-csrf-token` (a cross-site form cannot
@@ -26,6 +27,19 @@ pub const CONTENT_SECURITY_POLICY: &str =
 
 const COOKIE: &str = "rlhf_session";
 
+/// The guidelines shown when the project configures none.
+pub const DEFAULT_GUIDELINES: &str = include_str!("../web/guidelines.md");
+
+/// The pages and their scripts: (path, content type, body).
+const FILES: &[(&str, &str, &str)] = &[
+    ("/", "text/html; charset=utf-8", include_str!("../web/index.html")),
+    ("/dashboard", "text/html; charset=utf-8", include_str!("../web/dashboard.html")),
+    ("/common.js", "text/javascript; charset=utf-8", include_str!("../web/common.js")),
+    ("/rank.js", "text/javascript; charset=utf-8", include_str!("../web/rank.js")),
+    ("/dashboard.js", "text/javascript; charset=utf-8", include_str!("../web/dashboard.js")),
+    ("/style.css", "text/css; charset=utf-8", include_str!("../web/style.css")),
+];
+
 struct Session {
     annotator: String,
     admin: bool,
@@ -36,6 +50,7 @@ struct Session {
 #[derive(Clone)]
 pub struct App {
     board: Arc<Mutex<TaskBoard>>,
+    guidelines: Arc<str>,
     sessions: Arc<Mutex<HashMap<String, Session>>>,
     now_ms: Arc<dyn Fn() -> i64 + Send + Sync>,
 }
@@ -56,7 +71,18 @@ impl App {
 
     /// An app whose clock is `now_ms` (tests move time to expire leases).
     pub fn with_clock(board: TaskBoard, now_ms: Arc<dyn Fn() -> i64 + Send + Sync>) -> Self {
-        App { board: Arc::new(Mutex::new(board)), sessions: Arc::default(), now_ms }
+        App {
+            board: Arc::new(Mutex::new(board)),
+            guidelines: DEFAULT_GUIDELINES.into(),
+            now_ms,
+            sessions: Arc::default(),
+        }
+    }
+
+    /// The guidelines annotators read (Markdown, shown as text) instead of the bundled ones.
+    pub fn with_guidelines(mut self, markdown: String) -> Self {
+        self.guidelines = markdown.into();
+        self
     }
 }
 
@@ -76,8 +102,16 @@ fn refuse(status: StatusCode, why: impl Into<String>) -> Response {
 
 /// The routes of the app, every response carrying the security headers.
 pub fn router(app: App) -> axum::Router {
-    axum::Router::new()
+    let mut routes = axum::Router::new();
+    for &(path, content_type, body) in FILES {
+        routes = routes.route(path, get(move || async move { ([(header::CONTENT_TYPE, content_type)], body) }));
+    }
+    routes
         .route("/api/login", post(login))
+        .route("/api/session", get(current_session))
+        .route("/api/guidelines", get(guidelines))
+        .route("/api/dashboard", get(dashboard))
+        .route("/api/annotators/pause", post(pause))
         .route("/api/task", get(next_task))
         .route("/api/rank", post(rank))
         .route("/api/decline", post(decline))
@@ -148,20 +182,32 @@ async fn on_board<R: Send + 'static>(
     .map_err(|_| unavailable())?
 }
 
+/// The session id in the request's cookie.
+fn session_id(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix(COOKIE).and_then(|rest| rest.strip_prefix('=')))
+}
+
 /// The session's annotator, with its CSRF token checked when `changes_state`.
 fn session(app: &App, headers: &HeaderMap, changes_state: bool) -> Result<String, Refused> {
     session_of(app, headers, changes_state).map(|(annotator, _)| annotator)
 }
 
 /// The session's annotator and whether they are an admin.
+fn admin_session(app: &App, headers: &HeaderMap, changes_state: bool) -> Result<String, Refused> {
+    match session_of(app, headers, changes_state)? {
+        (annotator, true) => Ok(annotator),
+        (_, false) => Err(Refused(StatusCode::FORBIDDEN, "for admins only".into())),
+    }
+}
+
+/// The session's annotator and whether they are an admin.
 fn session_of(app: &App, headers: &HeaderMap, changes_state: bool) -> Result<(String, bool), Refused> {
-    let id = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| pair.trim().strip_prefix(COOKIE).and_then(|rest| rest.strip_prefix('=')))
-        .ok_or(Refused(StatusCode::UNAUTHORIZED, "log in first".into()))?;
+    let id = session_id(headers).ok_or(Refused(StatusCode::UNAUTHORIZED, "log in first".into()))?;
     let sessions =
         app.sessions.lock().map_err(|_| Refused(StatusCode::INTERNAL_SERVER_ERROR, "sessions unavailable".into()))?;
     let session = sessions.get(id).ok_or(Refused(StatusCode::UNAUTHORIZED, "the session has ended".into()))?;
@@ -250,18 +296,76 @@ async fn decline(State(app): State<App>, headers: HeaderMap, Json(body): Json<De
 
 /// The quality report over every stored ranking (admins only): what the dashboard shows.
 async fn quality(State(app): State<App>, headers: HeaderMap) -> Response {
-    match session_of(&app, &headers, false) {
-        Ok((_, true)) => {}
-        Ok((_, false)) => return refuse(StatusCode::FORBIDDEN, "the quality report is for admins"),
-        Err(refusal) => return refusal.into_response(),
+    if let Err(refusal) = admin_session(&app, &headers, false) {
+        return refusal.into_response();
     }
-    let report = on_board(&app, StatusCode::INTERNAL_SERVER_ERROR, |board| {
-        use crate::PreferenceStore;
-        let rankings = crate::SqliteStore::open(board.path())?.rankings(None)?;
-        Ok((rankings, board.gold_orders()?))
-    });
-    match report.await {
-        Ok((rankings, gold)) => Json(crate::quality::report(&rankings, &gold)).into_response(),
+    match on_board(&app, StatusCode::INTERNAL_SERVER_ERROR, quality_report).await {
+        Ok(report) => Json(report).into_response(),
         Err(refusal) => refusal.into_response(),
     }
+}
+
+fn quality_report(board: &mut TaskBoard) -> crate::Result<crate::quality::QualityReport> {
+    use crate::PreferenceStore;
+    let rankings = crate::SqliteStore::open(board.path())?.rankings(None)?;
+    Ok(crate::quality::report(&rankings, &board.gold_orders()?))
+}
+
+/// The logged-in annotator and the session's CSRF token: a page reloaded in the same session
+/// gets its token back (a GET another site cannot read, the browser's same-origin policy sees to
+/// that).
+async fn current_session(State(app): State<App>, headers: HeaderMap) -> Response {
+    let id = session_id(&headers).unwrap_or_default();
+    let sessions = match app.sessions.lock() {
+        Ok(s) => s,
+        Err(_) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, "sessions unavailable"),
+    };
+    match sessions.get(id) {
+        Some(s) => {
+            Json(LoggedIn { annotator: s.annotator.clone(), admin: s.admin, csrf: s.csrf.clone() }).into_response()
+        }
+        None => refuse(StatusCode::UNAUTHORIZED, "log in first"),
+    }
+}
+
+async fn guidelines(State(app): State<App>) -> Response {
+    ([(header::CONTENT_TYPE, "text/markdown; charset=utf-8")], app.guidelines.to_string()).into_response()
+}
+
+/// Everything the dashboard shows, in one read.
+#[derive(Serialize)]
+struct Dashboard {
+    progress: crate::tasks::Progress,
+    quality: crate::quality::QualityReport,
+    annotators: Vec<crate::activity::Activity>,
+    flags: Vec<crate::activity::Flag>,
+}
+
+async fn dashboard(State(app): State<App>, headers: HeaderMap) -> Response {
+    if let Err(refusal) = admin_session(&app, &headers, false) {
+        return refusal.into_response();
+    }
+    let read = on_board(&app, StatusCode::INTERNAL_SERVER_ERROR, |board| {
+        Ok(Dashboard {
+            progress: board.progress()?,
+            quality: quality_report(board)?,
+            annotators: board.activity()?,
+            flags: board.flags()?,
+        })
+    });
+    read.await.map_or_else(IntoResponse::into_response, |d| Json(d).into_response())
+}
+
+#[derive(Deserialize)]
+struct Pause {
+    annotator: String,
+    paused: bool,
+}
+
+async fn pause(State(app): State<App>, headers: HeaderMap, Json(body): Json<Pause>) -> Response {
+    if let Err(refusal) = admin_session(&app, &headers, true) {
+        return refusal.into_response();
+    }
+    let paused = on_board(&app, StatusCode::BAD_REQUEST, move |b| b.set_paused(&body.annotator, body.paused));
+    paused.await.map_or_else(IntoResponse::into_response, |()| StatusCode::NO_CONTENT.into_response())
 }

@@ -160,3 +160,112 @@ async fn admins_see_the_quality_report_and_annotators_do_not() {
     // The first card shown (right) won: the position-bias check counts it.
     assert_eq!(row["first_card_wins"].as_u64(), Some(1));
 }
+
+#[tokio::test]
+async fn the_dashboard_shows_time_per_task_and_flags_and_only_admins_pause_annotators() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("prefs.sqlite");
+    SqliteStore::open(&db).unwrap().register_prompts(&[("p".into(), "Which is right?".into())]).unwrap();
+    let mut board = TaskBoard::open(&db, 60_000).unwrap();
+    let (ann, boss) = (board.add_annotator("ann", false, 0).unwrap(), board.add_annotator("boss", true, 0).unwrap());
+    let task = |id: &str| NewTask {
+        id: id.into(),
+        prompt_id: "p".into(),
+        responses: ["a", "b"]
+            .iter()
+            .map(|t| RankedResponse { response_id: format!("{id}-{t}"), text: t.to_string(), tokens: vec![] })
+            .collect(),
+        needed: 1,
+        gold_order: None,
+    };
+    board.enqueue(&[task("t1"), task("t2")]).unwrap();
+    let clock = Arc::new(AtomicI64::new(1_000));
+    let now = clock.clone();
+    let app = router(App::with_clock(board, Arc::new(move || now.load(Ordering::SeqCst))));
+    let login = |token: String| {
+        let app = app.clone();
+        async move {
+            let r = call(&app, "POST", "/api/login", None, None, serde_json::json!({"token": token})).await;
+            let cookie = r.headers[header::SET_COOKIE].to_str().unwrap().split(';').next().unwrap().to_string();
+            (cookie, r.json["csrf"].as_str().unwrap().to_string())
+        }
+    };
+    let (ann_cookie, ann_csrf) = login(ann).await;
+    // A reloaded page gets its session's CSRF token back from the cookie.
+    let again = call(&app, "GET", "/api/session", Some(&ann_cookie), None, serde_json::json!({})).await;
+    assert_eq!((again.json["annotator"].as_str(), again.json["csrf"].as_str()), (Some("ann"), Some(ann_csrf.as_str())));
+
+    // t1 opened at 1 s and ranked at 4 s; t2 opened at 4 s and flagged.
+    call(&app, "GET", "/api/task", Some(&ann_cookie), None, serde_json::json!({})).await;
+    clock.store(4_000, Ordering::SeqCst);
+    let rank = serde_json::json!({"task_id": "t1", "order": [1, 0]});
+    assert_eq!(
+        call(&app, "POST", "/api/rank", Some(&ann_cookie), Some(&ann_csrf), rank).await.status,
+        StatusCode::NO_CONTENT
+    );
+    call(&app, "GET", "/api/task", Some(&ann_cookie), None, serde_json::json!({})).await;
+    let flag = serde_json::json!({"task_id": "t2", "flag": "asks for <b>harm</b>"});
+    assert_eq!(
+        call(&app, "POST", "/api/decline", Some(&ann_cookie), Some(&ann_csrf), flag).await.status,
+        StatusCode::NO_CONTENT
+    );
+
+    let pause = serde_json::json!({"annotator": "ann", "paused": true});
+    let r = call(&app, "GET", "/api/dashboard", Some(&ann_cookie), None, serde_json::json!({})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "annotators do not see the dashboard");
+    let r = call(&app, "POST", "/api/annotators/pause", Some(&ann_cookie), Some(&ann_csrf), pause.clone()).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "nor pause anyone");
+
+    let (boss_cookie, boss_csrf) = login(boss).await;
+    let r = call(&app, "POST", "/api/annotators/pause", Some(&boss_cookie), None, pause.clone()).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "a pause without the CSRF token is refused");
+    let r = call(&app, "POST", "/api/annotators/pause", Some(&boss_cookie), Some(&boss_csrf), pause).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+
+    let d = call(&app, "GET", "/api/dashboard", Some(&boss_cookie), None, serde_json::json!({})).await.json;
+    assert_eq!((d["progress"]["tasks"].as_u64(), d["progress"]["complete"].as_u64()), (Some(2), Some(1)));
+    let row = &d["annotators"][0];
+    assert_eq!(row["annotator"], "ann");
+    assert_eq!(
+        (row["ranked"].as_u64(), row["flagged"].as_u64(), row["paused"].as_bool()),
+        (Some(1), Some(1), Some(true))
+    );
+    assert_eq!(row["median_ms_per_task"].as_i64(), Some(3_000));
+    assert_eq!(d["flags"][0]["reason"], "asks for <b>harm</b>");
+    assert_eq!(d["quality"]["annotators"][0]["rankings"].as_u64(), Some(1));
+
+    // The pages themselves: HTML and scripts from this origin only, under the same CSP.
+    for (path, kind) in [("/", "text/html"), ("/dashboard", "text/html"), ("/rank.js", "text/javascript")] {
+        let r = app.clone().oneshot(Request::builder().uri(path).body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert!(r.headers()[header::CONTENT_TYPE].to_str().unwrap().starts_with(kind), "{path}");
+        assert_eq!(r.headers()[header::CONTENT_SECURITY_POLICY], CONTENT_SECURITY_POLICY);
+    }
+}
+
+#[test]
+fn no_page_script_turns_server_text_into_markup() {
+    // The pages render everything from the server with textContent; these are the ways a script
+    // could turn a string into markup instead.
+    for (name, script) in [
+        ("common.js", include_str!("../web/common.js")),
+        ("rank.js", include_str!("../web/rank.js")),
+        ("dashboard.js", include_str!("../web/dashboard.js")),
+    ] {
+        for sink in [".innerHTML", ".outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"] {
+            assert!(!script.contains(sink), "{name} uses {sink}");
+        }
+    }
+    for (name, page) in
+        [("index.html", include_str!("../web/index.html")), ("dashboard.html", include_str!("../web/dashboard.html"))]
+    {
+        assert!(!page.contains("<script>"), "{name} has an inline script");
+        // An inline handler: ` on` + letters + `=`.
+        let handler = page.match_indices(" on").any(|(at, _)| {
+            let rest = &page[at + 3..];
+            let letters = rest.chars().take_while(char::is_ascii_alphabetic).count();
+            letters > 0 && rest[letters..].starts_with('=')
+        });
+        assert!(!handler, "{name} has an inline event handler");
+    }
+}
