@@ -8,6 +8,7 @@ use ppo_learner::{ClusterBackend, RolloutBackend, StatusBoard};
 use preference_store::RemoteStore;
 use rlhf_types::GenerateRequest;
 
+use crate::config::AnnotatedBy;
 use crate::pipeline::StageBackends;
 use crate::run_dir::{CollectResult, PpoResult, RewardModelResult};
 use crate::{PipelineConfig, Result, RunDir, collect, ppo, reward};
@@ -37,7 +38,15 @@ impl StageBackends for ClusterStages<'_> {
         let backend = &mut *self.backend;
         let mut sample = |requests: &[GenerateRequest]| Ok(backend.generate_batch(requests)?);
         match &mut self.store {
+            Some(_) if config.collect.annotated_by == AnnotatedBy::Human => Err(crate::Error::Config(
+                "collect.annotated_by = human keeps its tasks in the run's own preference database: run the \
+                 learner without --preferences (or collect with `rlhf collect --annotators human`)"
+                    .into(),
+            )),
             Some(store) => collect::run_with(run, config, &mut sample, store),
+            None if config.collect.annotated_by == AnnotatedBy::Human => {
+                crate::collect_human::run_with(run, config, &mut sample)
+            }
             None => {
                 let task = crate::task::Task::load(run, config)?;
                 let mut store = collect::open_store(run, &task)?;

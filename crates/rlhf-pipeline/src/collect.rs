@@ -28,6 +28,9 @@ const PROMPTS_PER_REQUEST: usize = 16;
 /// Requests sampled together before their rankings are submitted (a unit of progress).
 const REQUESTS_PER_ROUND: usize = 4;
 
+/// Receives one prompt's K sampled responses for one round.
+pub(crate) type Take<'a> = &'a mut dyn FnMut(&Prompt, usize, Vec<RankedResponse>) -> Result<()>;
+
 /// Samples a group of requests: one `Vec` of rollouts per request, in request order.
 pub type Sampler<'a> = &'a mut dyn FnMut(&[GenerateRequest]) -> Result<Vec<Vec<Rollout>>>;
 
@@ -71,7 +74,8 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<CollectResult> {
     run_with(run, config, &mut sample, &mut store)
 }
 
-/// Collects with responses from `sample` (which must serve the SFT policy) into `store`.
+/// Collects with responses from `sample` (which must serve the SFT policy) into `store`, ranked
+/// by the simulated annotators.
 pub fn run_with(
     run: &RunDir,
     config: &PipelineConfig,
@@ -83,20 +87,57 @@ pub fn run_with(
     let prompts: Vec<(String, String)> = task.world.prompts.iter().map(|p| (p.id.clone(), p.text.clone())).collect();
     store.register_prompts(&prompts)?;
     let done: HashSet<String> = store.rankings(None)?.into_iter().map(|r| r.ranking_id).collect();
+    let todo: Vec<(&Prompt, usize)> =
+        wanted(&task, config).into_iter().filter(|(p, round)| !done.contains(&ranking_id(p, *round))).collect();
+    let annotators = annotators(config);
+    sample_groups(&task, config, &todo, sample, &mut |prompt, round, responses| {
+        let id = ranking_id(prompt, round);
+        let annotator = &annotators[fnv(&id) as usize % annotators.len()];
+        let texts: Vec<String> = responses.iter().map(|r| r.text.clone()).collect();
+        let mut rank_rng = StdRng::seed_from_u64(config.seed ^ fnv(&id));
+        let order = annotator.rank(&task.world, task.world.fact_of(prompt), &texts, &mut rank_rng);
+        store.submit(&Ranking {
+            ranking_id: id,
+            prompt_id: prompt.id.clone(),
+            responses,
+            order,
+            annotator_id: annotator.id.clone(),
+            created_unix_ms: now_ms(),
+        })?;
+        Ok(())
+    })?;
+    let stats = store.stats()?;
+    Ok(CollectResult {
+        rankings: stats.rankings,
+        pairs: stats.pairs,
+        seconds: start.elapsed().as_secs_f64(),
+        ..CollectResult::default()
+    })
+}
 
+/// Every (prompt, round) a collection ranks: each round is a fresh sample of K responses and a
+/// fresh ranking, of the (shuffled, perhaps truncated) training prompts and all held-out ones.
+pub(crate) fn wanted<'t>(task: &'t Task, config: &PipelineConfig) -> Vec<(&'t Prompt, usize)> {
     let mut rng = StdRng::seed_from_u64(config.seed ^ 0xc011);
     let mut train: Vec<&Prompt> = task.prompts(Split::Train);
     train.shuffle(&mut rng);
     if config.collect.train_prompts > 0 {
         train.truncate(config.collect.train_prompts);
     }
-    let wanted: Vec<&Prompt> = train.into_iter().chain(task.prompts(Split::HeldOut)).collect();
-    // (prompt, round): each round is a fresh sample of K responses and a fresh ranking.
-    let todo: Vec<(&Prompt, usize)> = (0..config.collect.rounds())
-        .flat_map(|round| wanted.iter().map(move |p| (*p, round)))
-        .filter(|(p, round)| !done.contains(&ranking_id(p, *round)))
-        .collect();
-    let annotators = annotators(config);
+    let prompts: Vec<&Prompt> = train.into_iter().chain(task.prompts(Split::HeldOut)).collect();
+    (0..config.collect.rounds()).flat_map(|round| prompts.iter().map(move |p| (*p, round))).collect()
+}
+
+/// Samples K responses for each (prompt, round) of `todo` through `sample`, and hands each
+/// prompt's K, decoded, to `take`.
+pub(crate) fn sample_groups(
+    task: &Task,
+    config: &PipelineConfig,
+    todo: &[(&Prompt, usize)],
+    sample: Sampler<'_>,
+    take: Take<'_>,
+) -> Result<()> {
+    let k = config.collect.k;
     let progress = bar(todo.len() as u64, "collect");
     let chunks: Vec<&[(&Prompt, usize)]> = todo.chunks(PROMPTS_PER_REQUEST).collect();
     for group in chunks.chunks(REQUESTS_PER_ROUND) {
@@ -114,7 +155,7 @@ pub fn run_with(
                         config.ppo.max_new_tokens,
                         config.seed ^ fnv(&first),
                     ),
-                    samples_per_prompt: config.collect.k,
+                    samples_per_prompt: k,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -123,60 +164,31 @@ pub fn run_with(
             return Err(Error::Io(format!("{} requests sampled, {} answered", requests.len(), sampled.len())));
         }
         for (chunk, rollouts) in group.iter().zip(sampled) {
-            submit_rankings(&task, config, &annotators, chunk, &rollouts, store)?;
+            if rollouts.len() != chunk.len() * k {
+                return Err(Error::Io(format!("{} rollouts for {} prompts × {k}", rollouts.len(), chunk.len())));
+            }
+            for (&(prompt, round), group) in chunk.iter().zip(rollouts.chunks(k)) {
+                let responses = group
+                    .iter()
+                    .map(|r| {
+                        let tokens = r.response_tokens.clone();
+                        Ok(RankedResponse {
+                            response_id: r.rollout_id.to_string(),
+                            text: task.decode(&tokens)?,
+                            tokens,
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+                take(prompt, round, responses)?;
+            }
             progress.inc(chunk.len() as u64);
         }
     }
     progress.finish_and_clear();
-    let stats = store.stats()?;
-    Ok(CollectResult { rankings: stats.rankings, pairs: stats.pairs, seconds: start.elapsed().as_secs_f64() })
-}
-
-/// Has the annotators rank each prompt's K responses and stores the rankings.
-fn submit_rankings(
-    task: &Task,
-    config: &PipelineConfig,
-    annotators: &[Annotator],
-    chunk: &[(&Prompt, usize)],
-    rollouts: &[Rollout],
-    store: &mut dyn PreferenceStore,
-) -> Result<()> {
-    if rollouts.len() != chunk.len() * config.collect.k {
-        return Err(Error::Io(format!(
-            "{} rollouts for {} prompts × {}",
-            rollouts.len(),
-            chunk.len(),
-            config.collect.k
-        )));
-    }
-    {
-        for (&(prompt, round), group) in chunk.iter().zip(rollouts.chunks(config.collect.k)) {
-            let id = ranking_id(prompt, round);
-            let responses: Vec<RankedResponse> = group
-                .iter()
-                .map(|r| {
-                    let tokens = r.response_tokens.clone();
-                    Ok(RankedResponse { response_id: r.rollout_id.to_string(), text: task.decode(&tokens)?, tokens })
-                })
-                .collect::<Result<_>>()?;
-            let annotator = &annotators[fnv(&id) as usize % annotators.len()];
-            let texts: Vec<String> = responses.iter().map(|r| r.text.clone()).collect();
-            let mut rank_rng = StdRng::seed_from_u64(config.seed ^ fnv(&id));
-            let order = annotator.rank(&task.world, task.world.fact_of(prompt), &texts, &mut rank_rng);
-            store.submit(&Ranking {
-                ranking_id: id,
-                prompt_id: prompt.id.clone(),
-                responses,
-                order,
-                annotator_id: annotator.id.clone(),
-                created_unix_ms: now_ms(),
-            })?;
-        }
-    }
     Ok(())
 }
 
-fn ranking_id(prompt: &Prompt, round: usize) -> String {
+pub(crate) fn ranking_id(prompt: &Prompt, round: usize) -> String {
     format!("ranking-{}-{round}", prompt.id)
 }
 

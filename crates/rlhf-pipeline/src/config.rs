@@ -94,12 +94,50 @@ pub struct CollectConfig {
     pub temperature: f64,
     /// Nucleus sampling: draw only from the most likely tokens holding this much probability.
     pub top_p: f64,
+    /// Who ranks: the simulated annotators (default) or people, in the labeling app (then
+    /// `human` says how; `--annotators human`).
+    pub annotated_by: AnnotatedBy,
+    /// Ranking by people: annotators per task, gold tasks, the app's address, the deadline.
+    pub human: HumanConfig,
     /// Number of simulated annotators; rankings go to them in turn.
     pub annotators: usize,
     /// Plackett–Luce temperature of the annotators' noise.
     pub annotator_temperature: f64,
     /// Planted bias: utility the annotators add per sentence beyond the first.
     pub length_bias: f64,
+}
+
+/// Who ranks the sampled responses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnnotatedBy {
+    /// Simulated annotators with the configured noise and bias (seconds, reproducible).
+    #[default]
+    Simulated,
+    /// People, in the labeling app: each (prompt, K responses) becomes a ranking task.
+    Human,
+}
+
+/// Collection by people through the labeling app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HumanConfig {
+    /// Distinct annotators who rank each task (N): 2 or more lets the dashboard measure how
+    /// well people agree.
+    pub annotators_per_task: usize,
+    /// Gold tasks added per ordinary task: tasks whose order the bundled world's hidden gold
+    /// preference knows (K responses of K different answer types), mixed in at random, to
+    /// measure each annotator's agreement with it.
+    pub gold_rate: f64,
+    /// Where the collect stage serves the labeling app while it waits for rankings.
+    pub http: String,
+    /// Minutes a task stays with the annotator who opened it before it goes back to the queue.
+    pub lease_minutes: u64,
+    /// Minutes to wait for every task's rankings; then collection ends with what it has and
+    /// reports what is missing.
+    pub deadline_minutes: f64,
+    /// The annotators' guidelines, a Markdown file (default: the bundled ones).
+    pub guidelines: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,7 +147,15 @@ pub struct RewardModelConfig {
     /// Rankings per optimizer step.
     pub batch_rankings: usize,
     pub learning_rate: f64,
+    /// Rankings by annotators whose agreement with the gold tasks is below this share of
+    /// response pairs are left out of training (0 keeps everyone). Judged only once an annotator
+    /// has ranked [`MIN_GOLD_PAIRS`] gold pairs; chance is 0.5.
+    pub min_gold_agreement: f64,
 }
+
+/// Gold pairs an annotator must have ranked before `reward_model.min_gold_agreement` can
+/// exclude them: fewer says too little (two gold tasks at K = 3 give 6).
+pub const MIN_GOLD_PAIRS: usize = 6;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -156,9 +202,13 @@ pub struct MonitorConfig {
 pub const RESPONSES_PER_PROMPT: usize = 128;
 
 impl CollectConfig {
-    /// Rankings per prompt: as configured, else enough for [`RESPONSES_PER_PROMPT`] responses.
+    /// Rankings per prompt: as configured, else enough for [`RESPONSES_PER_PROMPT`] responses
+    /// (one round when people rank: their time is what is scarce).
     pub fn rounds(&self) -> usize {
-        self.rounds.unwrap_or_else(|| RESPONSES_PER_PROMPT.div_ceil(self.k.max(1)))
+        match self.annotated_by {
+            AnnotatedBy::Human => self.rounds.unwrap_or(1),
+            AnnotatedBy::Simulated => self.rounds.unwrap_or_else(|| RESPONSES_PER_PROMPT.div_ceil(self.k.max(1))),
+        }
     }
 }
 
@@ -202,6 +252,8 @@ impl Default for CollectConfig {
             k: 4,
             temperature: 1.0,
             top_p: 0.95,
+            annotated_by: AnnotatedBy::Simulated,
+            human: HumanConfig::default(),
             annotators: 3,
             annotator_temperature: 0.5,
             length_bias: 0.0,
@@ -211,7 +263,20 @@ impl Default for CollectConfig {
 
 impl Default for RewardModelConfig {
     fn default() -> Self {
-        RewardModelConfig { epochs: 2, batch_rankings: 16, learning_rate: 5e-4 }
+        RewardModelConfig { epochs: 2, batch_rankings: 16, learning_rate: 5e-4, min_gold_agreement: 0.6 }
+    }
+}
+
+impl Default for HumanConfig {
+    fn default() -> Self {
+        HumanConfig {
+            annotators_per_task: 2,
+            gold_rate: 0.1,
+            http: "127.0.0.1:8080".into(),
+            lease_minutes: 10,
+            deadline_minutes: 24.0 * 60.0,
+            guidelines: None,
+        }
     }
 }
 
@@ -283,6 +348,16 @@ impl PipelineConfig {
         }
         if self.collect.annotators == 0 {
             return fail("collect.annotators must be at least 1");
+        }
+        let human = &self.collect.human;
+        if human.annotators_per_task == 0 || human.lease_minutes == 0 {
+            return fail("collect.human.annotators_per_task and collect.human.lease_minutes must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&human.gold_rate) || human.deadline_minutes.is_nan() || human.deadline_minutes <= 0.0 {
+            return fail("collect.human.gold_rate must be in [0, 1] and collect.human.deadline_minutes positive");
+        }
+        if !(0.0..=1.0).contains(&self.reward_model.min_gold_agreement) {
+            return fail("reward_model.min_gold_agreement must be in [0, 1]");
         }
         if self.sft.batch_size == 0 || self.reward_model.batch_rankings == 0 || self.ppo.prompts_per_step == 0 {
             return fail("sft.batch_size, reward_model.batch_rankings and ppo.prompts_per_step must be positive");

@@ -19,6 +19,7 @@
 
 pub mod cluster;
 pub mod collect;
+pub mod collect_human;
 pub mod config;
 pub mod eval;
 pub mod memory;

@@ -2,6 +2,7 @@
 //! skips the finished ones and PPO continues from its last checkpoint.
 
 use crate::PipelineConfig;
+use crate::config::AnnotatedBy;
 use crate::report;
 use crate::run_dir::{CollectResult, PpoResult, RewardModelResult, RunDir};
 use crate::{Result, collect, ppo, reward, sft};
@@ -31,7 +32,10 @@ impl Stage {
 /// network (the distributed learner overrides them). SFT always runs where the learner is.
 pub trait StageBackends {
     fn collect(&mut self, run: &RunDir, config: &PipelineConfig) -> Result<CollectResult> {
-        collect::run(run, config)
+        match config.collect.annotated_by {
+            AnnotatedBy::Simulated => collect::run(run, config),
+            AnnotatedBy::Human => crate::collect_human::run(run, config),
+        }
     }
     fn reward_model(&mut self, run: &RunDir, config: &PipelineConfig) -> Result<RewardModelResult> {
         reward::run(run, config)

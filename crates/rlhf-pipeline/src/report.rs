@@ -168,6 +168,35 @@ fn html(run: &RunDir, summary: &Summary) -> Result<String> {
                 rm.imported_rankings, rm.dropped_too_long
             ));
         }
+        if !rm.excluded.is_empty() {
+            let who: Vec<String> = rm
+                .excluded
+                .iter()
+                .map(|e| {
+                    let rate = e.gold.rate().unwrap_or(0.0);
+                    format!(
+                        "{} ({} rankings; gold agreement {rate:.2} over {} pairs)",
+                        escape(&e.annotator),
+                        e.rankings,
+                        e.gold.pairs
+                    )
+                })
+                .collect();
+            body.push_str(&format!(
+                "<p>{} rankings were left out of training: their annotators agreed with the gold tasks on less than \
+                 {:.2} of response pairs (<code>reward_model.min_gold_agreement</code>): {}.</p>",
+                rm.excluded_rankings,
+                config.reward_model.min_gold_agreement,
+                who.join(", ")
+            ));
+        }
+    }
+    if let Some(human) = state.collect.as_ref().and_then(|c| c.human.as_ref()) {
+        body.push_str(&format!(
+            "<p>People ranked the responses: {} tasks ({} gold), {} rankings still missing when collection ended, \
+             {} tasks flagged as unsafe.</p>",
+            human.tasks, human.gold_tasks, human.missing_rankings, human.flagged
+        ));
     }
     body.push_str("<h2>PPO</h2><div class=row>");
     body.push_str(&svg::line_chart(

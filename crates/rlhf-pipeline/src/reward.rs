@@ -4,13 +4,15 @@
 //! Its held-out pairwise accuracy is reported beside the annotators' noise ceiling: how often
 //! the gold utility itself agrees with the same noisy labels (ties count half in both).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 use ppo_learner::grad::GradSum;
 use preference_store::PreferenceStore;
+use preference_store::quality::{self, Exclusion};
+use preference_store::tasks::TaskBoard;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -22,7 +24,7 @@ use rlhf_world::{Split, gold};
 use serde_json::json;
 
 use crate::collect::open_store;
-use crate::config::PipelineConfig;
+use crate::config::{MIN_GOLD_PAIRS, PipelineConfig};
 use crate::progress::bar;
 use crate::run_dir::{RewardModelResult, RunDir};
 use crate::task::Task;
@@ -132,6 +134,37 @@ pub fn load_scorer(run: &RunDir) -> Result<RewardScorer> {
     Ok(scorer)
 }
 
+/// Leaves out the rankings of annotators who agree too little with the gold tasks in the run's
+/// preference database (none without gold tasks: simulated or imported rankings).
+fn exclude_below_gold(
+    run: &RunDir,
+    config: &PipelineConfig,
+    rankings: Vec<Ranking>,
+) -> Result<(Vec<Ranking>, Vec<Exclusion>)> {
+    let db = run.path("preferences.sqlite");
+    let bar = config.reward_model.min_gold_agreement;
+    if bar <= 0.0 || !db.exists() {
+        return Ok((rankings, Vec::new()));
+    }
+    let gold = TaskBoard::open(&db, preference_store::tasks::DEFAULT_LEASE_MS)?.gold_orders()?;
+    if gold.is_empty() {
+        return Ok((rankings, Vec::new()));
+    }
+    let excluded = quality::below_gold(&quality::report(&rankings, &gold), bar, MIN_GOLD_PAIRS);
+    for e in &excluded {
+        tracing::warn!(
+            annotator = %e.annotator,
+            rankings = e.rankings,
+            gold_agreement = e.gold.rate().unwrap_or(0.0),
+            gold_pairs = e.gold.pairs,
+            "rm: left out an annotator below reward_model.min_gold_agreement"
+        );
+    }
+    let out: HashSet<&str> = excluded.iter().map(|e| e.annotator.as_str()).collect();
+    let kept = rankings.into_iter().filter(|r| !out.contains(r.annotator_id.as_str())).collect();
+    Ok((kept, excluded))
+}
+
 /// Trains the reward model on the rankings in the run's SQLite store.
 pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<RewardModelResult> {
     let task = Task::load(run, config)?;
@@ -152,6 +185,8 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
     if rankings.is_empty() {
         return Err(Error::NoRankings("the preference store holds none".into()));
     }
+    let (rankings, excluded) = exclude_below_gold(run, config, rankings)?;
+    let excluded_rankings: usize = excluded.iter().map(|e| e.rankings).sum();
     let (sft_config, _, _) = rlhf_data::checkpoint::inspect(&run.path("sft"))?;
     let (prompts, rankings, too_long) = encode_store(&task, store, rankings, sft_config.max_position_embeddings)?;
     let split_of = |r: &Ranking| match task.world.prompt(&r.prompt_id) {
@@ -274,6 +309,8 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
         train_accuracy,
         imported_rankings: imported,
         dropped_too_long: too_long,
+        excluded,
+        excluded_rankings,
         score_mean: mean as f32,
         score_std: std as f32,
         seconds: start.elapsed().as_secs_f64(),

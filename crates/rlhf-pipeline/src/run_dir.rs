@@ -52,11 +52,25 @@ pub struct SftResult {
     pub seconds: f64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CollectResult {
     pub rankings: u64,
     pub pairs: u64,
     pub seconds: f64,
+    /// When people rank: the tasks handed out (gold ones among them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub human: Option<HumanCollection>,
+}
+
+/// How collection by people went.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HumanCollection {
+    pub tasks: u64,
+    pub gold_tasks: u64,
+    /// Rankings still missing when collection ended (at its deadline), over all tasks.
+    pub missing_rankings: u64,
+    /// Tasks someone flagged as unsafe.
+    pub flagged: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -72,6 +86,12 @@ pub struct RewardModelResult {
     /// Rankings left out because a prompt and response did not fit the model's context.
     #[serde(default)]
     pub dropped_too_long: usize,
+    /// Annotators whose rankings were left out for agreeing too little with the gold tasks
+    /// (`reward_model.min_gold_agreement`), and how many rankings went with them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<preference_store::quality::Exclusion>,
+    #[serde(default)]
+    pub excluded_rankings: usize,
     /// Mean and standard deviation of raw scores of the SFT policy's responses.
     pub score_mean: f32,
     pub score_std: f32,

@@ -43,6 +43,12 @@ pub struct RunArgs {
     /// --model; evaluation stays on the bundled world's held-out questions (overrides ppo.prompts).
     #[arg(long)]
     ppo_prompts: Option<PathBuf>,
+    /// Who ranks the sampled responses: simulated annotators, or people in the labeling app,
+    /// which collection serves while it waits (collect.human sets the address, annotators per
+    /// task, gold tasks and the deadline; add people with `rlhf annotators add`). Sets
+    /// collect.annotated_by.
+    #[arg(long, value_enum)]
+    annotators: Option<Annotators>,
     /// Use --model as the SFT model without training it (for an instruction-tuned model); the
     /// SFT stage then only records its answers (sets sft.skip).
     #[arg(long)]
@@ -51,6 +57,12 @@ pub struct RunArgs {
     /// checkpoint, stored rankings are kept.
     #[arg(long)]
     resume: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Annotators {
+    Simulated,
+    Human,
 }
 
 impl RunArgs {
@@ -79,6 +91,12 @@ impl RunArgs {
         }
         if self.skip_sft {
             config.sft.skip = true;
+        }
+        if let Some(annotators) = self.annotators {
+            config.collect.annotated_by = match annotators {
+                Annotators::Simulated => rlhf_pipeline::config::AnnotatedBy::Simulated,
+                Annotators::Human => rlhf_pipeline::config::AnnotatedBy::Human,
+            };
         }
         config.validate()?;
         if let Some(data) = &mut config.sft.data {
@@ -122,11 +140,12 @@ impl RunArgs {
             || self.save_dtype.is_some()
             || self.sft_data.is_some()
             || self.ppo_prompts.is_some()
-            || self.skip_sft;
+            || self.skip_sft
+            || self.annotators.is_some();
         if self.resume {
             if overrides {
                 bail!(
-                    "--resume continues a run with the settings it was created with; drop --config, --seed, --length-bias, --model, --save-dtype, --sft-data, --ppo-prompts and --skip-sft"
+                    "--resume continues a run with the settings it was created with; drop --config, --seed, --length-bias, --model, --save-dtype, --sft-data, --ppo-prompts, --skip-sft and --annotators"
                 );
             }
             let dir = match &self.run_dir {

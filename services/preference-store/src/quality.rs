@@ -13,7 +13,7 @@ use rlhf_types::Ranking;
 use crate::alpha::{Level, krippendorff_alpha};
 
 /// Pairs put the same way round, out of pairs compared.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Agreement {
     pub agree: usize,
     pub pairs: usize,
@@ -128,6 +128,26 @@ pub fn report(rankings: &[Ranking], gold: &HashMap<String, Vec<String>>) -> Qual
     }
 }
 
+/// An annotator whose rankings the reward model leaves out, and why.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Exclusion {
+    pub annotator: String,
+    pub rankings: usize,
+    /// Their agreement with the gold tasks, below the bar.
+    pub gold: Agreement,
+}
+
+/// The annotators of `report` who agree with gold on less than `min_agreement` of the pairs,
+/// judged only once they have ranked `min_pairs` gold pairs.
+pub fn below_gold(report: &QualityReport, min_agreement: f64, min_pairs: usize) -> Vec<Exclusion> {
+    report
+        .annotators
+        .iter()
+        .filter(|a| a.gold.pairs >= min_pairs && a.gold.rate().is_some_and(|rate| rate < min_agreement))
+        .map(|a| Exclusion { annotator: a.annotator.clone(), rankings: a.rankings, gold: a.gold })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +176,33 @@ mod tests {
         // Only responses both ranked count.
         assert_eq!(pair_agreement(&["x", "y", "w"], &["y", "x"]), Agreement { agree: 0, pairs: 1 });
         assert_eq!(Agreement::default().rate(), None);
+    }
+
+    #[test]
+    fn annotators_below_the_gold_bar_are_named_once_they_have_enough_gold_pairs() {
+        let quality = |annotator: &str, agree, pairs| AnnotatorQuality {
+            annotator: annotator.into(),
+            rankings: 5,
+            gold: Agreement { agree, pairs },
+            peers: Agreement::default(),
+            first_card_wins: 0,
+        };
+        let report = QualityReport {
+            annotators: vec![
+                quality("careful", 5, 6),
+                quality("random", 3, 6),
+                quality("new", 0, 3),
+                quality("ungold", 0, 0),
+            ],
+            alpha: None,
+            first_card_wins: 0.0,
+            first_card_chance: 0.0,
+        };
+        // 5/6 = 0.83 passes 0.6; 3/6 = 0.5 does not; 0/3 has too few pairs to judge; no gold, no verdict.
+        let out = below_gold(&report, 0.6, 6);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].annotator.as_str(), out[0].gold), ("random", Agreement { agree: 3, pairs: 6 }));
+        assert!(below_gold(&report, 0.0, 6).is_empty(), "a bar of 0 keeps everyone");
     }
 
     #[test]

@@ -100,6 +100,11 @@ fn refuse(status: StatusCode, why: impl Into<String>) -> Response {
     (status, Json(Refusal { error: why })).into_response()
 }
 
+/// Serves the app on `listener` until the runtime stops.
+pub async fn serve(listener: tokio::net::TcpListener, app: App) -> std::io::Result<()> {
+    axum::serve(listener, router(app)).await
+}
+
 /// The routes of the app, every response carrying the security headers.
 pub fn router(app: App) -> axum::Router {
     let mut routes = axum::Router::new();

@@ -6,6 +6,7 @@ mod collect_resume;
 mod fanout;
 mod fuzz;
 mod hacking;
+mod human_collection;
 mod preference_files;
 mod pretrained;
 mod recorded_alarms;

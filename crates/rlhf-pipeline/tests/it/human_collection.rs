@@ -1,0 +1,96 @@
+//! Collection by people, end to end on a small run: the collect stage samples, enqueues ranking
+//! tasks (gold ones mixed in) and serves the labeling app; three annotators work the board
+//! concurrently (one ranks against the gold preference on purpose). Collection ends when every
+//! task has its N rankings, no ranking is lost or doubled, and the reward model leaves out the
+//! careless annotator, saying so.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use preference_store::PreferenceStore;
+use preference_store::tasks::TaskBoard;
+use rlhf_pipeline::config::AnnotatedBy;
+use rlhf_pipeline::{RunDir, Stage, collect, run_stage, task::Task};
+use rlhf_world::gold;
+
+use crate::small::small_config;
+
+/// Works the board as `who` until no task is left for them: ranks each task by the gold
+/// preference, or against it when `careless`.
+fn annotate(db: std::path::PathBuf, who: &'static str, careless: bool, task: Task) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !db.exists() || TaskBoard::open(&db, 60_000).unwrap().task_ids().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no tasks were enqueued");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut board = TaskBoard::open(&db, 60_000).unwrap();
+    board.add_annotator(who, false, 0).unwrap();
+    let mut ranked = 0;
+    while let Some(t) = board.next_task(who, 1_000).unwrap() {
+        let fact = task.world.fact_of(task.world.prompt(&t.prompt_id).unwrap());
+        let utility: Vec<f64> =
+            t.responses.iter().map(|r| gold::utility(gold::classify(&task.world, fact, &r.text))).collect();
+        let mut order: Vec<usize> = (0..utility.len()).collect();
+        order.sort_by(|&a, &b| utility[b].total_cmp(&utility[a]).then(a.cmp(&b)));
+        if careless {
+            order.reverse();
+        }
+        board.submit(who, &t.id, &order, 2_000).unwrap();
+        ranked += 1;
+    }
+    ranked
+}
+
+#[test]
+fn people_rank_every_task_n_times_and_the_careless_one_is_left_out_of_the_reward_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = small_config(5);
+    config.sft.epochs = 6;
+    config.collect.k = 3;
+    config.collect.train_prompts = 24;
+    config.collect.rounds = None; // one round when people rank
+    config.collect.annotated_by = AnnotatedBy::Human;
+    config.collect.human.annotators_per_task = 2;
+    config.collect.human.gold_rate = 0.25;
+    config.collect.human.http = "127.0.0.1:0".into();
+    config.collect.human.deadline_minutes = 10.0;
+    config.reward_model.epochs = 1;
+    let run = RunDir::create(&dir.path().join("run"), &config).unwrap();
+    run_stage(&run, Stage::Sft).unwrap();
+    let task = Task::load(&run, &config).unwrap();
+    let db = run.path("preferences.sqlite");
+
+    let workers: Vec<_> = [("ada", false), ("ben", false), ("cy", true)]
+        .into_iter()
+        .map(|(who, careless)| {
+            let (db, task) = (db.clone(), Task::load(&run, &config).unwrap());
+            std::thread::spawn(move || (who, annotate(db, who, careless, task)))
+        })
+        .collect();
+    run_stage(&run, Stage::Collect).unwrap();
+    let done: HashMap<&str, usize> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+
+    let human = run.state().unwrap().collect.unwrap().human.expect("a human collection");
+    let held_out = task.prompts(rlhf_world::Split::HeldOut).len() as u64;
+    assert_eq!(human.tasks, 24 + held_out + human.gold_tasks);
+    assert!(human.gold_tasks >= 2, "gold tasks: {}", human.gold_tasks);
+    assert_eq!(human.missing_rankings, 0);
+
+    // Every task ranked by exactly two different people; nothing lost, nothing doubled.
+    let rankings = collect::open_store(&run, &task).unwrap().rankings(None).unwrap();
+    assert_eq!(rankings.len() as u64, 2 * human.tasks);
+    assert_eq!(done.values().sum::<usize>(), rankings.len());
+    let mut per_task: HashMap<&str, Vec<&str>> = HashMap::new();
+    for r in &rankings {
+        let task_id = r.ranking_id.rsplit_once("--").unwrap().0;
+        per_task.entry(task_id).or_default().push(&r.annotator_id);
+    }
+    assert!(per_task.values().all(|who| who.len() == 2 && who[0] != who[1]), "{per_task:?}");
+
+    run_stage(&run, Stage::RewardModel).unwrap();
+    let rm = run.state().unwrap().reward_model.unwrap();
+    let names: Vec<&str> = rm.excluded.iter().map(|e| e.annotator.as_str()).collect();
+    assert_eq!(names, ["cy"], "only the annotator who ranks against gold is left out");
+    assert_eq!(rm.excluded_rankings, done["cy"]);
+    assert_eq!(rm.excluded[0].gold.agree, 0);
+}
