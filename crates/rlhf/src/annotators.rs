@@ -44,6 +44,10 @@ struct Db {
 
 impl Db {
     fn board(&self) -> Result<TaskBoard> {
+        // People may be added before the run that will collect from them has started.
+        if let Some(dir) = self.db.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
         Ok(TaskBoard::open(&self.db, preference_store::tasks::DEFAULT_LEASE_MS)?)
     }
 }

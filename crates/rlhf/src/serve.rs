@@ -210,6 +210,10 @@ pub struct PreferencesArgs {
     /// Minutes a task stays with the annotator who opened it before it goes back to the queue.
     #[arg(long, default_value_t = 10)]
     lease_minutes: u64,
+    /// The annotators' guidelines, a Markdown file shown on the ranking page (default: the
+    /// bundled ones).
+    #[arg(long)]
+    guidelines: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -330,21 +334,27 @@ pub fn run(service: Service) -> Result<()> {
         }
         Service::Preferences(args) => {
             let store = preference_store::SqliteStore::open(&args.db)?;
-            let board = match args.http {
+            let app = match args.http {
                 Some(_) => {
-                    Some(preference_store::tasks::TaskBoard::open(&args.db, args.lease_minutes as i64 * 60_000)?)
+                    let board = preference_store::tasks::TaskBoard::open(&args.db, args.lease_minutes as i64 * 60_000)?;
+                    let mut app = preference_store::web::App::new(board);
+                    if let Some(path) = &args.guidelines {
+                        let markdown = std::fs::read_to_string(path)
+                            .with_context(|| format!("--guidelines {}", path.display()))?;
+                        app = app.with_guidelines(markdown);
+                    }
+                    Some(app)
                 }
                 None => None,
             };
             runtime.block_on(async {
                 let shutdown = rlhf_rpc::shutdown_signal();
                 let listener = tokio::net::TcpListener::bind(args.listen.listen).await?;
-                if let (Some(addr), Some(board)) = (args.http, board) {
+                if let (Some(addr), Some(app)) = (args.http, app) {
                     let http = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--http {addr}"))?;
-                    tracing::info!(%addr, "labeling app API listening");
-                    let app = preference_store::web::router(preference_store::web::App::new(board));
+                    tracing::info!(%addr, "labeling app listening");
                     // Ends with the process, after the gRPC service has drained.
-                    tokio::spawn(async move { axum::serve(http, app).await });
+                    tokio::spawn(preference_store::web::serve(http, app));
                 }
                 tracing::info!(addr = %args.listen.listen, db = %args.db.display(), roles = ?security.tokens,
                     tls = security.tls.is_some(), "preference store listening");

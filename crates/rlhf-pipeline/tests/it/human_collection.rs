@@ -1,6 +1,6 @@
 //! Collection by people, end to end on a small run: the collect stage samples, enqueues ranking
 //! tasks (gold ones mixed in) and serves the labeling app; three annotators work the board
-//! concurrently (one ranks against the gold preference on purpose). Collection ends when every
+//! while it waits (one ranks against the gold preference on purpose). Collection ends when every
 //! task has its N rankings, no ranking is lost or doubled, and the reward model leaves out the
 //! careless annotator, saying so.
 
@@ -15,30 +15,40 @@ use rlhf_world::gold;
 
 use crate::small::small_config;
 
-/// Works the board as `who` until no task is left for them: ranks each task by the gold
-/// preference, or against it when `careless`.
-fn annotate(db: std::path::PathBuf, who: &'static str, careless: bool, task: Task) -> usize {
+/// Works the board for `people` (name, careless), in turns, until no task is left for anyone:
+/// each ranks by the gold preference, or against it when careless. Turns, not threads, so who
+/// gets which task does not depend on scheduling (racing annotators are `tasks_tests`' subject).
+fn annotate(db: std::path::PathBuf, people: &[(&'static str, bool)], task: Task) -> HashMap<&'static str, usize> {
     let deadline = Instant::now() + Duration::from_secs(600);
     while !db.exists() || TaskBoard::open(&db, 60_000).unwrap().task_ids().unwrap().is_empty() {
         assert!(Instant::now() < deadline, "no tasks were enqueued");
         std::thread::sleep(Duration::from_millis(100));
     }
     let mut board = TaskBoard::open(&db, 60_000).unwrap();
-    board.add_annotator(who, false, 0).unwrap();
-    let mut ranked = 0;
-    while let Some(t) = board.next_task(who, 1_000).unwrap() {
-        let fact = task.world.fact_of(task.world.prompt(&t.prompt_id).unwrap());
-        let utility: Vec<f64> =
-            t.responses.iter().map(|r| gold::utility(gold::classify(&task.world, fact, &r.text))).collect();
-        let mut order: Vec<usize> = (0..utility.len()).collect();
-        order.sort_by(|&a, &b| utility[b].total_cmp(&utility[a]).then(a.cmp(&b)));
-        if careless {
-            order.reverse();
-        }
-        board.submit(who, &t.id, &order, 2_000).unwrap();
-        ranked += 1;
+    for (who, _) in people {
+        board.add_annotator(who, false, 0).unwrap();
     }
-    ranked
+    let mut ranked: HashMap<&str, usize> = HashMap::new();
+    loop {
+        let mut any = false;
+        for &(who, careless) in people {
+            let Some(t) = board.next_task(who, 1_000).unwrap() else { continue };
+            let fact = task.world.fact_of(task.world.prompt(&t.prompt_id).unwrap());
+            let utility: Vec<f64> =
+                t.responses.iter().map(|r| gold::utility(gold::classify(&task.world, fact, &r.text))).collect();
+            let mut order: Vec<usize> = (0..utility.len()).collect();
+            order.sort_by(|&a, &b| utility[b].total_cmp(&utility[a]).then(a.cmp(&b)));
+            if careless {
+                order.reverse();
+            }
+            board.submit(who, &t.id, &order, 2_000).unwrap();
+            *ranked.entry(who).or_default() += 1;
+            any = true;
+        }
+        if !any {
+            return ranked;
+        }
+    }
 }
 
 #[test]
@@ -60,15 +70,13 @@ fn people_rank_every_task_n_times_and_the_careless_one_is_left_out_of_the_reward
     let task = Task::load(&run, &config).unwrap();
     let db = run.path("preferences.sqlite");
 
-    let workers: Vec<_> = [("ada", false), ("ben", false), ("cy", true)]
-        .into_iter()
-        .map(|(who, careless)| {
-            let (db, task) = (db.clone(), Task::load(&run, &config).unwrap());
-            std::thread::spawn(move || (who, annotate(db, who, careless, task)))
-        })
-        .collect();
+    let people = [("ada", false), ("ben", false), ("cy", true)];
+    let worker = {
+        let (db, task) = (db.clone(), Task::load(&run, &config).unwrap());
+        std::thread::spawn(move || annotate(db, &people, task))
+    };
     run_stage(&run, Stage::Collect).unwrap();
-    let done: HashMap<&str, usize> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    let done = worker.join().unwrap();
 
     let human = run.state().unwrap().collect.unwrap().human.expect("a human collection");
     let held_out = task.prompts(rlhf_world::Split::HeldOut).len() as u64;
