@@ -78,7 +78,7 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, sample: Sampler<'_>) -> R
     }
     runtime.spawn(preference_store::web::serve(listener, app));
     eprintln!(
-        "collect: {tasks} ranking tasks ({gold_tasks} gold), {} annotators each. The labeling app is at \
+        "collect: {tasks} ranking tasks ({gold_tasks} gold), each for {} annotator(s). The labeling app is at \
          http://{addr}/ ; add people with `rlhf annotators add NAME --db {}` (--admin for the dashboard).",
         human.annotators_per_task,
         db.display()
@@ -86,7 +86,8 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, sample: Sampler<'_>) -> R
 
     let total = tasks * human.annotators_per_task as u64;
     let progress = bar(total, "rankings");
-    let deadline = start + Duration::from_secs_f64(human.deadline_minutes * 60.0);
+    // The deadline counts from when the tasks are up, not from the start of sampling.
+    let deadline = Instant::now() + Duration::from_secs_f64(human.deadline_minutes * 60.0);
     let missing = loop {
         let now = board.progress()?;
         progress.set_position(total.saturating_sub(now.missing));
@@ -120,7 +121,7 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, sample: Sampler<'_>) -> R
             tasks,
             gold_tasks,
             missing_rankings: missing,
-            flagged: board.flags()?.len() as u64,
+            flagged: board.progress()?.flagged,
         }),
     })
 }

@@ -133,8 +133,8 @@ pub struct HumanConfig {
     pub http: String,
     /// Minutes a task stays with the annotator who opened it before it goes back to the queue.
     pub lease_minutes: u64,
-    /// Minutes to wait for every task's rankings; then collection ends with what it has and
-    /// reports what is missing.
+    /// Minutes to wait, once the tasks are up, for every task's rankings; then collection ends
+    /// with what it has and reports what is missing.
     pub deadline_minutes: f64,
     /// The annotators' guidelines, a Markdown file (default: the bundled ones).
     pub guidelines: Option<PathBuf>,

@@ -187,6 +187,19 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
     }
     let (rankings, excluded) = exclude_below_gold(run, config, rankings)?;
     let excluded_rankings: usize = excluded.iter().map(|e| e.rankings).sum();
+    if rankings.is_empty() {
+        let who: Vec<String> = excluded
+            .iter()
+            .map(|e| format!("{} ({:.2} over {} gold pairs)", e.annotator, e.gold.rate().unwrap_or(0.0), e.gold.pairs))
+            .collect();
+        return Err(Error::NoRankings(format!(
+            "all {excluded_rankings} were left out, by annotators who agree with the gold tasks on less than \
+             reward_model.min_gold_agreement = {} of response pairs: {}; check them on the dashboard, or lower the \
+             setting (0 keeps everyone)",
+            config.reward_model.min_gold_agreement,
+            who.join(", ")
+        )));
+    }
     let (sft_config, _, _) = rlhf_data::checkpoint::inspect(&run.path("sft"))?;
     let (prompts, rankings, too_long) = encode_store(&task, store, rankings, sft_config.max_position_embeddings)?;
     let split_of = |r: &Ranking| match task.world.prompt(&r.prompt_id) {

@@ -111,14 +111,15 @@ pub fn report(rankings: &[Ranking], gold: &HashMap<String, Vec<String>>) -> Qual
             }
         })
         .collect();
-    // Alpha's units: each response of a prompt, valued by the position each annotator gave it.
-    let mut units: BTreeMap<(&str, &str), Vec<f64>> = BTreeMap::new();
+    // Alpha's units: each response of a prompt, valued by the position each annotator gave it
+    // (their first ranking of it: alpha measures agreement between people, not with oneself).
+    let mut units: BTreeMap<(&str, &str), BTreeMap<&str, f64>> = BTreeMap::new();
     for r in rankings {
         for (position, id) in best_first(r).into_iter().enumerate() {
-            units.entry((&r.prompt_id, id)).or_default().push((position + 1) as f64);
+            units.entry((&r.prompt_id, id)).or_default().entry(&r.annotator_id).or_insert((position + 1) as f64);
         }
     }
-    let units: Vec<Vec<f64>> = units.into_values().collect();
+    let units: Vec<Vec<f64>> = units.into_values().map(|by| by.into_values().collect()).collect();
     let n = rankings.len().max(1) as f64;
     QualityReport {
         annotators,
@@ -203,6 +204,21 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!((out[0].annotator.as_str(), out[0].gold), ("random", Agreement { agree: 3, pairs: 6 }));
         assert!(below_gold(&report, 0.0, 6).is_empty(), "a bar of 0 keeps everyone");
+    }
+
+    #[test]
+    fn alpha_compares_people_not_one_person_with_themselves() {
+        let two = vec![
+            ranking("ann-1", "p", &["a", "b", "c"], &["a", "b", "c"]),
+            ranking("ann-2", "p", &["c", "b", "a"], &["b", "a", "c"]),
+        ];
+        let mut three = two.clone();
+        // Ann-1 meets the same responses again (a gold copy) and ranks them differently.
+        three.push(ranking("ann-1", "p", &["c", "a", "b"], &["c", "b", "a"]));
+        let gold = HashMap::new();
+        assert_eq!(report(&three, &gold).alpha, report(&two, &gold).alpha);
+        // Alone, one person gives alpha nothing to compare.
+        assert_eq!(report(&[two[0].clone(), three[2].clone()], &gold).alpha, None);
     }
 
     #[test]

@@ -89,8 +89,11 @@ pub struct Progress {
     pub tasks: u64,
     /// Tasks with all their rankings.
     pub complete: u64,
-    /// Rankings still to come, over all tasks.
+    /// Rankings still to come, over the tasks not flagged.
     pub missing: u64,
+    /// Tasks flagged as unsafe: withdrawn, handed to nobody and waited for by nobody (the
+    /// dashboard lists them with their reasons).
+    pub flagged: u64,
 }
 
 /// The tasks, assignments and annotators in a preference database.
@@ -221,6 +224,7 @@ impl TaskBoard {
                     "SELECT t.id FROM tasks t
                      WHERE NOT EXISTS (SELECT 1 FROM assignments a
                                        WHERE a.task_id = t.id AND a.annotator_id = ?1 AND a.state != 'leased')
+                       AND NOT EXISTS (SELECT 1 FROM assignments f WHERE f.task_id = t.id AND f.state = 'flagged')
                        AND (SELECT COUNT(*) FROM assignments a
                             WHERE a.task_id = t.id AND a.annotator_id != ?1
                               AND (a.state = 'ranked' OR (a.state = 'leased' AND a.leased_until_ms > ?2))) < t.needed
@@ -268,7 +272,8 @@ impl TaskBoard {
     }
 
     /// Closes `annotator`'s assignment of `task_id` without a ranking: skipped, or flagged (as
-    /// unsafe, with a reason). Neither counts towards the task's rankings.
+    /// unsafe, with a reason). Neither counts towards the task's rankings; a flag withdraws the
+    /// task from everyone.
     pub fn decline(&mut self, annotator: &str, task_id: &str, flag_reason: Option<&str>, now_ms: i64) -> Result<()> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(storage)?;
         open_assignment(&tx, annotator, task_id, now_ms)?;
@@ -308,9 +313,12 @@ impl TaskBoard {
     pub fn progress(&self) -> Result<Progress> {
         self.conn
             .query_row(
-                "SELECT COUNT(*), COALESCE(SUM(ranked >= needed), 0), COALESCE(SUM(MAX(needed - ranked, 0)), 0) FROM
+                "SELECT COUNT(*), COALESCE(SUM(ranked >= needed AND NOT flagged), 0),
+                        COALESCE(SUM(CASE WHEN flagged THEN 0 ELSE MAX(needed - ranked, 0) END), 0),
+                        COALESCE(SUM(flagged), 0) FROM
                    (SELECT t.needed AS needed,
-                           (SELECT COUNT(*) FROM assignments a WHERE a.task_id = t.id AND a.state = 'ranked') AS ranked
+                           (SELECT COUNT(*) FROM assignments a WHERE a.task_id = t.id AND a.state = 'ranked') AS ranked,
+                           EXISTS (SELECT 1 FROM assignments a WHERE a.task_id = t.id AND a.state = 'flagged') AS flagged
                     FROM tasks t)",
                 [],
                 |r| {
@@ -318,6 +326,7 @@ impl TaskBoard {
                         tasks: r.get::<_, i64>(0)? as u64,
                         complete: r.get::<_, i64>(1)? as u64,
                         missing: r.get::<_, i64>(2)? as u64,
+                        flagged: r.get::<_, i64>(3)? as u64,
                     })
                 },
             )

@@ -54,7 +54,7 @@ fn a_lease_expires_and_a_late_ranking_never_takes_a_slot_that_was_handed_on() {
     assert_eq!((ranking.annotator_id.as_str(), ranking.order.as_slice()), ("bob", &[2, 0, 1][..]));
     // Closed: a second ranking by bob, or ties, are refused; the store has exactly one.
     assert!(board.submit("bob", "t1", &[0, 1, 2], later + 3).is_err());
-    assert_eq!(board.progress().unwrap(), Progress { tasks: 1, complete: 1, missing: 0 });
+    assert_eq!(board.progress().unwrap(), Progress { tasks: 1, complete: 1, missing: 0, flagged: 0 });
     let store = SqliteStore::open(&dir.path().join("prefs.sqlite")).unwrap();
     assert_eq!(store.rankings(None).unwrap(), vec![ranking]);
 }
@@ -68,12 +68,16 @@ fn invalid_rankings_skips_and_flags_store_nothing_and_count_for_nothing() {
     for bad in [&[0, 0, 1][..], &[0, 1][..], &[0, 1, 7][..]] {
         assert!(board.submit("ann", "t1", bad, 1).is_err(), "{bad:?} was taken");
     }
-    board.decline("ann", "t1", Some("asks for something harmful"), 2).unwrap();
-    // Ann closed it: she is not given it again; bob is, and may skip it.
+    board.decline("ann", "t1", None, 2).unwrap();
+    // Ann skipped it: she is not given it again; bob is, and may flag it.
     assert!(board.next_task("ann", 3).unwrap().is_none());
+    assert_eq!(board.progress().unwrap(), Progress { tasks: 1, complete: 0, missing: 2, flagged: 0 });
     board.next_task("bob", 3).unwrap().unwrap();
-    board.decline("bob", "t1", None, 4).unwrap();
-    assert_eq!(board.progress().unwrap(), Progress { tasks: 1, complete: 0, missing: 2 });
+    board.decline("bob", "t1", Some("asks for something harmful"), 4).unwrap();
+    // A flagged task is withdrawn: nobody gets it, and collection no longer waits for it.
+    board.add_annotator("cy", false, 5).unwrap();
+    assert!(board.next_task("cy", 5).unwrap().is_none());
+    assert_eq!(board.progress().unwrap(), Progress { tasks: 1, complete: 0, missing: 0, flagged: 1 });
     assert!(SqliteStore::open(&dir.path().join("prefs.sqlite")).unwrap().rankings(None).unwrap().is_empty());
 }
 
@@ -136,6 +140,6 @@ fn annotators_racing_from_their_own_connections_lose_nothing_and_never_exceed_n(
         assert_eq!(by.len(), 2, "{}: ranked by {by:?}", t.id);
         assert_ne!(by[0], by[1]);
     }
-    assert_eq!(setup.progress().unwrap(), Progress { tasks: 20, complete: 20, missing: 0 });
+    assert_eq!(setup.progress().unwrap(), Progress { tasks: 20, complete: 20, missing: 0, flagged: 0 });
     assert_eq!(SqliteStore::open(&db).unwrap().stats().unwrap().rankings, 40);
 }

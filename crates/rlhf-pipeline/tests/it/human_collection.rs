@@ -102,3 +102,43 @@ fn people_rank_every_task_n_times_and_the_careless_one_is_left_out_of_the_reward
     assert_eq!(rm.excluded_rankings, done["cy"]);
     assert_eq!(rm.excluded[0].gold.agree, 0);
 }
+
+#[test]
+fn at_the_deadline_collection_ends_with_what_people_ranked_and_reports_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = small_config(6);
+    config.sft.epochs = 1;
+    config.collect.train_prompts = 8;
+    config.collect.rounds = None;
+    config.collect.annotated_by = AnnotatedBy::Human;
+    config.collect.human.annotators_per_task = 1;
+    config.collect.human.gold_rate = 0.0;
+    config.collect.human.http = "127.0.0.1:0".into();
+    config.collect.human.deadline_minutes = 0.15; // 9 s from when the tasks are up
+    let run = RunDir::create(&dir.path().join("run"), &config).unwrap();
+    run_stage(&run, Stage::Sft).unwrap();
+    let task = Task::load(&run, &config).unwrap();
+    let db = run.path("preferences.sqlite");
+
+    // One person ranks five tasks and goes home.
+    let worker = {
+        let db = db.clone();
+        std::thread::spawn(move || {
+            while !db.exists() || TaskBoard::open(&db, 60_000).unwrap().task_ids().unwrap().is_empty() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let mut board = TaskBoard::open(&db, 60_000).unwrap();
+            board.add_annotator("dee", false, 0).unwrap();
+            for _ in 0..5 {
+                let t = board.next_task("dee", 1_000).unwrap().unwrap();
+                board.submit("dee", &t.id, &[1, 0, 2, 3], 2_000).unwrap();
+            }
+        })
+    };
+    run_stage(&run, Stage::Collect).unwrap();
+    worker.join().unwrap();
+    let human = run.state().unwrap().collect.unwrap().human.unwrap();
+    let held_out = task.prompts(rlhf_world::Split::HeldOut).len() as u64;
+    assert_eq!((human.tasks, human.missing_rankings), (8 + held_out, 8 + held_out - 5));
+    assert_eq!(collect::open_store(&run, &task).unwrap().rankings(None).unwrap().len(), 5);
+}
