@@ -18,6 +18,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod fused;
 pub mod heads;
 pub mod init;
 pub mod llama;

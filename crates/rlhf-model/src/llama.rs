@@ -20,8 +20,12 @@ use crate::padding;
 /// Which implementation of the normalisation, softmax and rotary ops a forward pass uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernels {
-    /// Composite ops with a backward: training and anything that needs gradients.
+    /// Fused kernels with hand-written backward passes ([`crate::fused`]): training and
+    /// anything that needs gradients (f32 on the CPU; elsewhere the composite ops).
     Differentiable,
+    /// Composite candle ops with candle's own backward: the reference the fused kernels are
+    /// tested against.
+    Composite,
     /// candle's fused CPU kernels: faster, but the result has no autograd parents.
     Fused,
 }
@@ -87,7 +91,8 @@ impl Rotary {
     fn apply(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
         match kernels {
             Kernels::Fused => candle_nn::rotary_emb::rope(&x.contiguous()?, &self.cos, &self.sin),
-            Kernels::Differentiable => {
+            Kernels::Differentiable if crate::fused::supported(x) => crate::fused::rope(x, &self.cos, &self.sin),
+            Kernels::Differentiable | Kernels::Composite => {
                 let cos = Tensor::cat(&[&self.cos, &self.cos], D::Minus1)?.unsqueeze(1)?;
                 let sin = Tensor::cat(&[&self.sin, &self.sin], D::Minus1)?.unsqueeze(1)?;
                 let half = x.dim(D::Minus1)? / 2;
@@ -116,7 +121,12 @@ impl RmsNorm {
     fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
         match kernels {
             Kernels::Fused => candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32),
-            Kernels::Differentiable => candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps as f32),
+            Kernels::Differentiable if crate::fused::supported(x) => {
+                crate::fused::rms_norm(x, &self.weight, self.eps as f32)
+            }
+            Kernels::Differentiable | Kernels::Composite => {
+                candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps as f32)
+            }
         }
     }
 }
@@ -124,7 +134,8 @@ impl RmsNorm {
 fn softmax(x: &Tensor, kernels: Kernels) -> Result<Tensor> {
     match kernels {
         Kernels::Fused => candle_nn::ops::softmax_last_dim(x),
-        Kernels::Differentiable => candle_nn::ops::softmax(x, D::Minus1),
+        Kernels::Differentiable if crate::fused::supported(x) => crate::fused::softmax_last_dim(x),
+        Kernels::Differentiable | Kernels::Composite => candle_nn::ops::softmax(x, D::Minus1),
     }
 }
 

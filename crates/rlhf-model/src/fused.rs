@@ -1,0 +1,248 @@
+//! Fused CPU kernels with hand-written backward passes, the llm.c way: RMSNorm, softmax over the
+//! last dimension, and the rotary embedding. Each is one pass over memory forward and one
+//! backward, where the composite path runs five to ten candle ops each way, every one allocating
+//! its result and keeping it for the backward pass.
+//!
+//! f32 on the CPU only (training runs in f32); anything else takes the composite path, which
+//! stays the reference: `tests/it/gradients.rs` checks both against each other and against
+//! finite differences.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Rows below this many elements in all are done on the calling thread: handing them to the
+/// pool costs more than it saves.
+const PARALLEL_ELEMENTS: usize = 1 << 15;
+
+/// Whether the fused kernels can run on `x`.
+pub fn supported(x: &Tensor) -> bool {
+    x.dtype() == DType::F32 && x.device().is_cpu()
+}
+
+/// The f32 slice a contiguous layout covers.
+fn slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &'static str) -> Result<&'a [f32]> {
+    let data = storage.as_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op}: the input must be contiguous"),
+    }
+}
+
+/// Runs `f` on each (output row, row index) pair, on the pool when the work is large.
+fn rows_mut(out: &mut [f32], width: usize, f: impl Fn(&mut [f32], usize) + Sync + Send) {
+    if out.len() >= PARALLEL_ELEMENTS {
+        out.par_chunks_mut(width).enumerate().for_each(|(i, row)| f(row, i));
+    } else {
+        out.chunks_mut(width).enumerate().for_each(|(i, row)| f(row, i));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm: y = x · r · w with r = 1 / sqrt(mean(x²) + eps), over the last dimension.
+
+/// `x / sqrt(mean(x²) + eps) · w` over the last dimension of `x`, differentiable in `x` and `w`.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&w.contiguous()?, RmsNorm { eps })
+}
+
+struct RmsNorm {
+    eps: f32,
+}
+
+fn inv_rms(row: &[f32], eps: f32) -> f32 {
+    let mean_sq = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+    1.0 / (mean_sq + eps).sqrt()
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "fused-rms-norm"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, w) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
+        let d = w.len();
+        if l1.dims().last() != Some(&d) {
+            candle_core::bail!("fused-rms-norm: x is {:?}, the weight {d}", l1.dims());
+        }
+        let mut out = vec![0f32; x.len()];
+        rows_mut(&mut out, d, |y, i| {
+            let row = &x[i * d..(i + 1) * d];
+            let r = inv_rms(row, self.eps);
+            for ((y, &v), &g) in y.iter_mut().zip(row).zip(w) {
+                *y = v * r * g;
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // One op computes both: rows 0..N of its (N + 1, D) result are dx, row N is dw.
+        let d = w.dim(0)?;
+        let n = x.elem_count() / d.max(1);
+        let both = x.apply_op2_no_bwd(&w.contiguous()?, &RmsNormBackward { eps: self.eps, dy: dy.contiguous()? })?;
+        let both = both.reshape((n + 1, d))?;
+        let dx = both.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dw = both.narrow(0, n, 1)?.reshape(d)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+struct RmsNormBackward {
+    eps: f32,
+    dy: Tensor,
+}
+
+impl CustomOp2 for RmsNormBackward {
+    fn name(&self) -> &'static str {
+        "fused-rms-norm-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, w) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
+        let (dy_storage, dy_layout) = self.dy.storage_and_layout();
+        let dy = match &*dy_storage {
+            candle_core::Storage::Cpu(s) => slice(s, dy_layout, self.name())?.to_vec(),
+            _ => candle_core::bail!("fused-rms-norm-backward: the gradient is not on the CPU"),
+        };
+        let d = w.len();
+        let n = x.len() / d.max(1);
+        let mut out = vec![0f32; (n + 1) * d];
+        let (dx, dw) = out.split_at_mut(n * d);
+        // dx = r · (g − x̂ · mean(g · x̂)) with g = dy · w and x̂ = x · r.
+        rows_mut(dx, d, |dx, i| {
+            let (row, dy) = (&x[i * d..(i + 1) * d], &dy[i * d..(i + 1) * d]);
+            let r = inv_rms(row, self.eps);
+            let dot = row.iter().zip(dy).zip(w).map(|((&v, &g), &s)| v * r * g * s).sum::<f32>() / d as f32;
+            for (((dx, &v), &g), &s) in dx.iter_mut().zip(row).zip(dy).zip(w) {
+                *dx = r * (g * s - v * r * dot);
+            }
+        });
+        // dw = Σ_rows dy · x̂.
+        for i in 0..n {
+            let (row, dy) = (&x[i * d..(i + 1) * d], &dy[i * d..(i + 1) * d]);
+            let r = inv_rms(row, self.eps);
+            for ((dw, &v), &g) in dw.iter_mut().zip(row).zip(dy) {
+                *dw += g * v * r;
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from(((n + 1) * d,))))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Softmax over the last dimension: y = exp(x − max) / Σ exp(x − max); dx = y · (dy − Σ dy · y).
+
+/// Softmax over the last dimension, differentiable.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Softmax)
+}
+
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "fused-softmax"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(storage, layout, self.name())?;
+        let d = *layout.dims().last().unwrap_or(&1);
+        let mut out = vec![0f32; x.len()];
+        rows_mut(&mut out, d.max(1), |y, i| {
+            let row = &x[i * d..(i + 1) * d];
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (y, &v) in y.iter_mut().zip(row) {
+                *y = (v - max).exp();
+                sum += *y;
+            }
+            let inv = 1.0 / sum;
+            y.iter_mut().for_each(|y| *y *= inv);
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(y.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &SoftmaxBackward)?))
+    }
+}
+
+struct SoftmaxBackward;
+
+impl CustomOp2 for SoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "fused-softmax-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (y, dy) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
+        let d = *l1.dims().last().unwrap_or(&1);
+        let mut out = vec![0f32; y.len()];
+        rows_mut(&mut out, d.max(1), |dx, i| {
+            let (y, dy) = (&y[i * d..(i + 1) * d], &dy[i * d..(i + 1) * d]);
+            let dot: f32 = y.iter().zip(dy).map(|(a, b)| a * b).sum();
+            for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
+                *dx = y * (g - dot);
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rotary embedding (HF's rotate_half): y₁ = x₁ cos − x₂ sin, y₂ = x₂ cos + x₁ sin. It is a
+// rotation, so the backward pass is the same kernel with sin negated.
+
+/// Rotates `x: [B, H, T, head_dim]` by the angles whose `cos` and `sin` are `[B, T, head_dim / 2]`,
+/// differentiable in `x`.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (cos, sin) = (cos.flatten_all()?.to_vec1::<f32>()?, sin.flatten_all()?.to_vec1::<f32>()?);
+    x.contiguous()?.apply_op1(Rope { cos, sin })
+}
+
+struct Rope {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "fused-rope"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(storage, layout, self.name())?;
+        let &[b, h, t, d] = layout.dims() else {
+            candle_core::bail!("fused-rope: x must be [B, H, T, head_dim], got {:?}", layout.dims())
+        };
+        let half = d / 2;
+        if self.cos.len() != b * t * half || self.sin.len() != self.cos.len() || d % 2 != 0 {
+            candle_core::bail!(
+                "fused-rope: angles for {} positions, x is {:?}",
+                self.cos.len() / half.max(1),
+                layout.dims()
+            );
+        }
+        let mut out = vec![0f32; x.len()];
+        // Row i of [B·H·T, d] is batch i / (H·T), position i % T.
+        rows_mut(&mut out, d.max(1), |y, i| {
+            let (batch, pos) = (i / (h * t), i % t);
+            let at = (batch * t + pos) * half;
+            let (cos, sin) = (&self.cos[at..at + half], &self.sin[at..at + half]);
+            let row = &x[i * d..(i + 1) * d];
+            let (x1, x2) = row.split_at(half);
+            let (y1, y2) = y.split_at_mut(half);
+            for j in 0..half {
+                y1[j] = x1[j] * cos[j] - x2[j] * sin[j];
+                y2[j] = x2[j] * cos[j] + x1[j] * sin[j];
+            }
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let back = Rope { cos: self.cos.clone(), sin: self.sin.iter().map(|s| -s).collect() };
+        Ok(Some(dy.contiguous()?.apply_op1_no_bwd(&back)?))
+    }
+}

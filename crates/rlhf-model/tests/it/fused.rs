@@ -1,0 +1,126 @@
+//! The fused kernels against the composite path they replace, in f32: values and gradients of
+//! each kernel alone, then of the whole model (every weight's gradient). The composite path is
+//! itself checked against finite differences in `gradients.rs`.
+
+use candle_core::{D, DType, Device, Tensor, Var};
+use rlhf_model::*;
+
+use crate::helpers::*;
+
+fn random(shape: &[usize], seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    // A fixed, irregular sequence in [-2, 2): no RNG needed for a reproducible input.
+    let values: Vec<f32> = (0..n).map(|i| ((i as u64 * 7919 + seed * 104729) % 4001) as f32 / 1000.25 - 2.0).collect();
+    Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> (f32, f32) {
+    let (a, b) =
+        (a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    assert_eq!(a.len(), b.len());
+    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let scale = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
+    (diff, scale)
+}
+
+/// `fused` and `composite` of the same inputs agree, and so do their gradients with respect to
+/// every input (through a loss that weights each output differently).
+fn same_values_and_gradients(
+    inputs: &[Tensor],
+    fused: impl Fn(&[Tensor]) -> Tensor,
+    composite: impl Fn(&[Tensor]) -> Tensor,
+) {
+    let run = |f: &dyn Fn(&[Tensor]) -> Tensor| {
+        let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+        let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let out = f(&tensors);
+        let weights = random(out.dims(), 99);
+        let grads = (&out * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        let grads: Vec<Tensor> = vars.iter().map(|v| grads.get(v.as_tensor()).expect("a gradient").clone()).collect();
+        (out, grads)
+    };
+    let (out_f, grads_f) = run(&fused);
+    let (out_c, grads_c) = run(&composite);
+    let (diff, scale) = max_abs_diff(&out_f, &out_c);
+    assert!(diff <= 1e-5 * scale.max(1.0), "values differ by {diff} (scale {scale})");
+    for (i, (gf, gc)) in grads_f.iter().zip(&grads_c).enumerate() {
+        let (diff, scale) = max_abs_diff(gf, gc);
+        assert!(diff <= 1e-5 * scale.max(1.0), "gradient {i} differs by {diff} (scale {scale})");
+    }
+}
+
+#[test]
+fn fused_rms_norm_matches_the_composite_path() {
+    // 40 rows of 48 and 700 rows of 64: below and above the size the kernel hands to threads.
+    for (rows, width) in [(40, 48), (700, 64)] {
+        let (x, w) = (random(&[rows / 10, 10, width], 1), (random(&[width], 2) + 1.5).unwrap());
+        same_values_and_gradients(
+            &[x, w],
+            |t| fused::rms_norm(&t[0], &t[1], 1e-5).unwrap(),
+            |t| candle_nn::ops::rms_norm_slow(&t[0], &t[1], 1e-5).unwrap(),
+        );
+    }
+}
+
+#[test]
+fn fused_softmax_matches_the_composite_path() {
+    for shape in [[2, 3, 5, 5], [4, 4, 48, 48]] {
+        let x = (random(&shape, 3) * 3.0).unwrap();
+        same_values_and_gradients(
+            &[x],
+            |t| fused::softmax_last_dim(&t[0]).unwrap(),
+            |t| candle_nn::ops::softmax(&t[0], D::Minus1).unwrap(),
+        );
+    }
+}
+
+#[test]
+fn fused_rope_matches_the_composite_path() {
+    let (b, h, t, d) = (2, 3, 7, 8);
+    let angles = random(&[b, t, d / 2], 4);
+    let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+    let composite = |x: &Tensor| {
+        let c = Tensor::cat(&[&cos, &cos], D::Minus1).unwrap().unsqueeze(1).unwrap();
+        let s = Tensor::cat(&[&sin, &sin], D::Minus1).unwrap().unsqueeze(1).unwrap();
+        let rotated = Tensor::cat(
+            &[&x.narrow(D::Minus1, d / 2, d / 2).unwrap().neg().unwrap(), &x.narrow(D::Minus1, 0, d / 2).unwrap()],
+            D::Minus1,
+        )
+        .unwrap();
+        (x.broadcast_mul(&c).unwrap() + rotated.broadcast_mul(&s).unwrap()).unwrap()
+    };
+    same_values_and_gradients(
+        &[random(&[b, h, t, d], 5)],
+        |x| fused::rope(&x[0], &cos, &sin).unwrap(),
+        |x| composite(&x[0]),
+    );
+}
+
+/// The whole model: every weight's gradient through the fused kernels against the composite
+/// path, on left-padded rows (the padding bias and the positions it shifts).
+#[test]
+fn model_gradients_through_fused_kernels_match_the_composite_path() {
+    let cfg = tiny_config(17);
+    let (varmap, model) = tiny_model(&cfg, 7, DType::F32);
+    let (ids, mask) = padded(&[vec![1, 5, 9, 3, 2], vec![4, 8, 16]], 0, true);
+    let targets = {
+        let m = mask.to_dtype(DType::F32).unwrap();
+        (m.narrow(1, 0, 4).unwrap() * m.narrow(1, 1, 4).unwrap()).unwrap()
+    };
+    let grads = |kernels: Kernels| {
+        let logits = model.forward(&ids, &mask, kernels).unwrap();
+        let loss = masked_mean(&next_token_logprobs(&logits, &ids).unwrap(), &targets).unwrap();
+        (scalar(&loss.to_dtype(DType::F64).unwrap()), loss.backward().unwrap())
+    };
+    let (loss_f, grads_f) = grads(Kernels::Differentiable);
+    let (loss_c, grads_c) = grads(Kernels::Composite);
+    assert!((loss_f - loss_c).abs() < 1e-5, "loss {loss_f} vs {loss_c}");
+    let vars = varmap.data().lock().unwrap().clone();
+    assert!(vars.len() > 10);
+    for (name, var) in &vars {
+        let (gf, gc) = (grads_f.get(var.as_tensor()), grads_c.get(var.as_tensor()));
+        let (gf, gc) = (gf.unwrap_or_else(|| panic!("{name}: no fused gradient")), gc.expect("a composite gradient"));
+        let (diff, scale) = max_abs_diff(gf, gc);
+        assert!(diff <= 1e-5 * scale.max(1.0), "{name}: gradients differ by {diff} (scale {scale})");
+    }
+}
