@@ -20,7 +20,7 @@ pub fn supported(x: &Tensor) -> bool {
 }
 
 /// The f32 slice a contiguous layout covers.
-fn slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &'static str) -> Result<&'a [f32]> {
+pub(crate) fn slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &'static str) -> Result<&'a [f32]> {
     let data = storage.as_slice::<f32>()?;
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
@@ -29,7 +29,7 @@ fn slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &'static str) -> Resu
 }
 
 /// Runs `f` on each (output row, row index) pair, on the pool when the work is large.
-fn rows_mut(out: &mut [f32], width: usize, f: impl Fn(&mut [f32], usize) + Sync + Send) {
+pub(crate) fn rows_mut(out: &mut [f32], width: usize, f: impl Fn(&mut [f32], usize) + Sync + Send) {
     if out.len() >= PARALLEL_ELEMENTS {
         out.par_chunks_mut(width).enumerate().for_each(|(i, row)| f(row, i));
     } else {

@@ -19,6 +19,7 @@
 pub mod batch;
 pub mod config;
 pub mod fused;
+pub mod fused_logprobs;
 pub mod heads;
 pub mod init;
 pub mod llama;
@@ -34,7 +35,7 @@ pub use llama::{Kernels, KvCache, Llama};
 pub use rl::gae::{Gae, gae};
 pub use rl::kl::{KlEstimator, kl_estimate};
 pub use rl::kl_controller::KlController;
-pub use rl::logprobs::{entropy, next_token_logprobs, token_logprobs};
+pub use rl::logprobs::{composite_token_logprobs, entropy, next_token_logprobs, token_logprobs};
 pub use rl::masked::{masked_mean, masked_mean_rows, masked_var, whiten};
 pub use rl::ppo::{PolicyClip, PolicyLoss, ValueLoss, policy_loss, value_loss};
 pub use rl::preference::{

@@ -4,8 +4,18 @@ use candle_core::{D, Result, Tensor};
 use candle_nn::ops::log_softmax;
 
 /// `log π(y_t) = log_softmax(logits_t)[y_t]`.
-/// `logits: [B, T, V]`, `targets: [B, T]` (u32) → `[B, T]`.
+/// `logits: [B, T, V]`, `targets: [B, T]` (u32) → `[B, T]`. One fused kernel for f32 on the CPU
+/// ([`crate::fused_logprobs`]); composite ops otherwise.
 pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if crate::fused::supported(logits) {
+        return crate::fused_logprobs::token_logprobs(logits, targets);
+    }
+    composite_token_logprobs(logits, targets)
+}
+
+/// [`token_logprobs`] through candle's composite ops: the reference the fused kernel is tested
+/// against.
+pub fn composite_token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let logp = log_softmax(logits, D::Minus1)?;
     logp.gather(&targets.contiguous()?.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)
 }

@@ -124,3 +124,22 @@ fn model_gradients_through_fused_kernels_match_the_composite_path() {
         assert!(diff <= 1e-5 * scale.max(1.0), "{name}: gradients differ by {diff} (scale {scale})");
     }
 }
+
+#[test]
+fn fused_token_logprobs_match_the_composite_path() {
+    // 6 positions over a vocabulary of 7, then 96 over 700 (enough to go to the thread pool).
+    for (b, t, v) in [(2, 3, 7), (4, 24, 700)] {
+        let logits = (random(&[b, t, v], 6) * 4.0).unwrap();
+        let ids: Vec<u32> = (0..b * t).map(|i| ((i * 37 + 5) % v) as u32).collect();
+        let targets = Tensor::from_vec(ids, (b, t), &Device::Cpu).unwrap();
+        same_values_and_gradients(
+            &[logits],
+            |l| fused_logprobs::token_logprobs(&l[0], &targets).unwrap(),
+            |l| composite_token_logprobs(&l[0], &targets).unwrap(),
+        );
+    }
+    // A target outside the vocabulary is an error, not a read past the row.
+    let logits = random(&[1, 2, 5], 7);
+    let bad = Tensor::new(&[[1u32, 5]], &Device::Cpu).unwrap();
+    assert!(fused_logprobs::token_logprobs(&logits, &bad).is_err());
+}
