@@ -83,11 +83,7 @@ impl CustomOp2 for TokenLogprobsBackward {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (logits, g) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
-        let (storage, layout) = self.targets.storage_and_layout();
-        let targets = match &*storage {
-            candle_core::Storage::Cpu(s) => targets_of(s, layout, self.name())?.to_vec(),
-            _ => candle_core::bail!("{}: the targets are not on the CPU", self.name()),
-        };
+        let targets = self.targets.flatten_all()?.to_vec1::<u32>()?;
         let v = check(l1, &targets, self.name())?;
         let mut out = vec![0f32; logits.len()];
         rows_mut(&mut out, v, |dx, i| {
