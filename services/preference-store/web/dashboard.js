@@ -32,6 +32,8 @@ async function setPaused(annotator, paused) {
 function render(d) {
   const q = d.quality;
   rlhf.text("progress", d.progress.complete + " / " + d.progress.tasks);
+  rlhf.text("progress-label", "tasks complete" +
+    (d.progress.flagged ? " (" + d.progress.flagged + " flagged: withdrawn)" : ""));
   rlhf.text("missing", String(d.progress.missing));
   rlhf.text("alpha", q.alpha === null ? "–" : q.alpha.toFixed(2));
   rlhf.text("first-card", (100 * q.first_card_wins).toFixed(0) + "%");
