@@ -15,27 +15,6 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// How long mimalloc keeps pages that fell empty before giving them back to the kernel. Its
-/// default, 10 ms, is shorter than the gap between a training step freeing a large buffer and
-/// allocating it again, so every such buffer came back from the kernel zero-filled
-/// (`clear_page`: 17% of a training step's profile). One second covers a step; memory is still
-/// returned after a second idle. `MIMALLOC_PURGE_DELAY` in the environment wins.
-const PURGE_DELAY_MS: std::os::raw::c_long = 1000;
-
-fn keep_freed_pages_for_reuse() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-        return;
-    }
-    // `mi_option_purge_delay` is 15 in both mimalloc v2's and v3's `mimalloc.h`;
-    // libmimalloc-sys names no constant for it.
-    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    // SAFETY: mi_option_set only stores an integer option, read when mimalloc next purges.
-    #[allow(unsafe_code)]
-    unsafe {
-        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS)
-    };
-}
-
 /// RLHF for language models: supervised fine-tuning, preference collection, reward modelling
 /// and PPO, on candle.
 #[derive(Debug, Parser)]
@@ -86,7 +65,6 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    keep_freed_pages_for_reuse();
     match Cli::parse().command {
         Command::Run(args) => stages::run_all(&args),
         Command::Sft(args) => stages::run_one(&args, rlhf_pipeline::Stage::Sft),
