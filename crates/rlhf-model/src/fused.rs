@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 /// Rows below this many elements in all are done on the calling thread: handing them to the
 /// pool costs more than it saves.
-const PARALLEL_ELEMENTS: usize = 1 << 15;
+pub(crate) const PARALLEL_ELEMENTS: usize = 1 << 15;
 
 /// Whether the fused kernels can run on `x`.
 pub fn supported(x: &Tensor) -> bool {

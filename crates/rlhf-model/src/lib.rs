@@ -20,6 +20,7 @@ pub mod batch;
 pub mod config;
 pub mod fused;
 pub mod fused_logprobs;
+pub mod fused_swiglu;
 pub mod heads;
 pub mod init;
 pub mod llama;

@@ -226,9 +226,15 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x)?.silu()?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+    fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        let (gate, up) = (self.gate_proj.forward(x)?, self.up_proj.forward(x)?);
+        let hidden = match kernels {
+            Kernels::Differentiable | Kernels::Fused if crate::fused::supported(&gate) => {
+                crate::fused_swiglu::swiglu(&gate, &up)?
+            }
+            _ => (gate.silu()? * up)?,
+        };
+        self.down_proj.forward(&hidden)
     }
 }
 
@@ -346,7 +352,7 @@ impl Llama {
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
             h = (&h + layer.self_attn.forward(&attn_in, &rotary, &bias, layer_cache, kernels)?)?;
             let mlp_in = layer.post_attention_layernorm.forward(&h, kernels)?;
-            h = (&h + layer.mlp.forward(&mlp_in)?)?;
+            h = (&h + layer.mlp.forward(&mlp_in, kernels)?)?;
         }
         self.norm.forward(&h, kernels)
     }

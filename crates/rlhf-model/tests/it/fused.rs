@@ -143,3 +143,16 @@ fn fused_token_logprobs_match_the_composite_path() {
     let bad = Tensor::new(&[[1u32, 5]], &Device::Cpu).unwrap();
     assert!(fused_logprobs::token_logprobs(&logits, &bad).is_err());
 }
+
+#[test]
+fn fused_swiglu_matches_the_composite_path() {
+    // 60 values, then 48k (enough to go to the thread pool).
+    for shape in [[2, 3, 10], [4, 16, 750]] {
+        let (gate, up) = ((random(&shape, 8) * 2.0).unwrap(), random(&shape, 9));
+        same_values_and_gradients(
+            &[gate, up],
+            |t| fused_swiglu::swiglu(&t[0], &t[1]).unwrap(),
+            |t| (t[0].silu().unwrap() * &t[1]).unwrap(),
+        );
+    }
+}
