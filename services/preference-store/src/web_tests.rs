@@ -42,6 +42,13 @@ async fn call(
     Reply { status, headers, json }
 }
 
+/// Logs in with `token`: the session cookie (`name=value`) and its CSRF token.
+async fn login(app: &axum::Router, token: String) -> (String, String) {
+    let r = call(app, "POST", "/api/login", None, None, serde_json::json!({"token": token})).await;
+    let cookie = r.headers[header::SET_COOKIE].to_str().unwrap().split(';').next().unwrap().to_string();
+    (cookie, r.json["csrf"].as_str().unwrap().to_string())
+}
+
 #[tokio::test]
 async fn an_annotator_logs_in_takes_a_task_and_ranks_it_and_forgeries_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -133,15 +140,7 @@ async fn admins_see_the_quality_report_and_annotators_do_not() {
         }])
         .unwrap();
     let app = router(App::with_clock(board, Arc::new(|| 1_000)));
-    let login = |token: String| {
-        let app = app.clone();
-        async move {
-            let r = call(&app, "POST", "/api/login", None, None, serde_json::json!({"token": token})).await;
-            let cookie = r.headers[header::SET_COOKIE].to_str().unwrap().split(';').next().unwrap().to_string();
-            (cookie, r.json["csrf"].as_str().unwrap().to_string())
-        }
-    };
-    let (ann_cookie, ann_csrf) = login(ann).await;
+    let (ann_cookie, ann_csrf) = login(&app, ann).await;
     call(&app, "GET", "/api/task", Some(&ann_cookie), None, serde_json::json!({})).await;
     // Ann swaps the last two: 2 of the 3 gold pairs agree.
     let order = serde_json::json!({"task_id": "g1", "order": [0, 2, 1]});
@@ -151,7 +150,7 @@ async fn admins_see_the_quality_report_and_annotators_do_not() {
     );
     let denied = call(&app, "GET", "/api/quality", Some(&ann_cookie), None, serde_json::json!({})).await;
     assert_eq!(denied.status, StatusCode::FORBIDDEN);
-    let (boss_cookie, _) = login(boss).await;
+    let (boss_cookie, _) = login(&app, boss).await;
     let report = call(&app, "GET", "/api/quality", Some(&boss_cookie), None, serde_json::json!({})).await;
     assert_eq!(report.status, StatusCode::OK);
     let row = &report.json["annotators"][0];
@@ -182,15 +181,7 @@ async fn the_dashboard_shows_time_per_task_and_flags_and_only_admins_pause_annot
     let clock = Arc::new(AtomicI64::new(1_000));
     let now = clock.clone();
     let app = router(App::with_clock(board, Arc::new(move || now.load(Ordering::SeqCst))));
-    let login = |token: String| {
-        let app = app.clone();
-        async move {
-            let r = call(&app, "POST", "/api/login", None, None, serde_json::json!({"token": token})).await;
-            let cookie = r.headers[header::SET_COOKIE].to_str().unwrap().split(';').next().unwrap().to_string();
-            (cookie, r.json["csrf"].as_str().unwrap().to_string())
-        }
-    };
-    let (ann_cookie, ann_csrf) = login(ann).await;
+    let (ann_cookie, ann_csrf) = login(&app, ann).await;
     // A reloaded page gets its session's CSRF token back from the cookie.
     let again = call(&app, "GET", "/api/session", Some(&ann_cookie), None, serde_json::json!({})).await;
     assert_eq!((again.json["annotator"].as_str(), again.json["csrf"].as_str()), (Some("ann"), Some(ann_csrf.as_str())));
@@ -216,7 +207,7 @@ async fn the_dashboard_shows_time_per_task_and_flags_and_only_admins_pause_annot
     let r = call(&app, "POST", "/api/annotators/pause", Some(&ann_cookie), Some(&ann_csrf), pause.clone()).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "nor pause anyone");
 
-    let (boss_cookie, boss_csrf) = login(boss).await;
+    let (boss_cookie, boss_csrf) = login(&app, boss).await;
     let r = call(&app, "POST", "/api/annotators/pause", Some(&boss_cookie), None, pause.clone()).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "a pause without the CSRF token is refused");
     let r = call(&app, "POST", "/api/annotators/pause", Some(&boss_cookie), Some(&boss_csrf), pause).await;
