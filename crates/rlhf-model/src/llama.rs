@@ -321,6 +321,48 @@ impl Llama {
         self.forward_positions(input_ids, &positions, &bias, None, kernels)
     }
 
+    /// The residual stream after the first `layers` decoder layers (the embeddings when 0), before
+    /// the final norm: the cacheable lower part of a model whose bottom layers are frozen.
+    pub fn lower_hidden_states(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        layers: usize,
+        kernels: Kernels,
+    ) -> Result<Tensor> {
+        let (positions, bias) = Self::padding(attention_mask, input_ids.dim(1)?)?;
+        let h = self.embed_tokens.forward(input_ids)?;
+        self.run_layers(h, &positions, &bias, 0..layers.min(self.layers.len()), None, kernels)
+    }
+
+    /// Continues [`Llama::lower_hidden_states`] from layer `from` through the remaining layers and
+    /// the final norm: `hidden_states(x) == upper_hidden_states(lower_hidden_states(x, n), n)`.
+    pub fn upper_hidden_states(
+        &self,
+        lower: &Tensor,
+        attention_mask: &Tensor,
+        from: usize,
+        kernels: Kernels,
+    ) -> Result<Tensor> {
+        let (positions, bias) = Self::padding(attention_mask, lower.dim(1)?)?;
+        let h = self.run_layers(
+            lower.clone(),
+            &positions,
+            &bias,
+            from.min(self.layers.len())..self.layers.len(),
+            None,
+            kernels,
+        )?;
+        self.norm.forward(&h, kernels)
+    }
+
+    fn padding(attention_mask: &Tensor, width: usize) -> Result<(Vec<Vec<u32>>, Tensor)> {
+        let mask = padding::mask_rows(attention_mask)?;
+        let positions = padding::positions(&mask);
+        let bias = padding::attention_bias(&mask, width, attention_mask.device())?;
+        Ok((positions, bias))
+    }
+
     /// Logits `[B, T, vocab]` of a padded batch; see [`Llama::hidden_states`].
     pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, kernels: Kernels) -> Result<Tensor> {
         self.lm_head(&self.hidden_states(input_ids, attention_mask, kernels)?)
@@ -341,19 +383,34 @@ impl Llama {
         input_ids: &Tensor,
         positions: &[Vec<u32>],
         bias: &Tensor,
+        cache: Option<&mut KvCache>,
+        kernels: Kernels,
+    ) -> Result<Tensor> {
+        let h = self.embed_tokens.forward(input_ids)?;
+        let h = self.run_layers(h, positions, bias, 0..self.layers.len(), cache, kernels)?;
+        self.norm.forward(&h, kernels)
+    }
+
+    /// The decoder layers `range` over the residual stream `h`.
+    fn run_layers(
+        &self,
+        mut h: Tensor,
+        positions: &[Vec<u32>],
+        bias: &Tensor,
+        range: std::ops::Range<usize>,
         mut cache: Option<&mut KvCache>,
         kernels: Kernels,
     ) -> Result<Tensor> {
-        let mut h = self.embed_tokens.forward(input_ids)?;
         let rotary = Rotary::new(&self.config, positions, h.dtype(), h.device())?;
         let bias = bias.to_dtype(h.dtype())?;
-        for (i, layer) in self.layers.iter().enumerate() {
+        for i in range {
+            let layer = &self.layers[i];
             let attn_in = layer.input_layernorm.forward(&h, kernels)?;
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
             h = (&h + layer.self_attn.forward(&attn_in, &rotary, &bias, layer_cache, kernels)?)?;
             let mlp_in = layer.post_attention_layernorm.forward(&h, kernels)?;
             h = (&h + layer.mlp.forward(&mlp_in, kernels)?)?;
         }
-        self.norm.forward(&h, kernels)
+        Ok(h)
     }
 }

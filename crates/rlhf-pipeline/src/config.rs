@@ -151,6 +151,11 @@ pub struct RewardModelConfig {
     /// response pairs are left out of training (0 keeps everyone). Judged only once an annotator
     /// has ranked [`MIN_GOLD_PAIRS`] gold pairs; chance is 0.5.
     pub min_gold_agreement: f64,
+    /// Train only the top N decoder layers (with the final norm and the score head); the layers
+    /// below keep the SFT weights. Their output is computed once per response and reused every
+    /// epoch, so an epoch costs a fraction of a full one and a large pretrained model overfits
+    /// a few hundred rankings less. `null` trains every layer.
+    pub train_top_layers: Option<usize>,
 }
 
 /// Gold pairs an annotator must have ranked before `reward_model.min_gold_agreement` can
@@ -263,7 +268,13 @@ impl Default for CollectConfig {
 
 impl Default for RewardModelConfig {
     fn default() -> Self {
-        RewardModelConfig { epochs: 2, batch_rankings: 16, learning_rate: 5e-4, min_gold_agreement: 0.6 }
+        RewardModelConfig {
+            epochs: 2,
+            batch_rankings: 16,
+            learning_rate: 5e-4,
+            min_gold_agreement: 0.6,
+            train_top_layers: None,
+        }
     }
 }
 
@@ -358,6 +369,9 @@ impl PipelineConfig {
         }
         if !(0.0..=1.0).contains(&self.reward_model.min_gold_agreement) {
             return fail("reward_model.min_gold_agreement must be in [0, 1]");
+        }
+        if self.reward_model.train_top_layers == Some(0) {
+            return fail("reward_model.train_top_layers must be at least 1 (null trains every layer)");
         }
         if self.sft.batch_size == 0 || self.reward_model.batch_rankings == 0 || self.ppo.prompts_per_step == 0 {
             return fail("sft.batch_size, reward_model.batch_rankings and ppo.prompts_per_step must be positive");

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 use ppo_learner::grad::GradSum;
 use preference_store::PreferenceStore;
@@ -165,6 +165,35 @@ fn exclude_below_gold(
     Ok((kept, excluded))
 }
 
+/// How many decoder layers stay frozen when only the top `train_top` of `layers` train.
+pub fn frozen_layers(layers: usize, train_top: Option<usize>) -> usize {
+    train_top.map_or(0, |top| layers.saturating_sub(top))
+}
+
+/// The variables a reward model trains when its bottom `frozen` layers are frozen: the layers
+/// above, the final norm and the score head (the embeddings freeze with any frozen layer).
+fn trainable_vars(varmap: &VarMap, frozen: usize) -> Vec<Var> {
+    if frozen == 0 {
+        return varmap.all_vars();
+    }
+    let data = varmap.data().lock().expect("VarMap lock");
+    let mut names: Vec<&String> = data
+        .keys()
+        .filter(|name| {
+            if name.starts_with("model.embed_tokens.") {
+                return false;
+            }
+            match name.strip_prefix("model.layers.").and_then(|rest| rest.split('.').next()) {
+                Some(layer) => layer.parse::<usize>().is_ok_and(|layer| layer >= frozen),
+                None => true,
+            }
+        })
+        .collect();
+    // A fixed order, so AdamW's state lines up the same on every run.
+    names.sort();
+    names.into_iter().map(|name| data[name].clone()).collect()
+}
+
 /// Trains the reward model on the rankings in the run's SQLite store.
 pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<RewardModelResult> {
     let task = Task::load(run, config)?;
@@ -237,9 +266,12 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
     let model = Llama::backbone(&sft.config, vb.clone())?;
     let head = RewardHead::new(sft.config.hidden_size, vb)?;
     let lr = config.reward_model.learning_rate;
-    let mut optimizer = AdamW::new(varmap.all_vars(), ParamsAdamW { lr, weight_decay: 0.0, ..Default::default() })?;
+    let frozen = frozen_layers(sft.config.num_hidden_layers, config.reward_model.train_top_layers);
+    let vars = trainable_vars(&varmap, frozen);
+    let mut optimizer = AdamW::new(vars.clone(), ParamsAdamW { lr, weight_decay: 0.0, ..Default::default() })?;
+    // The frozen layers' output of each training ranking, computed the first time it is met.
+    let mut lower_cache: Vec<Option<Tensor>> = vec![None; train.len()];
 
-    let vars = varmap.all_vars();
     let per_step = config.reward_model.batch_rankings;
     let total = train.len().div_ceil(per_step) * config.reward_model.epochs;
     let progress = bar(total as u64, "rm");
@@ -254,11 +286,30 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
             // weighted by its size and the gradients summed, the same update in less memory.
             let width = rows(&group, &prompts).iter().map(|(p, r)| p.len() + r.len()).max().unwrap_or(1);
             let answers = group.iter().map(|r| r.responses.len()).max().unwrap_or(1);
-            let per_micro = crate::memory::items_per_micro_batch(&sft.config, group.len(), answers * width, width);
+            // The cache holds each ranking at its own width, so frozen layers go one ranking at a time.
+            let per_micro = if frozen > 0 {
+                1
+            } else {
+                crate::memory::items_per_micro_batch(&sft.config, group.len(), answers * width, width)
+            };
             let (mut grads, mut loss) = (GradSum::default(), 0.0);
-            for micro in group.chunks(per_micro) {
+            for (indices, micro) in chunk.chunks(per_micro).zip(group.chunks(per_micro)) {
                 let batch = SequenceBatch::new(&rows(micro, &prompts), task.tokenizer.pad_id, &Device::Cpu)?;
-                let hidden = model.hidden_states(&batch.ids, &batch.attention_mask, Kernels::Differentiable)?;
+                let hidden = if frozen > 0 {
+                    let lower = match &lower_cache[indices[0]] {
+                        Some(lower) => lower.clone(),
+                        None => {
+                            let lower = model
+                                .lower_hidden_states(&batch.ids, &batch.attention_mask, frozen, Kernels::Fused)?
+                                .detach();
+                            lower_cache[indices[0]] = Some(lower.clone());
+                            lower
+                        }
+                    };
+                    model.upper_hidden_states(&lower, &batch.attention_mask, frozen, Kernels::Differentiable)?
+                } else {
+                    model.hidden_states(&batch.ids, &batch.attention_mask, Kernels::Differentiable)?
+                };
                 let rewards = head.forward(&hidden, &batch.attention_mask)?;
                 let mut offset = 0;
                 let orders: Vec<Vec<usize>> = micro
@@ -287,6 +338,7 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
         }
     }
     progress.finish_and_clear();
+    drop(lower_cache);
     let save = SaveOptions { dtype: config.model.save_dtype, ..SaveOptions::default() };
     let tensors = varmap_tensors(&varmap);
     rlhf_data::save_checkpoint(&run.path("rm"), &tensors, &sft.config, &task.tokenizer, ModelKind::RewardModel, save)?;

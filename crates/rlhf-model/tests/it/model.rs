@@ -76,6 +76,34 @@ fn fused_inference_matches_the_differentiable_forward() {
 }
 
 #[test]
+fn lower_then_upper_layers_are_the_whole_forward_and_only_the_upper_ones_get_gradients() {
+    let cfg = tiny_config(37);
+    let (vars, model) = tiny_model(&cfg, 3, DType::F32);
+    let (ids, mask) = padded(&[vec![1, 2, 3, 4, 5], vec![7, 6]], 0, true);
+    let whole = model.hidden_states(&ids, &mask, Kernels::Differentiable).unwrap();
+    for split in 0..=cfg.num_hidden_layers {
+        let lower = model.lower_hidden_states(&ids, &mask, split, Kernels::Fused).unwrap().detach();
+        let split_run = model.upper_hidden_states(&lower, &mask, split, Kernels::Differentiable).unwrap();
+        let diff = max_abs_diff(&whole, &split_run);
+        assert!(diff < 1e-4, "split at layer {split} differs by {diff}");
+        let grads = split_run.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let data = vars.data().lock().unwrap();
+        for (name, var) in data.iter() {
+            let layer = name
+                .strip_prefix("model.layers.")
+                .and_then(|r| r.split('.').next())
+                .map(|l| l.parse::<usize>().unwrap());
+            let expect_grad = match layer {
+                Some(layer) => layer >= split,
+                // The embeddings sit below every split; an LM head is not on this path.
+                None => name == "model.norm.weight",
+            };
+            assert_eq!(grads.get(var.as_tensor()).is_some(), expect_grad, "{name} at split {split}");
+        }
+    }
+}
+
+#[test]
 fn the_value_head_starts_at_zero_and_the_reward_head_reads_the_last_real_token() {
     let cfg = tiny_config(13);
     let varmap = VarMap::new();

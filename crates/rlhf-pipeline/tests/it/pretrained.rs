@@ -127,6 +127,8 @@ fn an_instruction_tuned_model_skips_sft_and_goes_through_every_stage_in_plain_en
     let mut config = seconds_after_sft(4);
     config.model.path = Some(model.clone());
     config.sft.skip = true;
+    // The reward model trains its top layer only, as configs/smollm2.json has it do.
+    config.reward_model.train_top_layers = Some(1);
     let run = RunDir::create(&dir.path().join("run"), &config).unwrap();
     run_all(&run).unwrap();
 
@@ -138,6 +140,16 @@ fn an_instruction_tuned_model_skips_sft_and_goes_through_every_stage_in_plain_en
     for (name, tensor) in &start.tensors {
         let diff = (tensor - &saved.tensors[name]).unwrap().abs().unwrap().max_all().unwrap();
         assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{name} is the starting model's");
+    }
+    let rm = rlhf_data::load_checkpoint(&run.path("rm")).unwrap();
+    for (name, tensor) in &rm.tensors {
+        let Some(start) = start.tensors.get(name) else { continue };
+        let moved = (tensor - start).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        if name.starts_with("model.layers.1.mlp.") || name == "model.norm.weight" {
+            assert!(moved > 0.0, "{name} trains");
+        } else if !name.starts_with("model.layers.1.") {
+            assert_eq!(moved, 0.0, "{name} is frozen below the top layer");
+        }
     }
     assert_eq!(architecture(&run, "ppo"), "Qwen2ForCausalLM");
     assert_eq!(architecture(&run, "rm"), "Qwen2ForSequenceClassification");
