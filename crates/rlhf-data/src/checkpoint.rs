@@ -28,8 +28,13 @@ use serde_json::{Value, json};
 use crate::tokenizer::ChatTokenizer;
 use crate::{Result, format_error, gguf, io_error, safetensors_io};
 
-/// Where PPO's critic is kept, beside the policy.
+/// Where PPO's critic is kept, beside the policy: the value head, and a separate critic's
+/// backbone (`critic.model.*`) when PPO trains one.
 pub const VALUE_HEAD_FILE: &str = "value_head.safetensors";
+
+fn is_critic(name: &str) -> bool {
+    name.starts_with("value_head.") || name.starts_with("critic.")
+}
 const NORMALIZER_KEY: &str = "rlhf_score_normalizer";
 
 /// What a checkpoint holds a model for.
@@ -121,7 +126,7 @@ pub fn varmap_tensors(varmap: &VarMap) -> HashMap<String, Tensor> {
 }
 
 /// Writes a model of `kind` to `dir`, replacing what was there. Only the weights the
-/// architecture has go into `model.safetensors`; `value_head.*` goes to [`VALUE_HEAD_FILE`];
+/// architecture has go into `model.safetensors`; the critic goes to [`VALUE_HEAD_FILE`];
 /// anything else (the unused LM head of a reward model) is left out.
 pub fn save_checkpoint(
     dir: &Path,
@@ -161,7 +166,7 @@ fn write_files(
     }
     safetensors_io::write_file(&tmp.join(safetensors_io::SINGLE_FILE), &model, options.dtype.dtype())?;
     let critic: HashMap<String, Tensor> =
-        tensors.iter().filter(|(n, _)| n.starts_with("value_head.")).map(|(n, t)| (n.clone(), t.clone())).collect();
+        tensors.iter().filter(|(n, _)| is_critic(n)).map(|(n, t)| (n.clone(), t.clone())).collect();
     if !critic.is_empty() {
         safetensors_io::write_file(&tmp.join(VALUE_HEAD_FILE), &critic, DType::F32)?;
     }

@@ -79,12 +79,22 @@ pub struct BenchArgs {
     /// Run only one measurement.
     #[arg(long, value_enum)]
     only: Option<Workload>,
+    /// The PPO iteration's critic: `head` (rlhf's default, a value head on the policy's
+    /// detached features) or `separate` (a second backbone trained every epoch, TRL's work).
+    #[arg(long, value_enum, default_value = "head")]
+    critic: CriticArg,
     /// Also print the results as one JSON line.
     #[arg(long)]
     json: bool,
     /// Seed of the weights and the data.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CriticArg {
+    Head,
+    Separate,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -171,7 +181,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     if wanted(Workload::Ppo) {
         let shape = (args.batch, args.prompt_len, args.new_tokens, args.repeats, args.seed);
-        results.push(Record::Ppo(crate::bench_ppo::bench_ppo(&cfg, &varmap, shape, &mut rng)?));
+        let critic = match args.critic {
+            CriticArg::Head => ppo_learner::Critic::Head,
+            CriticArg::Separate => ppo_learner::Critic::Separate,
+        };
+        results.push(Record::Ppo(crate::bench_ppo::bench_ppo(&cfg, &varmap, shape, critic, &mut rng)?));
     }
     if let Some(peak) = memory_kib("VmHWM") {
         println!("peak resident memory: {:.0} MiB", peak as f64 / 1024.0);

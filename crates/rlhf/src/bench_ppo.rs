@@ -39,6 +39,7 @@ impl Phases {
 #[derive(Debug, Serialize)]
 pub struct PpoMeasurement {
     pub workload: &'static str,
+    pub critic: ppo_learner::Critic,
     pub seconds_per_iteration: f64,
     pub phases: Phases,
 }
@@ -58,6 +59,7 @@ pub fn bench_ppo(
     cfg: &Config,
     varmap: &VarMap,
     (batch, prompt_len, new_tokens, repeats, seed): (usize, usize, usize, usize, u64),
+    critic: ppo_learner::Critic,
     rng: &mut StdRng,
 ) -> Result<PpoMeasurement> {
     let policy = tensors(varmap);
@@ -67,7 +69,7 @@ pub fn bench_ppo(
     RewardHead::new(cfg.hidden_size, vb)?;
     let scorer = reward_scorer::RewardScorer::new(cfg, tensors(&judges), cfg, policy.clone(), 0)?;
     let generator = policy_generator::PolicyGenerator::new("bench", cfg.clone(), 0, policy.clone(), 0)?;
-    let config = ppo_learner::PpoConfig { epochs: 4, minibatch_size: batch, ..Default::default() };
+    let config = ppo_learner::PpoConfig { epochs: 4, minibatch_size: batch, critic, ..Default::default() };
     let mut learner = ppo_learner::PpoLearner::new(config, cfg.clone(), policy, 0, 0, seed)?;
     let prompts: Vec<PromptTokens> = (0..batch)
         .map(|i| PromptTokens {
@@ -107,12 +109,13 @@ pub fn bench_ppo(
     };
     let m = PpoMeasurement {
         workload: "ppo",
+        critic,
         seconds_per_iteration: median(runs.iter().map(Phases::total).collect()),
         phases,
     };
     println!(
-        "ppo      {:>9.3} s per iteration: rollout {:.3}, scoring {:.3}, update {:.3} (advantages and 4 epochs), publish {:.3}",
-        m.seconds_per_iteration, phases.rollout, phases.scoring, phases.update, phases.publish
+        "ppo      {:>9.3} s per iteration ({:?} critic): rollout {:.3}, scoring {:.3}, update {:.3} (advantages and 4 epochs), publish {:.3}",
+        m.seconds_per_iteration, critic, phases.rollout, phases.scoring, phases.update, phases.publish
     );
     Ok(m)
 }

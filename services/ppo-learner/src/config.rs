@@ -34,6 +34,22 @@ pub struct PpoConfig {
     pub temperature: f64,
     /// Rollouts more than this many versions behind the learner are refused (0 = on-policy).
     pub max_staleness: u64,
+    /// Where the value estimates come from.
+    pub critic: Critic,
+}
+
+/// PPO's critic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Critic {
+    /// A value head on the policy's own features, detached: no second network, and value-loss
+    /// spikes cannot reach the language model.
+    #[default]
+    Head,
+    /// A value model of its own, as TRL and OpenRLHF train it: a second backbone (starting from
+    /// the policy's weights) with the value head, forward and backward every minibatch. Twice
+    /// the work and memory of the policy alone.
+    Separate,
 }
 
 impl PpoConfig {
@@ -107,6 +123,7 @@ impl Default for PpoConfig {
             max_grad_norm: Some(1.0),
             temperature: 1.0,
             max_staleness: 0,
+            critic: Critic::Head,
         }
     }
 }

@@ -14,7 +14,11 @@ use rlhf_model::{
 use rlhf_types::ScoredRollout;
 use serde::Serialize;
 
-use crate::config::PpoConfig;
+use crate::config::{Critic, PpoConfig};
+
+/// Where a separate critic's backbone lives among the learner's weights (and in checkpoints,
+/// beside the value head).
+pub const CRITIC_PREFIX: &str = "critic.";
 use crate::grad::{GradSum, clip_grad_norm};
 use crate::{Error, Result};
 
@@ -47,6 +51,8 @@ pub struct PpoLearner {
     pad_id: u32,
     varmap: VarMap,
     policy: Llama,
+    /// The separate critic's backbone (`critic.model.*`), when `config.critic` asks for one.
+    critic: Option<Llama>,
     value: ValueHead,
     optimizer: AdamW,
     version: u64,
@@ -64,15 +70,28 @@ impl std::fmt::Debug for PpoLearner {
 
 impl PpoLearner {
     /// Starts from `policy_tensors` (HF names; a `value_head` among them is kept, otherwise a
-    /// fresh zero head is made) at `version`.
+    /// fresh zero head is made) at `version`. A separate critic's backbone is kept likewise
+    /// (`critic.model.*`), otherwise it starts as a copy of the policy's.
     pub fn new(
         config: PpoConfig,
         model_config: Config,
-        policy_tensors: HashMap<String, Tensor>,
+        mut policy_tensors: HashMap<String, Tensor>,
         pad_id: u32,
         version: u64,
         seed: u64,
     ) -> Result<Self> {
+        match config.critic {
+            Critic::Head => policy_tensors.retain(|name, _| !name.starts_with(CRITIC_PREFIX)),
+            Critic::Separate => {
+                let copies: Vec<(String, Tensor)> = policy_tensors
+                    .iter()
+                    .filter(|(name, _)| name.starts_with("model."))
+                    .map(|(name, t)| (format!("{CRITIC_PREFIX}{name}"), t.clone()))
+                    .filter(|(name, _)| !policy_tensors.contains_key(name))
+                    .collect();
+                policy_tensors.extend(copies);
+            }
+        }
         let varmap = VarMap::new();
         {
             let mut data = varmap.data().lock().expect("fresh VarMap");
@@ -82,6 +101,10 @@ impl PpoLearner {
         }
         let vb = seeded_var_builder(&varmap, seed, DType::F32, &Device::Cpu);
         let policy = Llama::new(&model_config, vb.clone())?;
+        let critic = match config.critic {
+            Critic::Head => None,
+            Critic::Separate => Some(Llama::backbone(&model_config, vb.pp(CRITIC_PREFIX.trim_end_matches('.')))?),
+        };
         let value = ValueHead::new(model_config.hidden_size, vb)?;
         let params = ParamsAdamW { lr: config.learning_rate, weight_decay: 0.0, ..Default::default() };
         let optimizer = AdamW::new(varmap.all_vars(), params)?;
@@ -91,6 +114,7 @@ impl PpoLearner {
             pad_id,
             varmap,
             policy,
+            critic,
             value,
             optimizer,
             version,
@@ -126,11 +150,11 @@ impl PpoLearner {
         &self.varmap
     }
 
-    /// Copies of the policy weights, for generators (the value head stays here).
+    /// Copies of the policy weights, for generators (the critic stays here).
     pub fn policy_weights(&self) -> Result<HashMap<String, Tensor>> {
         let data = self.varmap.data().lock().expect("VarMap lock");
         data.iter()
-            .filter(|(name, _)| !name.starts_with("value_head"))
+            .filter(|(name, _)| !name.starts_with("value_head") && !name.starts_with(CRITIC_PREFIX))
             .map(|(name, var)| Ok((name.clone(), var.as_tensor().copy()?)))
             .collect()
     }
@@ -179,7 +203,8 @@ impl PpoLearner {
             .map(|at| {
                 let rows: Vec<usize> = (at..(at + micro).min(fresh.len())).collect();
                 let sub = batch.select(&rows)?;
-                let hidden = self.policy.hidden_states(&sub.ids, &sub.attention_mask, Kernels::Fused)?;
+                let features = self.critic.as_ref().unwrap_or(&self.policy);
+                let hidden = features.hidden_states(&sub.ids, &sub.attention_mask, Kernels::Fused)?;
                 Ok(self.value.forward(&hidden)?.narrow(1, 0, width - 1)?.detach())
             })
             .collect::<Result<Vec<_>>>()?;
@@ -238,10 +263,14 @@ impl PpoLearner {
                     let logits = self.policy.lm_head(&hidden.narrow(1, start, cols)?)?;
                     let targets = sub.ids.narrow(1, start + 1, cols)?;
                     let logp = tempered_logprobs(&logits, &targets, cfg.temperature)?;
-                    // The critic reads the policy's features without training them: a shared
+                    // The head critic reads the policy's features without training them: a shared
                     // backbone let value-loss spikes wreck the language model (measured: KL to
-                    // SFT 3 → 14 nats).
-                    let values = grid(&self.value.forward(&hidden.detach())?)?;
+                    // SFT 3 → 14 nats). A separate critic trains its own.
+                    let features = match &self.critic {
+                        None => hidden.detach(),
+                        Some(critic) => critic.hidden_states(&sub.ids, &sub.attention_mask, Kernels::Differentiable)?,
+                    };
+                    let values = grid(&self.value.forward(&features)?)?;
                     let pl = policy_loss(&logp, &old_lp, &adv, m, clip)?;
                     let vl = value_loss(&values, &old_v, &ret, m, cfg.value_clip)?;
                     let loss = (&pl.loss + (&vl.loss * cfg.value_coef)?)?;

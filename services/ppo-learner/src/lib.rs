@@ -28,7 +28,7 @@ mod service;
 
 pub use backend::{RolloutBackend, RolloutMode};
 pub use cluster::{ClusterBackend, ClusterConfig, ClusterCounters};
-pub use config::PpoConfig;
+pub use config::{Critic, PpoConfig};
 pub use embedded::{Embedded, LocalError, LocalGenerator, LocalScorer};
 pub use fanout::{Fanout, FanoutConfig, FanoutError};
 pub use learner::{PpoLearner, StepStats};

@@ -176,15 +176,20 @@ fn the_critic_is_saved_beside_the_policy_not_in_it() {
     let mut tensors: HashMap<String, Tensor> = source.tensors.clone();
     tensors.insert("value_head.weight".into(), Tensor::ones((1, 64), DType::F32, &Device::Cpu).unwrap());
     tensors.insert("value_head.bias".into(), Tensor::ones(1, DType::F32, &Device::Cpu).unwrap());
+    // A separate critic's backbone (ppo.algorithm.critic = separate) goes with the head.
+    let norm = source.tensors["model.norm.weight"].affine(2.0, 0.5).unwrap();
+    tensors.insert("critic.model.norm.weight".into(), norm.clone());
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("ppo");
     let options = SaveOptions { dtype: SaveDtype::Bf16, score_normalizer: None };
     save_checkpoint(&dir, &tensors, &source.config, &source.tokenizer, ModelKind::CausalLm, options).unwrap();
     let (names, _, _) = header(&dir.join("model.safetensors"));
-    assert!(!names.iter().any(|n| n.starts_with("value_head")), "{names:?}");
+    assert!(!names.iter().any(|n| n.starts_with("value_head") || n.starts_with("critic.")), "{names:?}");
     let (critic, dtypes, _) = header(&dir.join("value_head.safetensors"));
-    assert_eq!(critic, vec!["value_head.bias".to_string(), "value_head.weight".to_string()]);
+    assert_eq!(critic, vec!["critic.model.norm.weight", "value_head.bias", "value_head.weight"]);
     assert!(dtypes.iter().all(|d| d == "F32"), "the critic stays in f32: {dtypes:?}");
     let again = load_checkpoint(&dir).unwrap();
     assert!(again.tensors.contains_key("value_head.weight"));
+    let back = (&again.tensors["critic.model.norm.weight"] - &norm).unwrap().abs().unwrap().max_all().unwrap();
+    assert_eq!(back.to_scalar::<f32>().unwrap(), 0.0, "the critic's backbone comes back exactly");
 }
