@@ -64,17 +64,20 @@ fn the_reward_model_bench_reports_pairs_and_its_share_of_the_matmul_peak() {
 fn the_ppo_bench_times_one_iteration_and_its_phases() {
     let tiny = ["--layers", "1", "--hidden", "32", "--intermediate", "64", "--batch", "4"];
     let shape = ["--prompt-len", "8", "--new-tokens", "8", "--repeats", "1", "--json"];
-    let out = rlhf().args(["bench", "--only", "ppo"]).args(tiny).args(shape).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout);
-    let records: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
-    let ppo = &records[0];
-    assert_eq!(ppo["workload"], "ppo", "{text}");
-    // The iteration is its four phases, each of which took some time.
-    let phases = ["rollout", "scoring", "update", "publish"].map(|p| ppo["phases"][p].as_f64().unwrap());
-    assert!(phases.iter().all(|&s| s > 0.0), "{ppo}");
-    let total = ppo["seconds_per_iteration"].as_f64().unwrap();
-    assert!(total > 0.0 && total >= phases.iter().copied().fold(0.0, f64::max), "{ppo}");
+    for critic in ["head", "separate"] {
+        let out = rlhf().args(["bench", "--only", "ppo", "--critic", critic]).args(tiny).args(shape).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let records: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        let ppo = &records[0];
+        assert_eq!(ppo["workload"], "ppo", "{text}");
+        assert_eq!(ppo["critic"], critic, "{text}");
+        // The iteration is its four phases, each of which took some time.
+        let phases = ["rollout", "scoring", "update", "publish"].map(|p| ppo["phases"][p].as_f64().unwrap());
+        assert!(phases.iter().all(|&s| s > 0.0), "{ppo}");
+        let total = ppo["seconds_per_iteration"].as_f64().unwrap();
+        assert!(total > 0.0 && total >= phases.iter().copied().fold(0.0, f64::max), "{ppo}");
+    }
 }
 
 #[test]
