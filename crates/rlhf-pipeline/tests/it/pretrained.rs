@@ -177,3 +177,21 @@ fn an_instruction_tuned_model_skips_sft_and_goes_through_every_stage_in_plain_en
         assert!(report.contains(part), "the report shows {part:?}");
     }
 }
+
+/// The shipped configurations (`make run-smollm2`'s among them) parse and pass validation, with
+/// the model the command line would name.
+#[test]
+fn the_shipped_configs_parse_and_validate() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let mut config = PipelineConfig::parse(&path).unwrap();
+            config.model.path.get_or_insert_with(|| rlhf_harness::fixture("hf-tiny/qwen2-tied-bias"));
+            config.validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "no configs found in {}", dir.display());
+}
