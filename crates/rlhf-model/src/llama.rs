@@ -315,9 +315,7 @@ impl Llama {
     /// `input_ids: [B, T]` (u32), `attention_mask: [B, T]` with 1 for real tokens and 0 for padding,
     /// on either side.
     pub fn hidden_states(&self, input_ids: &Tensor, attention_mask: &Tensor, kernels: Kernels) -> Result<Tensor> {
-        let mask = padding::mask_rows(attention_mask)?;
-        let positions = padding::positions(&mask);
-        let bias = padding::attention_bias(&mask, input_ids.dim(1)?, input_ids.device())?;
+        let (positions, bias) = Self::padding(attention_mask, input_ids.dim(1)?)?;
         self.forward_positions(input_ids, &positions, &bias, None, kernels)
     }
 

@@ -166,7 +166,7 @@ fn exclude_below_gold(
 }
 
 /// How many decoder layers stay frozen when only the top `train_top` of `layers` train.
-pub fn frozen_layers(layers: usize, train_top: Option<usize>) -> usize {
+fn frozen_layers(layers: usize, train_top: Option<usize>) -> usize {
     train_top.map_or(0, |top| layers.saturating_sub(top))
 }
 
