@@ -1,21 +1,17 @@
 //! Micro-batches change how much of a minibatch goes through the network at once, not the
 //! update: the summed, token-weighted gradients of the parts are the whole minibatch's.
 
+mod common;
+
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarMap;
+use candle_core::Tensor;
 use ppo_learner::{PpoConfig, PpoLearner};
-use rlhf_model::{Config, seeded_var_builder};
+use rlhf_model::Config;
 use rlhf_types::{Rollout, ScoredRollout};
 
 fn weights() -> (Config, HashMap<String, Tensor>) {
-    let cfg = Config::tiny(24, 16, 2, 2, 1);
-    let varmap = VarMap::new();
-    rlhf_model::Llama::new(&cfg, seeded_var_builder(&varmap, 3, DType::F32, &Device::Cpu)).unwrap();
-    let tensors =
-        varmap.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().copy().unwrap())).collect();
-    (cfg, tensors)
+    common::tiny_policy(3)
 }
 
 /// Rollouts of different prompt and response lengths, so token shares differ between rows.

@@ -2,21 +2,17 @@
 //! a copy of the policy's backbone, the value loss trains it (and only it), the generators never
 //! see it, and a resumed learner gets it back as it was.
 
+mod common;
+
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarMap;
+use candle_core::Tensor;
 use ppo_learner::{Critic, PpoConfig, PpoLearner};
-use rlhf_model::{Config, seeded_var_builder};
+use rlhf_model::Config;
 use rlhf_types::{Rollout, ScoredRollout};
 
 fn weights() -> (Config, HashMap<String, Tensor>) {
-    let cfg = Config::tiny(24, 16, 2, 2, 1);
-    let varmap = VarMap::new();
-    rlhf_model::Llama::new(&cfg, seeded_var_builder(&varmap, 5, DType::F32, &Device::Cpu)).unwrap();
-    let tensors =
-        varmap.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().copy().unwrap())).collect();
-    (cfg, tensors)
+    common::tiny_policy(5)
 }
 
 fn batch(tag: &str) -> Vec<ScoredRollout> {
