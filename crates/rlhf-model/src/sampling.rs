@@ -58,7 +58,7 @@ pub fn generate_until(
         prompts.iter().flat_map(|p| std::iter::repeat_n(pad_id, width - p.len()).chain(p.iter().copied())).collect();
     let mut next_position: Vec<u32> = prompts.iter().map(|p| p.len() as u32).collect();
 
-    let mut cache = KvCache::new(model.config().num_hidden_layers);
+    let mut cache = KvCache::new(model.config().num_hidden_layers, width + params.max_new_tokens);
     let input = Tensor::from_vec(ids, (batch, width), &device)?;
     let bias = padding::attention_bias(&key_mask, width, &device)?;
     let hidden =
@@ -123,6 +123,13 @@ fn validate(model: &Llama, prompts: &[Vec<u32>], params: &SamplingParams) -> Res
 
 /// Draws one token from one row of logits; returns it with its log-prob under the
 /// temperature-scaled full distribution.
+///
+/// Top-k and top-p need the tokens in descending probability, but a real vocabulary has tens of
+/// thousands of entries and a sort of all of them per row per step cost as much as the forward
+/// pass of a 135M model. Only the tokens within [`TAIL_LOGIT_GAP`] of the best are sorted; the
+/// draw falls back to the full order in the rare case the nucleus or the draw reaches past them,
+/// so the token drawn is the one the full sort would give. Without top-k and top-p the draw walks
+/// the vocabulary in its own order: the same distribution, no sort.
 fn pick(logits: &[f32], params: &SamplingParams, rng: &mut StdRng) -> Result<(u32, f32)> {
     let temperature = if params.temperature == 0.0 { 1.0 } else { params.temperature };
     let scaled: Vec<f64> = logits.iter().map(|&l| l as f64 / temperature).collect();
@@ -130,40 +137,85 @@ fn pick(logits: &[f32], params: &SamplingParams, rng: &mut StdRng) -> Result<(u3
     if !max.is_finite() {
         return Err(candle_core::Error::Msg("non-finite logits while sampling".into()));
     }
-    let log_norm = max + scaled.iter().map(|s| (s - max).exp()).sum::<f64>().ln();
+    let weights: Vec<f64> = scaled.iter().map(|s| (s - max).exp()).collect();
+    let log_norm = max + weights.iter().sum::<f64>().ln();
     let logprob = |token: usize| (scaled[token] - log_norm) as f32;
 
     if params.temperature == 0.0 {
         let best = (0..scaled.len()).fold(0, |best, i| if scaled[i] > scaled[best] { i } else { best });
         return Ok((best as u32, logprob(best)));
     }
-    // Candidates in descending probability, cut by top-k, then by top-p on what is left.
-    let mut order: Vec<usize> = (0..scaled.len()).collect();
-    order.sort_unstable_by(|&a, &b| scaled[b].total_cmp(&scaled[a]).then(a.cmp(&b)));
-    order.truncate(params.top_k.unwrap_or(order.len()).min(order.len()));
-    let probs: Vec<f64> = order.iter().map(|&i| (scaled[i] - max).exp()).collect();
-    let kept_mass: f64 = probs.iter().sum();
-    let mut keep = probs.len();
-    if params.top_p < 1.0 {
+    let u = rng.random::<f64>();
+    if params.top_k.is_none() && params.top_p >= 1.0 {
+        // The whole distribution: no order is needed, the vocabulary's own will do.
+        let total: f64 = weights.iter().sum();
+        return Ok(draw(&(0..scaled.len()).collect::<Vec<_>>(), &weights, total, true, 1.0, u)
+            .map(|token| (token as u32, logprob(token)))
+            .expect("a complete order always draws"));
+    }
+    let descending = |a: &usize, b: &usize| scaled[*b].total_cmp(&scaled[*a]).then(a.cmp(b));
+    let cut_by_k = matches!(params.top_k, Some(k) if k < scaled.len());
+    let (candidates, complete) = match params.top_k {
+        Some(k) if cut_by_k => {
+            let mut top: Vec<usize> = (0..scaled.len()).collect();
+            top.select_nth_unstable_by(k - 1, descending);
+            top.truncate(k);
+            (top, true)
+        }
+        _ => {
+            let near: Vec<usize> = (0..scaled.len()).filter(|&i| scaled[i] >= max - TAIL_LOGIT_GAP).collect();
+            let complete = near.len() == scaled.len();
+            (near, complete)
+        }
+    };
+    let mut order = candidates;
+    order.sort_unstable_by(descending);
+    // The mass top-p is a share of: the top k when cut by top-k, otherwise the whole vocabulary.
+    let mass = if cut_by_k { order.iter().map(|&i| weights[i]).sum() } else { weights.iter().sum() };
+    let token = match draw(&order, &weights, mass, complete, params.top_p, u) {
+        Some(token) => token,
+        None => {
+            let mut all: Vec<usize> = (0..scaled.len()).collect();
+            all.sort_unstable_by(descending);
+            draw(&all, &weights, mass, true, params.top_p, u).expect("a complete order always draws")
+        }
+    };
+    Ok((token as u32, logprob(token)))
+}
+
+/// Tokens more than this far below the best logit (a probability ratio of e^-20 ≈ 2e-9) are
+/// left out of the sort; together they hold at most `vocab · 2e-9` of the best token's weight.
+const TAIL_LOGIT_GAP: f64 = 20.0;
+
+/// The token a uniform draw `u` picks from `order` (descending probability) after cutting it to
+/// the top-p nucleus of `mass`. `None` when `order` is not every candidate (`complete` false)
+/// and the nucleus or the draw reaches past its end: the caller retries with the full order.
+fn draw(order: &[usize], weights: &[f64], mass: f64, complete: bool, top_p: f64, u: f64) -> Option<usize> {
+    let mut keep = None;
+    if top_p < 1.0 {
         let mut cumulative = 0.0;
-        for (n, p) in probs.iter().enumerate() {
-            cumulative += p / kept_mass;
-            if cumulative >= params.top_p {
-                keep = n + 1;
+        for (n, &i) in order.iter().enumerate() {
+            cumulative += weights[i] / mass;
+            if cumulative >= top_p {
+                keep = Some(n + 1);
                 break;
             }
         }
     }
-    let total: f64 = probs[..keep].iter().sum();
-    let mut target = rng.random::<f64>() * total;
-    for (n, p) in probs[..keep].iter().enumerate() {
-        target -= p;
+    let (nucleus, total) = match keep {
+        Some(keep) => (&order[..keep], order[..keep].iter().map(|&i| weights[i]).sum::<f64>()),
+        None if complete => (order, order.iter().map(|&i| weights[i]).sum::<f64>()),
+        None if top_p < 1.0 => return None,
+        None => (order, mass),
+    };
+    let mut target = u * total;
+    for &i in nucleus {
+        target -= weights[i];
         if target < 0.0 {
-            return Ok((order[n] as u32, logprob(order[n])));
+            return Some(i);
         }
     }
-    let last = order[keep - 1];
-    Ok((last as u32, logprob(last)))
+    if complete || keep.is_some() { nucleus.last().copied() } else { None }
 }
 
 /// Log-probs of the response tokens under `logits / temperature`, as the sampler reports them.
@@ -173,3 +225,6 @@ pub fn tempered_logprobs(logits: &Tensor, targets: &Tensor, temperature: f64) ->
     let t = if temperature == 0.0 { 1.0 } else { temperature };
     crate::token_logprobs(&(logits / t)?, targets)
 }
+
+#[cfg(test)]
+mod tests;

@@ -303,6 +303,8 @@ fn bench_forward(args: &BenchArgs, vocab: usize, model: &Llama, rng: &mut StdRng
 fn bench_sample(args: &BenchArgs, vocab: usize, model: &Llama, rng: &mut StdRng) -> Result<Measurement> {
     let prompts: Vec<Vec<u32>> =
         (0..args.batch).map(|_| (0..args.prompt_len).map(|_| rng.random_range(0..vocab as u32)).collect()).collect();
+    // As the generators sample: from a copy in the decode layout.
+    let model = &model.clone().into_decode_layout()?;
     let mut seed = 0;
     measure(args, Workload::Sample, args.batch * args.new_tokens, || {
         seed += 1;

@@ -72,7 +72,8 @@ pub fn generate_command(args: &GenerateArgs) -> Result<()> {
         stop_tokens: tok.stop_ids.clone(),
         seed: args.seed,
     };
-    let model = Llama::new(&ckpt.config, VarBuilder::from_tensors(ckpt.tensors, DType::F32, &Device::Cpu))?;
+    let model = Llama::new(&ckpt.config, VarBuilder::from_tensors(ckpt.tensors, DType::F32, &Device::Cpu))?
+        .into_decode_layout()?;
     let generation = generate(&model, std::slice::from_ref(&prompt), &params, tok.pad_id)?.remove(0);
     let text = tok.decode(&generation.tokens)?;
     if args.json {

@@ -218,7 +218,9 @@ fn build(config: &Config, tensors: HashMap<String, Tensor>) -> Result<Llama> {
         }
         owned.insert(name, t.copy().map_err(|e| Error::BadWeights(e.to_string()))?);
     }
+    // The generator only samples: the decode layout spares gemm a repack of every weight per step.
     Llama::new(config, VarBuilder::from_tensors(owned, DType::F32, &Device::Cpu))
+        .and_then(Llama::into_decode_layout)
         .map_err(|e| Error::BadWeights(e.to_string()))
 }
 

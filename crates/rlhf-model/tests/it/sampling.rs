@@ -159,3 +159,24 @@ fn bad_sampling_requests_are_refused() {
     assert!(refused(&[vec![1]], &SamplingParams { top_p: 0.0, ..ok.clone() }).to_string().contains("top_p"));
     assert!(refused(&[vec![1]], &SamplingParams { top_k: Some(0), ..ok }).to_string().contains("top_k"));
 }
+
+#[test]
+fn the_decode_layout_samples_what_the_training_layout_samples() {
+    for tied in [true, false] {
+        let cfg = Config { tie_word_embeddings: tied, ..tiny_config(41) };
+        let (_vars, model) = tiny_model(&cfg, 23, DType::F32);
+        let decoder = model.clone().into_decode_layout().unwrap();
+        let params = SamplingParams { temperature: 0.8, top_p: 0.9, max_new_tokens: 12, seed: 9, ..Default::default() };
+        let (a, b) = (
+            generate(&model, &prompts(), &params, PAD).unwrap(),
+            generate(&decoder, &prompts(), &params, PAD).unwrap(),
+        );
+        for (prompt, (x, y)) in prompts().iter().zip(a.iter().zip(&b)) {
+            assert_eq!(x.tokens, y.tokens, "tied {tied}");
+            let expected = recomputed(&model, prompt, y, params.temperature);
+            for (got, want) in y.logprobs.iter().zip(&expected) {
+                assert!((*got as f64 - want).abs() < 1e-4, "tied {tied}: {got} vs {want}");
+            }
+        }
+    }
+}
