@@ -18,6 +18,7 @@
 
 pub mod batch;
 pub mod config;
+mod embedding;
 pub mod fused;
 pub mod fused_logprobs;
 pub mod fused_swiglu;

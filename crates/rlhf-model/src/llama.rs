@@ -12,9 +12,10 @@
 //! parameter receives a gradient.
 
 use candle_core::{D, DType, Device, Module, Result, Tensor};
-use candle_nn::{Embedding, Init, Linear, VarBuilder};
+use candle_nn::{Init, Linear, VarBuilder};
 
 use crate::config::Config;
+use crate::embedding::TokenEmbedding;
 use crate::padding;
 
 /// Which implementation of the normalisation, softmax and rotary ops a forward pass uses.
@@ -264,7 +265,7 @@ impl DecoderLayer {
 /// The causal LM: decoder stack plus LM head. Value and reward heads live in [`crate::heads`].
 #[derive(Debug, Clone)]
 pub struct Llama {
-    embed_tokens: Embedding,
+    embed_tokens: TokenEmbedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     /// `None` for a reward model's backbone.
@@ -290,7 +291,7 @@ impl Llama {
         let init = Init::Randn { mean: 0.0, stdev: config.initializer_range };
         let embeddings =
             vb.pp("model.embed_tokens").get_with_hints((config.vocab_size, config.hidden_size), "weight", init)?;
-        let embed_tokens = Embedding::new(embeddings.clone(), config.hidden_size);
+        let embed_tokens = TokenEmbedding::rows(embeddings.clone(), config.hidden_size);
         let lm_head = match (with_head, config.tie_word_embeddings) {
             (false, _) => None,
             (true, true) => Some(Linear::new(embeddings, None)),
@@ -315,12 +316,23 @@ impl Llama {
     /// arithmetic (SmolLM2-135M: 40% of sampling time). Stored transposed, `W` is the column-major
     /// operand gemm reads in place. The values are the same bits, so outputs agree exactly
     /// (up to gemm's summation order). Takes `self` so the row-major weights are freed as each
-    /// is replaced; a tied LM head gets its own transposed copy (the embedding lookup keeps the
-    /// rows). Gradients still flow through it, but training should use the row-major layout.
+    /// is replaced; a tied embedding table is stored by columns for both the lookup and the head.
+    /// The result shares no storage with `self`'s tensors, so a generator may build it from
+    /// weights its sender goes on training. Gradients still flow through it, but training should
+    /// use the row-major layout.
     pub fn into_decode_layout(mut self) -> Result<Self> {
-        let transposed =
-            |l: &Linear| -> Result<Linear> { Ok(Linear::new(l.weight().t()?.contiguous()?.t()?, l.bias().cloned())) };
+        let transposed = |l: &Linear| -> Result<Linear> {
+            let bias = l.bias().map(Tensor::copy).transpose()?;
+            Ok(Linear::new(l.weight().t()?.contiguous()?.t()?, bias))
+        };
+        let own = |norm: &mut RmsNorm| -> Result<()> {
+            norm.weight = norm.weight.copy()?;
+            Ok(())
+        };
+        own(&mut self.norm)?;
         for layer in &mut self.layers {
+            own(&mut layer.input_layernorm)?;
+            own(&mut layer.post_attention_layernorm)?;
             let attn = &mut layer.self_attn;
             for proj in [&mut attn.q_proj, &mut attn.k_proj, &mut attn.v_proj, &mut attn.o_proj] {
                 *proj = transposed(proj)?;
@@ -330,14 +342,23 @@ impl Llama {
                 *proj = transposed(proj)?;
             }
         }
-        if let Some(head) = &self.lm_head {
-            self.lm_head = Some(transposed(head)?);
+        if self.config.tie_word_embeddings {
+            // One table by columns serves the lookup and, as a transposed view, the head.
+            self.embed_tokens = self.embed_tokens.into_columns()?;
+            if self.lm_head.is_some() {
+                self.lm_head = Some(Linear::new(self.embed_tokens.table()?, None));
+            }
+        } else {
+            self.embed_tokens = self.embed_tokens.copy()?;
+            if let Some(head) = &self.lm_head {
+                self.lm_head = Some(transposed(head)?);
+            }
         }
         Ok(self)
     }
 
     pub fn device(&self) -> &Device {
-        self.embed_tokens.embeddings().device()
+        self.embed_tokens.device()
     }
 
     /// Final hidden states `[B, T, hidden]` of a padded batch.

@@ -203,10 +203,9 @@ impl PolicyGenerator {
 }
 
 /// Builds a model from named tensors, refusing missing, misshapen or non-finite weights.
-/// The tensors are copied, so the sender may keep training its own.
+/// The decode layout copies every tensor, so the sender may keep training its own.
 fn build(config: &Config, tensors: HashMap<String, Tensor>) -> Result<Llama> {
-    let mut owned = HashMap::with_capacity(tensors.len());
-    for (name, t) in tensors {
+    for (name, t) in &tensors {
         let finite = t
             .to_dtype(DType::F32)
             .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
@@ -214,12 +213,11 @@ fn build(config: &Config, tensors: HashMap<String, Tensor>) -> Result<Llama> {
             .iter()
             .all(|v| v.is_finite());
         if !finite {
-            return Err(Error::NonFinite(name));
+            return Err(Error::NonFinite(name.clone()));
         }
-        owned.insert(name, t.copy().map_err(|e| Error::BadWeights(e.to_string()))?);
     }
     // The generator only samples: the decode layout spares gemm a repack of every weight per step.
-    Llama::new(config, VarBuilder::from_tensors(owned, DType::F32, &Device::Cpu))
+    Llama::new(config, VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu))
         .and_then(Llama::into_decode_layout)
         .map_err(|e| Error::BadWeights(e.to_string()))
 }
