@@ -90,9 +90,9 @@ fn without_top_k_or_top_p_tokens_come_at_their_probabilities() {
         assert!((logprob - logits[token as usize]).abs() < 1e-6);
         counts[token as usize] += 1;
     }
-    for (count, p) in counts.iter().zip([0.1, 0.2, 0.3, 0.4]) {
+    for (count, p) in counts.iter().zip([0.1f64, 0.2, 0.3, 0.4]) {
         // Three standard deviations of a binomial count.
-        let sd = (40_000.0 * p * (1.0 - p) as f64).sqrt();
+        let sd = (40_000.0 * p * (1.0 - p)).sqrt();
         assert!((*count as f64 - 40_000.0 * p).abs() < 3.0 * sd, "{counts:?}");
     }
 }
