@@ -153,10 +153,13 @@ fn pick(logits: &[f32], params: &SamplingParams, rng: &mut StdRng) -> Result<(u3
     let u = rng.random::<f64>();
     if params.top_k.is_none() && params.top_p >= 1.0 {
         // The whole distribution: no order is needed, the vocabulary's own will do.
-        let total: f64 = weights.iter().sum();
-        return Ok(draw(&(0..scaled.len()).collect::<Vec<_>>(), &weights, total, true, 1.0, u)
-            .map(|token| (token as u32, logprob(token)))
-            .expect("a complete order always draws"));
+        let mut target = u * weights.iter().sum::<f64>();
+        let token = weights.iter().position(|w| {
+            target -= w;
+            target < 0.0
+        });
+        let token = token.unwrap_or(weights.len() - 1);
+        return Ok((token as u32, logprob(token)));
     }
     let descending = |a: &usize, b: &usize| scaled[*b].total_cmp(&scaled[*a]).then(a.cmp(b));
     let cut_by_k = matches!(params.top_k, Some(k) if k < scaled.len());
