@@ -26,11 +26,11 @@ impl TokenEmbedding {
         }
     }
 
-    /// The same table stored by columns.
+    /// The same table stored by columns, in fresh storage.
     pub(crate) fn into_columns(self) -> Result<Self> {
         match self {
-            TokenEmbedding::Rows(e) => Ok(TokenEmbedding::Columns(e.embeddings().t()?.contiguous()?)),
-            columns => Ok(columns),
+            TokenEmbedding::Rows(e) => Ok(TokenEmbedding::Columns(fresh_contiguous(&e.embeddings().t()?)?)),
+            TokenEmbedding::Columns(t) => Ok(TokenEmbedding::Columns(t.copy()?)),
         }
     }
 
@@ -61,4 +61,10 @@ impl TokenEmbedding {
             }
         }
     }
+}
+
+/// `t` laid out contiguously in storage of its own (`contiguous` alone hands back `t` itself when
+/// it already is contiguous, as a transposed vector is).
+pub(crate) fn fresh_contiguous(t: &Tensor) -> Result<Tensor> {
+    if t.is_contiguous() { t.copy() } else { t.contiguous() }
 }

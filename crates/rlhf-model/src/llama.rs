@@ -323,7 +323,7 @@ impl Llama {
     pub fn into_decode_layout(mut self) -> Result<Self> {
         let transposed = |l: &Linear| -> Result<Linear> {
             let bias = l.bias().map(Tensor::copy).transpose()?;
-            Ok(Linear::new(l.weight().t()?.contiguous()?.t()?, bias))
+            Ok(Linear::new(crate::embedding::fresh_contiguous(&l.weight().t()?)?.t()?, bias))
         };
         let own = |norm: &mut RmsNorm| -> Result<()> {
             norm.weight = norm.weight.copy()?;
