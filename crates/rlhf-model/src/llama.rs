@@ -59,6 +59,18 @@ impl KvCache {
     fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
         self.layers[layer].append(&k, &v)
     }
+
+    /// A cache holding this (one-row) cache's keys and values once for each of `rows` rows, with
+    /// room for `capacity` positions.
+    fn repeat_rows(&self, rows: usize, capacity: usize) -> Result<KvCache> {
+        let mut out = KvCache::new(self.layers.len(), capacity);
+        for (layer, cached) in self.layers.iter().enumerate() {
+            if let (Some(k), Some(v)) = (cached.k()?, cached.v()?) {
+                out.append(layer, k.repeat((rows, 1, 1, 1))?, v.repeat((rows, 1, 1, 1))?)?;
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Per-row rotary tables for one forward pass: `[B, T, head_dim / 2]` each.
@@ -381,6 +393,53 @@ impl Llama {
         let (positions, bias) = Self::padding(attention_mask, input_ids.dim(1)?)?;
         let h = self.embed_tokens.forward(input_ids)?;
         self.run_layers(h, &positions, &bias, 0..layers.min(self.layers.len()), None, kernels)
+    }
+
+    /// [`Llama::lower_hidden_states`] (no-grad kernels) of rows that all begin with the same
+    /// `prefix` real tokens, as the K responses of one ranking share their prompt: the prefix
+    /// goes through the layers once and its keys and values serve every row. Rows that do not
+    /// share it go through whole.
+    pub fn lower_hidden_states_shared_prefix(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        prefix: usize,
+        layers: usize,
+    ) -> Result<Tensor> {
+        let (rows, width) = input_ids.dims2()?;
+        let mask = padding::mask_rows(attention_mask)?;
+        let ids = input_ids.to_vec2::<u32>()?;
+        let shared = rows > 1
+            && prefix > 0
+            && prefix < width
+            && mask.iter().all(|row| row[..prefix].iter().all(|&real| real))
+            && ids.iter().all(|row| row[..prefix] == ids[0][..prefix]);
+        if !shared {
+            return self.lower_hidden_states(input_ids, attention_mask, layers, Kernels::Fused);
+        }
+        let layers = layers.min(self.layers.len());
+        let device = input_ids.device();
+        let mut cache = KvCache::new(layers, prefix);
+        let prefix_hidden = self.run_layers(
+            self.embed_tokens.forward(&input_ids.narrow(0, 0, 1)?.narrow(1, 0, prefix)?)?,
+            &[(0..prefix as u32).collect()],
+            &padding::attention_bias(&[mask[0][..prefix].to_vec()], prefix, device)?,
+            0..layers,
+            Some(&mut cache),
+            Kernels::Fused,
+        )?;
+        let mut cache = cache.repeat_rows(rows, width)?;
+        let rest = width - prefix;
+        let positions: Vec<Vec<u32>> = padding::positions(&mask).into_iter().map(|row| row[prefix..].to_vec()).collect();
+        let rest_hidden = self.run_layers(
+            self.embed_tokens.forward(&input_ids.narrow(1, prefix, rest)?)?,
+            &positions,
+            &padding::attention_bias(&mask, rest, device)?,
+            0..layers,
+            Some(&mut cache),
+            Kernels::Fused,
+        )?;
+        Tensor::cat(&[prefix_hidden.repeat((rows, 1, 1))?, rest_hidden], 1)
     }
 
     /// Continues [`Llama::lower_hidden_states`] from layer `from` through the remaining layers and

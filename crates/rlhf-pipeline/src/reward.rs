@@ -194,6 +194,35 @@ fn trainable_vars(varmap: &VarMap, frozen: usize) -> Vec<Var> {
     names.into_iter().map(|name| data[name].clone()).collect()
 }
 
+/// Raw scores of every response of `rankings` from their cached frozen-layer output, which
+/// every training ranking has once an epoch has passed (one missing is computed here).
+fn scores_from_cache(
+    model: &Llama,
+    head: &RewardHead,
+    lower_cache: &[Option<Tensor>],
+    rankings: &[&Ranking],
+    prompts: &PromptTokens,
+    pad_id: u32,
+    frozen: usize,
+) -> Result<Vec<Vec<f32>>> {
+    let mut out = Vec::with_capacity(rankings.len());
+    for (ranking, lower) in rankings.iter().zip(lower_cache) {
+        let batch = SequenceBatch::new(&rows(&[ranking], prompts), pad_id, &Device::Cpu)?;
+        let lower = match lower {
+            Some(lower) => lower.clone(),
+            None => model.lower_hidden_states_shared_prefix(
+                &batch.ids,
+                &batch.attention_mask,
+                prompts[&ranking.prompt_id].len(),
+                frozen,
+            )?,
+        };
+        let hidden = model.upper_hidden_states(&lower, &batch.attention_mask, frozen, Kernels::Fused)?;
+        out.push(head.forward(&hidden, &batch.attention_mask)?.detach().to_vec1::<f32>()?);
+    }
+    Ok(out)
+}
+
 /// Trains the reward model on the rankings in the run's SQLite store.
 pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<RewardModelResult> {
     let task = Task::load(run, config)?;
@@ -299,8 +328,14 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
                     let lower = match &lower_cache[indices[0]] {
                         Some(lower) => lower.clone(),
                         None => {
+                            // The ranking's K answers share its prompt, which goes through once.
                             let lower = model
-                                .lower_hidden_states(&batch.ids, &batch.attention_mask, frozen, Kernels::Fused)?
+                                .lower_hidden_states_shared_prefix(
+                                    &batch.ids,
+                                    &batch.attention_mask,
+                                    prompts[&micro[0].prompt_id].len(),
+                                    frozen,
+                                )?
                                 .detach();
                             lower_cache[indices[0]] = Some(lower.clone());
                             lower
@@ -338,6 +373,13 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
         }
     }
     progress.finish_and_clear();
+    // With frozen layers the training rankings' scores come from the cached lower layers: the
+    // same numbers as the saved scorer's, at the cost of the top layers only.
+    let cached_train_scores = if frozen > 0 {
+        Some(scores_from_cache(&model, &head, &lower_cache, &train, &prompts, task.tokenizer.pad_id, frozen)?)
+    } else {
+        None
+    };
     drop(lower_cache);
     let save = SaveOptions { dtype: config.model.save_dtype, ..SaveOptions::default() };
     let tensors = varmap_tensors(&varmap);
@@ -346,7 +388,10 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
     // Evaluate through the same scorer PPO will use.
     let scorer = load_scorer(run)?;
     let held_scores = score_rankings(&scorer, &held, &prompts)?;
-    let train_scores = score_rankings(&scorer, &train, &prompts)?;
+    let train_scores = match cached_train_scores {
+        Some(scores) => scores,
+        None => score_rankings(&scorer, &train, &prompts)?,
+    };
     let heldout_accuracy = agreement(&held, |i, j| held_scores[i][j] as f64);
     let train_accuracy = agreement(&train, |i, j| train_scores[i][j] as f64);
     // The ceiling needs the hidden gold preference, which only the bundled world's prompts have.

@@ -104,6 +104,31 @@ fn lower_then_upper_layers_are_the_whole_forward_and_only_the_upper_ones_get_gra
 }
 
 #[test]
+fn a_shared_prefix_computed_once_gives_every_row_the_lower_layers_whole_output() {
+    let cfg = tiny_config(41);
+    let (_vars, model) = tiny_model(&cfg, 3, DType::F32);
+    // One prompt's answers: the same four prompt tokens, answers of different lengths (padding).
+    let prompt = [3u32, 1, 4, 1];
+    let rows: Vec<Vec<u32>> =
+        [vec![5u32, 9, 2, 6, 5], vec![3], vec![5, 8], vec![9, 7, 9]].iter().map(|a| [&prompt[..], a].concat()).collect();
+    let (ids, mask) = padded(&rows, 0, false);
+    for layers in 0..=cfg.num_hidden_layers {
+        let whole = model.lower_hidden_states(&ids, &mask, layers, Kernels::Fused).unwrap();
+        let shared = model.lower_hidden_states_shared_prefix(&ids, &mask, prompt.len(), layers).unwrap();
+        assert_eq!(shared.dims(), whole.dims());
+        // Padding positions hold whatever the layers make of them; only real tokens count.
+        let real = mask.unsqueeze(2).unwrap();
+        let diff = max_abs_diff(&whole.broadcast_mul(&real).unwrap(), &shared.broadcast_mul(&real).unwrap());
+        assert!(diff < 1e-4, "{layers} layers: shared prefix differs by {diff}");
+    }
+    // Rows that do not share the prefix go through whole, with the same result.
+    let (ids, mask) = padded(&[vec![1, 2, 3, 4], vec![1, 2, 9, 4]], 0, false);
+    let whole = model.lower_hidden_states(&ids, &mask, 2, Kernels::Fused).unwrap();
+    let fallback = model.lower_hidden_states_shared_prefix(&ids, &mask, 3, 2).unwrap();
+    assert_eq!(max_abs_diff(&whole, &fallback), 0.0);
+}
+
+#[test]
 fn the_value_head_starts_at_zero_and_the_reward_head_reads_the_last_real_token() {
     let cfg = tiny_config(13);
     let varmap = VarMap::new();
