@@ -430,7 +430,8 @@ impl Llama {
         )?;
         let mut cache = cache.repeat_rows(rows, width)?;
         let rest = width - prefix;
-        let positions: Vec<Vec<u32>> = padding::positions(&mask).into_iter().map(|row| row[prefix..].to_vec()).collect();
+        let positions: Vec<Vec<u32>> =
+            padding::positions(&mask).into_iter().map(|row| row[prefix..].to_vec()).collect();
         let rest_hidden = self.run_layers(
             self.embed_tokens.forward(&input_ids.narrow(1, prefix, rest)?)?,
             &positions,

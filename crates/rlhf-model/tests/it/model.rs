@@ -109,8 +109,10 @@ fn a_shared_prefix_computed_once_gives_every_row_the_lower_layers_whole_output()
     let (_vars, model) = tiny_model(&cfg, 3, DType::F32);
     // One prompt's answers: the same four prompt tokens, answers of different lengths (padding).
     let prompt = [3u32, 1, 4, 1];
-    let rows: Vec<Vec<u32>> =
-        [vec![5u32, 9, 2, 6, 5], vec![3], vec![5, 8], vec![9, 7, 9]].iter().map(|a| [&prompt[..], a].concat()).collect();
+    let rows: Vec<Vec<u32>> = [vec![5u32, 9, 2, 6, 5], vec![3], vec![5, 8], vec![9, 7, 9]]
+        .iter()
+        .map(|a| [&prompt[..], a].concat())
+        .collect();
     let (ids, mask) = padded(&rows, 0, false);
     for layers in 0..=cfg.num_hidden_layers {
         let whole = model.lower_hidden_states(&ids, &mask, layers, Kernels::Fused).unwrap();
