@@ -10,6 +10,7 @@
 //! - [`cluster`]: the stages of a distributed run, over the replicas, Redis and the services.
 //! - [`preference_files`]: importing and exporting preference data in TRL's JSON Lines formats.
 //! - [`eval`]: held-out evaluation against the gold preference, and the reward-hacking alarm.
+//! - [`gold_pairs`]: the reward model's accuracy by kind of answer pair (correct over wrong, …).
 //! - [`report`]: `report.html` (with SVG plots) and `summary.json`.
 //! - [`pipeline`]: all stages in order, skipping finished ones on `--resume`.
 //!
@@ -22,6 +23,7 @@ pub mod collect;
 pub mod collect_human;
 pub mod config;
 pub mod eval;
+pub mod gold_pairs;
 pub mod memory;
 pub mod pipeline;
 pub mod ppo;

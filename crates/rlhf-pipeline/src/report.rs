@@ -104,6 +104,29 @@ fn terms(summary: &Summary) -> String {
     out
 }
 
+/// The reward model's held-out accuracy by kind of answer pair: which distinctions it learnt.
+fn gold_pairs_table(pairs: &[crate::gold_pairs::GoldPairAccuracy]) -> String {
+    if pairs.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "<p>Held-out answer pairs of different kinds, and how often the reward model orders them as the hidden \
+         gold preference does (0.5 is a coin): a kind it cannot tell apart is one PPO cannot improve.</p>\
+         <table><tr><th>better</th><th>worse</th><th>pairs</th><th>reward model agrees</th></tr>",
+    );
+    for p in pairs {
+        out.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td></tr>",
+            escape(&p.better),
+            escape(&p.worse),
+            p.pairs,
+            p.accuracy
+        ));
+    }
+    out.push_str("</table>");
+    out
+}
+
 fn series(metrics: &[Value], stage: &str, x: &str, y: &str) -> Vec<(f64, f64)> {
     metrics.iter().filter(|m| m["stage"] == stage).filter_map(|m| Some((m[x].as_f64()?, m[y].as_f64()?))).collect()
 }
@@ -161,6 +184,7 @@ fn html(run: &RunDir, summary: &Summary) -> Result<String> {
         let mut bars = vec![("train".into(), rm.train_accuracy), ("held-out".into(), rm.heldout_accuracy)];
         bars.extend(rm.noise_ceiling.map(|c| ("noise ceiling".into(), c)));
         body.push_str(&svg::bar_chart("Reward-model pairwise accuracy", &bars, 1.0));
+        body.push_str(&gold_pairs_table(&rm.gold_pairs));
         if rm.imported_rankings > 0 || rm.dropped_too_long > 0 {
             body.push_str(&format!(
                 "<p>{} rankings came from imported files (no gold preference: no noise ceiling for them); \

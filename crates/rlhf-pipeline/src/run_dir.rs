@@ -92,6 +92,10 @@ pub struct RewardModelResult {
     pub excluded: Vec<preference_store::quality::Exclusion>,
     #[serde(default)]
     pub excluded_rankings: usize,
+    /// Held-out accuracy against the gold preference by kind of answer pair (bundled world's
+    /// prompts only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gold_pairs: Vec<crate::gold_pairs::GoldPairAccuracy>,
     /// Mean and standard deviation of raw scores of the SFT policy's responses.
     pub score_mean: f32,
     pub score_std: f32,
