@@ -2,6 +2,11 @@
 //! hidden gold preference orders (correct over wrong, wrong over off-topic, …), how often the
 //! reward model orders them the same way.
 //!
+//! Best-of-K says the same in the currency of the run's result: the answer the reward model
+//! picks from each held-out prompt's K, against one of the K at random, under the gold
+//! preference. PPO against that reward model moves the policy toward what it would pick, so
+//! this is roughly the win rate it can hope for; the gold pick is what a perfect one allows.
+//!
 //! One accuracy against noisy annotators hides which distinctions a reward model makes: on a
 //! real model it can learn "an answer beats rambling" and not "the right capital beats a wrong
 //! one", and PPO then buys wrong answers as readily as right ones. This table says so.
@@ -60,6 +65,53 @@ pub fn gold_pair_accuracy(world: &World, rankings: &[&Ranking], scores: &[Vec<f3
         .collect()
 }
 
+/// Gold win rate of the best of each ranking's answers against one of them at random.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BestOfK {
+    /// Mean number of answers per ranking.
+    pub k: f64,
+    /// Best by the reward model's score.
+    pub by_reward_model: f64,
+    /// Best by the gold preference itself (the ceiling).
+    pub by_gold: f64,
+}
+
+/// [`BestOfK`] over `rankings` of `world`'s prompts (others are skipped; `None` when none is left).
+pub fn best_of_k(world: &World, rankings: &[&Ranking], scores: &[Vec<f32>]) -> Option<BestOfK> {
+    let (mut n, mut k, mut by_rm, mut by_gold) = (0usize, 0.0, 0.0, 0.0);
+    for (ranking, scores) in rankings.iter().zip(scores) {
+        let Some(prompt) = world.prompt(&ranking.prompt_id) else { continue };
+        let fact = world.fact_of(prompt);
+        let utilities: Vec<f64> =
+            ranking.responses.iter().map(|r| gold::utility(gold::classify(world, fact, &r.text))).collect();
+        if utilities.is_empty() {
+            continue;
+        }
+        // Against a random one of the K: ties count half, as in the run's win rate.
+        let win_rate = |u: f64| {
+            utilities
+                .iter()
+                .map(|&v| {
+                    if u > v {
+                        1.0
+                    } else if u == v {
+                        0.5
+                    } else {
+                        0.0
+                    }
+                })
+                .sum::<f64>()
+                / utilities.len() as f64
+        };
+        let picked = (0..scores.len()).max_by(|&a, &b| scores[a].total_cmp(&scores[b])).expect("non-empty");
+        by_rm += win_rate(utilities[picked]);
+        by_gold += win_rate(utilities.iter().copied().fold(f64::MIN, f64::max));
+        k += utilities.len() as f64;
+        n += 1;
+    }
+    (n > 0).then(|| BestOfK { k: k / n as f64, by_reward_model: by_rm / n as f64, by_gold: by_gold / n as f64 })
+}
+
 #[cfg(test)]
 mod tests {
     use rlhf_types::RankedResponse;
@@ -107,8 +159,15 @@ mod tests {
         assert_eq!(get("correct", "off_topic"), Some((1, 0.5)));
         assert_eq!(get("wrong", "off_topic"), Some((1, 1.0)));
         assert_eq!(table.len(), 3);
+        // The reward model picks the wrong answer: it beats off-topic, ties itself, loses to
+        // correct: (0 + 0.5 + 1) / 3. The gold pick beats both others and ties itself.
+        let best = best_of_k(&world, &[&r], &scores).expect("a world prompt");
+        assert_eq!(best.k, 3.0);
+        assert!((best.by_reward_model - 0.5).abs() < 1e-12, "{best:?}");
+        assert!((best.by_gold - 2.5 / 3.0).abs() < 1e-12, "{best:?}");
         // A prompt the world does not know (imported) has no gold kinds and is skipped.
         let imported = ranking("imported-1", &["a", "b"]);
         assert!(gold_pair_accuracy(&world, &[&imported], &[vec![0.0, 1.0]]).is_empty());
+        assert_eq!(best_of_k(&world, &[&imported], &[vec![0.0, 1.0]]), None);
     }
 }

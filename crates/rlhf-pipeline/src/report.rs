@@ -185,6 +185,15 @@ fn html(run: &RunDir, summary: &Summary) -> Result<String> {
         bars.extend(rm.noise_ceiling.map(|c| ("noise ceiling".into(), c)));
         body.push_str(&svg::bar_chart("Reward-model pairwise accuracy", &bars, 1.0));
         body.push_str(&gold_pairs_table(&rm.gold_pairs));
+        if let Some(best) = &rm.best_of_k {
+            body.push_str(&format!(
+                "<p>Best of K: the answer the reward model picks from each held-out prompt's {:.1} wins against one \
+                 of them at random {:.2} of the time under the gold preference (0.5 is chance; the gold preference's \
+                 own pick: {:.2}). PPO moves the policy toward the reward model's picks, so this is about the win rate \
+                 it can hope for.</p>",
+                best.k, best.by_reward_model, best.by_gold
+            ));
+        }
         if rm.imported_rankings > 0 || rm.dropped_too_long > 0 {
             body.push_str(&format!(
                 "<p>{} rankings came from imported files (no gold preference: no noise ceiling for them); \

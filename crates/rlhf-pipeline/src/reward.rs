@@ -402,8 +402,14 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
             gold::utility(gold::classify(&task.world, fact, &held[i].responses[j].text))
         })
     });
-    let gold_pairs =
-        if gold_known { crate::gold_pairs::gold_pair_accuracy(&task.world, &held, &held_scores) } else { vec![] };
+    let (gold_pairs, best_of_k) = if gold_known {
+        (
+            crate::gold_pairs::gold_pair_accuracy(&task.world, &held, &held_scores),
+            crate::gold_pairs::best_of_k(&task.world, &held, &held_scores),
+        )
+    } else {
+        (vec![], None)
+    };
     let all: Vec<f64> = train_scores.iter().flatten().map(|&s| s as f64).collect();
     let mean = all.iter().sum::<f64>() / all.len().max(1) as f64;
     let std = (all.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / all.len().max(1) as f64).sqrt();
@@ -414,7 +420,7 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
         ScoreNormalizer { mean: mean as f32, std: std as f32 },
     )?;
     run.metric(&json!({"stage": "rm_eval", "heldout_accuracy": heldout_accuracy, "noise_ceiling": noise_ceiling,
-                       "train_accuracy": train_accuracy, "gold_pairs": gold_pairs}))?;
+                       "train_accuracy": train_accuracy, "gold_pairs": gold_pairs, "best_of_k": best_of_k}))?;
     Ok(RewardModelResult {
         heldout_accuracy,
         noise_ceiling,
@@ -424,6 +430,7 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
         excluded,
         excluded_rankings,
         gold_pairs,
+        best_of_k,
         score_mean: mean as f32,
         score_std: std as f32,
         seconds: start.elapsed().as_secs_f64(),

@@ -96,6 +96,9 @@ pub struct RewardModelResult {
     /// prompts only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gold_pairs: Vec<crate::gold_pairs::GoldPairAccuracy>,
+    /// Best of each held-out prompt's K answers by the reward model, against a random one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_of_k: Option<crate::gold_pairs::BestOfK>,
     /// Mean and standard deviation of raw scores of the SFT policy's responses.
     pub score_mean: f32,
     pub score_std: f32,
