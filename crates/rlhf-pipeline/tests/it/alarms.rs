@@ -87,16 +87,35 @@ fn ending_below_the_kl_band_or_on_the_sft_policy_fires() {
 }
 
 #[test]
-fn the_chosen_evaluation_is_the_best_on_validation_and_the_earliest_of_equals() {
-    let with = |win: f64, validation: Option<f64>| EvalPoint {
+fn the_chosen_evaluation_is_the_best_on_validation_inside_the_kl_band_and_the_earliest_of_equals() {
+    let band = monitor().kl_band;
+    let with = |win: f64, validation: Option<f64>, kl: f64| EvalPoint {
         validation_win_rate: validation,
-        ..point(0, win, 0.0, 0.0, 1.0)
+        ..point(0, win, 0.0, kl, 1.0)
     };
     // The held-out win rate never chooses.
-    let evals = vec![with(0.5, Some(0.5)), with(0.9, Some(0.7)), with(0.6, Some(0.8)), with(0.95, Some(0.8))];
-    assert_eq!(selected(&evals), 2);
+    let evals = vec![
+        with(0.5, Some(0.5), 0.0),
+        with(0.9, Some(0.7), 1.0),
+        with(0.6, Some(0.8), 2.0),
+        with(0.95, Some(0.8), 3.0),
+    ];
+    assert_eq!(selected(&evals, band), 2);
+    // A checkpoint below the band (PPO barely moved it) or above it is passed over while one
+    // inside it exists: the SFT model's own 0.5 too.
+    let evals = vec![
+        with(0.5, Some(0.5), 0.0),
+        with(0.53, Some(0.62), 0.1),
+        with(0.55, Some(0.5), 0.6),
+        with(0.56, Some(0.54), 1.1),
+        with(0.4, Some(0.9), 7.0),
+    ];
+    assert_eq!(selected(&evals, band), 3);
+    // With none inside it, the best of all.
+    let evals = vec![with(0.5, Some(0.5), 0.0), with(0.53, Some(0.62), 0.1), with(0.55, Some(0.4), 0.2)];
+    assert_eq!(selected(&evals, band), 1);
     // Without validation prompts the run ends where it ends.
-    let evals = vec![with(0.5, None), with(0.9, None), with(0.6, None)];
-    assert_eq!(selected(&evals), 2);
-    assert_eq!(selected(&[]), 0);
+    let evals = vec![with(0.5, None, 0.0), with(0.9, None, 1.0), with(0.6, None, 1.0)];
+    assert_eq!(selected(&evals, band), 2);
+    assert_eq!(selected(&[], band), 0);
 }
