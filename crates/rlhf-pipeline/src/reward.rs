@@ -374,7 +374,8 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
     }
     progress.finish_and_clear();
     // With frozen layers the training rankings' scores come from the cached lower layers: the
-    // same numbers as the saved scorer's, at the cost of the top layers only.
+    // saved scorer's numbers (to float rounding; with `save_dtype` bf16, those of the f32 weights
+    // the checkpoint is rounded from) at the cost of the top layers only.
     let cached_train_scores = if frozen > 0 {
         Some(scores_from_cache(&model, &head, &lower_cache, &train, &prompts, task.tokenizer.pad_id, frozen)?)
     } else {
