@@ -5,6 +5,7 @@
 use rlhf_data::Message;
 use rlhf_model::{Llama, SamplingParams, generate};
 use rlhf_pipeline::ppo::step_requests;
+use rlhf_pipeline::reward;
 use rlhf_pipeline::task::Task;
 use rlhf_pipeline::{PipelineConfig, RunDir, run_all};
 
@@ -153,6 +154,23 @@ fn an_instruction_tuned_model_skips_sft_and_goes_through_every_stage_in_plain_en
     }
     assert_eq!(architecture(&run, "ppo"), "Qwen2ForCausalLM");
     assert_eq!(architecture(&run, "rm"), "Qwen2ForSequenceClassification");
+    // The training scores came from the frozen layers' cache (each ranking's prompt through them
+    // once): the saved reward model scores the same rankings the same way.
+    let result = state.reward_model.as_ref().unwrap();
+    let task = Task::load(&run, &config).unwrap();
+    let store = preference_store::SqliteStore::open(&run.path("preferences.sqlite")).unwrap();
+    let all = preference_store::PreferenceStore::rankings(&store, None).unwrap();
+    let train: Vec<_> =
+        all.iter().filter(|r| task.world.prompt(&r.prompt_id).unwrap().split == rlhf_world::Split::Train).collect();
+    let prompts = reward::prompt_tokens(&task).unwrap();
+    let scores = reward::score_rankings(&reward::load_scorer(&run).unwrap(), &train, &prompts).unwrap();
+    let flat: Vec<f64> = scores.iter().flatten().map(|&s| s as f64).collect();
+    let mean = flat.iter().sum::<f64>() / flat.len() as f64;
+    assert!((mean - result.score_mean as f64).abs() < 1e-4 * (1.0 + mean.abs()), "{mean} vs {}", result.score_mean);
+    let agreement = reward::agreement(&train, |i, j| scores[i][j] as f64);
+    assert!((agreement - result.train_accuracy).abs() < 1e-9, "{agreement} vs {}", result.train_accuracy);
+    let best = result.best_of_k.as_ref().expect("best of K on the world's held-out questions");
+    assert!(best.by_gold >= best.by_reward_model && best.by_gold >= 0.5, "{best:?}");
 
     // Questions in plain English, through the chat template.
     let task = Task::load(&run, &config).unwrap();
