@@ -7,9 +7,10 @@
 //! preference. PPO against that reward model moves the policy toward what it would pick, so
 //! this is roughly the win rate it can hope for; the gold pick is what a perfect one allows.
 //!
-//! One accuracy against noisy annotators hides which distinctions a reward model makes: on a
-//! real model it can learn "an answer beats rambling" and not "the right capital beats a wrong
-//! one", and PPO then buys wrong answers as readily as right ones. This table says so.
+//! One accuracy against noisy annotators hides which distinctions a reward model makes: on
+//! SmolLM2-135M it learnt "a short right answer beats anything" (0.92–0.98) but ordered a padded
+//! right answer against a wrong one at chance (0.39–0.47), so PPO traded padded right answers for
+//! short wrong ones. This table says so.
 
 use std::collections::BTreeMap;
 
