@@ -2,7 +2,7 @@
 //!
 //! Prompts of different lengths are padded on the left, so every row's next token is in the last
 //! column; positions and the attention bias skip the padding (see [`crate::padding`]).
-//! The forward passes use [`Kernels::Fused`]: nothing here needs gradients.
+//! The forward passes use [`crate::Kernels::Fused`]: nothing here needs gradients.
 //!
 //! # Which distribution the log-probs refer to
 //!
@@ -16,8 +16,12 @@ use candle_core::{Result, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::llama::{Kernels, KvCache, Llama};
-use crate::padding;
+use rayon::prelude::*;
+
+use crate::llama::Llama;
+use shard::Shard;
+
+mod shard;
 
 pub use rlhf_types::SamplingParams;
 
@@ -52,23 +56,15 @@ pub fn generate_until(
     cancelled: &dyn Fn() -> bool,
 ) -> Result<Option<Vec<Generation>>> {
     validate(model, prompts, params)?;
-    let device = model.device().clone();
     let batch = prompts.len();
     let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let mut key_mask: Vec<Vec<bool>> = prompts
-        .iter()
-        .map(|p| std::iter::repeat_n(false, width - p.len()).chain(std::iter::repeat_n(true, p.len())).collect())
-        .collect();
-    let ids: Vec<u32> =
-        prompts.iter().flat_map(|p| std::iter::repeat_n(pad_id, width - p.len()).chain(p.iter().copied())).collect();
-    let mut next_position: Vec<u32> = prompts.iter().map(|p| p.len() as u32).collect();
-
-    let mut cache = KvCache::new(model.config().num_hidden_layers, width + params.max_new_tokens.min(CACHE_CHUNK));
-    let input = Tensor::from_vec(ids, (batch, width), &device)?;
-    let bias = padding::attention_bias(&key_mask, width, &device)?;
-    let hidden =
-        model.forward_positions(&input, &padding::positions(&key_mask), &bias, Some(&mut cache), Kernels::Fused)?;
-    let mut logits = model.lm_head(&hidden.narrow(1, width - 1, 1)?.squeeze(1)?)?;
+    let capacity = width + params.max_new_tokens.min(CACHE_CHUNK);
+    let ranges = shard::split(batch, shard_count(model, batch));
+    let (mut shards, first): (Vec<Shard>, Vec<Vec<Vec<f32>>>) =
+        on_shards(ranges, |rows| Shard::prefill(model, rows.clone(), &prompts[rows], width, capacity, pad_id))?
+            .into_iter()
+            .unzip();
+    let mut rows: Vec<Vec<f32>> = first.into_iter().flatten().collect();
 
     let mut rng = StdRng::seed_from_u64(params.seed);
     let mut out: Vec<Generation> =
@@ -77,7 +73,6 @@ pub fn generate_until(
         if cancelled() {
             return Ok(None);
         }
-        let rows = logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
         let mut next = vec![pad_id; batch];
         for (b, row) in rows.iter().enumerate() {
             if out[b].finished {
@@ -92,17 +87,30 @@ pub fn generate_until(
         if step + 1 == params.max_new_tokens || out.iter().all(|g| g.finished) {
             break;
         }
-        for row in &mut key_mask {
-            row.push(true);
-        }
-        let positions: Vec<Vec<u32>> = next_position.iter().map(|&p| vec![p]).collect();
-        next_position.iter_mut().for_each(|p| *p += 1);
-        let input = Tensor::from_vec(next, (batch, 1), &device)?;
-        let bias = padding::attention_bias(&key_mask, 1, &device)?;
-        let hidden = model.forward_positions(&input, &positions, &bias, Some(&mut cache), Kernels::Fused)?;
-        logits = model.lm_head(&hidden.squeeze(1)?)?;
+        rows = on_shards(shards.iter_mut().collect(), |shard| {
+            let own = &next[shard.rows.clone()];
+            shard.step(model, own)
+        })?
+        .into_iter()
+        .flatten()
+        .collect();
     }
     Ok(Some(out))
+}
+
+/// How many shards to decode a batch in: one per rayon thread on the CPU, at most one per row.
+/// A GPU runs a whole batch at once, so it gets one.
+fn shard_count(model: &Llama, batch: usize) -> usize {
+    if model.device().is_cpu() { rayon::current_num_threads().min(batch).max(1) } else { 1 }
+}
+
+/// `f` over each item on rayon's threads, results in item order. One item runs right here: a
+/// hand-off to the pool would only add a wake-up to every step.
+fn on_shards<I: Send, T: Send>(items: Vec<I>, f: impl Fn(I) -> Result<T> + Sync + Send) -> Result<Vec<T>> {
+    if items.len() == 1 {
+        return items.into_iter().map(f).collect();
+    }
+    items.into_par_iter().map(f).collect()
 }
 
 fn validate(model: &Llama, prompts: &[Vec<u32>], params: &SamplingParams) -> Result<()> {

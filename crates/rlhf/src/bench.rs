@@ -19,8 +19,9 @@
 //! PyTorch's forward with autograd on.
 //!
 //! Figures are tokens per second of wall time, the median of the timed repetitions after one
-//! warm-up. candle reads its thread count from `RAYON_NUM_THREADS` once per process; decoding is
-//! usually faster on one thread, so compare `RAYON_NUM_THREADS=1 rlhf bench --only sample`.
+//! warm-up. The thread count is `RAYON_NUM_THREADS` (set to the physical core count at start-up
+//! when unset, see `threads`); sampling splits its batch into one shard per thread, so
+//! `RAYON_NUM_THREADS=1 rlhf bench --only sample` shows what the second core adds.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -137,7 +138,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     let model = Llama::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
     let params: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
-    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default (all cores)".into());
+    let threads = candle_core::utils::get_num_threads();
     println!(
         "model: {} layers, hidden {}, {} heads ({} kv), intermediate {}, vocab {}: {:.2}M parameters, f32",
         cfg.num_hidden_layers,

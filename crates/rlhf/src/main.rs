@@ -7,6 +7,7 @@ mod bench_ppo;
 mod preference_data;
 mod serve;
 mod stages;
+mod threads;
 mod try_model;
 
 use clap::{Parser, Subcommand};
@@ -62,6 +63,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     allocator::keep_freed_memory();
+    threads::fix_thread_count();
     match Cli::parse().command {
         Command::Run(args) => stages::run_all(&args),
         Command::Sft(args) => stages::run_one(&args, rlhf_pipeline::Stage::Sft),

@@ -17,8 +17,8 @@ use rlhf_types::{ScoredRollout, ScoringRequest};
 #[derive(Debug, Subcommand)]
 pub enum Service {
     /// A policy generator replica. It starts without a model (health NOT_SERVING) and serves
-    /// whatever version the learner pushes to it. Run several, each on its own port; with
-    /// RAYON_NUM_THREADS=1 each decodes fastest on a small CPU.
+    /// whatever version the learner pushes to it. Run several, each on its own port; replicas
+    /// sharing a machine decode fastest with RAYON_NUM_THREADS set to their share of its cores.
     Generator(GeneratorArgs),
     /// The reward scorer: gets the reward model and reference policy from the learner (--learner)
     /// once it announces them, moves rollouts from the raw stream to the scored stream, and

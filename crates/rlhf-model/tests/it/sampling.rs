@@ -180,3 +180,37 @@ fn the_decode_layout_samples_what_the_training_layout_samples() {
         }
     }
 }
+
+/// Sampling splits the batch into one shard per rayon thread (`sampling::shard`); the shards'
+/// rows must draw what one batch draws, with uneven shards and rows that stop early among them.
+#[test]
+fn a_batch_split_over_threads_samples_what_one_batch_samples() {
+    let cfg = tiny_config(41);
+    let (_vars, model) = tiny_model(&cfg, 25, DType::F32);
+    let decoder = model.into_decode_layout().unwrap();
+    let prompts: Vec<Vec<u32>> = prompts().into_iter().chain([vec![2, 2, 9], vec![11, 4, 1, 30, 8]]).collect();
+    let params = SamplingParams {
+        temperature: 0.9,
+        top_p: 0.95,
+        max_new_tokens: 14,
+        stop_tokens: vec![7],
+        seed: 3,
+        ..Default::default()
+    };
+    let on_threads = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| generate(&decoder, &prompts, &params, PAD).unwrap())
+    };
+    let whole = on_threads(1);
+    assert!(whole.iter().any(|g| g.finished) && whole.iter().any(|g| !g.finished), "some rows stop early");
+    for threads in [2, 4] {
+        let split = on_threads(threads);
+        for (row, (a, b)) in whole.iter().zip(&split).enumerate() {
+            assert_eq!(a.tokens, b.tokens, "{threads} threads, row {row}");
+            assert_eq!(a.finished, b.finished, "{threads} threads, row {row}");
+            for (x, y) in a.logprobs.iter().zip(&b.logprobs) {
+                assert!((x - y).abs() < 1e-5, "{threads} threads, row {row}: {x} vs {y}");
+            }
+        }
+    }
+}
