@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`batch`]: `SequenceBatch`, prompt + response rows and the next-token grid RL math uses.
 //! - [`config`]: `Config`, the model architecture as Hugging Face's `config.json` spells it.
+//! - [`device`]: `DeviceChoice`, `--device cpu|cuda[:N]` opened with an error that says what is missing.
 //! - [`llama`]: the decoder (`Llama`), differentiable for training and fused for inference.
 //! - [`heads`]: `ValueHead` (PPO critic) and `RewardHead` (reward model score).
 //! - [`init`]: `seeded_var_builder`, reproducible fresh weights (candle's CPU RNG has no seed).
@@ -18,6 +19,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod device;
 mod embedding;
 pub mod fused;
 pub mod fused_logprobs;
@@ -31,6 +33,7 @@ pub mod sampling;
 
 pub use batch::SequenceBatch;
 pub use config::Config;
+pub use device::{DeviceChoice, compute_dtype};
 pub use heads::{RewardHead, ValueHead};
 pub use init::seeded_var_builder;
 pub use llama::{Kernels, KvCache, Llama};

@@ -18,6 +18,10 @@
 //! resident memory, and a differentiable forward pass alone (`forward`), to set beside
 //! PyTorch's forward with autograd on.
 //!
+//! `--device cuda` runs it on a GPU (a build with the `cuda` feature; `deploy/gpu-check.sh`),
+//! with `--bf16` for the bf16 weights and activations PyTorch's GPU figures use; every timed step
+//! waits for the GPU to finish. The PPO iteration runs on the CPU only for now.
+//!
 //! Figures are tokens per second of wall time, the median of the timed repetitions after one
 //! warm-up. The thread count is `RAYON_NUM_THREADS` (set to the physical core count at start-up
 //! when unset, see `threads`); sampling splits its batch into one shard per thread, so
@@ -33,8 +37,8 @@ use clap::{Args, ValueEnum};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rlhf_model::{
-    Config, Kernels, Llama, RewardHead, SamplingParams, bradley_terry_loss, generate, masked_mean, next_token_logprobs,
-    seeded_var_builder,
+    Config, DeviceChoice, Kernels, Llama, RewardHead, SamplingParams, bradley_terry_loss, compute_dtype, generate,
+    masked_mean, next_token_logprobs, seeded_var_builder,
 };
 use serde::Serialize;
 
@@ -90,6 +94,37 @@ pub struct BenchArgs {
     /// Seed of the weights and the data.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Where to run: cpu, or cuda / cuda:N (needs a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
+    /// Weights and activations in bf16 (GPU only: the CPU path trains in f32).
+    #[arg(long)]
+    bf16: bool,
+}
+
+/// Where the bench runs and in what precision.
+#[derive(Debug, Clone)]
+struct Place {
+    device: Device,
+    dtype: DType,
+}
+
+impl Place {
+    fn open(args: &BenchArgs) -> Result<Place> {
+        let device = args.device.open()?;
+        anyhow::ensure!(!args.bf16 || !device.is_cpu(), "--bf16 needs --device cuda: the CPU path runs in f32");
+        anyhow::ensure!(
+            device.is_cpu() || args.only != Some(Workload::Ppo),
+            "the PPO iteration bench runs on the CPU only for now"
+        );
+        let dtype = compute_dtype(&device, args.bf16);
+        Ok(Place { device, dtype })
+    }
+
+    /// A `[rows, cols]` mask of ones in the compute dtype.
+    fn ones(&self, rows: usize, cols: usize) -> Result<Tensor> {
+        Ok(Tensor::ones((rows, cols), self.dtype, &self.device)?)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -132,22 +167,25 @@ struct Measurement {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
+    let place = Place::open(args)?;
     let (cfg, varmap) = match &args.model {
-        Some(path) => load_model(path)?,
-        None => random_model(args)?,
+        Some(path) => load_model(path, &place)?,
+        None => random_model(args, &place)?,
     };
-    let model = Llama::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+    let model = Llama::new(&cfg, VarBuilder::from_varmap(&varmap, place.dtype, &place.device))?;
     let params: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
     let threads = candle_core::utils::get_num_threads();
     println!(
-        "model: {} layers, hidden {}, {} heads ({} kv), intermediate {}, vocab {}: {:.2}M parameters, f32",
+        "model: {} layers, hidden {}, {} heads ({} kv), intermediate {}, vocab {}: {:.2}M parameters, {:?} on {}",
         cfg.num_hidden_layers,
         cfg.hidden_size,
         cfg.num_attention_heads,
         cfg.num_kv_heads(),
         cfg.intermediate_size,
         cfg.vocab_size,
-        params as f64 / 1e6
+        params as f64 / 1e6,
+        place.dtype,
+        args.device
     );
     println!("threads: RAYON_NUM_THREADS={threads}; repeats: {} after 1 warm-up", args.repeats);
 
@@ -158,27 +196,27 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let wanted = |w: Workload| {
         args.only.map_or(!matches!(w, Workload::Ppo) && (w != Workload::Forward || args.model.is_some()), |o| o == w)
     };
-    let peak = if wanted(Workload::Train) || wanted(Workload::Rm) { Some(matmul_peak(args)?) } else { None };
+    let peak = if wanted(Workload::Train) || wanted(Workload::Rm) { Some(matmul_peak(args, &place)?) } else { None };
     if wanted(Workload::Train) {
-        let mut m = bench_train(args, vocab, &model, &varmap, &mut rng)?;
+        let mut m = bench_train(args, &place, vocab, &model, &varmap, &mut rng)?;
         let flops = training_flops_per_token(&cfg, args.seq_len, true) * m.tokens_per_batch as f64;
         report_flops(&mut m, flops, peak);
         results.push(Record::Throughput(m));
     }
     if wanted(Workload::Rm) {
-        let mut m = bench_rm(args, &cfg, &mut rng)?;
+        let mut m = bench_rm(args, &place, &cfg, &mut rng)?;
         let flops = training_flops_per_token(&cfg, args.seq_len, false) * m.tokens_per_batch as f64;
         report_flops(&mut m, flops, peak);
         results.push(Record::Throughput(m));
     }
     if wanted(Workload::Forward) {
-        results.push(Record::Throughput(bench_forward(args, vocab, &model, &mut rng)?));
+        results.push(Record::Throughput(bench_forward(args, &place, vocab, &model, &mut rng)?));
     }
     if wanted(Workload::Sample) {
-        results.push(Record::Throughput(bench_sample(args, vocab, &model, &mut rng)?));
+        results.push(Record::Throughput(bench_sample(args, &place, vocab, &model, &mut rng)?));
     }
     if wanted(Workload::Score) {
-        results.push(Record::Throughput(bench_score(args, vocab, &model, &mut rng)?));
+        results.push(Record::Throughput(bench_score(args, &place, vocab, &model, &mut rng)?));
     }
     if wanted(Workload::Ppo) {
         let shape = (args.batch, args.prompt_len, args.new_tokens, args.repeats, args.seed);
@@ -197,17 +235,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn random_model(args: &BenchArgs) -> Result<(Config, VarMap)> {
+fn random_model(args: &BenchArgs, place: &Place) -> Result<(Config, VarMap)> {
     let mut cfg = Config::tiny(args.vocab, args.hidden, args.layers, args.heads, args.kv_heads);
     cfg.intermediate_size = args.intermediate;
     cfg.validate()?;
     let varmap = VarMap::new();
-    Llama::new(&cfg, seeded_var_builder(&varmap, args.seed, DType::F32, &Device::Cpu))?;
+    Llama::new(&cfg, seeded_var_builder(&varmap, args.seed, place.dtype, &place.device))?;
     Ok((cfg, varmap))
 }
 
 /// Loads a checkpoint as trainable variables, reporting how long it took and what it holds in memory.
-fn load_model(path: &std::path::Path) -> Result<(Config, VarMap)> {
+fn load_model(path: &std::path::Path, place: &Place) -> Result<(Config, VarMap)> {
     let start = Instant::now();
     let ckpt = rlhf_data::load_checkpoint(path).with_context(|| format!("loading {}", path.display()))?;
     let loaded = start.elapsed().as_secs_f64();
@@ -217,7 +255,7 @@ fn load_model(path: &std::path::Path) -> Result<(Config, VarMap)> {
     {
         let mut vars = varmap.data().lock().expect("fresh VarMap");
         for (name, tensor) in ckpt.tensors {
-            vars.insert(name, candle_core::Var::from_tensor(&tensor)?);
+            vars.insert(name, candle_core::Var::from_tensor(&tensor.to_device(&place.device)?.to_dtype(place.dtype)?)?);
         }
     }
     Ok((ckpt.config, varmap))
@@ -230,23 +268,28 @@ fn memory_kib(field: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn random_ids(rng: &mut StdRng, batch: usize, len: usize, vocab: usize) -> Result<Tensor> {
+fn random_ids(place: &Place, rng: &mut StdRng, batch: usize, len: usize, vocab: usize) -> Result<Tensor> {
     let ids: Vec<u32> = (0..batch * len).map(|_| rng.random_range(0..vocab as u32)).collect();
-    Ok(Tensor::from_vec(ids, (batch, len), &Device::Cpu)?)
+    Ok(Tensor::from_vec(ids, (batch, len), &place.device)?)
 }
 
 /// Runs `step` once to warm up, then `repeats` times, and reports the median.
 fn measure(
     args: &BenchArgs,
+    place: &Place,
     workload: Workload,
     tokens_per_batch: usize,
     mut step: impl FnMut() -> Result<()>,
 ) -> Result<Measurement> {
     step().with_context(|| format!("{workload:?} warm-up"))?;
+    place.device.synchronize()?;
     let mut times: Vec<f64> = (0..args.repeats.max(1))
         .map(|_| {
             let start = Instant::now();
-            step().map(|()| start.elapsed().as_secs_f64())
+            step()?;
+            // A GPU queues the work: the step is done when the device says so.
+            place.device.synchronize()?;
+            Ok(start.elapsed().as_secs_f64())
         })
         .collect::<Result<_>>()?;
     times.sort_by(f64::total_cmp);
@@ -272,16 +315,17 @@ fn measure(
 
 fn bench_train(
     args: &BenchArgs,
+    place: &Place,
     vocab: usize,
     model: &Llama,
     varmap: &VarMap,
     rng: &mut StdRng,
 ) -> Result<Measurement> {
-    let ids = random_ids(rng, args.batch, args.seq_len, vocab)?;
-    let mask = Tensor::ones((args.batch, args.seq_len), DType::F32, &Device::Cpu)?;
+    let ids = random_ids(place, rng, args.batch, args.seq_len, vocab)?;
+    let mask = place.ones(args.batch, args.seq_len)?;
     let targets = mask.narrow(1, 1, args.seq_len - 1)?;
     let mut opt = AdamW::new(varmap.all_vars(), ParamsAdamW { lr: 1e-4, ..Default::default() })?;
-    measure(args, Workload::Train, args.batch * args.seq_len, || {
+    measure(args, place, Workload::Train, args.batch * args.seq_len, || {
         let logits = model.forward(&ids, &mask, Kernels::Differentiable)?;
         let loss = masked_mean(&next_token_logprobs(&logits, &ids)?, &targets)?.neg()?;
         opt.backward_step(&loss)?;
@@ -290,24 +334,30 @@ fn bench_train(
 }
 
 /// The training forward alone: differentiable kernels and the loss, no backward.
-fn bench_forward(args: &BenchArgs, vocab: usize, model: &Llama, rng: &mut StdRng) -> Result<Measurement> {
-    let ids = random_ids(rng, args.batch, args.seq_len, vocab)?;
-    let mask = Tensor::ones((args.batch, args.seq_len), DType::F32, &Device::Cpu)?;
+fn bench_forward(
+    args: &BenchArgs,
+    place: &Place,
+    vocab: usize,
+    model: &Llama,
+    rng: &mut StdRng,
+) -> Result<Measurement> {
+    let ids = random_ids(place, rng, args.batch, args.seq_len, vocab)?;
+    let mask = place.ones(args.batch, args.seq_len)?;
     let targets = mask.narrow(1, 1, args.seq_len - 1)?;
-    measure(args, Workload::Forward, args.batch * args.seq_len, || {
+    measure(args, place, Workload::Forward, args.batch * args.seq_len, || {
         let logits = model.forward(&ids, &mask, Kernels::Differentiable)?;
         masked_mean(&next_token_logprobs(&logits, &ids)?, &targets)?;
         Ok(())
     })
 }
 
-fn bench_sample(args: &BenchArgs, vocab: usize, model: &Llama, rng: &mut StdRng) -> Result<Measurement> {
+fn bench_sample(args: &BenchArgs, place: &Place, vocab: usize, model: &Llama, rng: &mut StdRng) -> Result<Measurement> {
     let prompts: Vec<Vec<u32>> =
         (0..args.batch).map(|_| (0..args.prompt_len).map(|_| rng.random_range(0..vocab as u32)).collect()).collect();
     // As the generators sample: from a copy in the decode layout.
     let model = &model.clone().into_decode_layout()?;
     let mut seed = 0;
-    measure(args, Workload::Sample, args.batch * args.new_tokens, || {
+    measure(args, place, Workload::Sample, args.batch * args.new_tokens, || {
         seed += 1;
         let params = SamplingParams { max_new_tokens: args.new_tokens, seed, ..Default::default() };
         let out = generate(model, &prompts, &params, 0)?;
@@ -316,10 +366,10 @@ fn bench_sample(args: &BenchArgs, vocab: usize, model: &Llama, rng: &mut StdRng)
     })
 }
 
-fn bench_score(args: &BenchArgs, vocab: usize, model: &Llama, rng: &mut StdRng) -> Result<Measurement> {
-    let ids = random_ids(rng, args.batch, args.seq_len, vocab)?;
-    let mask = Tensor::ones((args.batch, args.seq_len), DType::F32, &Device::Cpu)?;
-    measure(args, Workload::Score, args.batch * args.seq_len, || {
+fn bench_score(args: &BenchArgs, place: &Place, vocab: usize, model: &Llama, rng: &mut StdRng) -> Result<Measurement> {
+    let ids = random_ids(place, rng, args.batch, args.seq_len, vocab)?;
+    let mask = place.ones(args.batch, args.seq_len)?;
+    measure(args, place, Workload::Score, args.batch * args.seq_len, || {
         let logits = model.forward(&ids, &mask, Kernels::Fused)?;
         next_token_logprobs(&logits, &ids)?;
         Ok(())
@@ -329,20 +379,25 @@ fn bench_score(args: &BenchArgs, vocab: usize, model: &Llama, rng: &mut StdRng) 
 /// The fp32 matmul FLOP/s of this machine as candle reaches it: a 1024 × 1024 by 1024 × 1024
 /// product, the fastest of the repeats (a peak, so the best seen; the median moved by a third
 /// between runs on a busy machine). The yardstick for the training figures.
-fn matmul_peak(args: &BenchArgs) -> Result<f64> {
-    const N: usize = 1024;
-    let a = Tensor::randn(0f32, 1.0, (N, N), &Device::Cpu)?;
-    let b = Tensor::randn(0f32, 1.0, (N, N), &Device::Cpu)?;
+fn matmul_peak(args: &BenchArgs, place: &Place) -> Result<f64> {
+    // A GPU needs a larger product to reach its peak.
+    let n: usize = if place.device.is_cpu() { 1024 } else { 8192 };
+    let a = Tensor::randn(0f32, 1.0, (n, n), &place.device)?.to_dtype(place.dtype)?;
+    let b = Tensor::randn(0f32, 1.0, (n, n), &place.device)?.to_dtype(place.dtype)?;
     a.matmul(&b)?;
+    place.device.synchronize()?;
     let mut times: Vec<f64> = (0..args.repeats.max(3))
         .map(|_| {
             let start = Instant::now();
-            a.matmul(&b).map(|_| start.elapsed().as_secs_f64())
+            a.matmul(&b)?;
+            place.device.synchronize()?;
+            Ok(start.elapsed().as_secs_f64())
         })
         .collect::<candle_core::Result<_>>()?;
     times.sort_by(f64::total_cmp);
-    let gflops = 2.0 * (N * N * N) as f64 / times[0] / 1e9;
-    println!("peak     {gflops:>9.1} GFLOP/s fp32 matmul ({N}³, the yardstick for train and rm)");
+    let gflops = 2.0 * (n * n * n) as f64 / times[0] / 1e9;
+    let precision = if place.dtype == DType::BF16 { "bf16" } else { "fp32" };
+    println!("peak     {gflops:>9.1} GFLOP/s {precision} matmul ({n}³, the yardstick for train and rm)");
     Ok(gflops)
 }
 
@@ -369,15 +424,15 @@ fn report_flops(m: &mut Measurement, flops_per_batch: f64, peak: Option<f64>) {
 
 /// One reward-model step on `--batch` pairs: chosen and rejected through a backbone and the
 /// scalar head, Bradley–Terry loss, backward, AdamW.
-fn bench_rm(args: &BenchArgs, cfg: &Config, rng: &mut StdRng) -> Result<Measurement> {
+fn bench_rm(args: &BenchArgs, place: &Place, cfg: &Config, rng: &mut StdRng) -> Result<Measurement> {
     let varmap = VarMap::new();
-    let vb = seeded_var_builder(&varmap, args.seed, DType::F32, &Device::Cpu);
+    let vb = seeded_var_builder(&varmap, args.seed, place.dtype, &place.device);
     let backbone = Llama::backbone(cfg, vb.clone())?;
     let head = RewardHead::new(cfg.hidden_size, vb)?;
-    let ids = random_ids(rng, 2 * args.batch, args.seq_len, cfg.vocab_size)?;
-    let mask = Tensor::ones((2 * args.batch, args.seq_len), DType::F32, &Device::Cpu)?;
+    let ids = random_ids(place, rng, 2 * args.batch, args.seq_len, cfg.vocab_size)?;
+    let mask = place.ones(2 * args.batch, args.seq_len)?;
     let mut opt = AdamW::new(varmap.all_vars(), ParamsAdamW { lr: 1e-5, ..Default::default() })?;
-    let mut m = measure(args, Workload::Rm, 2 * args.batch * args.seq_len, || {
+    let mut m = measure(args, place, Workload::Rm, 2 * args.batch * args.seq_len, || {
         let hidden = backbone.hidden_states(&ids, &mask, Kernels::Differentiable)?;
         let scores = head.forward(&hidden, &mask)?;
         let (chosen, rejected) = (scores.narrow(0, 0, args.batch)?, scores.narrow(0, args.batch, args.batch)?);

@@ -60,6 +60,32 @@ fn the_reward_model_bench_reports_pairs_and_its_share_of_the_matmul_peak() {
     assert!(rm["gflops_per_s"].as_f64().unwrap() > 0.0 && rm["peak_fraction"].as_f64().unwrap() > 0.0, "{rm}");
 }
 
+/// A build without the `cuda` feature refuses `--device cuda` saying how to get one, and `--bf16`
+/// on the CPU, before any work; the GPU check refuses a machine without a GPU.
+#[test]
+fn the_gpu_paths_refuse_clearly_where_there_is_no_gpu() {
+    let tiny = ["--layers", "1", "--hidden", "32", "--intermediate", "64", "--repeats", "1"];
+    if !cfg!(feature = "cuda") {
+        let out = rlhf().args(["bench", "--device", "cuda"]).args(tiny).output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--features cuda"), "{err}");
+    }
+    let out = rlhf().args(["bench", "--bf16"]).args(tiny).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--bf16 needs --device cuda"));
+    let out = rlhf().args(["bench", "--device", "tpu"]).args(tiny).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected cpu, cuda or cuda:N"));
+
+    let has_gpu = Command::new("nvidia-smi").arg("-L").output().is_ok_and(|o| o.status.success());
+    if !has_gpu {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/gpu-check.sh");
+        let out = Command::new("bash").arg(script).output().unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("gpu-check: no NVIDIA driver here"));
+    }
+}
+
 #[test]
 fn the_ppo_bench_times_one_iteration_and_its_phases() {
     let tiny = ["--layers", "1", "--hidden", "32", "--intermediate", "64", "--batch", "4"];
