@@ -6,7 +6,8 @@
 #   no-grad scoring                          590k tok/s
 # Needs an NVIDIA GPU with its driver, the CUDA toolkit (nvcc: candle's kernels are compiled at
 # build time) and a Rust toolchain with the crates fetched (`cargo fetch` where the registry can be
-# reached). Finishes in under 8 minutes on an H200 once the crates are there; the build is most of it.
+# reached). Meant to finish inside the 8 minutes on an H200 once the crates are there (the
+# build is most of it); not yet timed, since no GPU has been lent to this work.
 #
 # Usage: deploy/gpu-check.sh            (SMOLLM2_GGUF=path benches the real weights; without it,
 #                                          random weights of the same shape, which time the same)
