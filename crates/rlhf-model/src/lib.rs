@@ -22,6 +22,7 @@ pub mod config;
 pub mod device;
 mod embedding;
 pub mod fused;
+pub mod fused_attention;
 pub mod fused_logprobs;
 pub mod fused_swiglu;
 pub mod heads;

@@ -204,6 +204,7 @@ impl Attention {
         let q = rotary.apply(&heads(self.q_proj.forward(x)?, self.num_heads)?, kernels)?;
         let k = rotary.apply(&heads(self.k_proj.forward(x)?, self.num_kv_heads)?, kernels)?;
         let v = heads(self.v_proj.forward(x)?, self.num_kv_heads)?;
+        let cached = cache.is_some();
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, k, v)?,
             None => (k, v),
@@ -214,9 +215,13 @@ impl Attention {
         let group = self.num_heads / self.num_kv_heads;
         let q = q.reshape((b, self.num_kv_heads, group * tq, self.head_dim))?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, self.num_heads, tq, tk))?.broadcast_add(bias)?;
-        let probs = softmax(&scores, kernels)?.reshape((b, self.num_kv_heads, group * tq, tk))?;
-        let out = probs.matmul(&v)?.reshape((b, self.num_heads, tq, self.head_dim))?;
+        let out = if kernels == Kernels::Differentiable && !cached && crate::fused::supported(&q) {
+            crate::fused_attention::attention(&q, &k, &v, bias, scale)?
+        } else {
+            let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, self.num_heads, tq, tk))?.broadcast_add(bias)?;
+            softmax(&scores, kernels)?.reshape((b, self.num_kv_heads, group * tq, tk))?.matmul(&v)?
+        };
+        let out = out.reshape((b, self.num_heads, tq, self.head_dim))?;
         let out = out.transpose(1, 2)?.reshape((b, tq, self.num_heads * self.head_dim))?;
         self.o_proj.forward(&out)
     }

@@ -156,3 +156,45 @@ fn fused_swiglu_matches_the_composite_path() {
         );
     }
 }
+
+/// The attention op against the composite expression it replaces (the differentiable path's own
+/// softmax), grouped-query (two query heads per key/value head), with a causal and padding bias:
+/// values and every gradient agree to the last bit, small and large enough for the thread pool.
+#[test]
+fn fused_attention_matches_the_composite_path_bit_for_bit() {
+    for (b, kv_heads, group, t, d) in [(2, 2, 2, 5, 4), (4, 2, 2, 48, 16)] {
+        let key_mask: Vec<Vec<bool>> = (0..b).map(|row| (0..t).map(|j| j >= row).collect()).collect();
+        let bias = padding::attention_bias(&key_mask, t, &Device::Cpu).unwrap();
+        let scale = 1.0 / (d as f64).sqrt();
+        let q = random(&[b, kv_heads, group * t, d], 11);
+        let (k, v) = (random(&[b, kv_heads, t, d], 12), random(&[b, kv_heads, t, d], 13));
+        let composite = |x: &[Tensor]| {
+            let scores = (x[0].matmul(&x[1].t().unwrap()).unwrap() * scale).unwrap();
+            let scores = scores.reshape((b, kv_heads * group, t, t)).unwrap().broadcast_add(&bias).unwrap();
+            let probs = fused::softmax_last_dim(&scores).unwrap().reshape((b, kv_heads, group * t, t)).unwrap();
+            probs.matmul(&x[2]).unwrap()
+        };
+        let fused = |x: &[Tensor]| fused_attention::attention(&x[0], &x[1], &x[2], &bias, scale).unwrap();
+        same_values_and_gradients(&[q.clone(), k.clone(), v.clone()], fused, composite);
+        let run = |f: &dyn Fn(&[Tensor]) -> Tensor| {
+            let vars: Vec<Var> = [&q, &k, &v].iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+            let out = f(&vars.iter().map(|v| v.as_tensor().clone()).collect::<Vec<_>>());
+            let grads = (&out * random(out.dims(), 98)).unwrap().sum_all().unwrap().backward().unwrap();
+            let mut all = vec![out.flatten_all().unwrap().to_vec1::<f32>().unwrap()];
+            all.extend(
+                vars.iter().map(|v| grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap()),
+            );
+            all
+        };
+        assert_eq!(run(&fused), run(&composite), "B {b}, T {t}: not bit for bit");
+    }
+    // Without anything to differentiate, the op keeps nothing and gives the same values.
+    let (q, k) = (random(&[1, 1, 4, 4], 14), random(&[1, 1, 4, 4], 15));
+    let bias = padding::attention_bias(&[vec![true; 4]], 4, &Device::Cpu).unwrap();
+    let out = fused_attention::attention(&q, &k, &k, &bias, 0.5).unwrap();
+    assert!(!out.track_op());
+    assert_eq!(out.dims(), &[1, 1, 4, 4]);
+    // A bias that fits no query count is an error, not a read past its end.
+    let wrong = padding::attention_bias(&[vec![true; 3]], 3, &Device::Cpu).unwrap();
+    assert!(fused_attention::attention(&q, &k, &k, &wrong, 0.5).is_err());
+}

@@ -1,0 +1,143 @@
+//! Attention as one differentiable op: `softmax(Q·Kᵀ·scale + bias)·V`, grouped-query.
+//!
+//! The composite path puts five `[B, H, Tq, Tk]` tensors into the autograd graph (the scores,
+//! their scaled copy, the biased copy, the probabilities and a reshape of them). candle's backward
+//! pass accumulates every node's gradient as zeros + add, so each of them costs an allocation, a
+//! memset and an add on top of its own backward kernel. Here the graph holds one node; the
+//! probabilities it needs for its backward pass are kept by the op itself, and the backward pass
+//! runs the same four matmuls the composite one does, in the same layouts, so the result is the
+//! composite path's to the last bit.
+//!
+//! f32 on the CPU only; callers check [`crate::fused::supported`] and keep the composite path
+//! otherwise (and for decoding, whose keys come from the KV cache).
+
+use std::sync::Mutex;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Tensor};
+
+use crate::fused::{rows_mut, slice};
+
+/// `softmax(q·kᵀ·scale + bias)·v` for `q: [B, Hkv, G·Tq, D]` (the `G` query heads sharing a
+/// key/value head stacked along time), `k, v: [B, Hkv, Tk, D]` and `bias: [B, 1, Tq, Tk]`;
+/// returns `[B, Hkv, G·Tq, D]`, differentiable in `q`, `k` and `v`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let bias = bias.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let op = Attention { bias, scale: scale as f32, probs: Mutex::new(None) };
+    if q.track_op() || k.track_op() || v.track_op() { q.apply_op3(&k, &v, op) } else { q.apply_op3_no_bwd(&k, &v, &op) }
+}
+
+struct Attention {
+    bias: Vec<f32>,
+    scale: f32,
+    /// The softmax probabilities of the last forward pass, for the backward pass.
+    probs: Mutex<Option<Tensor>>,
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sq: &CpuStorage,
+        lq: &Layout,
+        sk: &CpuStorage,
+        lk: &Layout,
+        sv: &CpuStorage,
+        lv: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (&[b, heads, rows, d], &[_, _, tk, _]) = (lq.dims(), lk.dims()) else {
+            candle_core::bail!("fused-attention: q and k must be 4-d, got {:?} and {:?}", lq.dims(), lk.dims())
+        };
+        if lk.dims() != lv.dims() || lk.dims()[..2] != [b, heads] || lk.dims()[3] != d {
+            candle_core::bail!("fused-attention: q {:?}, k {:?}, v {:?} do not fit", lq.dims(), lk.dims(), lv.dims());
+        }
+        let tq = self.bias.len() / (b * tk).max(1);
+        if self.bias.len() != b * tq * tk || tq == 0 || rows % tq != 0 {
+            candle_core::bail!(
+                "fused-attention: a bias of {} values for q {:?}, k {:?}",
+                self.bias.len(),
+                lq.dims(),
+                lk.dims()
+            );
+        }
+        // The same batched matmuls the composite path runs, on the raw storages.
+        let mut scores = sq.matmul(sk, (b * heads, rows, tk, d), lq, &lk.transpose(2, 3)?)?;
+        let CpuStorage::F32(s) = &mut scores else { candle_core::bail!("fused-attention: f32 only") };
+        // Row i is batch i / (heads·rows), query (i % rows) % tq: composite order, s·scale + bias.
+        rows_mut(s, tk, |row, i| {
+            let (batch, query) = (i / (heads * rows), (i % rows) % tq);
+            let bias = &self.bias[(batch * tq + query) * tk..][..tk];
+            for (x, &m) in row.iter_mut().zip(bias) {
+                *x = *x * self.scale + m;
+            }
+            softmax_in_place(row);
+        });
+        let probs_layout = Layout::contiguous((b, heads, rows, tk));
+        let out = scores.matmul(sv, (b * heads, rows, d, tk), &probs_layout, lv)?;
+        let CpuStorage::F32(p) = scores else { unreachable!("matched as f32 above") };
+        *self.probs.lock().expect("no panic holds this lock") =
+            Some(Tensor::from_vec(p, (b, heads, rows, tk), &Device::Cpu)?);
+        Ok((out, Shape::from((b, heads, rows, d))))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _out: &Tensor,
+        dout: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let probs = self.probs.lock().expect("no panic holds this lock").clone();
+        let Some(p) = probs else { candle_core::bail!("fused-attention: backward before forward") };
+        let (q, k, v, dout) = (q.detach(), k.detach(), v.detach(), dout.detach());
+        // As candle differentiates the composite path: out = p·v, s = (q·kᵀ)·scale + bias.
+        let dp = dout.matmul(&v.t()?)?;
+        let ds = p.apply_op2_no_bwd(&dp, &ScaledSoftmaxBackward { scale: self.scale })?;
+        let dq = ds.matmul(&k)?;
+        let dk = q.t()?.matmul(&ds)?.t()?;
+        let dv = p.t()?.matmul(&dout)?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
+/// The softmax of `row` in place, as [`crate::fused::softmax_last_dim`] computes it.
+fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for x in row.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|x| *x *= inv);
+}
+
+/// `(p · (dp − Σ dp·p)) · scale`: the softmax backward, then the scale's.
+struct ScaledSoftmaxBackward {
+    scale: f32,
+}
+
+impl CustomOp2 for ScaledSoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "fused-attention-softmax-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (y, dy) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
+        let d = *l1.dims().last().unwrap_or(&1);
+        let mut out = vec![0f32; y.len()];
+        rows_mut(&mut out, d.max(1), |dx, i| {
+            let (y, dy) = (&y[i * d..(i + 1) * d], &dy[i * d..(i + 1) * d]);
+            let dot: f32 = y.iter().zip(dy).map(|(a, b)| a * b).sum();
+            for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
+                *dx = (y * (g - dot)) * self.scale;
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
