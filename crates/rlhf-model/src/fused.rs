@@ -144,27 +144,33 @@ impl CustomOp1 for Softmax {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice(storage, layout, self.name())?;
         let d = *layout.dims().last().unwrap_or(&1);
-        let mut out = vec![0f32; x.len()];
-        rows_mut(&mut out, d.max(1), |y, i| {
-            let row = &x[i * d..(i + 1) * d];
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for (y, &v) in y.iter_mut().zip(row) {
-                *y = (v - max).exp();
-                sum += *y;
-            }
-            let inv = 1.0 / sum;
-            y.iter_mut().for_each(|y| *y *= inv);
-        });
+        let mut out = x.to_vec();
+        rows_mut(&mut out, d.max(1), |y, _| softmax_in_place(y));
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(y.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &SoftmaxBackward)?))
+        Ok(Some(y.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &SoftmaxBackward { scale: 1.0 })?))
     }
 }
 
-struct SoftmaxBackward;
+/// The softmax of `row`, in place.
+pub(crate) fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for x in row.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|x| *x *= inv);
+}
+
+/// `dx = (y · (dy − Σ dy·y)) · scale`: the softmax's backward pass, then that of a scale applied
+/// to its input (exact when the scale is 1).
+pub(crate) struct SoftmaxBackward {
+    pub(crate) scale: f32,
+}
 
 impl CustomOp2 for SoftmaxBackward {
     fn name(&self) -> &'static str {
@@ -179,7 +185,7 @@ impl CustomOp2 for SoftmaxBackward {
             let (y, dy) = (&y[i * d..(i + 1) * d], &dy[i * d..(i + 1) * d]);
             let dot: f32 = y.iter().zip(dy).map(|(a, b)| a * b).sum();
             for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
-                *dx = y * (g - dot);
+                *dx = (y * (g - dot)) * self.scale;
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))

@@ -14,9 +14,9 @@
 use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
 
-use crate::fused::{rows_mut, slice};
+use crate::fused::{SoftmaxBackward, rows_mut, softmax_in_place};
 
 /// `softmax(q·kᵀ·scale + bias)·v` for `q: [B, Hkv, G·Tq, D]` (the `G` query heads sharing a
 /// key/value head stacked along time), `k, v: [B, Hkv, Tk, D]` and `bias: [B, 1, Tq, Tk]`;
@@ -97,47 +97,10 @@ impl CustomOp3 for Attention {
         let (q, k, v, dout) = (q.detach(), k.detach(), v.detach(), dout.detach());
         // As candle differentiates the composite path: out = p·v, s = (q·kᵀ)·scale + bias.
         let dp = dout.matmul(&v.t()?)?;
-        let ds = p.apply_op2_no_bwd(&dp, &ScaledSoftmaxBackward { scale: self.scale })?;
+        let ds = p.apply_op2_no_bwd(&dp, &SoftmaxBackward { scale: self.scale })?;
         let dq = ds.matmul(&k)?;
         let dk = q.t()?.matmul(&ds)?.t()?;
         let dv = p.t()?.matmul(&dout)?;
         Ok((Some(dq), Some(dk), Some(dv)))
-    }
-}
-
-/// The softmax of `row` in place, as [`crate::fused::softmax_last_dim`] computes it.
-fn softmax_in_place(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for x in row.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
-    let inv = 1.0 / sum;
-    row.iter_mut().for_each(|x| *x *= inv);
-}
-
-/// `(p · (dp − Σ dp·p)) · scale`: the softmax backward, then the scale's.
-struct ScaledSoftmaxBackward {
-    scale: f32,
-}
-
-impl CustomOp2 for ScaledSoftmaxBackward {
-    fn name(&self) -> &'static str {
-        "fused-attention-softmax-backward"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (y, dy) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
-        let d = *l1.dims().last().unwrap_or(&1);
-        let mut out = vec![0f32; y.len()];
-        rows_mut(&mut out, d.max(1), |dx, i| {
-            let (y, dy) = (&y[i * d..(i + 1) * d], &dy[i * d..(i + 1) * d]);
-            let dot: f32 = y.iter().zip(dy).map(|(a, b)| a * b).sum();
-            for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
-                *dx = (y * (g - dot)) * self.scale;
-            }
-        });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
