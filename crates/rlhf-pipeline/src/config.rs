@@ -170,6 +170,8 @@ pub struct PpoStageConfig {
     /// questions. Needs `model.path`. Evaluation and the alarm stay on the bundled world's
     /// held-out questions, the only ones the gold preference can judge.
     pub prompts: Option<PathBuf>,
+    /// PPO steps. The bundled run's held-out win rate still climbs at step 80 (measured: seed 7
+    /// 0.799 at 80, 0.805 at 120; K = 3 0.793 and 0.796), for about 40 s more on 2 cores.
     pub steps: usize,
     pub prompts_per_step: usize,
     pub max_new_tokens: usize,
@@ -309,7 +311,7 @@ impl Default for PpoStageConfig {
     fn default() -> Self {
         PpoStageConfig {
             prompts: None,
-            steps: 80,
+            steps: 120,
             prompts_per_step: 64,
             max_new_tokens: 48,
             top_p: 0.95,

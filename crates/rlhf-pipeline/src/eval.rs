@@ -24,10 +24,16 @@ pub struct EvalPoint {
     pub step: u64,
     /// Gold-preference win rate against the SFT model's responses (ties count half).
     pub gold_win_rate: f64,
+    /// Its standard error over prompts (a prompt's answers are not independent draws).
+    #[serde(default)]
+    pub gold_win_se: f64,
     /// The same on the validation prompts, by which PPO's checkpoint is chosen (none without
     /// validation prompts).
     #[serde(default)]
     pub validation_win_rate: Option<f64>,
+    /// Its standard error over the validation prompts.
+    #[serde(default)]
+    pub validation_win_se: Option<f64>,
     /// Mean normalised reward-model score.
     pub proxy_reward: f64,
     /// Mean sequence KL(π ‖ π_SFT) of the sampled responses, Σ_t log π − log π_SFT, both at the
@@ -108,13 +114,16 @@ impl Evaluator {
         let (mut wins, mut kl, mut length) = (0.0, 0.0, 0.0);
         let mut types: BTreeMap<String, f64> = AnswerType::ALL.iter().map(|t| (t.name().to_string(), 0.0)).collect();
         let mut samples = vec![];
+        let mut prompt_wins = vec![0.0; self.prompts.len()];
         for (i, s) in scored.iter().enumerate() {
             let prompt = &self.prompts[i / k];
             let fact = task.world.fact_of(prompt);
             let text = task.decode(&s.rollout.response_tokens)?;
             let answer = gold::classify(&task.world, fact, &text);
             *types.get_mut(answer.name()).expect("every type listed") += 1.0;
-            wins += gold::gold_win(&task.world, fact, &text, &self.baseline[i]);
+            let win = gold::gold_win(&task.world, fact, &text, &self.baseline[i]);
+            wins += win;
+            prompt_wins[i / k] += win / k as f64;
             kl += s
                 .rollout
                 .behaviour_logprobs
@@ -132,7 +141,9 @@ impl Evaluator {
         Ok(EvalPoint {
             step,
             gold_win_rate: wins / n,
+            gold_win_se: standard_error(&prompt_wins),
             validation_win_rate: None,
+            validation_win_se: None,
             proxy_reward: scored.iter().map(|s| s.score as f64).sum::<f64>() / n,
             kl_to_sft: kl / n,
             mean_length: length / n,
@@ -140,6 +151,17 @@ impl Evaluator {
             samples,
         })
     }
+}
+
+/// The standard error of the mean of `xs` (0 for fewer than two).
+fn standard_error(xs: &[f64]) -> f64 {
+    let n = xs.len() as f64;
+    if xs.len() < 2 {
+        return 0.0;
+    }
+    let mean = xs.iter().sum::<f64>() / n;
+    let variance = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (variance / n).sqrt()
 }
 
 /// The alarm on the policy a run ends with: below the KL band's lower edge, PPO has barely

@@ -149,7 +149,10 @@ fn html(run: &RunDir, summary: &Summary) -> Result<String> {
         ("annotator noise ceiling", fmt(summary.rm_noise_ceiling)),
         ("accuracy / ceiling", fmt(summary.rm_accuracy_vs_ceiling)),
         ("gold win rate of PPO vs SFT", fmt(summary.gold_win_rate_vs_sft)),
-        ("chosen at step (best validation win rate)", summary.ppo_selected_step.map_or("—".into(), |s| s.to_string())),
+        (
+            "chosen at step (latest within one s.e. of the best validation win rate)",
+            summary.ppo_selected_step.map_or("—".into(), |s| s.to_string()),
+        ),
         ("gold win rate after the last step", fmt(summary.gold_win_rate_last_step)),
         ("KL to SFT (nats / sequence)", fmt(summary.kl_to_sft)),
         ("KL band", format!("[{}, {}]", summary.kl_band[0], summary.kl_band[1])),

@@ -69,7 +69,14 @@ pub fn bench_ppo(
     RewardHead::new(cfg.hidden_size, vb)?;
     let scorer = reward_scorer::RewardScorer::new(cfg, tensors(&judges), cfg, policy.clone(), 0)?;
     let generator = policy_generator::PolicyGenerator::new("bench", cfg.clone(), 0, policy.clone(), 0)?;
-    let config = ppo_learner::PpoConfig { epochs: 4, minibatch_size: batch, critic, ..Default::default() };
+    // TRL's defaults, whitened advantages included: the same work as the iteration it is timed against.
+    let config = ppo_learner::PpoConfig {
+        epochs: 4,
+        minibatch_size: batch,
+        critic,
+        whiten_advantages: true,
+        ..Default::default()
+    };
     let mut learner = ppo_learner::PpoLearner::new(config, cfg.clone(), policy, 0, 0, seed)?;
     let prompts: Vec<PromptTokens> = (0..batch)
         .map(|i| PromptTokens {

@@ -28,6 +28,12 @@ pub struct PpoConfig {
     pub kl_estimator: KlEstimator,
     pub score_clip: Option<f64>,
     pub missing_stop_penalty: Option<f64>,
+    /// Rescale each batch's advantages to zero mean and unit variance (TRL's and OpenRLHF's
+    /// default). Off by default here: once most rollouts earn the same reward, whitening blows
+    /// the small differences left (value-head error, per-token KL noise) up to unit size, and
+    /// the policy stops learning from its rare failures. Measured on the bundled run: the gold
+    /// win rate went from 0.766 to 0.785 (seed 0), 0.746 to 0.791 (seed 7) and 0.741 to 0.779
+    /// (K = 3), correct answers from 87-92% to 96-97%, with the same KL to the SFT model.
     pub whiten_advantages: bool,
     pub max_grad_norm: Option<f64>,
     /// Sampling temperature of the rollouts; log-probs are recomputed under the same one.
@@ -119,7 +125,7 @@ impl Default for PpoConfig {
             kl_estimator: KlEstimator::K1,
             score_clip: Some(5.0),
             missing_stop_penalty: Some(1.0),
-            whiten_advantages: true,
+            whiten_advantages: false,
             max_grad_norm: Some(1.0),
             temperature: 1.0,
             max_staleness: 0,

@@ -10,7 +10,9 @@ fn point(step: u64, win: f64, proxy: f64, kl: f64, length: f64) -> EvalPoint {
     EvalPoint {
         step,
         gold_win_rate: win,
+        gold_win_se: 0.0,
         validation_win_rate: None,
+        validation_win_se: None,
         proxy_reward: proxy,
         kl_to_sft: kl,
         mean_length: length,
@@ -87,7 +89,7 @@ fn ending_below_the_kl_band_or_on_the_sft_policy_fires() {
 }
 
 #[test]
-fn the_chosen_evaluation_is_the_best_on_validation_inside_the_kl_band_and_the_earliest_of_equals() {
+fn the_chosen_evaluation_is_the_latest_within_a_standard_error_of_the_best_on_validation_inside_the_kl_band() {
     let band = monitor().kl_band;
     let with = |win: f64, validation: Option<f64>, kl: f64| EvalPoint {
         validation_win_rate: validation,
@@ -100,7 +102,16 @@ fn the_chosen_evaluation_is_the_best_on_validation_inside_the_kl_band_and_the_ea
         with(0.6, Some(0.8), 2.0),
         with(0.95, Some(0.8), 3.0),
     ];
-    assert_eq!(selected(&evals, band), 2);
+    assert_eq!(selected(&evals, band), 3, "the latest of equals");
+    // One standard error below the best still counts; further below does not.
+    let with_se =
+        |validation: f64, se: f64| EvalPoint { validation_win_se: Some(se), ..with(0.7, Some(validation), 1.0) };
+    let plateau = vec![with_se(0.5, 0.05), with_se(0.81, 0.02), with_se(0.80, 0.02), with_se(0.79, 0.03)];
+    assert_eq!(selected(&plateau, band), 3, "0.79 is within 0.02 of 0.81");
+    let sagging = vec![with_se(0.5, 0.05), with_se(0.81, 0.02), with_se(0.80, 0.02), with_se(0.78, 0.01)];
+    assert_eq!(selected(&sagging, band), 2, "0.78 is more than the best's 0.02 below it");
+    let peak_then_sag = vec![with_se(0.5, 0.05), with_se(0.70, 0.02), with_se(0.81, 0.01), with_se(0.75, 0.02)];
+    assert_eq!(selected(&peak_then_sag, band), 2);
     // A checkpoint below the band (PPO barely moved it) or above it is passed over while one
     // inside it exists: the SFT model's own 0.5 too.
     let evals = vec![

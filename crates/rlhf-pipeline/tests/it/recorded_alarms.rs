@@ -37,7 +37,9 @@ fn points(trace: &Trace) -> Vec<EvalPoint> {
         .map(|p| EvalPoint {
             step: p.step,
             gold_win_rate: p.gold_win_rate,
+            gold_win_se: 0.0,
             validation_win_rate: None,
+            validation_win_se: None,
             proxy_reward: p.proxy_reward,
             kl_to_sft: p.kl_to_sft,
             mean_length: p.mean_length,
