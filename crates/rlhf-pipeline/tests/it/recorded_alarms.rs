@@ -1,6 +1,7 @@
 //! The alarm replayed on the evaluation histories of real bundled runs (recorded with
 //! `scripts/sweep.sh` and `rlhf run --length-bias 0.75`, default settings otherwise; the
-//! `-4samples` ones under the earlier defaults of 60 steps and 4 answers per question): with
+//! `-4samples` ones under the earlier defaults of 60 steps and 4 answers per question, the
+//! `-unwhitened` ones under today's of 120 steps and advantages not whitened): with
 //! annotators who mildly like length it must fire before the run ends, while the harm is
 //! happening; without a bias it must stay quiet at every evaluation of every run.
 
