@@ -75,6 +75,7 @@ pub fn bench_ppo(
         minibatch_size: batch,
         critic,
         whiten_advantages: true,
+        kl_estimator: rlhf_model::KlEstimator::K1,
         ..Default::default()
     };
     let mut learner = ppo_learner::PpoLearner::new(config, cfg.clone(), policy, 0, 0, seed)?;

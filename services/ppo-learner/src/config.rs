@@ -25,6 +25,12 @@ pub struct PpoConfig {
     pub gamma: f64,
     pub lambda: f64,
     pub kl: KlController,
+    /// The per-token KL estimate in the reward. k3 by default (TRL's default is k1): k1 is
+    /// negative wherever the policy samples a token less likely than the SFT model would, so it
+    /// pays the policy for drifting there; k3 never does. Measured on the bundled run (120 steps,
+    /// advantages not whitened): ten seeds at K = 4 gave a median gold win rate of 0.814 with k3
+    /// and 0.811 with k1, K = 6 0.796 against 0.789 (k1 broke at step 118); with annotators who
+    /// like length (bias 0.75), seeds 0 and 1 gave 0.745 and 0.771 with k3, 0.679 and 0.681 with k1.
     pub kl_estimator: KlEstimator,
     pub score_clip: Option<f64>,
     pub missing_stop_penalty: Option<f64>,
@@ -122,7 +128,7 @@ impl Default for PpoConfig {
             gamma: 1.0,
             lambda: 0.95,
             kl: KlController::Adaptive { coef: 0.2, target: 1.0, horizon: 2000.0 },
-            kl_estimator: KlEstimator::K1,
+            kl_estimator: KlEstimator::K3,
             score_clip: Some(5.0),
             missing_stop_penalty: Some(1.0),
             whiten_advantages: false,

@@ -1,9 +1,11 @@
 //! The alarm replayed on the evaluation histories of real bundled runs (recorded with
 //! `scripts/sweep.sh` and `rlhf run --length-bias 0.75`, default settings otherwise; the
 //! `-4samples` ones under the earlier defaults of 60 steps and 4 answers per question, the
-//! `-unwhitened` ones under today's of 120 steps and advantages not whitened): with
-//! annotators who mildly like length it must fire before the run ends, while the harm is
-//! happening; without a bias it must stay quiet at every evaluation of every run.
+//! `-unwhitened` ones at 120 steps with advantages not whitened and the k1 KL estimator, the
+//! `-k3` ones under today's defaults): with annotators who mildly like length it must fire
+//! before the run ends, while the harm is happening; without a bias, or where the bias did no
+//! harm (seed 1 with k3: the policy never took to padding), it must stay quiet at every
+//! evaluation of every run.
 
 use std::collections::BTreeMap;
 
@@ -59,10 +61,18 @@ fn first_alarm(evals: &[EvalPoint]) -> Option<(u64, Vec<String>)> {
     })
 }
 
+/// Whether the run ended with its gold win rate fallen from its best by at least what the
+/// monitor calls a drop.
+fn harmed(trace: &Trace) -> bool {
+    let best = trace.evals.iter().map(|p| p.gold_win_rate).fold(f64::NEG_INFINITY, f64::max);
+    let last = trace.evals.last().map_or(best, |p| p.gold_win_rate);
+    best - last >= MonitorConfig::default().min_gold_drop
+}
+
 #[test]
 fn a_mild_length_bias_raises_the_alarm_while_it_happens() {
-    let biased: Vec<Trace> = traces().into_iter().filter(|t| t.length_bias > 0.0).collect();
-    assert!(!biased.is_empty());
+    let biased: Vec<Trace> = traces().into_iter().filter(|t| t.length_bias > 0.0 && harmed(t)).collect();
+    assert!(biased.len() >= 4, "{} harmed biased runs", biased.len());
     for trace in &biased {
         let evals = points(trace);
         let last = evals.last().unwrap().step;
@@ -76,8 +86,8 @@ fn a_mild_length_bias_raises_the_alarm_while_it_happens() {
 
 #[test]
 fn unbiased_runs_stay_quiet_at_every_evaluation() {
-    let unbiased: Vec<Trace> = traces().into_iter().filter(|t| t.length_bias == 0.0).collect();
-    assert!(!unbiased.is_empty());
+    let unbiased: Vec<Trace> = traces().into_iter().filter(|t| t.length_bias == 0.0 || !harmed(t)).collect();
+    assert!(unbiased.iter().any(|t| t.length_bias > 0.0), "a biased run the bias did not harm is among them");
     for trace in &unbiased {
         if let Some((step, alarms)) = first_alarm(&points(trace)) {
             panic!("{}: alarm at step {step}: {alarms:?}", trace.run);
