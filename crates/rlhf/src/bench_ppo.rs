@@ -69,7 +69,8 @@ pub fn bench_ppo(
     RewardHead::new(cfg.hidden_size, vb)?;
     let scorer = reward_scorer::RewardScorer::new(cfg, tensors(&judges), cfg, policy.clone(), 0)?;
     let generator = policy_generator::PolicyGenerator::new("bench", cfg.clone(), 0, policy.clone(), 0)?;
-    // TRL's defaults, whitened advantages included: the same work as the iteration it is timed against.
+    // TRL's defaults, whitened advantages and the k1 KL estimator included: the same work as
+    // the iteration it is timed against.
     let config = ppo_learner::PpoConfig {
         epochs: 4,
         minibatch_size: batch,
