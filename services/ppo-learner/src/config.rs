@@ -26,8 +26,8 @@ pub struct PpoConfig {
     pub lambda: f64,
     pub kl: KlController,
     /// The per-token KL estimate in the reward. k3 by default (TRL's default is k1): k1 is
-    /// negative wherever the policy samples a token less likely than the SFT model would, so it
-    /// pays the policy for drifting there; k3 never does. Measured on the bundled run (120 steps,
+    /// negative wherever the SFT model gives the sampled token more probability than the policy
+    /// does, so it pays the policy for some of its drift; k3 is never negative. Measured on the bundled run (120 steps,
     /// advantages not whitened): ten seeds at K = 4 gave a median gold win rate of 0.814 with k3
     /// and 0.811 with k1, K = 6 0.796 against 0.789 (k1 broke at step 118); with annotators who
     /// like length (bias 0.75), seeds 0 and 1 gave 0.745 and 0.771 with k3, 0.679 and 0.681 with k1.
