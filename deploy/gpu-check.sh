@@ -39,5 +39,13 @@ echo "== training in bf16, 8 × 256 (PyTorch eager bf16: 182k tok/s)"
 "$RLHF" bench --device cuda --bf16 "${MODEL[@]}" --only train --batch 8 --seq-len 256 --repeats 5 --json
 echo "== scoring in bf16, 64 × 256 (PyTorch no-grad: 590k tok/s)"
 "$RLHF" bench --device cuda --bf16 "${MODEL[@]}" --only score --batch 64 --seq-len 256 --repeats 5 --json
+echo "== one PPO iteration through the generator, scorer and learner on the GPU (bench model, f32)"
+"$RLHF" bench --device cuda --only ppo --repeats 3 --json
 echo "== training in f32 (the CPU's precision), 8 × 256"
 "$RLHF" bench --device cuda "${MODEL[@]}" --only train --batch 8 --seq-len 256 --repeats 5 --json
+echo "== the pipeline's SFT stage on the GPU (bundled task; about a minute on two CPU cores)"
+RUN_DIR="$(mktemp -d)/run"
+START=$SECONDS
+"$RLHF" sft --device cuda --run-dir "$RUN_DIR" >/dev/null
+echo "sft on the GPU: $((SECONDS - START)) s wall"
+echo "gpu-check: done"

@@ -28,6 +28,11 @@ impl SimpleBackend for Seeded {
             if var.shape() != &shape {
                 candle_core::bail!("shape mismatch for {name}: stored {:?}, requested {shape:?}", var.shape());
             }
+            // A stored weight is handed out as it is: one left on another device would only
+            // fail later, in the middle of a forward pass, under a less helpful name.
+            if !var.device().same_device(device) {
+                candle_core::bail!("{name} is stored on {:?} but the model is built on {device:?}", var.device());
+            }
             return Ok(var.as_tensor().clone());
         }
         let mut rng = StdRng::seed_from_u64(self.seed ^ fnv1a(name));

@@ -60,7 +60,7 @@ pub fn sft_generator(run: &RunDir, id: &str) -> Result<PolicyGenerator> {
         return Err(Error::MissingStage { stage: "collect", missing: "sft" });
     }
     let ckpt = rlhf_data::load_checkpoint(&path)?;
-    Ok(PolicyGenerator::new(id, ckpt.config, ckpt.tokenizer.pad_id, ckpt.tensors, 0)?)
+    Ok(PolicyGenerator::new(run.device(), id, ckpt.config, ckpt.tokenizer.pad_id, ckpt.tensors, 0)?)
 }
 
 /// Collects in this process: an in-process SFT generator, the run's SQLite store.

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 use policy_generator::PolicyGenerator;
 use ppo_learner::{
     Embedded, JudgesLoader, LocalError, LocalGenerator, LocalScorer, PpoLearner, RolloutBackend, RolloutMode,
@@ -43,9 +43,18 @@ use crate::task::Task;
 use crate::{Error, Result};
 use rlhf_data::{ModelKind, SaveOptions, varmap_tensors};
 
-/// The one-process generator: a [`PolicyGenerator`] built on the first publish.
-#[derive(Debug, Default)]
-pub struct LocalReplica(Option<PolicyGenerator>);
+/// The one-process generator: a [`PolicyGenerator`] on `device`, built on the first publish.
+#[derive(Debug)]
+pub struct LocalReplica {
+    device: Device,
+    generator: Option<PolicyGenerator>,
+}
+
+impl LocalReplica {
+    pub fn on(device: &Device) -> Self {
+        LocalReplica { device: device.clone(), generator: None }
+    }
+}
 
 impl LocalGenerator for LocalReplica {
     fn serve(
@@ -55,17 +64,24 @@ impl LocalGenerator for LocalReplica {
         config: &Config,
         pad_id: u32,
     ) -> std::result::Result<(), LocalError> {
-        match &self.0 {
+        match &self.generator {
             Some(g) => g.update_weights(version, weights.clone())?,
             None => {
-                self.0 = Some(PolicyGenerator::new("generator-0", config.clone(), pad_id, weights.clone(), version)?)
+                self.generator = Some(PolicyGenerator::new(
+                    &self.device,
+                    "generator-0",
+                    config.clone(),
+                    pad_id,
+                    weights.clone(),
+                    version,
+                )?)
             }
         }
         Ok(())
     }
 
     fn generate(&self, request: &GenerateRequest) -> std::result::Result<Vec<Rollout>, LocalError> {
-        Ok(self.0.as_ref().ok_or("no policy published yet")?.generate(request)?)
+        Ok(self.generator.as_ref().ok_or("no policy published yet")?.generate(request)?)
     }
 }
 
@@ -87,13 +103,13 @@ impl LocalScorer for LocalJudges {
 /// Runs the PPO stage in one process.
 pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<PpoResult> {
     let scorer = Arc::new(prepared_scorer(run, config)?);
-    let mut backend = Embedded::new(LocalReplica::default(), LocalJudges(scorer.clone()));
+    let mut backend = Embedded::new(LocalReplica::on(run.device()), LocalJudges(scorer.clone()));
     run_with(run, config, scorer, &mut backend, &StatusBoard::default())
 }
 
 /// The reward model and reference policy, normalised and tempered as this run needs them.
 pub fn prepared_scorer(run: &RunDir, config: &PipelineConfig) -> Result<RewardScorer> {
-    Ok(RewardScorer::from_judges(0, judges(run, config)?)?)
+    Ok(RewardScorer::from_judges(run.device(), 0, judges(run, config)?)?)
 }
 
 /// The judges of this run's PPO stage: the reward model with the normaliser of the SFT
@@ -198,7 +214,8 @@ pub fn run_with(
         algorithm.micro_batch_size =
             Some(crate::memory::items_per_micro_batch(&ckpt.config, algorithm.minibatch_size, width, width));
     }
-    let mut learner = PpoLearner::new(algorithm, ckpt.config.clone(), ckpt.tensors, pad, 0, config.seed ^ 0x990)?;
+    let mut learner =
+        PpoLearner::new(run.device(), algorithm, ckpt.config.clone(), ckpt.tensors, pad, 0, config.seed ^ 0x990)?;
     let (mut evals, mut alarms, earlier_seconds) = match &resume {
         Some(p) => {
             learner.restore(p.step, p.version, p.kl.clone());
@@ -211,8 +228,14 @@ pub fn run_with(
     // after it: kept between evaluations it held SmolLM2's 0.5 GB through every update.
     let evaluate = |learner: &PpoLearner, step: u64| -> Result<EvalPoint> {
         let weights = learner.policy_weights()?;
-        let eval_policy =
-            PolicyGenerator::new("evaluator", learner.model_config().clone(), pad, weights, learner.version())?;
+        let eval_policy = PolicyGenerator::new(
+            run.device(),
+            "evaluator",
+            learner.model_config().clone(),
+            pad,
+            weights,
+            learner.version(),
+        )?;
         let mut point = reporting.evaluate(&task, &eval_policy, &scorer, step)?;
         if let Some(v) = &validation {
             let on_validation = v.evaluate(&task, &eval_policy, &scorer, step)?;

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 use ppo_learner::grad::GradSum;
 use preference_store::PreferenceStore;
@@ -127,7 +127,8 @@ pub fn load_scorer(run: &RunDir) -> Result<RewardScorer> {
     }
     let rm = rlhf_data::load_checkpoint(&run.path("rm"))?;
     let sft = rlhf_data::load_checkpoint(&run.path("sft"))?;
-    let mut scorer = RewardScorer::new(&rm.config, rm.tensors, &sft.config, sft.tensors, sft.tokenizer.pad_id)?;
+    let mut scorer =
+        RewardScorer::new(run.device(), &rm.config, rm.tensors, &sft.config, sft.tensors, sft.tokenizer.pad_id)?;
     if let Some(n) = rm.score_normalizer {
         scorer.set_normaliser(n.mean, n.std);
     }
@@ -207,7 +208,7 @@ fn scores_from_cache(
 ) -> Result<Vec<Vec<f32>>> {
     let mut out = Vec::with_capacity(rankings.len());
     for (ranking, lower) in rankings.iter().zip(lower_cache) {
-        let batch = SequenceBatch::new(&rows(&[ranking], prompts), pad_id, &Device::Cpu)?;
+        let batch = SequenceBatch::new(&rows(&[ranking], prompts), pad_id, model.device())?;
         let lower = match lower {
             Some(lower) => lower.clone(),
             None => model.lower_hidden_states_shared_prefix(
@@ -288,10 +289,10 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
     {
         let mut data = varmap.data().lock().expect("fresh VarMap");
         for (name, t) in sft.tensors.into_iter().filter(|(n, _)| n != "lm_head.weight") {
-            data.insert(name, Var::from_tensor(&t)?);
+            data.insert(name, Var::from_tensor(&t.to_device(run.device())?)?);
         }
     }
-    let vb = seeded_var_builder(&varmap, config.seed ^ 0x4e3, DType::F32, &Device::Cpu);
+    let vb = seeded_var_builder(&varmap, config.seed ^ 0x4e3, DType::F32, run.device());
     let model = Llama::backbone(&sft.config, vb.clone())?;
     let head = RewardHead::new(sft.config.hidden_size, vb)?;
     let lr = config.reward_model.learning_rate;
@@ -323,7 +324,7 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
             };
             let (mut grads, mut loss) = (GradSum::default(), 0.0);
             for (indices, micro) in chunk.chunks(per_micro).zip(group.chunks(per_micro)) {
-                let batch = SequenceBatch::new(&rows(micro, &prompts), task.tokenizer.pad_id, &Device::Cpu)?;
+                let batch = SequenceBatch::new(&rows(micro, &prompts), task.tokenizer.pad_id, run.device())?;
                 let hidden = if frozen > 0 {
                     let lower = match &lower_cache[indices[0]] {
                         Some(lower) => lower.clone(),

@@ -136,6 +136,9 @@ pub struct PpoProgress {
 #[derive(Debug, Clone)]
 pub struct RunDir {
     root: PathBuf,
+    /// Where this process runs the run's models (`--device`). Not part of the run, so not
+    /// saved: a run started on a GPU may resume on a CPU.
+    device: candle_core::Device,
 }
 
 impl RunDir {
@@ -148,7 +151,7 @@ impl RunDir {
             )));
         }
         std::fs::create_dir_all(root).map_err(|e| Error::RunDir(format!("{}: {e}", root.display())))?;
-        let dir = RunDir { root: root.to_path_buf() };
+        let dir = RunDir { root: root.to_path_buf(), device: candle_core::Device::Cpu };
         dir.write_json("config.json", config)?;
         dir.write_json("state.json", &RunState::default())?;
         Ok(dir)
@@ -159,7 +162,7 @@ impl RunDir {
         if !root.join("config.json").exists() {
             return Err(Error::RunDir(format!("{} holds no run (no config.json)", root.display())));
         }
-        Ok(RunDir { root: root.to_path_buf() })
+        Ok(RunDir { root: root.to_path_buf(), device: candle_core::Device::Cpu })
     }
 
     /// The run at `root`, or a new one with the config file `config` (the default config when
@@ -185,6 +188,17 @@ impl RunDir {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The same run, its models on `device` (the CPU unless this is called). Open a device once
+    /// and share it: candle keeps tensors of two openings of one GPU apart.
+    pub fn on_device(self, device: candle_core::Device) -> Self {
+        RunDir { device, ..self }
+    }
+
+    /// Where every stage builds its models and batches.
+    pub fn device(&self) -> &candle_core::Device {
+        &self.device
     }
 
     /// Takes the run for this process: a second writer (another `rlhf run`, a second learner)

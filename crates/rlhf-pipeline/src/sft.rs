@@ -41,8 +41,8 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<SftResult> {
     run.forget_metrics_after(&["sft", "sft_eval"], None)?;
     let task = Task::load(run, config)?;
     let mut rng = StdRng::seed_from_u64(config.seed ^ 0x5f7);
-    let (model_config, varmap) = initial_policy(&task, config)?;
-    let model = Llama::new(&model_config, seeded_var_builder(&varmap, config.seed, DType::F32, &Device::Cpu))?;
+    let (model_config, varmap) = initial_policy(&task, config, run.device())?;
+    let model = Llama::new(&model_config, seeded_var_builder(&varmap, config.seed, DType::F32, run.device()))?;
     let (examples, dropped_too_long, final_loss) = if config.sft.skip {
         (0, 0, None)
     } else {
@@ -70,7 +70,7 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<SftResult> {
     drop(model);
     let frozen: HashMap<String, Tensor> =
         varmap_tensors(&varmap).into_iter().map(|(name, t)| (name, t.detach())).collect();
-    let model = Llama::new(&model_config, VarBuilder::from_tensors(frozen, DType::F32, &Device::Cpu))?;
+    let model = Llama::new(&model_config, VarBuilder::from_tensors(frozen, DType::F32, run.device()))?;
     let greedy_train = greedy_answer_types(&task, &model, Split::Train, config.ppo.max_new_tokens)?;
     let greedy_heldout = greedy_answer_types(&task, &model, Split::HeldOut, config.ppo.max_new_tokens)?;
     run.metric(&json!({"stage": "sft_eval", "greedy_train": greedy_train, "greedy_heldout": greedy_heldout}))?;
@@ -110,7 +110,7 @@ fn train(
         for chunk in order.chunks(config.sft.batch_size) {
             let rows: Vec<(&[u32], &[u32])> =
                 chunk.iter().map(|&i| (examples[i].0.as_slice(), examples[i].1.as_slice())).collect();
-            let batch = SequenceBatch::new(&rows, task.tokenizer.pad_id, &Device::Cpu)?;
+            let batch = SequenceBatch::new(&rows, task.tokenizer.pad_id, run.device())?;
             let logits = model.forward(&batch.ids, &batch.attention_mask, Kernels::Differentiable)?;
             let loss = masked_mean(&next_token_logprobs(&logits, &batch.ids)?, &batch.response_mask)?.neg()?;
             optimizer.set_learning_rate(learning_rate(config.sft.learning_rate, step, total));
@@ -160,7 +160,7 @@ fn examples(task: &Task, config: &PipelineConfig, context: usize, rng: &mut StdR
 
 /// The policy SFT starts from: the pretrained model of `model.path`, or (without one) an empty
 /// `VarMap` that `seeded_var_builder` fills with fresh weights of the configured size.
-fn initial_policy(task: &Task, config: &PipelineConfig) -> Result<(Config, VarMap)> {
+fn initial_policy(task: &Task, config: &PipelineConfig, device: &Device) -> Result<(Config, VarMap)> {
     let varmap = VarMap::new();
     let Some(path) = &config.model.path else { return Ok((task.model_config(config), varmap)) };
     let ckpt = rlhf_data::load_checkpoint(path)?;
@@ -170,7 +170,7 @@ fn initial_policy(task: &Task, config: &PipelineConfig) -> Result<(Config, VarMa
     {
         let mut data = varmap.data().lock().expect("fresh VarMap");
         for (name, _) in ckpt.config.expected_shapes() {
-            data.insert(name.clone(), Var::from_tensor(&ckpt.tensors[&name])?);
+            data.insert(name.clone(), Var::from_tensor(&ckpt.tensors[&name].to_device(device)?)?);
         }
     }
     Ok((ckpt.config, varmap))

@@ -113,10 +113,6 @@ impl Place {
     fn open(args: &BenchArgs) -> Result<Place> {
         let device = args.device.open()?;
         anyhow::ensure!(!args.bf16 || !device.is_cpu(), "--bf16 needs --device cuda: the CPU path runs in f32");
-        anyhow::ensure!(
-            device.is_cpu() || args.only != Some(Workload::Ppo),
-            "the PPO iteration bench runs on the CPU only for now"
-        );
         let dtype = compute_dtype(&device, args.bf16);
         Ok(Place { device, dtype })
     }
@@ -224,7 +220,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             CriticArg::Head => ppo_learner::Critic::Head,
             CriticArg::Separate => ppo_learner::Critic::Separate,
         };
-        results.push(Record::Ppo(crate::bench_ppo::bench_ppo(&cfg, &varmap, shape, critic, &mut rng)?));
+        results.push(Record::Ppo(crate::bench_ppo::bench_ppo(&place.device, &cfg, &varmap, shape, critic, &mut rng)?));
     }
     if let Some(peak) = memory_kib("VmHWM") {
         println!("peak resident memory: {:.0} MiB", peak as f64 / 1024.0);

@@ -56,6 +56,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// Runs the iteration `1 + repeats` times on the policy in `varmap`; returns the medians.
 pub fn bench_ppo(
+    device: &Device,
     cfg: &Config,
     varmap: &VarMap,
     (batch, prompt_len, new_tokens, repeats, seed): (usize, usize, usize, usize, u64),
@@ -64,11 +65,11 @@ pub fn bench_ppo(
 ) -> Result<PpoMeasurement> {
     let policy = tensors(varmap);
     let judges = VarMap::new();
-    let vb = seeded_var_builder(&judges, seed + 1, DType::F32, &Device::Cpu);
+    let vb = seeded_var_builder(&judges, seed + 1, DType::F32, device);
     Llama::backbone(cfg, vb.clone())?;
     RewardHead::new(cfg.hidden_size, vb)?;
-    let scorer = reward_scorer::RewardScorer::new(cfg, tensors(&judges), cfg, policy.clone(), 0)?;
-    let generator = policy_generator::PolicyGenerator::new("bench", cfg.clone(), 0, policy.clone(), 0)?;
+    let scorer = reward_scorer::RewardScorer::new(device, cfg, tensors(&judges), cfg, policy.clone(), 0)?;
+    let generator = policy_generator::PolicyGenerator::new(device, "bench", cfg.clone(), 0, policy.clone(), 0)?;
     // TRL's defaults, whitened advantages and the k1 KL estimator included: the same work as
     // the iteration it is timed against.
     let config = ppo_learner::PpoConfig {
@@ -79,13 +80,18 @@ pub fn bench_ppo(
         kl_estimator: rlhf_model::KlEstimator::K1,
         ..Default::default()
     };
-    let mut learner = ppo_learner::PpoLearner::new(config, cfg.clone(), policy, 0, 0, seed)?;
+    let mut learner = ppo_learner::PpoLearner::new(device, config, cfg.clone(), policy, 0, 0, seed)?;
     let prompts: Vec<PromptTokens> = (0..batch)
         .map(|i| PromptTokens {
             prompt_id: format!("p{i}"),
             tokens: (0..prompt_len).map(|_| rng.random_range(1..cfg.vocab_size as u32)).collect(),
         })
         .collect();
+    // A GPU queues work: each phase ends when the device says it is done.
+    let timed = |t: Instant| -> Result<f64> {
+        device.synchronize()?;
+        Ok(t.elapsed().as_secs_f64())
+    };
     let mut iteration = |i: usize| -> Result<Phases> {
         let request = GenerateRequest {
             request_id: format!("bench-{i}"),
@@ -95,17 +101,17 @@ pub fn bench_ppo(
         };
         let t = Instant::now();
         let rollouts = generator.generate(&request)?;
-        let rollout = t.elapsed().as_secs_f64();
+        let rollout = timed(t)?;
         anyhow::ensure!(rollouts.iter().all(|r| r.response_tokens.len() == new_tokens), "a sequence stopped early");
         let t = Instant::now();
         let scored = scorer.score(&rollouts)?;
-        let scoring = t.elapsed().as_secs_f64();
+        let scoring = timed(t)?;
         let t = Instant::now();
         learner.train_step(scored)?;
-        let update = t.elapsed().as_secs_f64();
+        let update = timed(t)?;
         let t = Instant::now();
         generator.update_weights(learner.version(), learner.policy_weights()?)?;
-        let publish = t.elapsed().as_secs_f64();
+        let publish = timed(t)?;
         Ok(Phases { rollout, scoring, update, publish })
     };
     iteration(0)?;

@@ -171,6 +171,9 @@ pub struct GeneratorArgs {
     /// retries them on another replica).
     #[arg(long, default_value_t = 4)]
     max_concurrent: usize,
+    /// Where the replica samples: cpu, or cuda / cuda:N (a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    device: rlhf_model::DeviceChoice,
 }
 
 #[derive(Debug, Args)]
@@ -194,6 +197,9 @@ pub struct ScorerArgs {
     /// Rollouts per forward pass.
     #[arg(long, default_value_t = 64)]
     batch: usize,
+    /// Where the judges run: cpu, or cuda / cuda:N (a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    device: rlhf_model::DeviceChoice,
 }
 
 #[derive(Debug, Args)]
@@ -254,6 +260,9 @@ pub struct LearnerArgs {
     /// used. Calls carry RLHF_LEARNER_TOKEN as a bearer token when it is set.
     #[arg(long)]
     preferences: Option<String>,
+    /// Where SFT, reward-model training and the PPO update run: cpu, or cuda / cuda:N (a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    device: rlhf_model::DeviceChoice,
 }
 
 pub fn run(service: Service) -> Result<()> {
@@ -296,6 +305,7 @@ pub fn run(service: Service) -> Result<()> {
         Service::Generator(args) => runtime.block_on(async {
             let shutdown = rlhf_rpc::shutdown_signal();
             let listener = tokio::net::TcpListener::bind(args.listen.listen).await?;
+            let device = args.device.open()?;
             let port = listener.local_addr()?.port();
             let id = args.id.unwrap_or_else(|| format!("generator-{port}"));
             tracing::info!(%id, addr = %args.listen.listen, "generator replica listening");
@@ -308,11 +318,13 @@ pub fn run(service: Service) -> Result<()> {
                     max_concurrent: args.max_concurrent.max(1),
                 },
                 security,
+                device,
             };
             policy_generator::run(config, listener, shutdown).await?;
             Ok(())
         }),
         Service::Scorer(args) => {
+            let device = args.device.open()?;
             let (raw, scored) = args.streams.open(&args.listen.tls)?;
             let fetch = Arc::new(reward_scorer::LearnerJudges {
                 url: args.learner,
@@ -324,6 +336,7 @@ pub fn run(service: Service) -> Result<()> {
                 batch: args.batch,
                 claim_after: Duration::from_secs(args.claim_after_secs.max(1)),
                 security,
+                device,
             };
             runtime.block_on(async {
                 let shutdown = rlhf_rpc::shutdown_signal();
@@ -383,7 +396,8 @@ fn hostname() -> String {
 }
 
 fn run_learner(args: LearnerArgs, security: rlhf_rpc::Security) -> Result<()> {
-    let run = RunDir::open_or_create(&args.run_dir, args.config.as_deref())?;
+    let device = args.device.open()?;
+    let run = RunDir::open_or_create(&args.run_dir, args.config.as_deref())?.on_device(device);
     let _lock = run.lock()?;
     let (raw, scored) = args.streams.open(&args.listen.tls)?;
     let store = match &args.preferences {

@@ -57,6 +57,10 @@ pub struct RunArgs {
     /// checkpoint, stored rankings are kept.
     #[arg(long)]
     resume: bool,
+    /// Where every stage trains and samples: cpu, or cuda / cuda:N (a build with the `cuda`
+    /// feature). Not part of the run's settings: a run may resume on another device.
+    #[arg(long, default_value = "cpu")]
+    device: rlhf_model::DeviceChoice,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -131,8 +135,14 @@ impl RunArgs {
         Ok(config)
     }
 
-    /// Opens the run to continue, or creates a new one.
+    /// Opens the run to continue, or creates a new one, on --device (opened first, so that a
+    /// device that is not there leaves no empty run behind).
     fn open(&self, allow_existing: bool) -> Result<RunDir> {
+        let device = self.device.open()?;
+        Ok(self.open_dir(allow_existing)?.on_device(device))
+    }
+
+    fn open_dir(&self, allow_existing: bool) -> Result<RunDir> {
         let overrides = self.config.is_some()
             || self.seed.is_some()
             || self.length_bias.is_some()

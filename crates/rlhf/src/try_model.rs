@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 use clap::Args;
 use rlhf_data::{Checkpoint, ModelKind, load_checkpoint};
@@ -42,6 +42,9 @@ pub struct GenerateArgs {
     /// Print one JSON object {prompt_token_ids, new_token_ids, logprobs, text} instead of the text.
     #[arg(long)]
     json: bool,
+    /// Where the model runs: cpu, or cuda / cuda:N (a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    device: rlhf_model::DeviceChoice,
 }
 
 #[derive(Debug, Serialize)]
@@ -55,6 +58,7 @@ struct Generated {
 
 /// `rlhf generate`.
 pub fn generate_command(args: &GenerateArgs) -> Result<()> {
+    let device = args.device.open()?;
     let ckpt = load(&args.model)?;
     if ckpt.kind != ModelKind::CausalLm {
         bail!("{} is a reward model; score responses with `rlhf score`", args.model.display());
@@ -72,8 +76,8 @@ pub fn generate_command(args: &GenerateArgs) -> Result<()> {
         stop_tokens: tok.stop_ids.clone(),
         seed: args.seed,
     };
-    let model = Llama::new(&ckpt.config, VarBuilder::from_tensors(ckpt.tensors, DType::F32, &Device::Cpu))?
-        .into_decode_layout()?;
+    let model =
+        Llama::new(&ckpt.config, VarBuilder::from_tensors(ckpt.tensors, DType::F32, &device))?.into_decode_layout()?;
     let generation = generate(&model, std::slice::from_ref(&prompt), &params, tok.pad_id)?.remove(0);
     let text = tok.decode(&generation.tokens)?;
     if args.json {
@@ -105,6 +109,9 @@ pub struct ScoreArgs {
     /// Print one JSON object {score, normalized, tokens} instead of the score.
     #[arg(long)]
     json: bool,
+    /// Where the model runs: cpu, or cuda / cuda:N (a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    device: rlhf_model::DeviceChoice,
 }
 
 #[derive(Debug, Serialize)]
@@ -119,6 +126,7 @@ struct Scored {
 
 /// `rlhf score`.
 pub fn score_command(args: &ScoreArgs) -> Result<()> {
+    let device = args.device.open()?;
     let ckpt = load(&args.model)?;
     if ckpt.kind != ModelKind::RewardModel {
         bail!(
@@ -128,10 +136,10 @@ pub fn score_command(args: &ScoreArgs) -> Result<()> {
     }
     let (prompt, response) = ckpt.tokenizer.encode_exchange(&args.prompt, &args.response)?;
     let ids: Vec<u32> = prompt.into_iter().chain(response).collect();
-    let vb = VarBuilder::from_tensors(ckpt.tensors, DType::F32, &Device::Cpu);
+    let vb = VarBuilder::from_tensors(ckpt.tensors, DType::F32, &device);
     let model = Llama::backbone(&ckpt.config, vb.clone())?;
     let head = RewardHead::new(ckpt.config.hidden_size, vb)?;
-    let input = Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+    let input = Tensor::new(ids.as_slice(), &device)?.unsqueeze(0)?;
     let mask = input.ones_like()?;
     let score = head.forward(&model.hidden_states(&input, &mask, Kernels::Fused)?, &mask)?.to_vec1::<f32>()?[0];
     let normalized = ckpt.score_normalizer.map(|n| (score - n.mean) / n.std.max(1e-6));

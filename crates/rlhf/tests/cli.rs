@@ -70,6 +70,44 @@ fn the_gpu_paths_refuse_clearly_where_there_is_no_gpu() {
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("--features cuda"), "{err}");
+        // Every stage and every service that runs a model takes --device, and refuses alike,
+        // before it writes anything.
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        let run_s = run.to_str().unwrap();
+        let model = dir.path().join("no-model");
+        let model_s = model.to_str().unwrap();
+        let commands: Vec<Vec<&str>> = vec![
+            vec!["run", "--run-dir", run_s],
+            vec!["sft", "--run-dir", run_s],
+            vec!["ppo", "--run-dir", run_s],
+            vec!["serve", "generator", "--listen", "127.0.0.1:0"],
+            vec!["serve", "scorer", "--listen", "127.0.0.1:0", "--learner", "http://127.0.0.1:1"],
+            vec![
+                "serve",
+                "learner",
+                "--listen",
+                "127.0.0.1:0",
+                "--run-dir",
+                run_s,
+                "--generators",
+                "http://127.0.0.1:1",
+            ],
+        ];
+        for args in commands {
+            let out = rlhf().args(&args).args(["--device", "cuda:1"]).output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && err.contains("cuda:1 asked for") && err.contains("--features cuda"),
+                "{args:?}: {err}"
+            );
+            assert!(!run.exists(), "{args:?} left a run directory behind");
+        }
+        for args in [vec!["generate", "--prompt", "hi"], vec!["score", "--prompt", "hi", "--response", "yes"]] {
+            let out = rlhf().args(&args).args(["--model", model_s, "--device", "cuda"]).output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success() && err.contains("--features cuda"), "{args:?}: {err}");
+        }
     }
     let out = rlhf().args(["bench", "--bf16"]).args(tiny).output().unwrap();
     assert!(!out.status.success());

@@ -71,6 +71,8 @@ struct Served {
 pub struct PolicyGenerator {
     id: String,
     config: Config,
+    /// Where the model runs; weights published from elsewhere are moved here.
+    device: Device,
     pad_id: u32,
     served: RwLock<Served>,
 }
@@ -82,12 +84,20 @@ impl std::fmt::Debug for PolicyGenerator {
 }
 
 impl PolicyGenerator {
-    /// A replica serving `tensors` (HF names) as `version`.
-    pub fn new(id: &str, config: Config, pad_id: u32, tensors: HashMap<String, Tensor>, version: u64) -> Result<Self> {
-        let model = build(&config, tensors)?;
+    /// A replica serving `tensors` (HF names) as `version`, on `device` (the tensors may be anywhere).
+    pub fn new(
+        device: &Device,
+        id: &str,
+        config: Config,
+        pad_id: u32,
+        tensors: HashMap<String, Tensor>,
+        version: u64,
+    ) -> Result<Self> {
+        let model = build(&config, tensors, device)?;
         Ok(PolicyGenerator {
             id: id.to_string(),
             config,
+            device: device.clone(),
             pad_id,
             served: RwLock::new(Served { epoch: 0, version, model }),
         })
@@ -131,7 +141,7 @@ impl PolicyGenerator {
         if epoch == serving_epoch && version <= serving {
             return Err(Error::StaleVersion { new: version, serving });
         }
-        let model = build(&self.config, tensors)?;
+        let model = build(&self.config, tensors, &self.device)?;
         let mut served = self.served.write().map_err(|_| Error::BadWeights("lock poisoned".into()))?;
         *served = Served { epoch, version, model };
         Ok(())
@@ -204,7 +214,7 @@ impl PolicyGenerator {
 
 /// Builds a model from named tensors, refusing missing, misshapen or non-finite weights.
 /// The decode layout copies every tensor, so the sender may keep training its own.
-fn build(config: &Config, tensors: HashMap<String, Tensor>) -> Result<Llama> {
+fn build(config: &Config, tensors: HashMap<String, Tensor>, device: &Device) -> Result<Llama> {
     for (name, t) in &tensors {
         let finite = t
             .to_dtype(DType::F32)
@@ -217,7 +227,7 @@ fn build(config: &Config, tensors: HashMap<String, Tensor>) -> Result<Llama> {
         }
     }
     // The generator only samples: the decode layout spares gemm a repack of every weight per step.
-    Llama::new(config, VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu))
+    Llama::new(config, VarBuilder::from_tensors(tensors, DType::F32, device))
         .and_then(Llama::into_decode_layout)
         .map_err(|e| Error::BadWeights(e.to_string()))
 }

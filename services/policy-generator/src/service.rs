@@ -32,6 +32,8 @@ pub struct GeneratorServiceConfig {
     pub stream_delay: std::time::Duration,
     /// What one request may ask for.
     pub limits: crate::Limits,
+    /// Where the replica runs its model (`--device`); published weights are moved there.
+    pub device: candle_core::Device,
     /// TLS and the role tokens: weights only from the learner, generation from the learner or an
     /// admin.
     pub security: rlhf_rpc::Security,
@@ -49,6 +51,7 @@ pub const MAX_REQUEST_BYTES: usize = 16 << 20;
 
 struct Replica {
     id: String,
+    device: candle_core::Device,
     stream_delay: std::time::Duration,
     limits: crate::Limits,
     generator: RwLock<Option<Arc<PolicyGenerator>>>,
@@ -197,8 +200,15 @@ impl GeneratorRpc for Service {
             let config = update.config.ok_or_else(|| {
                 Error::BadWeights("the first update of an empty replica needs model_config_json".into())
             })?;
-            let generator = PolicyGenerator::new(&replica.id, config, update.pad_id, update.tensors, update.version)?
-                .with_epoch(update.epoch);
+            let generator = PolicyGenerator::new(
+                &replica.device,
+                &replica.id,
+                config,
+                update.pad_id,
+                update.tensors,
+                update.version,
+            )?
+            .with_epoch(update.epoch);
             *replica.generator.write().map_err(|_| Error::BadWeights("lock poisoned".into()))? =
                 Some(Arc::new(generator));
             Ok(update.version)
@@ -257,6 +267,7 @@ pub async fn run(
     rlhf_rpc::set_health::<PolicyGeneratorServer<Service>>(&health, false).await;
     let replica = Arc::new(Replica {
         id: config.id,
+        device: config.device,
         stream_delay: config.stream_delay,
         limits: config.limits,
         generator: RwLock::new(None),

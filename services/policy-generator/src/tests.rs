@@ -29,7 +29,7 @@ fn request() -> GenerateRequest {
 #[test]
 fn rollouts_carry_ids_and_the_serving_version() {
     let (cfg, tensors) = weights(0);
-    let generator = PolicyGenerator::new("gen-0", cfg, 0, tensors, 7).unwrap();
+    let generator = PolicyGenerator::new(&Device::Cpu, "gen-0", cfg, 0, tensors, 7).unwrap();
     let rollouts = generator.generate(&request()).unwrap();
     assert_eq!(rollouts.len(), 2);
     assert_eq!(rollouts[0].rollout_id.as_str(), "req-1-0");
@@ -41,7 +41,7 @@ fn rollouts_carry_ids_and_the_serving_version() {
 #[test]
 fn a_bad_update_is_refused_and_the_old_version_keeps_serving() {
     let (cfg, tensors) = weights(0);
-    let generator = PolicyGenerator::new("gen-0", cfg, 0, tensors.clone(), 1).unwrap();
+    let generator = PolicyGenerator::new(&Device::Cpu, "gen-0", cfg, 0, tensors.clone(), 1).unwrap();
     let before = generator.generate(&request()).unwrap();
 
     let mut poisoned = tensors.clone();
@@ -76,7 +76,7 @@ mod wire_weights {
     #[test]
     fn a_non_finite_update_that_arrives_intact_still_leaves_the_old_version_serving() {
         let (cfg, tensors) = weights(5);
-        let generator = PolicyGenerator::new("gen-0", cfg.clone(), 0, tensors.clone(), 1).unwrap();
+        let generator = PolicyGenerator::new(&Device::Cpu, "gen-0", cfg.clone(), 0, tensors.clone(), 1).unwrap();
         let mut poisoned = tensors.clone();
         let name = poisoned.keys().next().unwrap().clone();
         let shape = poisoned[&name].dims().to_vec();
@@ -93,7 +93,7 @@ mod wire_weights {
 #[test]
 fn a_newer_learner_epoch_may_roll_the_version_back_an_older_one_may_not() {
     let (cfg, tensors) = weights(6);
-    let generator = PolicyGenerator::new("gen-0", cfg, 0, tensors.clone(), 0).unwrap();
+    let generator = PolicyGenerator::new(&Device::Cpu, "gen-0", cfg, 0, tensors.clone(), 0).unwrap();
     generator.update_weights_from(100, 4, tensors.clone()).unwrap();
     // The learner of epoch 100 died; its successor resumes from the checkpoint of version 3.
     generator.update_weights_from(200, 3, tensors.clone()).unwrap();
@@ -108,7 +108,7 @@ fn a_newer_learner_epoch_may_roll_the_version_back_an_older_one_may_not() {
 fn requests_beyond_the_context_or_the_limits_are_refused_before_any_work() {
     let (cfg, tensors) = weights(7);
     let context = cfg.max_position_embeddings;
-    let generator = PolicyGenerator::new("gen-0", cfg, 0, tensors, 0).unwrap();
+    let generator = PolicyGenerator::new(&Device::Cpu, "gen-0", cfg, 0, tensors, 0).unwrap();
     let limits = Limits { max_rows: 4, max_sequence_tokens: Some(10), max_concurrent: 1 };
     let with = |tokens: usize, new: usize, samples: usize| GenerateRequest {
         prompts: vec![PromptTokens { prompt_id: "p".into(), tokens: vec![1; tokens] }],

@@ -23,7 +23,7 @@ fn generator() -> PolicyGenerator {
     rlhf_model::Llama::new(&cfg, seeded_var_builder(&varmap, 3, DType::F32, &Device::Cpu)).unwrap();
     let tensors: HashMap<String, Tensor> =
         varmap.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
-    PolicyGenerator::new("fuzz", cfg, 0, tensors, 1).unwrap()
+    PolicyGenerator::new(&Device::Cpu, "fuzz", cfg, 0, tensors, 1).unwrap()
 }
 
 fn any_f32() -> impl Strategy<Value = f32> {

@@ -48,6 +48,8 @@ pub struct StepStats {
 pub struct PpoLearner {
     config: PpoConfig,
     model_config: Config,
+    /// Where the weights, the optimizer state and every batch live.
+    device: Device,
     pad_id: u32,
     varmap: VarMap,
     policy: Llama,
@@ -71,8 +73,10 @@ impl std::fmt::Debug for PpoLearner {
 impl PpoLearner {
     /// Starts from `policy_tensors` (HF names; a `value_head` among them is kept, otherwise a
     /// fresh zero head is made) at `version`. A separate critic's backbone is kept likewise
-    /// (`critic.model.*`), otherwise it starts as a copy of the policy's.
+    /// (`critic.model.*`), otherwise it starts as a copy of the policy's. Trains on `device`
+    /// (the tensors may be anywhere).
     pub fn new(
+        device: &Device,
         config: PpoConfig,
         model_config: Config,
         mut policy_tensors: HashMap<String, Tensor>,
@@ -96,10 +100,10 @@ impl PpoLearner {
         {
             let mut data = varmap.data().lock().expect("fresh VarMap");
             for (name, t) in policy_tensors {
-                data.insert(name, Var::from_tensor(&t.to_dtype(DType::F32)?.copy()?)?);
+                data.insert(name, Var::from_tensor(&t.to_device(device)?.to_dtype(DType::F32)?.copy()?)?);
             }
         }
-        let vb = seeded_var_builder(&varmap, seed, DType::F32, &Device::Cpu);
+        let vb = seeded_var_builder(&varmap, seed, DType::F32, device);
         let policy = Llama::new(&model_config, vb.clone())?;
         let critic = match config.critic {
             Critic::Head => None,
@@ -111,6 +115,7 @@ impl PpoLearner {
         Ok(PpoLearner {
             config,
             model_config,
+            device: device.clone(),
             pad_id,
             varmap,
             policy,
@@ -184,12 +189,12 @@ impl PpoLearner {
         let cfg = self.config.clone();
         let rows: Vec<(&[u32], &[u32])> =
             fresh.iter().map(|s| (s.rollout.prompt_tokens.as_slice(), s.rollout.response_tokens.as_slice())).collect();
-        let batch = SequenceBatch::new(&rows, self.pad_id, &Device::Cpu)?;
+        let batch = SequenceBatch::new(&rows, self.pad_id, &self.device)?;
         let mask = &batch.response_mask;
         let old_logp =
             batch.to_grid(&fresh.iter().map(|s| s.rollout.behaviour_logprobs.clone()).collect::<Vec<_>>())?;
         let ref_logp = batch.to_grid(&fresh.iter().map(|s| s.reference_logprobs.clone()).collect::<Vec<_>>())?;
-        let scores = Tensor::from_vec(fresh.iter().map(|s| s.score).collect::<Vec<_>>(), fresh.len(), &Device::Cpu)?;
+        let scores = Tensor::from_vec(fresh.iter().map(|s| s.score).collect::<Vec<_>>(), fresh.len(), &self.device)?;
         let finished: Vec<bool> = fresh.iter().map(|s| s.rollout.finished).collect();
 
         // Old values: the critic before this step's updates, on the next-token grid.
@@ -243,7 +248,7 @@ impl PpoLearner {
                     let idx = Tensor::from_vec(
                         micro.iter().map(|&i| i as u32).collect::<Vec<_>>(),
                         micro.len(),
-                        &Device::Cpu,
+                        &self.device,
                     )?;
                     let pick = |t: &Tensor| t.contiguous()?.index_select(&idx, 0);
                     // Only grid columns from the shortest prompt's last token on can hold

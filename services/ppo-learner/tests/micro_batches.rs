@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 use ppo_learner::{PpoConfig, PpoLearner};
 use rlhf_model::Config;
 use rlhf_types::{Rollout, ScoredRollout};
@@ -43,7 +43,7 @@ fn batch() -> Vec<ScoredRollout> {
 fn train(micro: Option<usize>) -> (HashMap<String, Vec<f32>>, ppo_learner::StepStats) {
     let (cfg, tensors) = weights();
     let config = PpoConfig { minibatch_size: 6, epochs: 2, micro_batch_size: micro, ..PpoConfig::default() };
-    let mut learner = PpoLearner::new(config, cfg, tensors, 0, 0, 7).unwrap();
+    let mut learner = PpoLearner::new(&Device::Cpu, config, cfg, tensors, 0, 0, 7).unwrap();
     let stats = learner.train_step(batch()).unwrap();
     let weights = learner
         .policy_weights()

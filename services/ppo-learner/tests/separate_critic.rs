@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 use ppo_learner::{Critic, PpoConfig, PpoLearner};
 use rlhf_model::Config;
 use rlhf_types::{Rollout, ScoredRollout};
@@ -55,7 +55,7 @@ fn separate(value_coef: f64) -> PpoConfig {
 #[test]
 fn a_separate_critic_starts_as_the_policy_and_only_the_value_loss_trains_it() {
     let (cfg, tensors) = weights();
-    let mut learner = PpoLearner::new(separate(0.5), cfg.clone(), tensors.clone(), 0, 0, 9).unwrap();
+    let mut learner = PpoLearner::new(&Device::Cpu, separate(0.5), cfg.clone(), tensors.clone(), 0, 0, 9).unwrap();
     let before = snapshot(&learner);
     let critic_names: Vec<&String> = before.keys().filter(|n| n.starts_with("critic.")).collect();
     assert_eq!(critic_names.len(), tensors.keys().filter(|n| n.starts_with("model.")).count(), "every backbone weight");
@@ -74,7 +74,7 @@ fn a_separate_critic_starts_as_the_policy_and_only_the_value_loss_trains_it() {
 
     // Without a value loss the critic's backbone gets no gradient and stays where it was.
     let (cfg, tensors) = weights();
-    let mut still = PpoLearner::new(separate(0.0), cfg, tensors, 0, 0, 9).unwrap();
+    let mut still = PpoLearner::new(&Device::Cpu, separate(0.0), cfg, tensors, 0, 0, 9).unwrap();
     let before = snapshot(&still);
     still.train_step(batch("a")).unwrap();
     let after = snapshot(&still);
@@ -86,7 +86,7 @@ fn a_separate_critic_starts_as_the_policy_and_only_the_value_loss_trains_it() {
 #[test]
 fn a_resumed_learner_keeps_its_separate_critic() {
     let (cfg, tensors) = weights();
-    let mut learner = PpoLearner::new(separate(0.5), cfg.clone(), tensors, 0, 0, 9).unwrap();
+    let mut learner = PpoLearner::new(&Device::Cpu, separate(0.5), cfg.clone(), tensors, 0, 0, 9).unwrap();
     learner.train_step(batch("a")).unwrap();
     let trained = snapshot(&learner);
 
@@ -99,12 +99,12 @@ fn a_resumed_learner_keeps_its_separate_critic() {
         .iter()
         .map(|(k, v)| (k.clone(), v.as_tensor().copy().unwrap()))
         .collect();
-    let resumed = PpoLearner::new(separate(0.5), cfg.clone(), saved.clone(), 0, 1, 9).unwrap();
+    let resumed = PpoLearner::new(&Device::Cpu, separate(0.5), cfg.clone(), saved.clone(), 0, 1, 9).unwrap();
     let back = snapshot(&resumed);
     for (name, values) in trained.iter().filter(|(n, _)| n.starts_with("critic.") || n.starts_with("value_head")) {
         assert_eq!(&back[name], values, "{name} comes back as trained, not copied from the policy again");
     }
     // The head critic leaves a separate critic's weights out instead of training nothing with them.
-    let head = PpoLearner::new(PpoConfig::default(), cfg, saved, 0, 1, 9).unwrap();
+    let head = PpoLearner::new(&Device::Cpu, PpoConfig::default(), cfg, saved, 0, 1, 9).unwrap();
     assert!(snapshot(&head).keys().all(|n| !n.starts_with("critic.")));
 }

@@ -47,6 +47,8 @@ pub struct RewardScorer {
     reward_model: Llama,
     reward_head: RewardHead,
     reference: Llama,
+    /// Where both judges run.
+    device: Device,
     pad_id: u32,
     /// Raw score ↦ (score - mean) / std.
     normaliser: (f32, f32),
@@ -64,23 +66,25 @@ impl std::fmt::Debug for RewardScorer {
 }
 
 impl RewardScorer {
+    /// Both judges on `device` (the tensors may be anywhere).
     pub fn new(
+        device: &Device,
         reward_config: &Config,
         reward_tensors: HashMap<String, Tensor>,
         reference_config: &Config,
         reference_tensors: HashMap<String, Tensor>,
         pad_id: u32,
     ) -> Result<Self> {
-        let rvb = VarBuilder::from_tensors(reward_tensors, DType::F32, &Device::Cpu);
+        let rvb = VarBuilder::from_tensors(reward_tensors, DType::F32, device);
         let reward_model = Llama::backbone(reward_config, rvb.clone()).map_err(model_error)?;
         let reward_head = RewardHead::new(reward_config.hidden_size, rvb).map_err(model_error)?;
-        let reference =
-            Llama::new(reference_config, VarBuilder::from_tensors(reference_tensors, DType::F32, &Device::Cpu))
-                .map_err(model_error)?;
+        let reference = Llama::new(reference_config, VarBuilder::from_tensors(reference_tensors, DType::F32, device))
+            .map_err(model_error)?;
         Ok(RewardScorer {
             reward_model,
             reward_head,
             reference,
+            device: device.clone(),
             pad_id,
             normaliser: (0.0, 1.0),
             temperature: 1.0,
@@ -88,10 +92,11 @@ impl RewardScorer {
         })
     }
 
-    /// The judges the learner announced as `version`, normalised and tempered as it says.
-    pub fn from_judges(version: u64, judges: Judges) -> Result<Self> {
+    /// The judges the learner announced as `version`, normalised and tempered as it says, on `device`.
+    pub fn from_judges(device: &Device, version: u64, judges: Judges) -> Result<Self> {
         let Judges { reward_model, reference, pad_id, score_mean, score_std, temperature } = judges;
         let mut scorer = RewardScorer::new(
+            device,
             &reward_model.config,
             reward_model.tensors,
             &reference.config,
@@ -121,7 +126,7 @@ impl RewardScorer {
 
     /// Raw reward-model scores of (prompt, response) token sequences.
     pub fn raw_scores(&self, rows: &[(&[u32], &[u32])]) -> Result<Vec<f32>> {
-        let batch = SequenceBatch::new(rows, self.pad_id, &Device::Cpu).map_err(model_error)?;
+        let batch = SequenceBatch::new(rows, self.pad_id, &self.device).map_err(model_error)?;
         let hidden =
             self.reward_model.hidden_states(&batch.ids, &batch.attention_mask, Kernels::Fused).map_err(model_error)?;
         self.reward_head.forward(&hidden, &batch.attention_mask).and_then(|s| s.to_vec1::<f32>()).map_err(model_error)
@@ -145,7 +150,7 @@ impl RewardScorer {
         let rows: Vec<(&[u32], &[u32])> =
             rollouts.iter().map(|r| (r.prompt_tokens.as_slice(), r.response_tokens.as_slice())).collect();
         let raw = self.raw_scores(&rows)?;
-        let batch = SequenceBatch::new(&rows, self.pad_id, &Device::Cpu).map_err(model_error)?;
+        let batch = SequenceBatch::new(&rows, self.pad_id, &self.device).map_err(model_error)?;
         let hidden =
             self.reference.hidden_states(&batch.ids, &batch.attention_mask, Kernels::Fused).map_err(model_error)?;
         // Only grid columns from the shortest prompt's last token on hold response tokens.

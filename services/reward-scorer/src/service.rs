@@ -41,6 +41,8 @@ pub struct ScorerServiceConfig {
     pub claim_after: Duration,
     /// TLS and the role tokens: `Score` from the learner or an admin.
     pub security: rlhf_rpc::Security,
+    /// Where the judges run (`--device`).
+    pub device: candle_core::Device,
 }
 
 /// Who may call what on a scorer ([`rlhf_rpc::auth::Access`]).
@@ -53,6 +55,7 @@ impl Default for ScorerServiceConfig {
             batch: 64,
             claim_after: Duration::from_secs(10),
             security: rlhf_rpc::Security::default(),
+            device: candle_core::Device::Cpu,
         }
     }
 }
@@ -194,7 +197,7 @@ impl Worker<'_> {
         let Some((version, judges)) = self.fetch.fetch(version).map_err(crate::Error::Model)? else {
             return Ok(Judged::Unknown);
         };
-        let scorer = Arc::new(RewardScorer::from_judges(version, judges)?);
+        let scorer = Arc::new(RewardScorer::from_judges(&self.config.device, version, judges)?);
         tracing::info!(version, consumer = %self.config.consumer, "judges loaded from the learner");
         rlhf_rpc::metrics::scorer().judges_version.set(version as i64);
         *self.current.write().map_err(|_| crate::Error::Model("judges lock poisoned".into()))? = Some(scorer.clone());

@@ -84,7 +84,7 @@ fn requests_are_scored_by_the_judges_version_they_ask_for_and_unknown_versions_a
     assert_eq!(raw.pending().unwrap(), 0, "the unknown version's entry is acknowledged, not retried forever");
     assert_eq!(*learner.asked.lock().unwrap(), [5, 7], "each version fetched once");
     // A scorer refuses to score a request for other judges than its own.
-    let scorer = RewardScorer::from_judges(7, judges(1)).unwrap();
+    let scorer = RewardScorer::from_judges(&Device::Cpu, 7, judges(1)).unwrap();
     raw.push(vec![request("c", 8)]).unwrap();
     assert!(matches!(scorer.drain("scorer", &raw, &scored, 10), Err(Error::WrongJudges { wanted: 8, loaded: 7, .. })));
     assert_eq!(scored.ready().unwrap(), 0);
@@ -94,7 +94,7 @@ fn requests_are_scored_by_the_judges_version_they_ask_for_and_unknown_versions_a
 fn reference_logprobs_match_the_reference_model_and_scores_are_normalised() {
     let (rm_cfg, rm) = model(1, true);
     let (ref_cfg, reference) = model(2, false);
-    let mut scorer = RewardScorer::new(&rm_cfg, rm, &ref_cfg, reference.clone(), 0).unwrap();
+    let mut scorer = RewardScorer::new(&Device::Cpu, &rm_cfg, rm, &ref_cfg, reference.clone(), 0).unwrap();
     let rollouts = vec![rollout("a", vec![1, 2, 3], vec![4, 5]), rollout("b", vec![6], vec![7, 8, 9])];
     let raw = scorer.score(&rollouts).unwrap();
     scorer.set_normaliser(0.5, 2.0);
@@ -120,7 +120,7 @@ fn a_non_finite_score_publishes_nothing_and_keeps_the_rollouts_pending() {
     let nan = Tensor::full(f32::NAN, rm["score.weight"].shape(), &Device::Cpu).unwrap();
     rm.insert("score.weight".into(), nan);
     let (ref_cfg, reference) = model(2, false);
-    let scorer = RewardScorer::new(&rm_cfg, rm, &ref_cfg, reference, 0).unwrap();
+    let scorer = RewardScorer::new(&Device::Cpu, &rm_cfg, rm, &ref_cfg, reference, 0).unwrap();
     let raw: InProcessQueue<ScoringRequest> = InProcessQueue::new("raw");
     let scored = InProcessQueue::new("scored");
     raw.push(vec![request("a", 0)]).unwrap();
@@ -134,7 +134,7 @@ fn a_non_finite_score_publishes_nothing_and_keeps_the_rollouts_pending() {
 fn every_row_of_a_large_batch_gets_its_own_reference_logprobs_and_score() {
     let (rm_cfg, rm) = model(1, true);
     let (ref_cfg, reference) = model(2, false);
-    let scorer = RewardScorer::new(&rm_cfg, rm, &ref_cfg, reference.clone(), 0).unwrap();
+    let scorer = RewardScorer::new(&Device::Cpu, &rm_cfg, rm, &ref_cfg, reference.clone(), 0).unwrap();
     // More rows than one part, prompts of 2 to 5 tokens (none of 1: the reference's logits start
     // past column 0), responses of 1 to 4.
     let rollouts: Vec<Rollout> = (0..SCORE_ROWS as u32 + 5)

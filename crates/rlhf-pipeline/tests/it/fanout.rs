@@ -31,6 +31,7 @@ async fn replica(id: &str, stream_delay: Duration) -> String {
         stream_delay,
         limits: Default::default(),
         security: Default::default(),
+        device: candle_core::Device::Cpu,
     };
     tokio::spawn(policy_generator::run(config, listener, std::future::pending()));
     url
@@ -149,6 +150,7 @@ async fn a_full_replica_sheds_load_with_resource_exhausted() {
         stream_delay: Duration::from_millis(200),
         limits: policy_generator::Limits { max_concurrent: 1, ..Default::default() },
         security: Default::default(),
+        device: candle_core::Device::Cpu,
     };
     tokio::spawn(policy_generator::run(config, listener, std::future::pending()));
     let (cfg, tensors) = weights();
