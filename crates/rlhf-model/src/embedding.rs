@@ -30,15 +30,15 @@ impl TokenEmbedding {
     pub(crate) fn into_columns(self) -> Result<Self> {
         match self {
             TokenEmbedding::Rows(e) => Ok(TokenEmbedding::Columns(fresh_contiguous(&e.embeddings().t()?)?)),
-            TokenEmbedding::Columns(t) => Ok(TokenEmbedding::Columns(t.copy()?)),
+            TokenEmbedding::Columns(t) => Ok(TokenEmbedding::Columns(t.copy()?.detach())),
         }
     }
 
     /// The same table in fresh storage.
     pub(crate) fn copy(&self) -> Result<Self> {
         match self {
-            TokenEmbedding::Rows(e) => Ok(TokenEmbedding::rows(e.embeddings().copy()?, e.hidden_size())),
-            TokenEmbedding::Columns(t) => Ok(TokenEmbedding::Columns(t.copy()?)),
+            TokenEmbedding::Rows(e) => Ok(TokenEmbedding::rows(e.embeddings().copy()?.detach(), e.hidden_size())),
+            TokenEmbedding::Columns(t) => Ok(TokenEmbedding::Columns(t.copy()?.detach())),
         }
     }
 
@@ -64,7 +64,8 @@ impl TokenEmbedding {
 }
 
 /// `t` laid out contiguously in storage of its own (`contiguous` alone hands back `t` itself when
-/// it already is contiguous, as a transposed vector is).
+/// it already is contiguous, as a transposed vector is), detached: a copy made for sampling must
+/// not tie every op run on it to its source's gradient graph.
 pub(crate) fn fresh_contiguous(t: &Tensor) -> Result<Tensor> {
-    if t.is_contiguous() { t.copy() } else { t.contiguous() }
+    Ok(if t.is_contiguous() { t.copy()? } else { t.contiguous()? }.detach())
 }

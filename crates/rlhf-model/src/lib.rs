@@ -19,6 +19,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod decode_matmul;
 pub mod device;
 mod embedding;
 pub mod fused;

@@ -11,10 +11,11 @@
 //! scoring. [`Kernels::Differentiable`] composes plain ops; tests prove both agree and that every
 //! parameter receives a gradient.
 
-use candle_core::{D, DType, Device, Module, Result, Tensor};
+use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
 
 use crate::config::Config;
+use crate::decode_matmul::Projection;
 use crate::embedding::TokenEmbedding;
 use crate::padding;
 
@@ -166,10 +167,10 @@ fn linear_b(in_dim: usize, out_dim: usize, bias: bool, cfg: &Config, vb: VarBuil
 
 #[derive(Debug, Clone)]
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
+    q_proj: Projection,
+    k_proj: Projection,
+    v_proj: Projection,
+    o_proj: Projection,
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
@@ -180,10 +181,10 @@ impl Attention {
         let (h, d, kv) = (cfg.hidden_size, cfg.head_dim(), cfg.num_kv_heads());
         let (qkv_bias, o_bias) = (cfg.qkv_bias(), cfg.o_bias());
         Ok(Attention {
-            q_proj: linear_b(h, cfg.num_attention_heads * d, qkv_bias, cfg, vb.pp("q_proj"))?,
-            k_proj: linear_b(h, kv * d, qkv_bias, cfg, vb.pp("k_proj"))?,
-            v_proj: linear_b(h, kv * d, qkv_bias, cfg, vb.pp("v_proj"))?,
-            o_proj: linear_b(cfg.num_attention_heads * d, h, o_bias, cfg, vb.pp("o_proj"))?,
+            q_proj: linear_b(h, cfg.num_attention_heads * d, qkv_bias, cfg, vb.pp("q_proj"))?.into(),
+            k_proj: linear_b(h, kv * d, qkv_bias, cfg, vb.pp("k_proj"))?.into(),
+            v_proj: linear_b(h, kv * d, qkv_bias, cfg, vb.pp("v_proj"))?.into(),
+            o_proj: linear_b(cfg.num_attention_heads * d, h, o_bias, cfg, vb.pp("o_proj"))?.into(),
             num_heads: cfg.num_attention_heads,
             num_kv_heads: kv,
             head_dim: d,
@@ -229,18 +230,18 @@ impl Attention {
 
 #[derive(Debug, Clone)]
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    gate_proj: Projection,
+    up_proj: Projection,
+    down_proj: Projection,
 }
 
 impl Mlp {
     fn new(cfg: &Config, vb: VarBuilder<'_>) -> Result<Self> {
         let (h, i, b) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
         Ok(Mlp {
-            gate_proj: linear_b(h, i, b, cfg, vb.pp("gate_proj"))?,
-            up_proj: linear_b(h, i, b, cfg, vb.pp("up_proj"))?,
-            down_proj: linear_b(i, h, b, cfg, vb.pp("down_proj"))?,
+            gate_proj: linear_b(h, i, b, cfg, vb.pp("gate_proj"))?.into(),
+            up_proj: linear_b(h, i, b, cfg, vb.pp("up_proj"))?.into(),
+            down_proj: linear_b(i, h, b, cfg, vb.pp("down_proj"))?.into(),
         })
     }
 
@@ -286,7 +287,7 @@ pub struct Llama {
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     /// `None` for a reward model's backbone.
-    lm_head: Option<Linear>,
+    lm_head: Option<Projection>,
     config: Config,
 }
 
@@ -311,8 +312,8 @@ impl Llama {
         let embed_tokens = TokenEmbedding::rows(embeddings.clone(), config.hidden_size);
         let lm_head = match (with_head, config.tie_word_embeddings) {
             (false, _) => None,
-            (true, true) => Some(Linear::new(embeddings, None)),
-            (true, false) => Some(linear(config.hidden_size, config.vocab_size, config, vb.pp("lm_head"))?),
+            (true, true) => Some(Linear::new(embeddings, None).into()),
+            (true, false) => Some(linear(config.hidden_size, config.vocab_size, config, vb.pp("lm_head"))?.into()),
         };
         let layers = (0..config.num_hidden_layers)
             .map(|i| DecoderLayer::new(config, vb.pp(format!("model.layers.{i}"))))
@@ -325,25 +326,23 @@ impl Llama {
         &self.config
     }
 
-    /// The same model with every projection's weight stored transposed (`[in, out]` row-major
-    /// behind the same `[out, in]` shape), for a copy that only samples or scores.
+    /// The same model for a copy that only samples or scores: on the CPU every projection is
+    /// packed by tiles of output columns ([`crate::decode_matmul`]); on a GPU its weight is stored
+    /// transposed (`[in, out]` row-major behind the same `[out, in]` shape).
     ///
     /// `x Wᵀ` with `W` row-major makes gemm repack (transpose) the whole of `W` on every call;
     /// a decode step multiplies only B rows, so that copy of all the weights cost more than the
-    /// arithmetic (SmolLM2-135M: 40% of sampling time). Stored transposed, `W` is the column-major
-    /// operand gemm reads in place. The values are the same bits, so outputs agree exactly
-    /// (up to gemm's summation order). Takes `self` so the row-major weights are freed as each
-    /// is replaced; a tied embedding table is stored by columns for both the lookup and the head.
-    /// The result shares no storage with `self`'s tensors, so a generator may build it from
-    /// weights its sender goes on training. Gradients still flow through it, but training should
-    /// use the row-major layout.
+    /// arithmetic (SmolLM2-135M: 40% of sampling time). Transposed, `W` is read in place but by
+    /// pieces a weight row apart; packed, by one contiguous run per tile. The values are the same
+    /// bits, so outputs agree up to summation order. Takes `self` so the row-major weights are
+    /// freed as each is replaced. The result shares no storage with `self`'s tensors, so a
+    /// generator may build it from weights its sender goes on training, and it is detached from
+    /// the sender's gradient graph: built from a trainable model (the bench, a learner's published
+    /// weights), it used to record every op of every decode step for a backward pass that never
+    /// comes.
     pub fn into_decode_layout(mut self) -> Result<Self> {
-        let transposed = |l: &Linear| -> Result<Linear> {
-            let bias = l.bias().map(Tensor::copy).transpose()?;
-            Ok(Linear::new(crate::embedding::fresh_contiguous(&l.weight().t()?)?.t()?, bias))
-        };
         let own = |norm: &mut RmsNorm| -> Result<()> {
-            norm.weight = norm.weight.copy()?;
+            norm.weight = norm.weight.copy()?.detach();
             Ok(())
         };
         own(&mut self.norm)?;
@@ -352,23 +351,25 @@ impl Llama {
             own(&mut layer.post_attention_layernorm)?;
             let attn = &mut layer.self_attn;
             for proj in [&mut attn.q_proj, &mut attn.k_proj, &mut attn.v_proj, &mut attn.o_proj] {
-                *proj = transposed(proj)?;
+                *proj = proj.for_decoding()?;
             }
             let mlp = &mut layer.mlp;
             for proj in [&mut mlp.gate_proj, &mut mlp.up_proj, &mut mlp.down_proj] {
-                *proj = transposed(proj)?;
+                *proj = proj.for_decoding()?;
             }
         }
-        if self.config.tie_word_embeddings {
-            // One table by columns serves the lookup and, as a transposed view, the head.
+        if self.config.tie_word_embeddings && !crate::fused::supported(&self.norm.weight) {
+            // Off the CPU, one table by columns serves the lookup and, as a transposed view, the head.
             self.embed_tokens = self.embed_tokens.into_columns()?;
             if self.lm_head.is_some() {
-                self.lm_head = Some(Linear::new(self.embed_tokens.table()?, None));
+                self.lm_head = Some(Linear::new(self.embed_tokens.table()?, None).into());
             }
         } else {
+            // On the CPU a tied head is packed apart from the lookup's rows: one more copy of the
+            // table (113 MB for SmolLM2-135M) for a head that streams like every other weight.
             self.embed_tokens = self.embed_tokens.copy()?;
             if let Some(head) = &self.lm_head {
-                self.lm_head = Some(transposed(head)?);
+                self.lm_head = Some(head.for_decoding()?);
             }
         }
         Ok(self)
