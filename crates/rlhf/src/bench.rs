@@ -183,7 +183,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         place.dtype,
         args.device
     );
-    println!("threads: RAYON_NUM_THREADS={threads}; repeats: {} after 1 warm-up", args.repeats);
+    let elementwise = std::env::var("CANDLE_NUM_THREADS").unwrap_or_else(|_| "unset".into());
+    println!(
+        "threads: RAYON_NUM_THREADS={threads}, CANDLE_NUM_THREADS={elementwise}; repeats: {} after 1 warm-up",
+        args.repeats
+    );
 
     let vocab = cfg.vocab_size;
     let mut rng = StdRng::seed_from_u64(args.seed);
