@@ -49,10 +49,10 @@ impl PackedWeight {
     /// Packs a linear layer's weight, stored `[out, in]` as candle and Hugging Face keep it.
     pub fn pack(w_out_in: &Tensor) -> Result<Self> {
         let (n, k) = w_out_in.dims2()?;
-        let rows: Vec<Vec<f32>> = w_out_in.to_dtype(DType::F32)?.to_vec2()?;
+        let values: Vec<f32> = w_out_in.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         let tiles_n = n.div_ceil(TILE);
         let mut tiles = vec![0f32; tiles_n * k * TILE];
-        for (c, row) in rows.iter().enumerate() {
+        for (c, row) in values.chunks_exact(k.max(1)).enumerate() {
             let (tile, j) = (c / TILE, c % TILE);
             for (kk, &v) in row.iter().enumerate() {
                 tiles[(tile * k + kk) * TILE + j] = v;
