@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`batch`]: `SequenceBatch`, prompt + response rows and the next-token grid RL math uses.
+//! - [`compute_pool`]: `on_compute_pool`, compute on rayon's threads instead of handing each product to them.
 //! - [`config`]: `Config`, the model architecture as Hugging Face's `config.json` spells it.
 //! - [`device`]: `DeviceChoice`, `--device cpu|cuda[:N]` opened with an error that says what is missing.
 //! - [`llama`]: the decoder (`Llama`), differentiable for training and fused for inference.
@@ -18,6 +19,7 @@
 //! the files decides where they live.
 
 pub mod batch;
+pub mod compute_pool;
 pub mod config;
 pub mod decode_matmul;
 pub mod device;
@@ -34,6 +36,7 @@ pub mod rl;
 pub mod sampling;
 
 pub use batch::SequenceBatch;
+pub use compute_pool::on_compute_pool;
 pub use config::Config;
 pub use device::{DeviceChoice, compute_dtype};
 pub use heads::{RewardHead, ValueHead};

@@ -505,8 +505,21 @@ impl Llama {
         self.norm.forward(&h, kernels)
     }
 
-    /// The decoder layers `range` over the residual stream `h`.
+    /// The decoder layers `range` over the residual stream `h`, on the compute pool
+    /// ([`crate::compute_pool`]): a forward pass is hundreds of matrix products.
     fn run_layers(
+        &self,
+        h: Tensor,
+        positions: &[Vec<u32>],
+        bias: &Tensor,
+        range: std::ops::Range<usize>,
+        cache: Option<&mut KvCache>,
+        kernels: Kernels,
+    ) -> Result<Tensor> {
+        crate::compute_pool::on_compute_pool(|| self.run_layers_here(h, positions, bias, range, cache, kernels))
+    }
+
+    fn run_layers_here(
         &self,
         mut h: Tensor,
         positions: &[Vec<u32>],

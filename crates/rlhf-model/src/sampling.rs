@@ -53,9 +53,20 @@ pub fn generate_until(
     prompts: &[Vec<u32>],
     params: &SamplingParams,
     pad_id: u32,
-    cancelled: &dyn Fn() -> bool,
+    cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<Option<Vec<Generation>>> {
     validate(model, prompts, params)?;
+    // On the pool, the shards of each step are one fork on a pool thread, not a hand-off to it.
+    crate::compute_pool::on_compute_pool(|| sample(model, prompts, params, pad_id, cancelled))
+}
+
+fn sample(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    params: &SamplingParams,
+    pad_id: u32,
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<Option<Vec<Generation>>> {
     let batch = prompts.len();
     let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let capacity = width + params.max_new_tokens.min(CACHE_CHUNK);

@@ -322,51 +322,55 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
             } else {
                 crate::memory::items_per_micro_batch(&sft.config, group.len(), answers * width, width)
             };
-            let (mut grads, mut loss) = (GradSum::default(), 0.0);
-            for (indices, micro) in chunk.chunks(per_micro).zip(group.chunks(per_micro)) {
-                let batch = SequenceBatch::new(&rows(micro, &prompts), task.tokenizer.pad_id, run.device())?;
-                let hidden = if frozen > 0 {
-                    let lower = match &lower_cache[indices[0]] {
-                        Some(lower) => lower.clone(),
-                        None => {
-                            // The ranking's K answers share its prompt, which goes through once.
-                            let lower = model
-                                .lower_hidden_states_shared_prefix(
-                                    &batch.ids,
-                                    &batch.attention_mask,
-                                    prompts[&micro[0].prompt_id].len(),
-                                    frozen,
-                                )?
-                                .detach();
-                            lower_cache[indices[0]] = Some(lower.clone());
-                            lower
-                        }
+            // Pure compute: on the pool its matrix products fork there instead of handing off to it.
+            let loss = rlhf_model::on_compute_pool(|| -> Result<f64> {
+                let (mut grads, mut loss) = (GradSum::default(), 0.0);
+                for (indices, micro) in chunk.chunks(per_micro).zip(group.chunks(per_micro)) {
+                    let batch = SequenceBatch::new(&rows(micro, &prompts), task.tokenizer.pad_id, run.device())?;
+                    let hidden = if frozen > 0 {
+                        let lower = match &lower_cache[indices[0]] {
+                            Some(lower) => lower.clone(),
+                            None => {
+                                // The ranking's K answers share its prompt, which goes through once.
+                                let lower = model
+                                    .lower_hidden_states_shared_prefix(
+                                        &batch.ids,
+                                        &batch.attention_mask,
+                                        prompts[&micro[0].prompt_id].len(),
+                                        frozen,
+                                    )?
+                                    .detach();
+                                lower_cache[indices[0]] = Some(lower.clone());
+                                lower
+                            }
+                        };
+                        model.upper_hidden_states(&lower, &batch.attention_mask, frozen, Kernels::Differentiable)?
+                    } else {
+                        model.hidden_states(&batch.ids, &batch.attention_mask, Kernels::Differentiable)?
                     };
-                    model.upper_hidden_states(&lower, &batch.attention_mask, frozen, Kernels::Differentiable)?
-                } else {
-                    model.hidden_states(&batch.ids, &batch.attention_mask, Kernels::Differentiable)?
-                };
-                let rewards = head.forward(&hidden, &batch.attention_mask)?;
-                let mut offset = 0;
-                let orders: Vec<Vec<usize>> = micro
-                    .iter()
-                    .map(|r| {
-                        let o = r.order.iter().map(|&i| i + offset).collect();
-                        offset += r.responses.len();
-                        o
-                    })
-                    .collect();
-                let share = ranking_loss(&rewards, &orders)?;
-                let share = if micro.len() == group.len() {
-                    share
-                } else {
-                    (share * (micro.len() as f64 / group.len() as f64))?
-                };
-                loss += share.to_scalar::<f32>()? as f64;
-                grads.add(&share, &vars)?;
-            }
-            optimizer.set_learning_rate(crate::sft::learning_rate(lr, step, total));
-            optimizer.step(&grads.into_store())?;
+                    let rewards = head.forward(&hidden, &batch.attention_mask)?;
+                    let mut offset = 0;
+                    let orders: Vec<Vec<usize>> = micro
+                        .iter()
+                        .map(|r| {
+                            let o = r.order.iter().map(|&i| i + offset).collect();
+                            offset += r.responses.len();
+                            o
+                        })
+                        .collect();
+                    let share = ranking_loss(&rewards, &orders)?;
+                    let share = if micro.len() == group.len() {
+                        share
+                    } else {
+                        (share * (micro.len() as f64 / group.len() as f64))?
+                    };
+                    loss += share.to_scalar::<f32>()? as f64;
+                    grads.add(&share, &vars)?;
+                }
+                optimizer.set_learning_rate(crate::sft::learning_rate(lr, step, total));
+                optimizer.step(&grads.into_store())?;
+                Ok(loss)
+            })?;
             step += 1;
             run.metric(&json!({"stage": "rm", "step": step, "loss": loss}))?;
             progress.set_message(format!("loss {loss:.3}"));

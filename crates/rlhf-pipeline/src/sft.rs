@@ -53,7 +53,9 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<SftResult> {
                 model_config.max_position_embeddings
             )));
         }
-        let loss = train(run, config, &task, &model, &varmap, &examples, &mut rng)?;
+        // Pure compute (no waiting on other threads): on the pool, every matrix product forks
+        // there instead of handing off to it.
+        let loss = rlhf_model::on_compute_pool(|| train(run, config, &task, &model, &varmap, &examples, &mut rng))?;
         (examples.len(), dropped, Some(loss))
     };
     let save = SaveOptions { dtype: config.model.save_dtype, ..SaveOptions::default() };

@@ -180,7 +180,11 @@ impl PolicyGenerator {
     }
 
     /// [`PolicyGenerator::generate`], stopping within one decode step once `cancelled` says so.
-    pub fn generate_until(&self, request: &GenerateRequest, cancelled: &dyn Fn() -> bool) -> Result<Vec<Rollout>> {
+    pub fn generate_until(
+        &self,
+        request: &GenerateRequest,
+        cancelled: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Vec<Rollout>> {
         self.check(request, &Limits { max_rows: usize::MAX, max_sequence_tokens: None, max_concurrent: usize::MAX })?;
         let served = self.served.read().map_err(|_| Error::Generation("lock poisoned".into()))?;
         let mut prompts = vec![];

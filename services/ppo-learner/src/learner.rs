@@ -167,6 +167,11 @@ impl PpoLearner {
     /// One PPO update: rollouts already trained on (same id) are skipped, rollouts older than
     /// `max_staleness` versions are refused.
     pub fn train_step(&mut self, batch: Vec<ScoredRollout>) -> Result<StepStats> {
+        // Pure compute: on the pool, its matrix products fork there instead of handing off to it.
+        rlhf_model::on_compute_pool(|| self.train_step_here(batch))
+    }
+
+    fn train_step_here(&mut self, batch: Vec<ScoredRollout>) -> Result<StepStats> {
         let total = batch.len();
         let mut fresh = vec![];
         for s in batch {
