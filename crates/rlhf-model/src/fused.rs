@@ -7,7 +7,7 @@
 //! stays the reference: `tests/it/gradients.rs` checks both against each other and against
 //! finite differences.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Rows below this many elements in all are done on the calling thread: handing them to the
@@ -80,7 +80,7 @@ impl CustomOp2 for RmsNorm {
         // One op computes both: rows 0..N of its (N + 1, D) result are dx, row N is dw.
         let d = w.dim(0)?;
         let n = x.elem_count() / d.max(1);
-        let both = x.apply_op2_no_bwd(&w.contiguous()?, &RmsNormBackward { eps: self.eps, dy: dy.contiguous()? })?;
+        let both = x.apply_op3_no_bwd(&w.contiguous()?, &dy.contiguous()?, &RmsNormBackward { eps: self.eps })?;
         let both = both.reshape((n + 1, d))?;
         let dx = both.narrow(0, 0, n)?.reshape(x.shape())?;
         let dw = both.narrow(0, n, 1)?.reshape(d)?;
@@ -88,21 +88,31 @@ impl CustomOp2 for RmsNorm {
     }
 }
 
+/// Takes `dy` as its third input and reads it in place (it was copied out into a `Vec` first).
 struct RmsNormBackward {
     eps: f32,
-    dy: Tensor,
 }
 
-impl CustomOp2 for RmsNormBackward {
+impl CustomOp3 for RmsNormBackward {
     fn name(&self) -> &'static str {
         "fused-rms-norm-backward"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, w) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
-        let dy = self.dy.flatten_all()?.to_vec1::<f32>()?;
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w, dy) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
         let d = w.len();
         let n = x.len() / d.max(1);
+        if dy.len() != x.len() {
+            candle_core::bail!("{}: {} gradients for {} values", self.name(), dy.len(), x.len());
+        }
         let mut out = vec![0f32; (n + 1) * d];
         let (dx, dw) = out.split_at_mut(n * d);
         // dx = r · (g − x̂ · mean(g · x̂)) with g = dy · w and x̂ = x · r.

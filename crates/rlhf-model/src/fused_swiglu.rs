@@ -3,7 +3,7 @@
 //! silu (whose backward is five more ops) and a multiply, each keeping an `[B, T, intermediate]`
 //! tensor for the backward pass.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use rayon::prelude::*;
 
@@ -48,41 +48,52 @@ impl CustomOp2 for SwiGlu {
     fn bwd(&self, g: &Tensor, u: &Tensor, _res: &Tensor, dh: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         // One op computes both: the first half of its result is dg, the second du.
         let n = g.elem_count();
-        let both = g.apply_op2_no_bwd(u, &SwiGluBackward { dh: dh.contiguous()? })?;
+        let both = g.apply_op3_no_bwd(u, &dh.contiguous()?, &SwiGluBackward)?;
         let dg = both.narrow(0, 0, n)?.reshape(g.shape())?;
         let du = both.narrow(0, n, n)?.reshape(u.shape())?;
         Ok((Some(dg), Some(du)))
     }
 }
 
-struct SwiGluBackward {
-    dh: Tensor,
-}
+/// Reads `dh` in place as its third input (it was copied out of its tensor into a `Vec` first),
+/// and works row by row, so the inner loop is plain slices rather than a closure per element.
+struct SwiGluBackward;
 
-impl CustomOp2 for SwiGluBackward {
+impl CustomOp3 for SwiGluBackward {
     fn name(&self) -> &'static str {
         "fused-swiglu-backward"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        check(l1, l2, self.name())?;
-        let (g, u) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
-        let dh = self.dh.flatten_all()?.to_vec1::<f32>()?;
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let width = check(l1, l2, self.name())?.max(1);
+        let (g, u, dh) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
         if dh.len() != g.len() {
             candle_core::bail!("{}: {} gradients for {} values", self.name(), dh.len(), g.len());
         }
         let n = g.len();
         let mut out = vec![0f32; 2 * n];
         let (dg, du) = out.split_at_mut(n);
-        let each = |(i, (dg, du)): (usize, (&mut f32, &mut f32))| {
-            let s = sigmoid(g[i]);
-            *du = dh[i] * g[i] * s;
-            *dg = dh[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+        let row = |(i, (dg, du)): (usize, (&mut [f32], &mut [f32]))| {
+            let at = i * width;
+            let (g, u, dh) = (&g[at..at + dg.len()], &u[at..at + dg.len()], &dh[at..at + dg.len()]);
+            for j in 0..dg.len() {
+                let s = sigmoid(g[j]);
+                du[j] = dh[j] * g[j] * s;
+                dg[j] = dh[j] * u[j] * s * (1.0 + g[j] * (1.0 - s));
+            }
         };
         if n >= PARALLEL_ELEMENTS {
-            dg.par_iter_mut().zip(du.par_iter_mut()).enumerate().for_each(each);
+            dg.par_chunks_mut(width).zip(du.par_chunks_mut(width)).enumerate().for_each(row);
         } else {
-            dg.iter_mut().zip(du.iter_mut()).enumerate().for_each(each);
+            dg.chunks_mut(width).zip(du.chunks_mut(width)).enumerate().for_each(row);
         }
         Ok((CpuStorage::F32(out), Shape::from((2 * n,))))
     }
