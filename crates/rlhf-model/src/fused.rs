@@ -8,6 +8,8 @@
 //! finite differences.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use std::sync::Arc;
+
 use rayon::prelude::*;
 
 /// Rows below this many elements in all are done on the calling thread: handing them to the
@@ -209,13 +211,33 @@ impl CustomOp2 for SoftmaxBackward {
 /// Rotates `x: [B, H, T, head_dim]` by the angles whose `cos` and `sin` are `[B, T, head_dim / 2]`,
 /// differentiable in `x`.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let (cos, sin) = (cos.flatten_all()?.to_vec1::<f32>()?, sin.flatten_all()?.to_vec1::<f32>()?);
-    x.contiguous()?.apply_op1(Rope { cos, sin })
+    let tables = RopeTables::new(cos.flatten_all()?.to_vec1::<f32>()?, sin.flatten_all()?.to_vec1::<f32>()?);
+    rope_with(x, &tables)
+}
+
+/// [`rope`] with its tables already read out: a forward pass builds them once and every layer's
+/// queries and keys share them, where reading them out of their tensors cost two copies per layer.
+pub fn rope_with(x: &Tensor, tables: &RopeTables) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Rope { tables: tables.clone(), sin_sign: 1.0 })
+}
+
+/// The rotary angles' `cos` and `sin`, `[B, T, head_dim / 2]` flattened, shared without copying.
+#[derive(Debug, Clone)]
+pub struct RopeTables {
+    cos: Arc<[f32]>,
+    sin: Arc<[f32]>,
+}
+
+impl RopeTables {
+    pub fn new(cos: Vec<f32>, sin: Vec<f32>) -> Self {
+        RopeTables { cos: cos.into(), sin: sin.into() }
+    }
 }
 
 struct Rope {
-    cos: Vec<f32>,
-    sin: Vec<f32>,
+    tables: RopeTables,
+    /// 1 forward; −1 backward, the inverse rotation (`sin · −1` is `−sin` exactly).
+    sin_sign: f32,
 }
 
 impl CustomOp1 for Rope {
@@ -229,10 +251,11 @@ impl CustomOp1 for Rope {
             candle_core::bail!("fused-rope: x must be [B, H, T, head_dim], got {:?}", layout.dims())
         };
         let half = d / 2;
-        if self.cos.len() != b * t * half || self.sin.len() != self.cos.len() || d % 2 != 0 {
+        let (all_cos, all_sin) = (&self.tables.cos, &self.tables.sin);
+        if all_cos.len() != b * t * half || all_sin.len() != all_cos.len() || d % 2 != 0 {
             candle_core::bail!(
                 "fused-rope: angles for {} positions, x is {:?}",
-                self.cos.len() / half.max(1),
+                all_cos.len() / half.max(1),
                 layout.dims()
             );
         }
@@ -241,20 +264,21 @@ impl CustomOp1 for Rope {
         rows_mut(&mut out, d.max(1), |y, i| {
             let (batch, pos) = (i / (h * t), i % t);
             let at = (batch * t + pos) * half;
-            let (cos, sin) = (&self.cos[at..at + half], &self.sin[at..at + half]);
+            let (cos, sin) = (&all_cos[at..at + half], &all_sin[at..at + half]);
             let row = &x[i * d..(i + 1) * d];
             let (x1, x2) = row.split_at(half);
             let (y1, y2) = y.split_at_mut(half);
             for j in 0..half {
-                y1[j] = x1[j] * cos[j] - x2[j] * sin[j];
-                y2[j] = x2[j] * cos[j] + x1[j] * sin[j];
+                let sin = sin[j] * self.sin_sign;
+                y1[j] = x1[j] * cos[j] - x2[j] * sin;
+                y2[j] = x2[j] * cos[j] + x1[j] * sin;
             }
         });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
     fn bwd(&self, _x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        let back = Rope { cos: self.cos.clone(), sin: self.sin.iter().map(|s| -s).collect() };
+        let back = Rope { tables: self.tables.clone(), sin_sign: -self.sin_sign };
         Ok(Some(dy.contiguous()?.apply_op1_no_bwd(&back)?))
     }
 }

@@ -78,6 +78,8 @@ impl KvCache {
 struct Rotary {
     cos: Tensor,
     sin: Tensor,
+    /// The same values for the fused RoPE, where it runs (f32 on the CPU).
+    fused: Option<crate::fused::RopeTables>,
 }
 
 impl Rotary {
@@ -96,19 +98,20 @@ impl Rotary {
                 sin.push(angle.sin() as f32);
             }
         }
-        let cos = Tensor::from_vec(cos, (batch, len, half), device)?.to_dtype(dtype)?;
-        let sin = Tensor::from_vec(sin, (batch, len, half), device)?.to_dtype(dtype)?;
-        Ok(Rotary { cos, sin })
+        let cos_t = Tensor::from_slice(&cos, (batch, len, half), device)?.to_dtype(dtype)?;
+        let sin_t = Tensor::from_slice(&sin, (batch, len, half), device)?.to_dtype(dtype)?;
+        let fused = crate::fused::supported(&cos_t).then(|| crate::fused::RopeTables::new(cos, sin));
+        Ok(Rotary { cos: cos_t, sin: sin_t, fused })
     }
 
     /// Rotates `x: [B, H, T, head_dim]`.
     fn apply(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        // The same products and sums as candle-nn's rope, so the same bits; candle's CPU loop
+        // indexes its tables per element and does not vectorise (5% of a reward-model stage).
+        if let (Some(tables), Kernels::Differentiable | Kernels::Fused) = (&self.fused, kernels) {
+            return crate::fused::rope_with(x, tables);
+        }
         match kernels {
-            // The same products and sums as candle-nn's rope, so the same bits; candle's CPU loop
-            // indexes its tables per element and does not vectorise (5% of a reward-model stage).
-            Kernels::Differentiable | Kernels::Fused if crate::fused::supported(x) => {
-                crate::fused::rope(x, &self.cos, &self.sin)
-            }
             Kernels::Fused => candle_nn::rotary_emb::rope(&x.contiguous()?, &self.cos, &self.sin),
             Kernels::Differentiable | Kernels::Composite => {
                 let cos = Tensor::cat(&[&self.cos, &self.cos], D::Minus1)?.unsqueeze(1)?;

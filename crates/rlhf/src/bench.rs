@@ -279,11 +279,10 @@ fn measure(
     place: &Place,
     workload: Workload,
     tokens_per_batch: usize,
-    step: impl FnMut() -> Result<()> + Send,
+    mut work: impl FnMut() -> Result<()> + Send,
 ) -> Result<Measurement> {
     // As the stages train and sample: each step on rayon's pool (`rlhf_model::compute_pool`).
-    let mut step = step;
-    let mut step = || rlhf_model::on_compute_pool(&mut step);
+    let mut step = || rlhf_model::on_compute_pool(&mut work);
     step().with_context(|| format!("{workload:?} warm-up"))?;
     place.device.synchronize()?;
     let mut times: Vec<f64> = (0..args.repeats.max(1))
