@@ -166,12 +166,19 @@ impl CustomOp1 for Softmax {
     }
 }
 
+/// Below this `expf` rounds to +0 (e⁻¹⁰⁴ is under half the smallest subnormal), so the result is
+/// the same without calling it. Masked scores (`padding::MASKED`, −1e9) are about half of a
+/// causal attention row, and glibc sends each of them down its slow underflow path (`xflowf`,
+/// 1% of a reward-model step on its own).
+const EXP_UNDERFLOW: f32 = -104.0;
+
 /// The softmax of `row`, in place.
 pub(crate) fn softmax_in_place(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0f32;
     for x in row.iter_mut() {
-        *x = (*x - max).exp();
+        let shifted = *x - max;
+        *x = if shifted < EXP_UNDERFLOW { 0.0 } else { shifted.exp() };
         sum += *x;
     }
     let inv = 1.0 / sum;
@@ -280,5 +287,37 @@ impl CustomOp1 for Rope {
     fn bwd(&self, _x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         let back = Rope { tables: self.tables.clone(), sin_sign: -self.sin_sign };
         Ok(Some(dy.contiguous()?.apply_op1_no_bwd(&back)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skipping_exp_below_the_underflow_cut_off_changes_no_bit() {
+        // Every f32 from −200 to −80 in steps of 2⁻¹⁶ (well past where expf starts to round to 0
+        // and where its results turn subnormal), and the masked score itself.
+        let mut x = -200f32;
+        while x < -80.0 {
+            let skipped = if x < EXP_UNDERFLOW { 0.0 } else { x.exp() };
+            assert_eq!(skipped.to_bits(), x.exp().to_bits(), "at {x}");
+            x += 1.0 / 65536.0;
+        }
+        assert_eq!((crate::padding::MASKED - 3.0f32).exp().to_bits(), 0f32.to_bits());
+    }
+
+    #[test]
+    fn softmax_of_a_masked_row_is_the_plain_formula() {
+        let mut row = vec![0.5f32, -1.25, crate::padding::MASKED, 2.0, crate::padding::MASKED];
+        let expected: Vec<f32> = {
+            let max = 2.0f32;
+            let e: Vec<f32> = row.iter().map(|v| (v - max).exp()).collect();
+            let inv = 1.0 / e.iter().sum::<f32>();
+            e.iter().map(|v| v * inv).collect()
+        };
+        softmax_in_place(&mut row);
+        assert_eq!(row, expected);
+        assert_eq!(row[2], 0.0);
     }
 }
