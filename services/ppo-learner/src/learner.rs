@@ -202,23 +202,32 @@ impl PpoLearner {
         let scores = Tensor::from_vec(fresh.iter().map(|s| s.score).collect::<Vec<_>>(), fresh.len(), &self.device)?;
         let finished: Vec<bool> = fresh.iter().map(|s| s.rollout.finished).collect();
 
-        // Old values: the critic before this step's updates, on the next-token grid.
-        let width = batch.ids.dim(1)?;
-        // The weights are variables, so this forward records a graph holding every layer's
-        // activations: micro-batch by micro-batch, each dropped at once, it never holds the
-        // whole batch's.
-        let micro = cfg.micro_batch_size.unwrap_or(fresh.len()).max(1);
-        let old_values = (0..fresh.len())
-            .step_by(micro)
-            .map(|at| {
-                let rows: Vec<usize> = (at..(at + micro).min(fresh.len())).collect();
-                let sub = batch.select(&rows)?;
-                let features = self.critic.as_ref().unwrap_or(&self.policy);
-                let hidden = features.hidden_states(&sub.ids, &sub.attention_mask, Kernels::Fused)?;
-                Ok(self.value.forward(&hidden)?.narrow(1, 0, width - 1)?.detach())
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let old_values = Tensor::cat(&old_values, 0)?;
+        let n = fresh.len();
+        let mb = cfg.minibatch_size.max(1).min(n);
+        let micro = cfg.micro_batch_size.unwrap_or(mb).max(1);
+        // Old values: the critic before this step's updates, on the next-token grid. The first
+        // minibatch's forward pass comes before any update, so its values are the old ones for
+        // its rollouts: when it goes through the network in one piece, it runs first and is kept
+        // for the first update, and only the other rollouts take a forward pass of their own
+        // (with one minibatch per epoch, as TRL's defaults have it, none: 6% of the bench's PPO
+        // iteration).
+        let mut first_pass = None;
+        let old_values = if cfg.epochs > 0 && micro >= mb {
+            let order = self.epoch_order(n, 0);
+            let pass = self.forward(&batch, &order[..mb], cfg.temperature)?;
+            let mut values = vec![pass.values.detach()];
+            if mb < n {
+                values.push(self.old_values(&batch, &order[mb..], micro)?);
+            }
+            first_pass = Some(pass);
+            let mut inverse = vec![0u32; n];
+            for (at, &row) in order.iter().enumerate() {
+                inverse[row] = at as u32;
+            }
+            Tensor::cat(&values, 0)?.contiguous()?.index_select(&Tensor::from_vec(inverse, n, &self.device)?, 0)?
+        } else {
+            self.old_values(&batch, &(0..n).collect::<Vec<_>>(), micro)?
+        };
 
         let shaping = RewardShaping {
             kl_coef: cfg.kl.coef(),
@@ -235,32 +244,29 @@ impl PpoLearner {
 
         let clip = PolicyClip { low: cfg.clip, high: cfg.clip, dual: cfg.dual_clip };
         let vars = self.varmap.all_vars();
-        let n = fresh.len();
-        let mb = cfg.minibatch_size.max(1).min(n);
         let mut sums = Sums::default();
         for epoch in 0..cfg.epochs {
-            let mut order: Vec<usize> = (0..n).collect();
-            order.shuffle(&mut StdRng::seed_from_u64(self.seed ^ (self.step << 8) ^ epoch as u64));
+            let order = self.epoch_order(n, epoch);
             for chunk in order.chunks(mb) {
                 // The minibatch's losses are token means; each micro-batch's share of them is
                 // weighted by its share of the response tokens, so the summed gradient is the
                 // minibatch's own.
                 let tokens: usize = chunk.iter().map(|&i| batch.response_lens[i]).sum();
                 let (mut grads, mut parts) = (GradSum::default(), Parts::default());
-                for micro in chunk.chunks(cfg.micro_batch_size.unwrap_or(mb).max(1)) {
+                for micro in chunk.chunks(micro) {
                     let share = micro.iter().map(|&i| batch.response_lens[i]).sum::<usize>() as f64 / tokens as f64;
-                    let sub = batch.select(micro)?;
+                    let pass = match first_pass.take() {
+                        Some(pass) => pass,
+                        None => self.forward(&batch, micro, cfg.temperature)?,
+                    };
+                    let Forward { sub, start, logits, logp, values } = pass;
                     let idx = Tensor::from_vec(
                         micro.iter().map(|&i| i as u32).collect::<Vec<_>>(),
                         micro.len(),
                         &self.device,
                     )?;
                     let pick = |t: &Tensor| t.contiguous()?.index_select(&idx, 0);
-                    // Only grid columns from the shortest prompt's last token on can hold
-                    // response tokens: the vocabulary head (the largest activations by far with
-                    // a real vocabulary) runs on those alone, and every grid quantity is cut to match.
-                    let start = sub.prompt_lens.iter().min().copied().unwrap_or(1) - 1;
-                    let cols = width - 1 - start;
+                    let cols = logp.dim(1)?;
                     let grid = |t: &Tensor| t.narrow(1, start, cols);
                     let (m, adv, ret, old_lp, old_v) = (
                         &grid(&sub.response_mask)?,
@@ -269,18 +275,7 @@ impl PpoLearner {
                         grid(&pick(&old_logp)?)?,
                         grid(&pick(&old_values)?)?,
                     );
-                    let hidden = self.policy.hidden_states(&sub.ids, &sub.attention_mask, Kernels::Differentiable)?;
-                    let logits = self.policy.lm_head(&hidden.narrow(1, start, cols)?)?;
-                    let targets = sub.ids.narrow(1, start + 1, cols)?;
-                    let logp = tempered_logprobs(&logits, &targets, cfg.temperature)?;
-                    // The head critic reads the policy's features without training them: a shared
-                    // backbone let value-loss spikes wreck the language model (measured: KL to
-                    // SFT 3 → 14 nats). A separate critic trains its own.
-                    let features = match &self.critic {
-                        None => hidden.detach(),
-                        Some(critic) => critic.hidden_states(&sub.ids, &sub.attention_mask, Kernels::Differentiable)?,
-                    };
-                    let values = grid(&self.value.forward(&features)?)?;
+                    let values = grid(&values)?;
                     let pl = policy_loss(&logp, &old_lp, &adv, m, clip)?;
                     let vl = value_loss(&values, &old_v, &ret, m, cfg.value_clip)?;
                     let loss = (&pl.loss + (&vl.loss * cfg.value_coef)?)?;
@@ -329,6 +324,67 @@ impl PpoLearner {
     pub fn model_config(&self) -> &Config {
         &self.model_config
     }
+
+    /// The order in which `epoch` of this step visits the `n` rollouts.
+    fn epoch_order(&self, n: usize, epoch: usize) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut StdRng::seed_from_u64(self.seed ^ (self.step << 8) ^ epoch as u64));
+        order
+    }
+
+    /// The differentiable forward pass over `rows` of `batch`.
+    fn forward(&self, batch: &SequenceBatch, rows: &[usize], temperature: f64) -> Result<Forward> {
+        let sub = batch.select(rows)?;
+        let width = sub.ids.dim(1)?;
+        // Only grid columns from the shortest prompt's last token on can hold response tokens:
+        // the vocabulary head (the largest activations by far with a real vocabulary) runs on
+        // those alone, and every grid quantity is cut to match.
+        let start = sub.prompt_lens.iter().min().copied().unwrap_or(1) - 1;
+        let cols = width - 1 - start;
+        let hidden = self.policy.hidden_states(&sub.ids, &sub.attention_mask, Kernels::Differentiable)?;
+        let logits = self.policy.lm_head(&hidden.narrow(1, start, cols)?)?;
+        let targets = sub.ids.narrow(1, start + 1, cols)?;
+        let logp = tempered_logprobs(&logits, &targets, temperature)?;
+        // The head critic reads the policy's features without training them: a shared backbone
+        // let value-loss spikes wreck the language model (measured: KL to SFT 3 → 14 nats). A
+        // separate critic trains its own.
+        let features = match &self.critic {
+            None => hidden.detach(),
+            Some(critic) => critic.hidden_states(&sub.ids, &sub.attention_mask, Kernels::Differentiable)?,
+        };
+        let values = self.value.forward(&features)?.narrow(1, 0, width - 1)?;
+        Ok(Forward { sub, start, logits, logp, values })
+    }
+
+    /// The critic's values on the next-token grid for `rows` of `batch`, in that order, `micro`
+    /// rollouts at a time, no gradient kept.
+    fn old_values(&self, batch: &SequenceBatch, rows: &[usize], micro: usize) -> Result<Tensor> {
+        let width = batch.ids.dim(1)?;
+        // The weights are variables, so this forward records a graph holding every layer's
+        // activations: micro-batch by micro-batch, each dropped at once, it never holds the
+        // whole batch's.
+        let values = rows
+            .chunks(micro)
+            .map(|rows| {
+                let sub = batch.select(rows)?;
+                let features = self.critic.as_ref().unwrap_or(&self.policy);
+                let hidden = features.hidden_states(&sub.ids, &sub.attention_mask, Kernels::Fused)?;
+                Ok(self.value.forward(&hidden)?.narrow(1, 0, width - 1)?.detach())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&values, 0)?)
+    }
+}
+
+/// One differentiable forward pass over some rollouts: the policy's tempered log-probs (and the
+/// logits behind them) from grid column `start` on, and the critic's values on the whole
+/// next-token grid.
+struct Forward {
+    sub: SequenceBatch,
+    start: usize,
+    logits: Tensor,
+    logp: Tensor,
+    values: Tensor,
 }
 
 /// One minibatch's losses and clip statistics, its micro-batches' weighted by token share.

@@ -1,17 +1,25 @@
 //! Micro-batches change how much of a minibatch goes through the network at once, not the
 //! update: the summed, token-weighted gradients of the parts are the whole minibatch's.
+//!
+//! The whole minibatch in one piece is also the case where the first epoch's forward pass gives
+//! the old values (`micro: None`), while micro-batches get them from a forward pass of their own:
+//! the value head starts non-zero here, so the two must agree on every rollout's values.
 
 mod common;
 
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
-use ppo_learner::{PpoConfig, PpoLearner};
+use ppo_learner::{Critic, PpoConfig, PpoLearner};
 use rlhf_model::Config;
 use rlhf_types::{Rollout, ScoredRollout};
 
 fn weights() -> (Config, HashMap<String, Tensor>) {
-    common::tiny_policy(3)
+    let (cfg, mut tensors) = common::tiny_policy(3);
+    let w: Vec<f32> = (0..cfg.hidden_size).map(|i| ((i * 7) % 11) as f32 * 0.09 - 0.45).collect();
+    tensors.insert("value_head.weight".into(), Tensor::from_vec(w, (1, cfg.hidden_size), &Device::Cpu).unwrap());
+    tensors.insert("value_head.bias".into(), Tensor::new(&[0.3f32], &Device::Cpu).unwrap());
+    (cfg, tensors)
 }
 
 /// Rollouts of different prompt and response lengths, so token shares differ between rows.
@@ -40,29 +48,49 @@ fn batch() -> Vec<ScoredRollout> {
         .collect()
 }
 
-fn train(micro: Option<usize>) -> (HashMap<String, Vec<f32>>, ppo_learner::StepStats) {
+fn train(
+    minibatch: usize,
+    micro: Option<usize>,
+    critic: Critic,
+) -> (HashMap<String, Vec<f32>>, ppo_learner::StepStats) {
     let (cfg, tensors) = weights();
-    let config = PpoConfig { minibatch_size: 6, epochs: 2, micro_batch_size: micro, ..PpoConfig::default() };
+    let config =
+        PpoConfig { minibatch_size: minibatch, epochs: 2, micro_batch_size: micro, critic, ..PpoConfig::default() };
     let mut learner = PpoLearner::new(&Device::Cpu, config, cfg, tensors, 0, 0, 7).unwrap();
     let stats = learner.train_step(batch()).unwrap();
-    let weights = learner
-        .policy_weights()
-        .unwrap()
-        .into_iter()
-        .map(|(k, t)| (k, t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+    let weights = (learner.varmap().data().lock().unwrap().iter())
+        .map(|(k, v)| (k.clone(), v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()))
         .collect();
     (weights, stats)
 }
 
 #[test]
 fn micro_batches_give_the_whole_minibatchs_update() {
-    let (whole, whole_stats) = train(None);
+    same_update_in_pieces(Critic::Head, 6);
+}
+
+#[test]
+fn micro_batches_give_the_whole_minibatchs_update_with_a_separate_critic() {
+    same_update_in_pieces(Critic::Separate, 6);
+}
+
+/// Two minibatches an epoch: the first one's forward pass gives its rollouts' old values, a
+/// forward pass of their own the others'.
+#[test]
+fn micro_batches_give_the_same_updates_with_two_minibatches_an_epoch() {
+    same_update_in_pieces(Critic::Head, 3);
+    same_update_in_pieces(Critic::Separate, 3);
+}
+
+fn same_update_in_pieces(critic: Critic, minibatch: usize) {
+    let (whole, whole_stats) = train(minibatch, None, critic);
     let (_, start) = weights();
-    for micro in [1, 4] {
-        let (parts, stats) = train(Some(micro));
+    for micro in [1, 2, 4].into_iter().filter(|&m| m < minibatch) {
+        let (parts, stats) = train(minibatch, Some(micro), critic);
         let mut moved = 0.0f32;
         for (name, w) in &whole {
-            let before = start[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            // A separate critic starts as a copy of the policy's backbone.
+            let before = start[name.trim_start_matches("critic.")].flatten_all().unwrap().to_vec1::<f32>().unwrap();
             for ((a, b), s) in w.iter().zip(&parts[name]).zip(&before) {
                 assert!((a - b).abs() < 1e-5, "{name} differs with micro-batches of {micro}: {a} vs {b}");
                 moved = moved.max((a - s).abs());
