@@ -2,6 +2,7 @@
 //! reward heads, a batched KV-cache sampler, and the RLHF losses as pure tensor functions.
 //!
 //! # Layout
+//! - [`adamw`]: `AdamW`, candle's AdamW update fused into one in-place pass per parameter.
 //! - [`batch`]: `SequenceBatch`, prompt + response rows and the next-token grid RL math uses.
 //! - [`compute_pool`]: `on_compute_pool`, compute on rayon's threads instead of handing each product to them.
 //! - [`config`]: `Config`, the model architecture as Hugging Face's `config.json` spells it.
@@ -18,6 +19,7 @@
 //! or tokio. Weights come in and go out through `candle_nn::VarBuilder` / `VarMap`; whoever owns
 //! the files decides where they live.
 
+pub mod adamw;
 pub mod batch;
 pub mod compute_pool;
 pub mod config;
@@ -35,6 +37,7 @@ pub mod padding;
 pub mod rl;
 pub mod sampling;
 
+pub use adamw::AdamW;
 pub use batch::SequenceBatch;
 pub use compute_pool::on_compute_pool;
 pub use config::Config;

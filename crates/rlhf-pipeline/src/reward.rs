@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use candle_core::{DType, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
+use candle_nn::{Optimizer, ParamsAdamW, VarMap};
 use ppo_learner::grad::GradSum;
 use preference_store::PreferenceStore;
 use preference_store::quality::{self, Exclusion};
@@ -18,7 +18,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use reward_scorer::RewardScorer;
 use rlhf_data::{ModelKind, SaveOptions, ScoreNormalizer, varmap_tensors};
-use rlhf_model::{Kernels, Llama, RewardHead, SequenceBatch, ranking_loss, seeded_var_builder};
+use rlhf_model::{AdamW, Kernels, Llama, RewardHead, SequenceBatch, ranking_loss, seeded_var_builder};
 use rlhf_types::Ranking;
 use rlhf_world::{Split, gold};
 use serde_json::json;

@@ -5,13 +5,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use candle_nn::{Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rlhf_data::{ModelKind, SaveOptions, varmap_tensors};
 use rlhf_model::{
-    Config, Kernels, Llama, SamplingParams, SequenceBatch, generate, masked_mean, next_token_logprobs,
+    AdamW, Config, Kernels, Llama, SamplingParams, SequenceBatch, generate, masked_mean, next_token_logprobs,
     seeded_var_builder,
 };
 use rlhf_world::Split;

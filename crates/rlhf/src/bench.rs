@@ -32,13 +32,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use candle_nn::{Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use clap::{Args, ValueEnum};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rlhf_model::{
-    Config, DeviceChoice, Kernels, Llama, RewardHead, SamplingParams, bradley_terry_loss, compute_dtype, generate,
-    masked_mean, next_token_logprobs, seeded_var_builder,
+    AdamW, Config, DeviceChoice, Kernels, Llama, RewardHead, SamplingParams, bradley_terry_loss, compute_dtype,
+    generate, masked_mean, next_token_logprobs, seeded_var_builder,
 };
 use serde::Serialize;
 

@@ -3,13 +3,13 @@
 use std::collections::{HashMap, HashSet};
 
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
+use candle_nn::{Optimizer, ParamsAdamW, VarMap};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rlhf_model::{
-    Config, Kernels, Llama, PolicyClip, RewardShaping, SequenceBatch, ValueHead, entropy, gae, kl_penalized_rewards,
-    masked_mean, policy_loss, seeded_var_builder, tempered_logprobs, value_loss, whiten,
+    AdamW, Config, Kernels, Llama, PolicyClip, RewardShaping, SequenceBatch, ValueHead, entropy, gae,
+    kl_penalized_rewards, masked_mean, policy_loss, seeded_var_builder, tempered_logprobs, value_loss, whiten,
 };
 use rlhf_types::ScoredRollout;
 use serde::Serialize;

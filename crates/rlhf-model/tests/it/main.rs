@@ -2,6 +2,7 @@
 //! hand-computed values, gradients against finite differences, and the model's training,
 //! padding, sampling and serialisation behaviour.
 
+mod candle_patches;
 mod fused;
 mod gradients;
 mod helpers;

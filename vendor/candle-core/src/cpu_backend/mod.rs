@@ -973,6 +973,10 @@ fn copy2d_<T: Copy>(
 }
 
 fn copy_strided_src_<T: Copy>(src: &[T], dst: &mut [T], dst_offset: usize, src_l: &Layout) {
+    if let Some((rows, cols)) = transposed_matrices(src_l) {
+        let (start, count) = (src_l.start_offset(), src_l.shape().elem_count());
+        return copy_transposed(&src[start..start + count], &mut dst[dst_offset..dst_offset + count], rows, cols);
+    }
     match src_l.strided_blocks() {
         crate::StridedBlocks::SingleBlock { start_offset, len } => dst
             [dst_offset..dst_offset + len]
@@ -1013,6 +1017,48 @@ fn copy_strided_src_<T: Copy>(src: &[T], dst: &mut [T], dst_offset: usize, src_l
                 dst[dst_index..dst_index + block_len]
                     .copy_from_slice(&src[src_index..src_index + block_len]);
                 dst_index += block_len;
+            }
+        }
+    }
+}
+
+/// rlhf patch: `(rows, cols)` when `layout` is a batch of `[rows, cols]` matrices each stored
+/// transposed (`[cols, rows]` row-major, one after the other), the layout `t()` gives. The weight
+/// gradient of every `x.matmul(&w.t())` arrives that way and is made contiguous, which the
+/// element-by-element path below did at a cache miss per element.
+fn transposed_matrices(layout: &Layout) -> Option<(usize, usize)> {
+    let (dims, stride) = (layout.dims(), layout.stride());
+    let n = dims.len();
+    if n < 2 {
+        return None;
+    }
+    let (rows, cols) = (dims[n - 2], dims[n - 1]);
+    if rows < 2 || cols < 2 || stride[n - 2] != 1 || stride[n - 1] != rows {
+        return None;
+    }
+    let mut expected = rows * cols;
+    for i in (0..n - 2).rev() {
+        if dims[i] > 1 && stride[i] != expected {
+            return None;
+        }
+        expected *= dims[i];
+    }
+    Some((rows, cols))
+}
+
+/// Copies a batch of transposed matrices ([`transposed_matrices`]) into row-major order, by
+/// square tiles so that both the reads and the writes stay within a few cache lines.
+fn copy_transposed<T: Copy>(src: &[T], dst: &mut [T], rows: usize, cols: usize) {
+    const TILE: usize = 16;
+    let size = rows * cols;
+    for (s, d) in src.chunks_exact(size).zip(dst.chunks_exact_mut(size)) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r0 in (0..rows).step_by(TILE) {
+                for r in r0..(r0 + TILE).min(rows) {
+                    for c in c0..(c0 + TILE).min(cols) {
+                        d[r * cols + c] = s[c * rows + r];
+                    }
+                }
             }
         }
     }

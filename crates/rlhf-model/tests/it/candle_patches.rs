@@ -1,0 +1,50 @@
+//! The changes rlhf makes to candle-core (`vendor/candle-core/PATCHES.md`) checked from the
+//! outside: each must give what unpatched candle gives.
+
+use candle_core::{Device, IndexOp, Tensor};
+
+/// Row-major values of `t`, read one element at a time through `i` (no copy path involved).
+fn by_index(t: &Tensor) -> Vec<u32> {
+    let dims = t.dims().to_vec();
+    let mut out = Vec::new();
+    let mut idx = vec![0usize; dims.len()];
+    for _ in 0..t.elem_count() {
+        let mut e = t.clone();
+        for &i in &idx {
+            e = e.i(i).unwrap();
+        }
+        out.push(e.to_scalar::<u32>().unwrap());
+        for d in (0..dims.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < dims[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    out
+}
+
+/// Transposed matrices (the layout of a `t()` view, alone or batched, at an offset) are made
+/// contiguous by tiles; every element must land where the strided copy puts it.
+#[test]
+fn contiguous_copies_of_transposed_matrices_put_every_element_in_place() {
+    let dev = Device::Cpu;
+    for (batch, rows, cols) in [(1, 2, 2), (1, 17, 33), (1, 64, 16), (3, 5, 40), (2, 31, 18)] {
+        let n = batch * rows * cols;
+        let t = Tensor::arange(0u32, n as u32 + 7, &dev).unwrap().narrow(0, 7, n).unwrap();
+        let stored = t.reshape((batch, cols, rows)).unwrap();
+        let view = stored.transpose(1, 2).unwrap();
+        assert!(!view.is_contiguous());
+        let copied = view.contiguous().unwrap();
+        assert_eq!(copied.flatten_all().unwrap().to_vec1::<u32>().unwrap(), by_index(&view), "{batch}×{rows}×{cols}");
+        if batch == 1 {
+            let two_d = view.squeeze(0).unwrap().contiguous().unwrap();
+            assert_eq!(two_d.flatten_all().unwrap().to_vec1::<u32>().unwrap(), by_index(&view));
+        }
+    }
+    // A batch dimension that is itself strided is not this layout: the general path copies it.
+    let t = Tensor::arange(0u32, 2 * 3 * 4, &Device::Cpu).unwrap().reshape((3, 2, 4)).unwrap();
+    let view = t.transpose(0, 1).unwrap().transpose(1, 2).unwrap();
+    assert_eq!(view.contiguous().unwrap().flatten_all().unwrap().to_vec1::<u32>().unwrap(), by_index(&view));
+}
