@@ -161,7 +161,13 @@ fn tile_rows<S: Simd, const R: usize>(simd: S, block: &[f32], data: &[f32], part
     let lanes = S::F32_LANES;
     let zero = simd.splat_f32s(0.0);
     let mut acc = [[zero; 2]; R];
-    for (xs, w) in block.chunks_exact(R).zip(data.chunks_exact(TILE)) {
+    for (i, (xs, w)) in block.chunks_exact(R).zip(data.chunks_exact(TILE)).enumerate() {
+        // Every pass asks for the rows it will read next; after the first, they are in cache
+        // and the hint costs next to nothing. (Asking for the next tile during a tile's last
+        // pass instead was slower: measured.)
+        if let Some(later) = data.get((i + PREFETCH_ROWS) * TILE..(i + PREFETCH_ROWS + 1) * TILE) {
+            prefetch(later);
+        }
         let (v, _) = S::as_simd_f32s(&w[part..part + 2 * lanes]);
         let (w0, w1) = (v[0], v[1]);
         for r in 0..R {
@@ -176,6 +182,27 @@ fn tile_rows<S: Simd, const R: usize>(simd: S, block: &[f32], data: &[f32], part
         v[0] = sums[0];
         v[1] = sums[1];
     }
+}
+
+/// How far ahead (in tile rows of 128 bytes) a pass asks for the tile it reads. The hardware's
+/// prefetcher alone left a Xeon core streaming weights at 7.7 GB/s where it can read 11.6
+/// (measured on a `[576, 1536]` weight at 8 rows: 16 rows ahead gave 11.8–12.4 GB/s, 8 gave
+/// 9.9, 24 gave 10.7, 32 gave 8.4).
+const PREFETCH_ROWS: usize = 16;
+
+/// Asks for the cache lines of `row`: a hint, which reads nothing into the program and cannot
+/// fault on any address. The intrinsic is unsafe to call; it is the workspace's one unsafe
+/// block besides the allocator's option setter.
+#[inline(always)]
+#[allow(unsafe_code)]
+fn prefetch(row: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in row.chunks(16) {
+        // SAFETY: `_mm_prefetch` only hints the cache; the pointer is never dereferenced.
+        unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr().cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = row;
 }
 
 struct PackedMatmul<'a>(&'a PackedWeight);
