@@ -191,8 +191,9 @@ fn tile_rows<S: Simd, const R: usize>(simd: S, block: &[f32], data: &[f32], part
 const PREFETCH_ROWS: usize = 16;
 
 /// Asks for the cache lines of `row`: a hint, which reads nothing into the program and cannot
-/// fault on any address. The intrinsic is unsafe to call; it is the workspace's one unsafe
-/// block besides the allocator's option setter.
+/// fault on any address. The intrinsic is unsafe to call, hence one of the workspace's few
+/// `allow(unsafe_code)` exceptions (the others: mimalloc's option setter, `set_var` at start-up,
+/// the safetensors mmap).
 #[inline(always)]
 #[allow(unsafe_code)]
 fn prefetch(row: &[f32]) {
