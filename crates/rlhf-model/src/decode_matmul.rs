@@ -223,17 +223,27 @@ impl CustomOp1 for PackedMatmul<'_> {
     }
 }
 
-/// A projection `y = x Wᵀ (+ b)`: candle's `Linear` for training, packed for sampling on the CPU.
+/// A projection `y = x Wᵀ (+ b)`: candle's `Linear` for training, packed for sampling on the CPU,
+/// or through AMX in mixed precision ([`crate::amx`]) when the model was asked to train that way.
 #[derive(Debug, Clone)]
 pub(crate) enum Projection {
     Plain(Linear),
     Packed { weight: PackedWeight, bias: Option<Tensor> },
+    MixedBf16(Linear),
 }
 
 impl Projection {
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Projection::Plain(linear) => linear.forward(x),
+            Projection::MixedBf16(linear) if crate::fused::supported(x) => {
+                let y = crate::amx::linear(x, linear.weight())?;
+                match linear.bias() {
+                    Some(bias) => y.broadcast_add(bias),
+                    None => Ok(y),
+                }
+            }
+            Projection::MixedBf16(linear) => linear.forward(x),
             Projection::Packed { weight, bias } => {
                 let mut dims = x.dims().to_vec();
                 let rows = x.elem_count() / weight.k.max(1);
@@ -254,7 +264,7 @@ impl Projection {
     /// (detached from any gradient graph): packed where the kernel runs (f32 on the CPU),
     /// otherwise `W` stored transposed, the operand gemm or cuBLAS reads in place.
     pub(crate) fn for_decoding(&self) -> Result<Projection> {
-        let Projection::Plain(linear) = self else { return Ok(self.clone()) };
+        let (Projection::Plain(linear) | Projection::MixedBf16(linear)) = self else { return Ok(self.clone()) };
         let bias = linear.bias().map(|b| Ok::<_, candle_core::Error>(b.copy()?.detach())).transpose()?;
         let w = linear.weight();
         if crate::fused::supported(w) {
@@ -262,6 +272,14 @@ impl Projection {
         }
         let transposed = crate::embedding::fresh_contiguous(&w.t()?)?.t()?;
         Ok(Projection::Plain(Linear::new(transposed, bias)))
+    }
+
+    /// The same projection (same weight tensors) multiplied on AMX in mixed precision.
+    pub(crate) fn mixed_bf16(&self) -> Projection {
+        match self {
+            Projection::Plain(linear) => Projection::MixedBf16(linear.clone()),
+            other => other.clone(),
+        }
     }
 }
 

@@ -20,6 +20,7 @@
 //! the files decides where they live.
 
 pub mod adamw;
+pub mod amx;
 pub mod batch;
 pub mod compute_pool;
 pub mod config;

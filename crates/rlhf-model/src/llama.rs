@@ -382,6 +382,31 @@ impl Llama {
         Ok(self)
     }
 
+    /// The same model (the same weights and gradients) with every projection, the LM head's too,
+    /// multiplied on AMX in mixed precision ([`crate::amx`]): operands rounded to bf16 and sums in
+    /// f32, forward and backward, as `torch.autocast` trains; norms, attention, softmax, losses
+    /// and the optimizer stay f32. Sampling copies ([`Llama::into_decode_layout`]) stay f32.
+    pub fn with_bf16_matmuls(mut self) -> Result<Self> {
+        if !crate::fused::supported(&self.norm.weight) {
+            candle_core::bail!("bf16 matmuls on the CPU need f32 weights there (on a GPU, load the model in bf16)");
+        }
+        if !crate::amx::available() {
+            candle_core::bail!("bf16 matmuls on the CPU need AMX-BF16 (Intel Xeon 4th generation or later)");
+        }
+        for layer in &mut self.layers {
+            let attn = &mut layer.self_attn;
+            for proj in [&mut attn.q_proj, &mut attn.k_proj, &mut attn.v_proj, &mut attn.o_proj] {
+                *proj = proj.mixed_bf16();
+            }
+            let mlp = &mut layer.mlp;
+            for proj in [&mut mlp.gate_proj, &mut mlp.up_proj, &mut mlp.down_proj] {
+                *proj = proj.mixed_bf16();
+            }
+        }
+        self.lm_head = self.lm_head.as_ref().map(Projection::mixed_bf16);
+        Ok(self)
+    }
+
     pub fn device(&self) -> &Device {
         self.embed_tokens.device()
     }

@@ -20,7 +20,10 @@
 //!
 //! `--device cuda` runs it on a GPU (a build with the `cuda` feature; `deploy/gpu-check.sh`),
 //! with `--bf16` for the bf16 weights and activations PyTorch's GPU figures use; every timed step
-//! waits for the GPU to finish. The PPO iteration runs on the CPU only for now.
+//! waits for the GPU to finish. The PPO iteration runs on the CPU only for now. On a CPU, `--bf16`
+//! trains in mixed precision on AMX (`rlhf_model::amx`): f32 weights, every projection's operands
+//! rounded to bf16 with f32 sums, as `torch.autocast` does; the FLOP fractions stay against the
+//! fp32 peak, and sampling stays f32.
 //!
 //! Figures are tokens per second of wall time, the median of the timed repetitions after one
 //! warm-up. The thread count is `RAYON_NUM_THREADS` (set to the physical core count at start-up
@@ -97,7 +100,8 @@ pub struct BenchArgs {
     /// Where to run: cpu, or cuda / cuda:N (needs a build with the `cuda` feature).
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
-    /// Weights and activations in bf16 (GPU only: the CPU path trains in f32).
+    /// bf16: on a GPU, weights and activations; on a CPU with AMX (Intel Xeon 4th generation or
+    /// later), the projections' products in mixed precision (bf16 operands, f32 sums).
     #[arg(long)]
     bf16: bool,
 }
@@ -107,14 +111,25 @@ pub struct BenchArgs {
 struct Place {
     device: Device,
     dtype: DType,
+    /// f32 weights whose projections multiply on AMX in mixed precision (`--bf16` on a CPU).
+    mixed_bf16: bool,
 }
 
 impl Place {
     fn open(args: &BenchArgs) -> Result<Place> {
         let device = args.device.open()?;
-        anyhow::ensure!(!args.bf16 || !device.is_cpu(), "--bf16 needs --device cuda: the CPU path runs in f32");
+        let mixed_bf16 = args.bf16 && device.is_cpu();
+        anyhow::ensure!(
+            !mixed_bf16 || rlhf_model::amx::available(),
+            "--bf16 on the CPU needs AMX-BF16 (Intel Xeon 4th generation or later); elsewhere it needs --device cuda"
+        );
         let dtype = compute_dtype(&device, args.bf16);
-        Ok(Place { device, dtype })
+        Ok(Place { device, dtype, mixed_bf16 })
+    }
+
+    /// `model` as this place trains it: with mixed-precision projections under `--bf16` on a CPU.
+    fn trainable(&self, model: Llama) -> Result<Llama> {
+        Ok(if self.mixed_bf16 { model.with_bf16_matmuls()? } else { model })
     }
 
     /// A `[rows, cols]` mask of ones in the compute dtype.
@@ -168,11 +183,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Some(path) => load_model(path, &place)?,
         None => random_model(args, &place)?,
     };
-    let model = Llama::new(&cfg, VarBuilder::from_varmap(&varmap, place.dtype, &place.device))?;
+    let model = place.trainable(Llama::new(&cfg, VarBuilder::from_varmap(&varmap, place.dtype, &place.device))?)?;
     let params: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
     let threads = candle_core::utils::get_num_threads();
     println!(
-        "model: {} layers, hidden {}, {} heads ({} kv), intermediate {}, vocab {}: {:.2}M parameters, {:?} on {}",
+        "model: {} layers, hidden {}, {} heads ({} kv), intermediate {}, vocab {}: {:.2}M parameters, {:?}{} on {}",
         cfg.num_hidden_layers,
         cfg.hidden_size,
         cfg.num_attention_heads,
@@ -181,6 +196,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         cfg.vocab_size,
         params as f64 / 1e6,
         place.dtype,
+        if place.mixed_bf16 { " (bf16 matmuls on AMX)" } else { "" },
         args.device
     );
     let elementwise = std::env::var("CANDLE_NUM_THREADS").unwrap_or_else(|_| "unset".into());
@@ -429,7 +445,7 @@ fn report_flops(m: &mut Measurement, flops_per_batch: f64, peak: Option<f64>) {
 fn bench_rm(args: &BenchArgs, place: &Place, cfg: &Config, rng: &mut StdRng) -> Result<Measurement> {
     let varmap = VarMap::new();
     let vb = seeded_var_builder(&varmap, args.seed, place.dtype, &place.device);
-    let backbone = Llama::backbone(cfg, vb.clone())?;
+    let backbone = place.trainable(Llama::backbone(cfg, vb.clone())?)?;
     let head = RewardHead::new(cfg.hidden_size, vb)?;
     let ids = random_ids(place, rng, 2 * args.batch, args.seq_len, cfg.vocab_size)?;
     let mask = place.ones(2 * args.batch, args.seq_len)?;

@@ -1,0 +1,126 @@
+//! Mixed-precision matrix products on Intel AMX: inputs rounded to bf16, products summed in f32.
+//!
+//! A Sapphire Rapids core does 1,024 bf16 multiply-adds a cycle in its tile unit (`tdpbf16ps`),
+//! sixteen times its two AVX-512 f32 FMA ports. This is what `torch.autocast("cpu", bf16)` runs
+//! through oneDNN on such a machine: the same rounding of the operands, f32 sums. Elsewhere
+//! (`available()` false) callers keep the f32 path.
+#![allow(unsafe_code)]
+
+mod kernel;
+mod linear;
+mod pack;
+
+pub use linear::linear;
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+/// A read-only f32 matrix: element (i, j) at `data[i * row_stride + j * col_stride]`.
+#[derive(Clone, Copy, Debug)]
+pub struct MatrixRef<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> MatrixRef<'a> {
+    /// None when an element would fall outside `data`.
+    pub fn new(data: &'a [f32], rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> Option<Self> {
+        let last = if rows == 0 || cols == 0 { 0 } else { (rows - 1) * row_stride + (cols - 1) * col_stride + 1 };
+        (last <= data.len()).then_some(Self { data, rows, cols, row_stride, col_stride })
+    }
+
+    /// The transpose, as a view of the same data.
+    pub fn t(self) -> Self {
+        Self { rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride, ..self }
+    }
+}
+
+/// Whether this CPU has AMX-BF16 and the OS lets this process use it (Linux asks each process to
+/// request the tile state first: `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`).
+pub fn available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(detect)
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn detect() -> bool {
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
+    let (amx_bf16, amx_tile) = (leaf7.edx >> 22 & 1 == 1, leaf7.edx >> 24 & 1 == 1);
+    let avx512 = std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl");
+    // SAFETY: arch_prctl with these arguments only asks the kernel for a permission.
+    amx_bf16
+        && amx_tile
+        && avx512
+        && unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) } == 0
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn detect() -> bool {
+    false
+}
+
+/// Output columns one pass of the kernel keeps hot: their packed B (16 tiles of 1 KiB per
+/// K-chunk) stays in L2 while every row band streams past it.
+const COLUMNS_PER_PASS: usize = 256;
+
+/// `A · B` (`m × k` by `k × n`) with both rounded to bf16 and the sums in f32, row-major `m × n`.
+///
+/// # Panics
+/// When `a.cols != b.rows`, or when `available()` is false.
+pub fn matmul(a: MatrixRef<'_>, b: MatrixRef<'_>) -> Vec<f32> {
+    assert_eq!(a.cols, b.rows, "amx::matmul: {}×{} by {}×{}", a.rows, a.cols, b.rows, b.cols);
+    assert!(available(), "amx::matmul without AMX");
+    let (m, n, k) = (a.rows, b.cols, a.cols);
+    if m == 0 || n == 0 || k == 0 {
+        return vec![0f32; m * n];
+    }
+    // Not zeroed: every element is stored below (a full block's tiles, or an edge's copy).
+    let mut c = Box::<[f32]>::new_uninit_slice(m * n);
+    let chunks = k.div_ceil(32);
+    let (pa, pb) =
+        rayon::join(|| pack::pack_a(&a, 2 * m.div_ceil(32), chunks), || pack::pack_b(&b, 2 * n.div_ceil(32), chunks));
+    let strip = chunks * kernel::TILE_PAIRS;
+    for first_col in (0..n).step_by(COLUMNS_PER_PASS) {
+        let cols = COLUMNS_PER_PASS.min(n - first_col);
+        c.par_chunks_mut(32 * n).enumerate().for_each(|(band, out)| {
+            let rows = out.len() / n;
+            let mut scratch = [0f32; 32 * 32];
+            // SAFETY: `available()` holds; the A and B pointers each start `chunks` tiles inside
+            // their packed buffers (strips are padded to pairs); full blocks are written inside
+            // `out` (32 rows of `n`, columns below `n`), the rest through `scratch`.
+            unsafe {
+                kernel::configure();
+                let a0 = pa.as_ptr().add(2 * band * strip);
+                for j in (first_col..first_col + cols).step_by(32) {
+                    let b0 = pb.as_ptr().add(j / 16 * strip);
+                    if rows == 32 && j + 32 <= n {
+                        let at = out.as_mut_ptr().add(j).cast::<f32>();
+                        kernel::block_32x32(a0, a0.add(strip), b0, b0.add(strip), chunks, at, 4 * n);
+                    } else {
+                        kernel::block_32x32(a0, a0.add(strip), b0, b0.add(strip), chunks, scratch.as_mut_ptr(), 128);
+                        let w = 32.min(n - j);
+                        for r in 0..rows {
+                            for (o, &v) in out[r * n + j..r * n + j + w].iter_mut().zip(&scratch[r * 32..]) {
+                                o.write(v);
+                            }
+                        }
+                    }
+                }
+                kernel::release();
+            }
+        });
+    }
+    // SAFETY: the bands cover `c`, and each band's column passes cover its columns.
+    unsafe { c.assume_init() }.into_vec()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,178 @@
+use candle_core::{Device, Tensor, Var};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+use super::*;
+
+/// The AMX tests need the hardware; on other machines they say so and check nothing else.
+fn amx_or_skip(test: &str) -> bool {
+    let here = available();
+    if !here {
+        eprintln!("{test}: skipped, this CPU or OS gives no AMX-BF16");
+    }
+    here
+}
+
+fn rounded(x: f32) -> f32 {
+    f32::from_bits((pack::bf16(x) as u32) << 16)
+}
+
+#[test]
+fn bf16_rounds_to_nearest_even_as_half_does() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let specials = [0.0, -0.0, 1.0, f32::MAX, f32::MIN, f32::MIN_POSITIVE, 1e-40, f32::INFINITY, f32::NEG_INFINITY];
+    // Exact ties below and above an even mantissa, and one just past a tie.
+    let ties = [f32::from_bits(0x3f80_8000), f32::from_bits(0x3f81_8000), f32::from_bits(0x3f80_8001)];
+    let random = (0..100_000).map(|_| f32::from_bits(rng.random::<u32>())).filter(|x| !x.is_nan());
+    for x in specials.into_iter().chain(ties).chain(random) {
+        assert_eq!(pack::bf16(x), half::bf16::from_f32(x).to_bits(), "{x:e} ({:#010x})", x.to_bits());
+    }
+    for nan in [f32::NAN, f32::from_bits(0x7f80_0001), f32::from_bits(0xff80_0001)] {
+        assert!(rounded(nan).is_nan(), "{:#010x} lost its NaN", nan.to_bits());
+    }
+}
+
+/// `op(A) · op(B)` in f64 over the bf16-rounded operands, and the sum of |products| per entry
+/// (the scale of f32's rounding in a sum of that many terms).
+fn reference(a: MatrixRef<'_>, b: MatrixRef<'_>) -> (Vec<f64>, Vec<f64>) {
+    let at = |m: &MatrixRef<'_>, i: usize, j: usize| rounded(m.data[i * m.row_stride + j * m.col_stride]) as f64;
+    let (mut sum, mut scale) = (vec![0.0; a.rows * b.cols], vec![0.0; a.rows * b.cols]);
+    for i in 0..a.rows {
+        for j in 0..b.cols {
+            for k in 0..a.cols {
+                let p = at(&a, i, k) * at(&b, k, j);
+                sum[i * b.cols + j] += p;
+                scale[i * b.cols + j] += p.abs();
+            }
+        }
+    }
+    (sum, scale)
+}
+
+#[test]
+fn products_match_f64_sums_of_the_rounded_operands() {
+    if !amx_or_skip("products_match_f64_sums_of_the_rounded_operands") {
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(11);
+    // Edges of every kind: below one tile, not a multiple of 16/32, several column passes.
+    for (m, k, n) in [(1, 1, 1), (37, 70, 45), (64, 32, 96), (33, 100, 17), (5, 300, 530)] {
+        for (a_t, b_t) in [(false, false), (false, true), (true, false), (true, true)] {
+            let a_data: Vec<f32> = (0..m * k).map(|_| rng.random_range(-2.0..2.0)).collect();
+            let b_data: Vec<f32> = (0..k * n).map(|_| rng.random_range(-2.0..2.0)).collect();
+            let a = if a_t {
+                MatrixRef::new(&a_data, k, m, m, 1).unwrap().t()
+            } else {
+                MatrixRef::new(&a_data, m, k, k, 1).unwrap()
+            };
+            let b = if b_t {
+                MatrixRef::new(&b_data, n, k, k, 1).unwrap().t()
+            } else {
+                MatrixRef::new(&b_data, k, n, n, 1).unwrap()
+            };
+            let c = matmul(a, b);
+            let (want, scale) = reference(a, b);
+            assert_eq!(c.len(), m * n);
+            for (idx, ((&got, &want), &scale)) in c.iter().zip(&want).zip(&scale).enumerate() {
+                let tolerance = 1e-6 * scale * (k as f64).sqrt() + 1e-30;
+                assert!(
+                    (got as f64 - want).abs() <= tolerance,
+                    "{m}×{k}·{k}×{n} (a_t {a_t}, b_t {b_t}) at {idx}: {got} vs {want} (± {tolerance:e})"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn matrix_views_reject_data_too_short() {
+    let data = [0f32; 6];
+    assert!(MatrixRef::new(&data, 2, 3, 3, 1).is_some());
+    assert!(MatrixRef::new(&data, 3, 3, 3, 1).is_none());
+    assert!(MatrixRef::new(&data, 2, 3, 1, 3).is_none());
+}
+
+#[test]
+fn linear_and_its_gradients_match_f32_products_of_bf16_values() -> candle_core::Result<()> {
+    if !amx_or_skip("linear_and_its_gradients_match_f32_products_of_bf16_values") {
+        return Ok(());
+    }
+    let dev = Device::Cpu;
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut values = |n: usize| -> Vec<f32> { (0..n).map(|_| rounded(rng.random_range(-1.0..1.0))).collect() };
+    // bf16 values throughout, so f32 products are exact and only the order of the sums differs;
+    // `g` is the upstream gradient (bf16 too: the AMX backward rounds it).
+    let (b, t, k, n) = (3, 21, 70, 45);
+    let x = Var::from_vec(values(b * t * k), (b, t, k), &dev)?;
+    let w = Var::from_vec(values(n * k), (n, k), &dev)?;
+    let g = Tensor::from_vec(values(b * t * n), (b, t, n), &dev)?;
+    let run = |y: Tensor| -> candle_core::Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let grads = (&y * &g)?.sum_all()?.backward()?;
+        let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+        Ok((flat(&y)?, flat(grads.get(&x).unwrap())?, flat(grads.get(&w).unwrap())?))
+    };
+    let amx = run(linear(&x, &w)?)?;
+    let plain = run(x.broadcast_matmul(&w.t()?)?)?;
+    for (name, got, want) in [("y", &amx.0, &plain.0), ("dx", &amx.1, &plain.1), ("dw", &amx.2, &plain.2)] {
+        let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-4, "{name}: differs by {worst}");
+    }
+    Ok(())
+}
+
+/// Every value of a packed strip where the kernel reads it: A's row i, K index k at tile
+/// `k / 32`, row `i % 16`, position `k % 32`; B's (k, j) at tile `k / 32`, pair row `k % 32 / 2`,
+/// column `j % 16`, half `k % 2`. Row-major and transposed views, whole and edge tiles, ties
+/// and NaN among the values (the whole-tile path rounds 16 lanes at a time).
+#[test]
+fn packed_tiles_hold_every_value_rounded_where_the_kernel_reads_it() {
+    if !std::arch::is_x86_feature_detected!("avx512f") {
+        eprintln!("packed_tiles_hold_every_value_rounded_where_the_kernel_reads_it: skipped, no AVX-512");
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(5);
+    let (rows, cols) = (40, 70);
+    let data: Vec<f32> = (0..rows * cols)
+        .map(|i| match i % 7 {
+            0 => f32::from_bits(0x3f80_8000 + ((i as u32 % 2) << 16)), // a tie, even or odd below
+            1 if i % 5 == 0 => f32::NAN,
+            _ => rng.random_range(-3.0..3.0),
+        })
+        .collect();
+    let half = |p: &[u32], at: usize, high: bool| (p[at] >> (16 * high as u32)) as u16;
+    let same = |got: u16, want: f32, what: &str| {
+        if want.is_nan() {
+            assert!(f32::from_bits((got as u32) << 16).is_nan(), "{what}: NaN lost");
+        } else {
+            assert_eq!(got, pack::bf16(want), "{what}: {want}");
+        }
+    };
+    for transposed in [false, true] {
+        let m = if transposed {
+            MatrixRef::new(&data, cols, rows, 1, cols).unwrap()
+        } else {
+            MatrixRef::new(&data, rows, cols, cols, 1).unwrap()
+        };
+        let value = |i: usize, j: usize| data[i * m.row_stride + j * m.col_stride];
+        let chunks = m.cols.div_ceil(32);
+        let a = pack::pack_a(&m, 2 * m.rows.div_ceil(32), chunks);
+        for i in 0..m.rows {
+            for k in 0..m.cols {
+                let at = ((i / 16) * chunks + k / 32) * 256 + (i % 16) * 16 + (k % 32) / 2;
+                same(half(&a, at, k % 2 == 1), value(i, k), &format!("A transposed {transposed} ({i}, {k})"));
+            }
+        }
+        let chunks = m.rows.div_ceil(32);
+        let b = pack::pack_b(&m, 2 * m.cols.div_ceil(32), chunks);
+        for k in 0..m.rows {
+            for j in 0..m.cols {
+                let at = ((j / 16) * chunks + k / 32) * 256 + (k % 32 / 2) * 16 + j % 16;
+                same(half(&b, at, k % 2 == 1), value(k, j), &format!("B transposed {transposed} ({k}, {j})"));
+            }
+        }
+        // Padding reads as zero: the first row past A's last in its strip.
+        if m.rows % 16 != 0 {
+            let at = ((m.rows / 16) * m.cols.div_ceil(32)) * 256 + (m.rows % 16) * 16;
+            assert_eq!(a[at], 0, "A padding");
+        }
+    }
+}
