@@ -50,9 +50,14 @@ pub struct ModelConfig {
     /// A pretrained model to start from: a Hugging Face folder (Llama, Mistral or Qwen2) or a
     /// GGUF file. Unset: a model of the size below is trained from scratch on the bundled task.
     pub path: Option<PathBuf>,
-    /// The dtype checkpoints are written in: `f32` or `bf16` (training always runs in f32;
+    /// The dtype checkpoints are written in: `f32` or `bf16` (training keeps f32 weights;
     /// each stage starts from the previous stage's checkpoint as written).
     pub save_dtype: SaveDtype,
+    /// Train every stage (SFT, reward model, PPO) with the projections' products in mixed
+    /// precision on AMX: bf16 operands, f32 sums, as `torch.autocast` trains; weights, norms,
+    /// attention, losses and the optimizer stay f32, and so does sampling. Needs an Intel Xeon of
+    /// the 4th generation or later; the figures of a run move by the rounding.
+    pub bf16_matmuls: bool,
     /// Size of a model trained from scratch (ignored with `path`).
     pub hidden_size: usize,
     pub num_hidden_layers: usize,
@@ -251,6 +256,7 @@ impl Default for ModelConfig {
         ModelConfig {
             path: None,
             save_dtype: SaveDtype::F32,
+            bf16_matmuls: false,
             hidden_size: 128,
             num_hidden_layers: 3,
             num_attention_heads: 4,

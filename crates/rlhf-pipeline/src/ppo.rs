@@ -209,6 +209,7 @@ pub fn run_with(
     let pad = ckpt.tokenizer.pad_id;
     task.check_rollout_prompts(ckpt.config.max_position_embeddings, config.ppo.max_new_tokens)?;
     let mut algorithm = config.ppo.algorithm.clone();
+    algorithm.bf16_matmuls |= config.model.bf16_matmuls;
     if algorithm.micro_batch_size.is_none() {
         let width = task.rollout_prompts.iter().map(|p| p.tokens.len()).max().unwrap_or(1) + config.ppo.max_new_tokens;
         algorithm.micro_batch_size =

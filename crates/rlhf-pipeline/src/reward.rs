@@ -293,7 +293,10 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
         }
     }
     let vb = seeded_var_builder(&varmap, config.seed ^ 0x4e3, DType::F32, run.device());
-    let model = Llama::backbone(&sft.config, vb.clone())?;
+    let mut model = Llama::backbone(&sft.config, vb.clone())?;
+    if config.model.bf16_matmuls {
+        model = model.with_bf16_matmuls()?;
+    }
     let head = RewardHead::new(sft.config.hidden_size, vb)?;
     let lr = config.reward_model.learning_rate;
     let frozen = frozen_layers(sft.config.num_hidden_layers, config.reward_model.train_top_layers);

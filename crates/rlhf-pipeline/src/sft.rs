@@ -42,7 +42,10 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<SftResult> {
     let task = Task::load(run, config)?;
     let mut rng = StdRng::seed_from_u64(config.seed ^ 0x5f7);
     let (model_config, varmap) = initial_policy(&task, config, run.device())?;
-    let model = Llama::new(&model_config, seeded_var_builder(&varmap, config.seed, DType::F32, run.device()))?;
+    let mut model = Llama::new(&model_config, seeded_var_builder(&varmap, config.seed, DType::F32, run.device()))?;
+    if config.model.bf16_matmuls {
+        model = model.with_bf16_matmuls()?;
+    }
     let (examples, dropped_too_long, final_loss) = if config.sft.skip {
         (0, 0, None)
     } else {

@@ -240,7 +240,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             CriticArg::Head => ppo_learner::Critic::Head,
             CriticArg::Separate => ppo_learner::Critic::Separate,
         };
-        results.push(Record::Ppo(crate::bench_ppo::bench_ppo(&place.device, &cfg, &varmap, shape, critic, &mut rng)?));
+        let learner = (critic, place.mixed_bf16);
+        results.push(Record::Ppo(crate::bench_ppo::bench_ppo(&place.device, &cfg, &varmap, shape, learner, &mut rng)?));
     }
     if let Some(peak) = memory_kib("VmHWM") {
         println!("peak resident memory: {:.0} MiB", peak as f64 / 1024.0);

@@ -60,7 +60,7 @@ pub fn bench_ppo(
     cfg: &Config,
     varmap: &VarMap,
     (batch, prompt_len, new_tokens, repeats, seed): (usize, usize, usize, usize, u64),
-    critic: ppo_learner::Critic,
+    (critic, bf16_matmuls): (ppo_learner::Critic, bool),
     rng: &mut StdRng,
 ) -> Result<PpoMeasurement> {
     let policy = tensors(varmap);
@@ -76,6 +76,7 @@ pub fn bench_ppo(
         epochs: 4,
         minibatch_size: batch,
         critic,
+        bf16_matmuls,
         whiten_advantages: true,
         kl_estimator: rlhf_model::KlEstimator::K1,
         ..Default::default()

@@ -33,6 +33,11 @@ pub struct RunArgs {
     /// (overrides the config file's model.save_dtype).
     #[arg(long)]
     save_dtype: Option<rlhf_data::SaveDtype>,
+    /// Train every stage with the projections' products in bf16 (f32 sums, f32 weights) on
+    /// Intel AMX (Xeon 4th generation or later): about twice the training speed there; the run's
+    /// figures move by the rounding (sets model.bf16_matmuls).
+    #[arg(long)]
+    bf16_matmuls: bool,
     /// SFT on your own examples instead of the bundled world's: JSON Lines in TRL's formats,
     /// `{"messages": [...]}` ending with the assistant's turn, or `{"prompt", "completion"}`.
     /// Needs --model. Checked line by line before the run is created (overrides sft.data).
@@ -86,6 +91,9 @@ impl RunArgs {
         }
         if let Some(dtype) = self.save_dtype {
             config.model.save_dtype = dtype;
+        }
+        if self.bf16_matmuls {
+            config.model.bf16_matmuls = true;
         }
         if let Some(data) = &self.sft_data {
             config.sft.data = Some(data.clone());
@@ -148,6 +156,7 @@ impl RunArgs {
             || self.length_bias.is_some()
             || self.model.is_some()
             || self.save_dtype.is_some()
+            || self.bf16_matmuls
             || self.sft_data.is_some()
             || self.ppo_prompts.is_some()
             || self.skip_sft

@@ -104,11 +104,15 @@ impl PpoLearner {
             }
         }
         let vb = seeded_var_builder(&varmap, seed, DType::F32, device);
-        let policy = Llama::new(&model_config, vb.clone())?;
-        let critic = match config.critic {
+        let mut policy = Llama::new(&model_config, vb.clone())?;
+        let mut critic = match config.critic {
             Critic::Head => None,
             Critic::Separate => Some(Llama::backbone(&model_config, vb.pp(CRITIC_PREFIX.trim_end_matches('.')))?),
         };
+        if config.bf16_matmuls {
+            policy = policy.with_bf16_matmuls()?;
+            critic = critic.map(Llama::with_bf16_matmuls).transpose()?;
+        }
         let value = ValueHead::new(model_config.hidden_size, vb)?;
         let params = ParamsAdamW { lr: config.learning_rate, weight_decay: 0.0, ..Default::default() };
         let optimizer = AdamW::new(varmap.all_vars(), params)?;
