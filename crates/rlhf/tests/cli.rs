@@ -61,7 +61,7 @@ fn the_reward_model_bench_reports_pairs_and_its_share_of_the_matmul_peak() {
 }
 
 /// A build without the `cuda` feature refuses `--device cuda` saying how to get one, and `--bf16`
-/// on the CPU, before any work; the GPU check refuses a machine without a GPU.
+/// on a CPU without AMX, before any work; the GPU check refuses a machine without a GPU.
 #[test]
 fn the_gpu_paths_refuse_clearly_where_there_is_no_gpu() {
     let tiny = ["--layers", "1", "--hidden", "32", "--intermediate", "64", "--repeats", "1"];
@@ -109,9 +109,15 @@ fn the_gpu_paths_refuse_clearly_where_there_is_no_gpu() {
             assert!(!out.status.success() && err.contains("--features cuda"), "{args:?}: {err}");
         }
     }
-    let out = rlhf().args(["bench", "--bf16"]).args(tiny).output().unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--bf16 needs --device cuda"));
+    // On the CPU, --bf16 is mixed precision on AMX where the CPU has it, and refused elsewhere.
+    let out = rlhf().args(["bench", "--bf16", "--only", "train"]).args(tiny).output().unwrap();
+    if rlhf_model::amx::available() {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("(bf16 matmuls on AMX)"));
+    } else {
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--bf16 on the CPU needs AMX-BF16"));
+    }
     let out = rlhf().args(["bench", "--device", "tpu"]).args(tiny).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected cpu, cuda or cuda:N"));
 

@@ -53,9 +53,17 @@ fn train(
     micro: Option<usize>,
     critic: Critic,
 ) -> (HashMap<String, Vec<f32>>, ppo_learner::StepStats) {
+    train_with(PpoConfig {
+        minibatch_size: minibatch,
+        epochs: 2,
+        micro_batch_size: micro,
+        critic,
+        ..PpoConfig::default()
+    })
+}
+
+fn train_with(config: PpoConfig) -> (HashMap<String, Vec<f32>>, ppo_learner::StepStats) {
     let (cfg, tensors) = weights();
-    let config =
-        PpoConfig { minibatch_size: minibatch, epochs: 2, micro_batch_size: micro, critic, ..PpoConfig::default() };
     let mut learner = PpoLearner::new(&Device::Cpu, config, cfg, tensors, 0, 0, 7).unwrap();
     let stats = learner.train_step(batch()).unwrap();
     let weights = (learner.varmap().data().lock().unwrap().iter())
@@ -108,4 +116,32 @@ fn same_update_in_pieces(critic: Critic, minibatch: usize) {
             assert!((x - y).abs() < 1e-5 * (1.0 + x.abs()), "{x} vs {y} with micro-batches of {micro}");
         }
     }
+}
+
+/// With `bf16_matmuls` (where the CPU has AMX) the learner takes the f32 learner's step up to
+/// bf16's rounding of the products' operands: its losses, entropy and gradient norm agree to
+/// about a percent, and it moves the weights.
+#[test]
+fn a_learner_with_bf16_matmuls_takes_the_f32_step_up_to_rounding() {
+    if !rlhf_model::amx::available() {
+        eprintln!("a_learner_with_bf16_matmuls_takes_the_f32_step_up_to_rounding: skipped, no AMX-BF16 here");
+        return;
+    }
+    let config = |bf16_matmuls| PpoConfig { minibatch_size: 3, epochs: 2, bf16_matmuls, ..PpoConfig::default() };
+    let (_, plain) = train_with(config(false));
+    let (weights_after, mixed) = train_with(config(true));
+    for (what, a, b) in [
+        ("policy loss", plain.policy_loss, mixed.policy_loss),
+        ("value loss", plain.value_loss, mixed.value_loss),
+        ("entropy", plain.entropy, mixed.entropy),
+        ("gradient norm", plain.grad_norm, mixed.grad_norm),
+    ] {
+        assert!((a - b).abs() <= 0.02 * a.abs().max(b.abs()) + 1e-3, "{what}: f32 {a}, bf16 matmuls {b}");
+    }
+    let (_, start) = weights();
+    let moved = weights_after.iter().any(|(name, w)| {
+        let before = start[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        w.iter().zip(&before).any(|(a, b)| (a - b).abs() > 1e-6)
+    });
+    assert!(moved, "the bf16 learner moved no weight");
 }
