@@ -100,72 +100,57 @@ fn packed(strips: usize, chunks: usize, tile: impl Fn(usize, usize, &mut [MaybeU
 /// A's rows as `strips` strips of 16 rows, `chunks` K-chunks of 32 each.
 pub(super) fn pack_a(a: &MatrixRef<'_>, strips: usize, chunks: usize) -> Vec<u32> {
     // SAFETY: every machine with AMX has AVX-512 F (checked in `available`).
-    packed(strips, chunks, |strip, kk, tile| unsafe { tile_a(a, strip * 16, kk * 32, tile) })
-}
-
-#[target_feature(enable = "avx512f")]
-unsafe fn tile_a(a: &MatrixRef<'_>, i0: usize, k0: usize, tile: &mut [MaybeUninit<u32>]) {
-    let full = i0 + 16 <= a.rows && k0 + 32 <= a.cols;
-    let at = |i: usize, k: usize| i * a.row_stride + k * a.col_stride;
-    if full && a.col_stride == 1 {
-        for ii in 0..16 {
-            let src = &a.data[at(i0 + ii, k0)..at(i0 + ii, k0 + 31) + 1];
-            // SAFETY: 32 floats in `src`; 16 u32 in the tile row.
-            unsafe { _mm512_storeu_si512(tile[ii * 16..].as_mut_ptr().cast(), neighbour_pairs(src.as_ptr())) };
-        }
-    } else if full && a.row_stride == 1 {
-        // Rows of A are columns of the stored matrix: pair up stored rows k, k + 1, transpose.
-        let mut block = [0u32; 256];
-        for q in 0..16 {
-            let (lo, hi) = (&a.data[at(i0, k0 + 2 * q)..], &a.data[at(i0, k0 + 2 * q + 1)..]);
-            assert!(lo.len() >= 16 && hi.len() >= 16);
-            // SAFETY: 16 floats at each (asserted); 16 u32 in the block row.
-            unsafe { _mm512_storeu_si512(block[q * 16..].as_mut_ptr().cast(), pairs(lo.as_ptr(), hi.as_ptr())) };
-        }
-        transpose16(&block, tile);
-    } else {
-        let tile = zeroed(tile);
-        for ii in 0..16.min(a.rows.saturating_sub(i0)) {
-            for e in 0..32.min(a.cols.saturating_sub(k0)) {
-                let v = bf16(a.data[at(i0 + ii, k0 + e)]) as u32;
-                tile[ii * 16 + e / 2] |= v << (16 * (e % 2));
-            }
-        }
-    }
+    packed(strips, chunks, |strip, kk, tile| unsafe { tile_of_pairs(a, strip * 16, kk * 32, false, tile) })
 }
 
 /// B's columns as `strips` strips of 16 columns, `chunks` K-chunks of 32 (16 pairs) each.
 pub(super) fn pack_b(b: &MatrixRef<'_>, strips: usize, chunks: usize) -> Vec<u32> {
     // SAFETY: as in `pack_a`.
-    packed(strips, chunks, |strip, kk, tile| unsafe { tile_b(b, strip * 16, kk * 32, tile) })
+    packed(strips, chunks, |strip, kk, tile| unsafe { tile_of_pairs(&b.t(), strip * 16, kk * 32, true, tile) })
 }
 
+/// The 16 × 16 pairs `P[x][q] = (M[x0 + x][k0 + 2q], M[x0 + x][k0 + 2q + 1])`, or their transpose
+/// when `transposed`: A's tile is `P` of `M = A`, B's is `Pᵀ` of `M = Bᵀ`.
+///
+/// A whole tile is read 16 lanes at a time along whichever of M's axes is contiguous: by rows of
+/// `P` (`neighbour_pairs`) or by rows of `Pᵀ` (`pairs`), then stored as it is or through a 16 × 16
+/// transpose. A tile at the matrix's edge is filled element by element, zeros beyond.
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_b(b: &MatrixRef<'_>, j0: usize, k0: usize, tile: &mut [MaybeUninit<u32>]) {
-    let full = j0 + 16 <= b.cols && k0 + 32 <= b.rows;
-    let at = |k: usize, j: usize| k * b.row_stride + j * b.col_stride;
-    if full && b.col_stride == 1 {
-        for r in 0..16 {
-            let (lo, hi) = (&b.data[at(k0 + 2 * r, j0)..], &b.data[at(k0 + 2 * r + 1, j0)..]);
-            assert!(lo.len() >= 16 && hi.len() >= 16);
-            // SAFETY: 16 floats at each (asserted); 16 u32 in the tile row.
-            unsafe { _mm512_storeu_si512(tile[r * 16..].as_mut_ptr().cast(), pairs(lo.as_ptr(), hi.as_ptr())) };
-        }
-    } else if full && b.row_stride == 1 {
-        // Columns of B are rows of the stored matrix (`Wᵀ`): pair neighbours, transpose.
+unsafe fn tile_of_pairs(m: &MatrixRef<'_>, x0: usize, k0: usize, transposed: bool, tile: &mut [MaybeUninit<u32>]) {
+    let full = x0 + 16 <= m.rows && k0 + 32 <= m.cols;
+    let at = |x: usize, k: usize| x * m.row_stride + k * m.col_stride;
+    if full && (m.col_stride == 1 || m.row_stride == 1) {
+        let by_rows_of_p = m.col_stride == 1;
         let mut block = [0u32; 256];
-        for c in 0..16 {
-            let src = &b.data[at(k0, j0 + c)..at(k0 + 31, j0 + c) + 1];
-            // SAFETY: 32 floats in `src`; 16 u32 in the block row.
-            unsafe { _mm512_storeu_si512(block[c * 16..].as_mut_ptr().cast(), neighbour_pairs(src.as_ptr())) };
+        for y in 0..16 {
+            let row = if by_rows_of_p {
+                let src = &m.data[at(x0 + y, k0)..at(x0 + y, k0 + 31) + 1];
+                // SAFETY: 32 floats in `src`.
+                unsafe { neighbour_pairs(src.as_ptr()) }
+            } else {
+                let (lo, hi) = (&m.data[at(x0, k0 + 2 * y)..], &m.data[at(x0, k0 + 2 * y + 1)..]);
+                assert!(lo.len() >= 16 && hi.len() >= 16);
+                // SAFETY: 16 floats at each (asserted).
+                unsafe { pairs(lo.as_ptr(), hi.as_ptr()) }
+            };
+            let dst = if by_rows_of_p == transposed {
+                block[y * 16..].as_mut_ptr()
+            } else {
+                tile[y * 16..].as_mut_ptr().cast()
+            };
+            // SAFETY: 16 u32 from `dst` (a row of `block` or of the tile).
+            unsafe { _mm512_storeu_si512(dst.cast(), row) };
         }
-        transpose16(&block, tile);
+        if by_rows_of_p == transposed {
+            transpose16(&block, tile);
+        }
     } else {
         let tile = zeroed(tile);
-        for e in 0..32.min(b.rows.saturating_sub(k0)) {
-            for c in 0..16.min(b.cols.saturating_sub(j0)) {
-                let v = bf16(b.data[at(k0 + e, j0 + c)]) as u32;
-                tile[(e / 2) * 16 + c] |= v << (16 * (e % 2));
+        for x in 0..16.min(m.rows.saturating_sub(x0)) {
+            for e in 0..32.min(m.cols.saturating_sub(k0)) {
+                let v = bf16(m.data[at(x0 + x, k0 + e)]) as u32;
+                let slot = if transposed { (e / 2) * 16 + x } else { x * 16 + e / 2 };
+                tile[slot] |= v << (16 * (e % 2));
             }
         }
     }
