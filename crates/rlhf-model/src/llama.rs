@@ -89,23 +89,25 @@ impl Rotary {
         let inv_freq: Vec<f64> =
             (0..half).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim() as f64)).collect();
         let (batch, len) = (positions.len(), positions.first().map_or(0, Vec::len));
-        // Each position's angles once (rows share positions): the f64 cos and sin of every
-        // row's every position were 3% of a reward-model step, on one thread.
-        let distinct = positions.iter().flatten().max().map_or(0, |&p| p as usize + 1);
-        let (mut cos_at, mut sin_at) = (Vec::with_capacity(distinct * half), Vec::with_capacity(distinct * half));
-        for p in 0..distinct {
-            for f in &inv_freq {
-                let angle = p as f64 * f;
-                cos_at.push(angle.cos() as f32);
-                sin_at.push(angle.sin() as f32);
-            }
-        }
+        // Each position's angles once where rows share positions (training batches: the f64
+        // cos and sin of every row's every position were 3% of a reward-model step, on one
+        // thread); a decode step's few scattered positions are computed as they come.
+        let all = || positions.iter().flatten().map(|&p| p as usize);
+        let (first, last) = (all().min().unwrap_or(0), all().max().unwrap_or(0));
+        let span = if last + 1 - first <= batch * len { first..last + 1 } else { 0..0 };
+        let angles = |p: usize, f: &f64| {
+            let angle = p as f64 * f;
+            (angle.cos() as f32, angle.sin() as f32)
+        };
+        let table: Vec<(f32, f32)> = span.clone().flat_map(|p| inv_freq.iter().map(move |f| angles(p, f))).collect();
         let mut cos = Vec::with_capacity(batch * len * half);
         let mut sin = Vec::with_capacity(batch * len * half);
-        for &p in positions.iter().flatten() {
-            let at = p as usize * half;
-            cos.extend_from_slice(&cos_at[at..at + half]);
-            sin.extend_from_slice(&sin_at[at..at + half]);
+        for p in all() {
+            for (i, f) in inv_freq.iter().enumerate() {
+                let (c, s) = if span.contains(&p) { table[(p - first) * half + i] } else { angles(p, f) };
+                cos.push(c);
+                sin.push(s);
+            }
         }
         let cos_t = Tensor::from_slice(&cos, (batch, len, half), device)?.to_dtype(dtype)?;
         let sin_t = Tensor::from_slice(&sin, (batch, len, half), device)?.to_dtype(dtype)?;
