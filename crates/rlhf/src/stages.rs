@@ -29,7 +29,7 @@ pub struct RunArgs {
     /// chat template are used throughout (overrides the config file's model.path).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// The dtype checkpoints are written in: f32 (default) or bf16; training runs in f32
+    /// The dtype checkpoints are written in: f32 (default) or bf16; training keeps f32 weights
     /// (overrides the config file's model.save_dtype).
     #[arg(long)]
     save_dtype: Option<rlhf_data::SaveDtype>,
