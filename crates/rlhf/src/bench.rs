@@ -175,6 +175,9 @@ struct Measurement {
     gflops_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     peak_fraction: Option<f64>,
+    /// Whether the measured work multiplied its projections on AMX in mixed precision (`--bf16`
+    /// on a CPU; sampling stays f32 regardless).
+    bf16_matmuls: bool,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -321,6 +324,7 @@ fn measure(
         pairs_per_s: None,
         gflops_per_s: None,
         peak_fraction: None,
+        bf16_matmuls: place.mixed_bf16 && workload != Workload::Sample,
     };
     println!(
         "{:<8} {:>9.0} tokens/s   ({:.3} s per batch of {} tokens)",

@@ -40,6 +40,8 @@ impl Phases {
 pub struct PpoMeasurement {
     pub workload: &'static str,
     pub critic: ppo_learner::Critic,
+    /// Whether the learner multiplied on AMX in mixed precision (`--bf16` on a CPU).
+    pub bf16_matmuls: bool,
     pub seconds_per_iteration: f64,
     pub phases: Phases,
 }
@@ -126,6 +128,7 @@ pub fn bench_ppo(
     let m = PpoMeasurement {
         workload: "ppo",
         critic,
+        bf16_matmuls,
         seconds_per_iteration: median(runs.iter().map(Phases::total).collect()),
         phases,
     };

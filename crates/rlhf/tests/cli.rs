@@ -54,6 +54,7 @@ fn the_reward_model_bench_reports_pairs_and_its_share_of_the_matmul_peak() {
     let records: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
     let rm = &records[0];
     assert_eq!(rm["workload"], "rm");
+    assert_eq!(rm["bf16_matmuls"], false, "{rm}");
     // Pairs per second is the batch's pairs over its seconds; FLOP/s and its share are positive.
     let (pairs, seconds) = (rm["pairs_per_s"].as_f64().unwrap(), rm["seconds_per_batch"].as_f64().unwrap());
     assert!((pairs * seconds - 2.0).abs() < 1e-6, "{rm}");
@@ -110,10 +111,13 @@ fn the_gpu_paths_refuse_clearly_where_there_is_no_gpu() {
         }
     }
     // On the CPU, --bf16 is mixed precision on AMX where the CPU has it, and refused elsewhere.
-    let out = rlhf().args(["bench", "--bf16", "--only", "train"]).args(tiny).output().unwrap();
+    let out = rlhf().args(["bench", "--bf16", "--only", "train", "--json"]).args(tiny).output().unwrap();
     if rlhf_model::amx::available() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert!(String::from_utf8_lossy(&out.stdout).contains("(bf16 matmuls on AMX)"));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("(bf16 matmuls on AMX)"), "{text}");
+        let records: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        assert_eq!(records[0]["bf16_matmuls"], true, "{text}");
     } else {
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains("--bf16 on the CPU needs AMX-BF16"));
