@@ -56,9 +56,8 @@ fn detect() -> bool {
     const XFEATURE_XTILEDATA: libc::c_long = 18;
     let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
     let (amx_bf16, amx_tile) = (leaf7.edx >> 22 & 1 == 1, leaf7.edx >> 24 & 1 == 1);
-    let avx512 = std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512bw")
-        && std::arch::is_x86_feature_detected!("avx512vl");
+    // The packing (`pack`) is AVX-512 F code; every AMX machine has it, but say so.
+    let avx512 = std::arch::is_x86_feature_detected!("avx512f");
     // SAFETY: arch_prctl with these arguments only asks the kernel for a permission.
     amx_bf16
         && amx_tile
