@@ -255,6 +255,24 @@ impl Drop for BarrierGuard<'_> {
     }
 }
 
+/// Patched (vendor/candle-core/PATCHES.md, 4): an element-wise op on a pool with no workers of its
+/// own (`CANDLE_NUM_THREADS=1`) runs in `pieces_per_thread` ranges per thread of rayon's pool when
+/// it is called from one of rayon's threads, as a training step on `rlhf_model`'s compute pool is:
+/// the other workers steal ranges without sleeping in between. Called from any other thread it
+/// runs inline, as before (a hand-off to rayon from outside would sleep on a lock).
+fn on_rayon_workers<F: Fn(std::ops::Range<usize>) + Sync>(n_items: usize, pieces_per_thread: usize, f: F) {
+    use rayon::prelude::*;
+    let threads = rayon::current_num_threads();
+    if rayon::current_thread_index().is_none() || threads < 2 || n_items < 2 {
+        f(0..n_items);
+        return;
+    }
+    let chunk = n_items.div_ceil(threads * pieces_per_thread).max(1);
+    (0..n_items.div_ceil(chunk))
+        .into_par_iter()
+        .for_each(|piece| f(piece * chunk..n_items.min((piece + 1) * chunk)));
+}
+
 impl BarrierPool {
     pub fn execute<F: Fn(usize) + Sync>(&self, f: F) {
         let n = self.threads.len();
@@ -305,6 +323,9 @@ impl BarrierPool {
             f(0..n_items);
             return;
         }
+        if self.threads.is_empty() {
+            return on_rayon_workers(n_items, 1, f);
+        }
         let chunk = n_items.div_ceil(self.threads.len() + 1);
         self.execute(|tid| {
             let start = tid * chunk;
@@ -324,6 +345,9 @@ impl BarrierPool {
         if IN_BARRIER_POOL.with(|f| f.get()) {
             f(0..n_items);
             return;
+        }
+        if self.threads.is_empty() {
+            return on_rayon_workers(n_items, 8, f);
         }
         let n_threads = self.threads.len() + 1;
         // ~8 grabs per thread amortizes cursor contention while keeping tail imbalance small

@@ -48,3 +48,31 @@ fn contiguous_copies_of_transposed_matrices_put_every_element_in_place() {
     let view = t.transpose(0, 1).unwrap().transpose(1, 2).unwrap();
     assert_eq!(view.contiguous().unwrap().flatten_all().unwrap().to_vec1::<u32>().unwrap(), by_index(&view));
 }
+
+/// Large copies made on one of rayon's threads are split among the pool's threads (patch 4): a
+/// transposed weight gradient by bands of rows, uniform and scattered blocks by pieces. Every
+/// element must still land where the strided copy puts it.
+#[test]
+fn copies_split_among_rayon_threads_put_every_element_in_place() {
+    let dev = Device::Cpu;
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+    // Each is ≥ 65,536 elements, the size from which the copy is split.
+    let n = 300 * 257;
+    let stored = Tensor::arange(0u32, n as u32 + 5, &dev).unwrap().narrow(0, 5, n).unwrap();
+    let cases = [
+        ("transposed", stored.reshape((257, 300)).unwrap().t().unwrap()),
+        ("uniform blocks", stored.reshape((300, 257)).unwrap().narrow(1, 3, 250).unwrap()),
+        (
+            "scattered blocks",
+            stored.narrow(0, 0, 4 * 64 * 8 * 37).unwrap().reshape((4, 64, 8, 37)).unwrap().transpose(1, 2).unwrap(),
+        ),
+        ("one block", stored.narrow(0, 17, 70_000).unwrap()),
+    ];
+    for (name, view) in cases {
+        let copied = pool.install(|| view.force_contiguous().unwrap());
+        // Copied again on this thread, which is not rayon's: the serial paths, which the test
+        // above checks element by element.
+        let want = view.flatten_all().unwrap().to_vec1::<u32>().unwrap();
+        assert_eq!(copied.flatten_all().unwrap().to_vec1::<u32>().unwrap(), want, "{name}");
+    }
+}

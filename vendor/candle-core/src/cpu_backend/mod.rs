@@ -972,30 +972,43 @@ fn copy2d_<T: Copy>(
     }
 }
 
-fn copy_strided_src_<T: Copy>(src: &[T], dst: &mut [T], dst_offset: usize, src_l: &Layout) {
+fn copy_strided_src_<T: Copy + Send + Sync>(src: &[T], dst: &mut [T], dst_offset: usize, src_l: &Layout) {
     if let Some((rows, cols)) = transposed_matrices(src_l) {
         let (start, count) = (src_l.start_offset(), src_l.shape().elem_count());
         return copy_transposed(&src[start..start + count], &mut dst[dst_offset..dst_offset + count], rows, cols);
     }
+    let (dims, count) = (src_l.dims(), src_l.shape().elem_count());
+    if dims.len() > 1 && dims[0] > 1 && !src_l.is_contiguous() && copy_in_parallel(count) {
+        // Scattered blocks (a transposed [B, H, T, D] view, say) are copied one index of the
+        // first dimension per piece, the pieces on rayon's threads.
+        let inner = count / dims[0];
+        return dst[dst_offset..dst_offset + count].par_chunks_mut(inner).enumerate().for_each(|(i, d)| {
+            let piece = src_l.narrow(0, i, 1).expect("an index below the dimension's size");
+            copy_strided_src_(src, d, 0, &piece)
+        });
+    }
     match src_l.strided_blocks() {
-        crate::StridedBlocks::SingleBlock { start_offset, len } => dst
-            [dst_offset..dst_offset + len]
-            .copy_from_slice(&src[start_offset..start_offset + len]),
+        // One block is copied as contiguous blocks of 4k elements (the last one shorter).
+        crate::StridedBlocks::SingleBlock { start_offset, len } => copy_blocks(
+            &src[start_offset..start_offset + len],
+            &mut dst[dst_offset..dst_offset + len],
+            4096,
+            4096,
+        ),
         crate::StridedBlocks::UniformBlocks {
             start_offset,
             block_len,
             count,
             src_stride,
-        } => copy2d_(
-            src,
-            dst,
-            count,
-            block_len,
-            src_stride,
-            block_len,
-            start_offset,
-            dst_offset,
-        ),
+        } => {
+            let src_len = if count == 0 { 0 } else { (count - 1) * src_stride + block_len };
+            copy_blocks(
+                &src[start_offset..start_offset + src_len],
+                &mut dst[dst_offset..dst_offset + count * block_len],
+                block_len,
+                src_stride,
+            )
+        }
         crate::StridedBlocks::MultipleBlocks {
             block_start_index,
             block_len: 1,
@@ -1047,20 +1060,59 @@ fn transposed_matrices(layout: &Layout) -> Option<(usize, usize)> {
 }
 
 /// Copies a batch of transposed matrices ([`transposed_matrices`]) into row-major order, by
-/// square tiles so that both the reads and the writes stay within a few cache lines.
-fn copy_transposed<T: Copy>(src: &[T], dst: &mut [T], rows: usize, cols: usize) {
+/// square tiles so that both the reads and the writes stay within a few cache lines; bands of
+/// `TILE` rows go to rayon's threads when the copy is large ([`copy_in_parallel`]).
+fn copy_transposed<T: Copy + Send + Sync>(src: &[T], dst: &mut [T], rows: usize, cols: usize) {
     const TILE: usize = 16;
     let size = rows * cols;
+    let parallel = copy_in_parallel(dst.len());
     for (s, d) in src.chunks_exact(size).zip(dst.chunks_exact_mut(size)) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r0 in (0..rows).step_by(TILE) {
-                for r in r0..(r0 + TILE).min(rows) {
+        let band = |(b, d): (usize, &mut [T])| {
+            let r0 = b * TILE;
+            for c0 in (0..cols).step_by(TILE) {
+                for r in r0..r0 + d.len() / cols {
                     for c in c0..(c0 + TILE).min(cols) {
-                        d[r * cols + c] = s[c * rows + r];
+                        d[(r - r0) * cols + c] = s[c * rows + r];
                     }
                 }
             }
+        };
+        if parallel {
+            d.par_chunks_mut(TILE * cols).enumerate().for_each(band);
+        } else {
+            d.chunks_mut(TILE * cols).enumerate().for_each(band);
         }
+    }
+}
+
+/// rlhf patch (PATCHES.md, 4): whether a copy of `len` elements is split among rayon's threads.
+/// Only from one of rayon's own threads (a training step on `rlhf_model`'s compute pool), where
+/// the other workers steal pieces without sleeping; copying the gradients and views of a
+/// training step on the calling thread alone left the other core idle through 3% of the step.
+fn copy_in_parallel(len: usize) -> bool {
+    const PARALLEL_COPY_MIN: usize = 1 << 16;
+    len >= PARALLEL_COPY_MIN && rayon::current_thread_index().is_some() && rayon::current_num_threads() > 1
+}
+
+/// Copies `dst.len() / block_len` blocks of `block_len` elements (the last may be shorter),
+/// `src_stride` apart in `src`, one after the other into `dst`; pieces of about 16k elements go to rayon's threads when the
+/// copy is large ([`copy_in_parallel`]).
+fn copy_blocks<T: Copy + Send + Sync>(src: &[T], dst: &mut [T], block_len: usize, src_stride: usize) {
+    if block_len == 0 {
+        return;
+    }
+    let blocks_per_piece = (16 * 1024 / block_len).max(1);
+    let piece = |(p, d): (usize, &mut [T])| {
+        for (i, d) in d.chunks_mut(block_len).enumerate() {
+            let at = (p * blocks_per_piece + i) * src_stride;
+            let len = d.len();
+            d.copy_from_slice(&src[at..at + len]);
+        }
+    };
+    if copy_in_parallel(dst.len()) {
+        dst.par_chunks_mut(blocks_per_piece * block_len).enumerate().for_each(piece);
+    } else {
+        dst.chunks_mut(blocks_per_piece * block_len).enumerate().for_each(piece);
     }
 }
 
