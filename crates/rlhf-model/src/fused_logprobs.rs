@@ -6,7 +6,8 @@
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
-use crate::fused::{rows_mut, slice};
+use crate::fused::{rows_mut, slice, zeroed};
+use crate::simd_math;
 
 /// `log_softmax(logits)[targets]`: `logits: [.., V]` (f32, CPU), `targets: [..]` (u32) → `[..]`,
 /// differentiable in `logits`.
@@ -23,10 +24,42 @@ fn targets_of<'a>(storage: &'a CpuStorage, layout: &Layout, op: &'static str) ->
     }
 }
 
-/// `max` and `log Σ exp(x − max)` of a row.
+/// `max` and `log Σ exp(x − max)` of a row, vectorised ([`simd_math`]).
+#[inline(always)]
 fn log_sum_exp(row: &[f32]) -> (f32, f32) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    (max, row.iter().map(|v| (v - max).exp()).sum::<f32>().ln())
+    let max = simd_math::max(row);
+    (max, simd_math::sum_exp(row, max).ln())
+}
+
+struct LogSumExp<'a>(&'a [f32]);
+
+impl simd_math::Kernel for LogSumExp<'_> {
+    type Output = (f32, f32);
+
+    #[inline(always)]
+    fn run(self) -> (f32, f32) {
+        log_sum_exp(self.0)
+    }
+}
+
+/// `dx = scale · softmax(row)`.
+struct SoftmaxTimes<'a> {
+    dx: &'a mut [f32],
+    row: &'a [f32],
+    scale: f32,
+}
+
+impl simd_math::Kernel for SoftmaxTimes<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let (max, lse) = log_sum_exp(self.row);
+        let shift = max + lse;
+        for (d, &x) in self.dx.iter_mut().zip(self.row) {
+            *d = self.scale * simd_math::exp(x - shift);
+        }
+    }
 }
 
 fn check(logits: &Layout, targets: &[u32], op: &'static str) -> Result<usize> {
@@ -53,7 +86,7 @@ impl CustomOp2 for TokenLogprobs {
         let out: Vec<f32> = (0..targets.len())
             .map(|i| {
                 let row = &logits[i * v..(i + 1) * v];
-                let (max, lse) = log_sum_exp(row);
+                let (max, lse) = simd_math::vectorized(LogSumExp(row));
                 row[targets[i] as usize] - max - lse
             })
             .collect();
@@ -85,14 +118,10 @@ impl CustomOp2 for TokenLogprobsBackward {
         let (logits, g) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
         let targets = self.targets.flatten_all()?.to_vec1::<u32>()?;
         let v = check(l1, &targets, self.name())?;
-        let mut out = vec![0f32; logits.len()];
+        let mut out = zeroed(logits.len());
         rows_mut(&mut out, v, |dx, i| {
             let row = &logits[i * v..(i + 1) * v];
-            let (max, lse) = log_sum_exp(row);
-            let shift = max + lse;
-            for (d, &x) in dx.iter_mut().zip(row) {
-                *d = -g[i] * (x - shift).exp();
-            }
+            simd_math::vectorized(SoftmaxTimes { dx, row, scale: -g[i] });
             dx[targets[i] as usize] += g[i];
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))

@@ -7,15 +7,53 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tenso
 
 use rayon::prelude::*;
 
-use crate::fused::{PARALLEL_ELEMENTS, rows_mut, slice};
+use crate::fused::{PARALLEL_ELEMENTS, rows_mut, slice, zeroed};
+use crate::simd_math::{self, Kernel, sigmoid};
 
 /// `silu(gate) · up`, differentiable in both; same shapes, f32 on the CPU.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
 }
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+/// `h = silu(g) · u` over a row.
+struct ForwardRow<'a> {
+    h: &'a mut [f32],
+    g: &'a [f32],
+    u: &'a [f32],
+}
+
+impl Kernel for ForwardRow<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        for ((h, &g), &u) in self.h.iter_mut().zip(self.g).zip(self.u) {
+            *h = g * sigmoid(g) * u;
+        }
+    }
+}
+
+/// `dg`, `du` of a row from `dh`.
+struct BackwardRow<'a> {
+    dg: &'a mut [f32],
+    du: &'a mut [f32],
+    g: &'a [f32],
+    u: &'a [f32],
+    dh: &'a [f32],
+}
+
+impl Kernel for BackwardRow<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let rows = self.dg.iter_mut().zip(self.du.iter_mut()).zip(self.g).zip(self.u).zip(self.dh);
+        for ((((dg, du), &g), &u), &dh) in rows {
+            let s = sigmoid(g);
+            *du = dh * g * s;
+            *dg = dh * u * s * (1.0 + g * (1.0 - s));
+        }
+    }
 }
 
 fn check(l1: &Layout, l2: &Layout, op: &'static str) -> Result<usize> {
@@ -35,12 +73,10 @@ impl CustomOp2 for SwiGlu {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let width = check(l1, l2, self.name())?.max(1);
         let (g, u) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
-        let mut out = vec![0f32; g.len()];
+        let mut out = zeroed(g.len());
         rows_mut(&mut out, width, |h, i| {
             let at = i * width;
-            for ((h, &g), &u) in h.iter_mut().zip(&g[at..at + width]).zip(&u[at..at + width]) {
-                *h = g * sigmoid(g) * u;
-            }
+            simd_math::vectorized(ForwardRow { h, g: &g[at..at + width], u: &u[at..at + width] });
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -79,16 +115,12 @@ impl CustomOp3 for SwiGluBackward {
             candle_core::bail!("{}: {} gradients for {} values", self.name(), dh.len(), g.len());
         }
         let n = g.len();
-        let mut out = vec![0f32; 2 * n];
+        let mut out = zeroed(2 * n);
         let (dg, du) = out.split_at_mut(n);
         let row = |(i, (dg, du)): (usize, (&mut [f32], &mut [f32]))| {
             let at = i * width;
             let (g, u, dh) = (&g[at..at + dg.len()], &u[at..at + dg.len()], &dh[at..at + dg.len()]);
-            for j in 0..dg.len() {
-                let s = sigmoid(g[j]);
-                du[j] = dh[j] * g[j] * s;
-                dg[j] = dh[j] * u[j] * s * (1.0 + g[j] * (1.0 - s));
-            }
+            simd_math::vectorized(BackwardRow { dg, du, g, u, dh });
         };
         if n >= PARALLEL_ELEMENTS {
             dg.par_chunks_mut(width).zip(du.par_chunks_mut(width)).enumerate().for_each(row);

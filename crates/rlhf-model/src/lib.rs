@@ -37,6 +37,7 @@ pub mod llama;
 pub mod padding;
 pub mod rl;
 pub mod sampling;
+mod simd_math;
 
 pub use adamw::AdamW;
 pub use batch::SequenceBatch;
