@@ -72,9 +72,55 @@ struct RmsNorm {
 /// gradient: fixed, so the sum is the same on any number of threads.
 const RMS_NORM_BLOCK_ROWS: usize = 64;
 
+#[inline(always)]
 fn inv_rms(row: &[f32], eps: f32) -> f32 {
-    let mean_sq = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+    let mean_sq = simd_math::dot(row, row) / row.len() as f32;
     1.0 / (mean_sq + eps).sqrt()
+}
+
+/// One row of the RMSNorm: `y = x · r · w`.
+struct RmsNormRow<'a> {
+    y: &'a mut [f32],
+    x: &'a [f32],
+    w: &'a [f32],
+    eps: f32,
+}
+
+impl simd_math::Kernel for RmsNormRow<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let r = inv_rms(self.x, self.eps);
+        for ((y, &v), &g) in self.y.iter_mut().zip(self.x).zip(self.w) {
+            *y = v * r * g;
+        }
+    }
+}
+
+/// One row of the RMSNorm's backward pass: its `dx`, and its part of `dw` added to `dw`.
+struct RmsNormBackwardRow<'a> {
+    dx: &'a mut [f32],
+    dw: &'a mut [f32],
+    x: &'a [f32],
+    dy: &'a [f32],
+    w: &'a [f32],
+    eps: f32,
+}
+
+impl simd_math::Kernel for RmsNormBackwardRow<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let (x, dy, w) = (self.x, self.dy, self.w);
+        let r = inv_rms(x, self.eps);
+        let dot = r * simd_math::dot3(x, dy, w) / x.len() as f32;
+        for ((((dx, dw), &v), &g), &s) in self.dx.iter_mut().zip(self.dw.iter_mut()).zip(x).zip(dy).zip(w) {
+            *dx = r * (g * s - v * r * dot);
+            *dw += g * v * r;
+        }
+    }
 }
 
 impl CustomOp2 for RmsNorm {
@@ -90,11 +136,7 @@ impl CustomOp2 for RmsNorm {
         }
         let mut out = zeroed(x.len());
         rows_mut(&mut out, d, |y, i| {
-            let row = &x[i * d..(i + 1) * d];
-            let r = inv_rms(row, self.eps);
-            for ((y, &v), &g) in y.iter_mut().zip(row).zip(w) {
-                *y = v * r * g;
-            }
+            simd_math::vectorized(RmsNormRow { y, x: &x[i * d..(i + 1) * d], w, eps: self.eps })
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -144,13 +186,8 @@ impl CustomOp3 for RmsNormBackward {
             let mut dw = vec![0f32; d];
             for (j, dx) in dx.chunks_mut(d).enumerate() {
                 let i = b * RMS_NORM_BLOCK_ROWS + j;
-                let (row, dy) = (&x[i * d..(i + 1) * d], &dy[i * d..(i + 1) * d]);
-                let r = inv_rms(row, self.eps);
-                let dot = row.iter().zip(dy).zip(w).map(|((&v, &g), &s)| v * r * g * s).sum::<f32>() / d as f32;
-                for ((((dx, dw), &v), &g), &s) in dx.iter_mut().zip(dw.iter_mut()).zip(row).zip(dy).zip(w) {
-                    *dx = r * (g * s - v * r * dot);
-                    *dw += g * v * r;
-                }
+                let (x, dy) = (&x[i * d..(i + 1) * d], &dy[i * d..(i + 1) * d]);
+                simd_math::vectorized(RmsNormBackwardRow { dx, dw: &mut dw, x, dy, w, eps: self.eps });
             }
             dw
         };
@@ -221,6 +258,26 @@ pub(crate) struct SoftmaxBackward {
     pub(crate) scale: f32,
 }
 
+/// One row of [`SoftmaxBackward`].
+struct SoftmaxBackwardRow<'a> {
+    dx: &'a mut [f32],
+    y: &'a [f32],
+    dy: &'a [f32],
+    scale: f32,
+}
+
+impl simd_math::Kernel for SoftmaxBackwardRow<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let dot = simd_math::dot(self.y, self.dy);
+        for ((dx, &y), &g) in self.dx.iter_mut().zip(self.y).zip(self.dy) {
+            *dx = (y * (g - dot)) * self.scale;
+        }
+    }
+}
+
 impl CustomOp2 for SoftmaxBackward {
     fn name(&self) -> &'static str {
         "fused-softmax-backward"
@@ -232,10 +289,7 @@ impl CustomOp2 for SoftmaxBackward {
         let mut out = zeroed(y.len());
         rows_mut(&mut out, d.max(1), |dx, i| {
             let (y, dy) = (&y[i * d..(i + 1) * d], &dy[i * d..(i + 1) * d]);
-            let dot: f32 = y.iter().zip(dy).map(|(a, b)| a * b).sum();
-            for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
-                *dx = (y * (g - dot)) * self.scale;
-            }
+            simd_math::vectorized(SoftmaxBackwardRow { dx, y, dy, scale: self.scale })
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }

@@ -108,6 +108,37 @@ pub(crate) fn sum(xs: &[f32]) -> f32 {
     lanes.iter().chain(tail).sum()
 }
 
+/// Σ a·b, in [`LANES`] partial sums.
+#[inline(always)]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut lanes = [0f32; LANES];
+    for (ca, cb) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
+        for ((s, &x), &y) in lanes.iter_mut().zip(ca).zip(cb) {
+            *s = x.mul_add(y, *s);
+        }
+    }
+    let tail = n - n % LANES;
+    lanes.iter().sum::<f32>() + a[tail..].iter().zip(&b[tail..]).map(|(x, y)| x * y).sum::<f32>()
+}
+
+/// Σ a·b·c, in [`LANES`] partial sums.
+#[inline(always)]
+pub(crate) fn dot3(a: &[f32], b: &[f32], c: &[f32]) -> f32 {
+    let n = a.len().min(b.len()).min(c.len());
+    let (a, b, c) = (&a[..n], &b[..n], &c[..n]);
+    let mut lanes = [0f32; LANES];
+    for ((ca, cb), cc) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)).zip(c.chunks_exact(LANES)) {
+        for (((s, &x), &y), &z) in lanes.iter_mut().zip(ca).zip(cb).zip(cc) {
+            *s = (x * y).mul_add(z, *s);
+        }
+    }
+    let tail = n - n % LANES;
+    let rest = a[tail..].iter().zip(&b[tail..]).zip(&c[tail..]).map(|((x, y), z)| x * y * z);
+    lanes.iter().sum::<f32>() + rest.sum::<f32>()
+}
+
 /// Σ e^(x − shift) over `xs`, in [`LANES`] partial sums.
 #[inline(always)]
 pub(crate) fn sum_exp(xs: &[f32], shift: f32) -> f32 {
@@ -146,11 +177,12 @@ mod tests {
     struct Reductions<'a>(&'a [f32]);
 
     impl Kernel for Reductions<'_> {
-        type Output = (f32, f32, f32);
+        type Output = [f32; 5];
 
         #[inline(always)]
-        fn run(self) -> (f32, f32, f32) {
-            (max(self.0), sum(self.0), sum_exp(self.0, 1.5))
+        fn run(self) -> [f32; 5] {
+            let (xs, half) = (self.0, &self.0[self.0.len() / 2..]);
+            [max(xs), sum(xs), sum_exp(xs, 1.5), dot(xs, half), dot3(xs, half, xs)]
         }
     }
 
@@ -217,12 +249,17 @@ mod tests {
         let xs: Vec<f32> = (0..1003).map(|i| ((i * 7919) % 1000) as f32 * 0.01 - 3.0).collect();
         for n in [0, 1, 15, 16, 17, 1003] {
             let part = &xs[..n];
-            let (most, total, total_exp) = vectorized(Reductions(part));
+            let [most, total, total_exp, products, triples] = vectorized(Reductions(part));
             assert_eq!(most, part.iter().copied().fold(f32::NEG_INFINITY, f32::max));
             let want: f64 = part.iter().map(|&x| x as f64).sum();
             assert!((total as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()), "n {n}");
             let want: f64 = part.iter().map(|&x| (x as f64 - 1.5).exp()).sum();
             assert!((total_exp as f64 - want).abs() <= 1e-5 * (1.0 + want), "n {n}");
+            let half = &part[n / 2..];
+            let want: f64 = part.iter().zip(half).map(|(&x, &y)| x as f64 * y as f64).sum();
+            assert!((products as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()), "n {n}");
+            let want: f64 = part.iter().zip(half).map(|(&x, &y)| x as f64 * y as f64 * x as f64).sum();
+            assert!((triples as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()), "n {n}");
         }
         assert_eq!(max(&[1.0, f32::NAN, 3.0]), 3.0);
         assert!((sigmoid(0.0) - 0.5).abs() < 1e-7 && sigmoid(-200.0) == 0.0 && sigmoid(200.0) == 1.0);
