@@ -10,6 +10,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use std::sync::Arc;
 
+use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
 use crate::simd_math;
@@ -86,11 +87,11 @@ struct RmsNormRow<'a> {
     eps: f32,
 }
 
-impl simd_math::Kernel for RmsNormRow<'_> {
+impl WithSimd for RmsNormRow<'_> {
     type Output = ();
 
     #[inline(always)]
-    fn run(self) {
+    fn with_simd<S: Simd>(self, _: S) {
         let r = inv_rms(self.x, self.eps);
         for ((y, &v), &g) in self.y.iter_mut().zip(self.x).zip(self.w) {
             *y = v * r * g;
@@ -108,11 +109,11 @@ struct RmsNormBackwardRow<'a> {
     eps: f32,
 }
 
-impl simd_math::Kernel for RmsNormBackwardRow<'_> {
+impl WithSimd for RmsNormBackwardRow<'_> {
     type Output = ();
 
     #[inline(always)]
-    fn run(self) {
+    fn with_simd<S: Simd>(self, _: S) {
         let (x, dy, w) = (self.x, self.dy, self.w);
         let r = inv_rms(x, self.eps);
         let dot = r * simd_math::dot3(x, dy, w) / x.len() as f32;
@@ -239,11 +240,11 @@ pub(crate) fn softmax_in_place(row: &mut [f32]) {
 
 struct SoftmaxRow<'a>(&'a mut [f32]);
 
-impl simd_math::Kernel for SoftmaxRow<'_> {
+impl WithSimd for SoftmaxRow<'_> {
     type Output = ();
 
     #[inline(always)]
-    fn run(self) {
+    fn with_simd<S: Simd>(self, _: S) {
         let row = self.0;
         let max = simd_math::max(row);
         row.iter_mut().for_each(|x| *x = simd_math::exp(*x - max));
@@ -266,11 +267,11 @@ struct SoftmaxBackwardRow<'a> {
     scale: f32,
 }
 
-impl simd_math::Kernel for SoftmaxBackwardRow<'_> {
+impl WithSimd for SoftmaxBackwardRow<'_> {
     type Output = ();
 
     #[inline(always)]
-    fn run(self) {
+    fn with_simd<S: Simd>(self, _: S) {
         let dot = simd_math::dot(self.y, self.dy);
         for ((dx, &y), &g) in self.dx.iter_mut().zip(self.y).zip(self.dy) {
             *dx = (y * (g - dot)) * self.scale;

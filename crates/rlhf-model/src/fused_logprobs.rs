@@ -5,6 +5,7 @@
 //! row by row in the backward pass. With a 49k vocabulary that is most of a step's memory.
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use pulp::{Simd, WithSimd};
 
 use crate::fused::{rows_mut, slice, zeroed};
 use crate::simd_math;
@@ -33,11 +34,11 @@ fn log_sum_exp(row: &[f32]) -> (f32, f32) {
 
 struct LogSumExp<'a>(&'a [f32]);
 
-impl simd_math::Kernel for LogSumExp<'_> {
+impl WithSimd for LogSumExp<'_> {
     type Output = (f32, f32);
 
     #[inline(always)]
-    fn run(self) -> (f32, f32) {
+    fn with_simd<S: Simd>(self, _: S) -> (f32, f32) {
         log_sum_exp(self.0)
     }
 }
@@ -49,11 +50,11 @@ struct SoftmaxTimes<'a> {
     scale: f32,
 }
 
-impl simd_math::Kernel for SoftmaxTimes<'_> {
+impl WithSimd for SoftmaxTimes<'_> {
     type Output = ();
 
     #[inline(always)]
-    fn run(self) {
+    fn with_simd<S: Simd>(self, _: S) {
         let (max, lse) = log_sum_exp(self.row);
         let shift = max + lse;
         for (d, &x) in self.dx.iter_mut().zip(self.row) {

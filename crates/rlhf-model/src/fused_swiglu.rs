@@ -5,10 +5,11 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
+use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
 use crate::fused::{PARALLEL_ELEMENTS, rows_mut, slice, zeroed};
-use crate::simd_math::{self, Kernel, sigmoid};
+use crate::simd_math::{self, sigmoid};
 
 /// `silu(gate) · up`, differentiable in both; same shapes, f32 on the CPU.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
@@ -22,11 +23,11 @@ struct ForwardRow<'a> {
     u: &'a [f32],
 }
 
-impl Kernel for ForwardRow<'_> {
+impl WithSimd for ForwardRow<'_> {
     type Output = ();
 
     #[inline(always)]
-    fn run(self) {
+    fn with_simd<S: Simd>(self, _: S) {
         for ((h, &g), &u) in self.h.iter_mut().zip(self.g).zip(self.u) {
             *h = g * sigmoid(g) * u;
         }
@@ -42,11 +43,11 @@ struct BackwardRow<'a> {
     dh: &'a [f32],
 }
 
-impl Kernel for BackwardRow<'_> {
+impl WithSimd for BackwardRow<'_> {
     type Output = ();
 
     #[inline(always)]
-    fn run(self) {
+    fn with_simd<S: Simd>(self, _: S) {
         let rows = self.dg.iter_mut().zip(self.du.iter_mut()).zip(self.g).zip(self.u).zip(self.dh);
         for ((((dg, du), &g), &u), &dh) in rows {
             let s = sigmoid(g);

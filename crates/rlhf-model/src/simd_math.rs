@@ -12,33 +12,16 @@
 /// Partial results per reduction: one AVX-512 vector.
 pub(crate) const LANES: usize = 16;
 
-/// A loop compiled for the best instruction set this CPU has: a struct holding its arguments.
+/// Runs `kernel` compiled for the best instruction set this CPU has (pulp's dispatch: AVX-512,
+/// AVX2+FMA, or plain x86-64), where everything its `with_simd` inlines is compiled for that set.
 ///
-/// `vectorized(kernel)` runs `kernel.run()` inside pulp's dispatch (AVX-512, AVX2+FMA, or plain
-/// x86-64), where everything `run` inlines is compiled for that set. `run` must be
-/// `#[inline(always)]`. A closure or a function item does not do: the compiler declined to inline
-/// a closure with a loop of [`exp`] (or a function item's `FnOnce` shim) into the dispatch, and
-/// the loop then called `fmaf` and `roundf` from libm, slower than glibc's `expf`.
-pub(crate) trait Kernel {
-    type Output;
-    fn run(self) -> Self::Output;
-}
-
-/// Runs `kernel` compiled for the best instruction set this CPU has ([`Kernel`]).
+/// `kernel` is a struct holding a loop's arguments whose `with_simd` is `#[inline(always)]`, as
+/// `decode_matmul`'s `Band` is. A closure or a function item does not do: the compiler declined
+/// to inline a closure with a loop of [`exp`] (or a function item's `FnOnce` shim) into the
+/// dispatch, and the loop then called `fmaf` and `roundf` from libm, slower than glibc's `expf`.
 #[inline(always)]
-pub(crate) fn vectorized<K: Kernel>(kernel: K) -> K::Output {
-    pulp::Arch::new().dispatch(Dispatch(kernel))
-}
-
-struct Dispatch<K>(K);
-
-impl<K: Kernel> pulp::WithSimd for Dispatch<K> {
-    type Output = K::Output;
-
-    #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _: S) -> K::Output {
-        self.0.run()
-    }
+pub(crate) fn vectorized<K: pulp::WithSimd>(kernel: K) -> K::Output {
+    pulp::Arch::new().dispatch(kernel)
 }
 
 /// Below this e^x rounds to +0 in f32 (e⁻¹⁰⁴ is under half the smallest subnormal).
@@ -162,25 +145,26 @@ pub(crate) fn sigmoid(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pulp::{Simd, WithSimd};
 
     struct ExpAll<'a>(&'a mut [f32]);
 
-    impl Kernel for ExpAll<'_> {
+    impl WithSimd for ExpAll<'_> {
         type Output = ();
 
         #[inline(always)]
-        fn run(self) {
+        fn with_simd<S: Simd>(self, _: S) {
             self.0.iter_mut().for_each(|x| *x = exp(*x));
         }
     }
 
     struct Reductions<'a>(&'a [f32]);
 
-    impl Kernel for Reductions<'_> {
+    impl WithSimd for Reductions<'_> {
         type Output = [f32; 5];
 
         #[inline(always)]
-        fn run(self) -> [f32; 5] {
+        fn with_simd<S: Simd>(self, _: S) -> [f32; 5] {
             let (xs, half) = (self.0, &self.0[self.0.len() / 2..]);
             [max(xs), sum(xs), sum_exp(xs, 1.5), dot(xs, half), dot3(xs, half, xs)]
         }

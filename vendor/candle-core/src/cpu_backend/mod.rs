@@ -978,15 +978,6 @@ fn copy_strided_src_<T: Copy + Send + Sync>(src: &[T], dst: &mut [T], dst_offset
         return copy_transposed(&src[start..start + count], &mut dst[dst_offset..dst_offset + count], rows, cols);
     }
     let (dims, count) = (src_l.dims(), src_l.shape().elem_count());
-    if dims.len() > 1 && dims[0] > 1 && !src_l.is_contiguous() && copy_in_parallel(count) {
-        // Scattered blocks (a transposed [B, H, T, D] view, say) are copied one index of the
-        // first dimension per piece, the pieces on rayon's threads.
-        let inner = count / dims[0];
-        return dst[dst_offset..dst_offset + count].par_chunks_mut(inner).enumerate().for_each(|(i, d)| {
-            let piece = src_l.narrow(0, i, 1).expect("an index below the dimension's size");
-            copy_strided_src_(src, d, 0, &piece)
-        });
-    }
     match src_l.strided_blocks() {
         // One block is copied as contiguous blocks of 4k elements (the last one shorter).
         crate::StridedBlocks::SingleBlock { start_offset, len } => copy_blocks(
@@ -1008,6 +999,15 @@ fn copy_strided_src_<T: Copy + Send + Sync>(src: &[T], dst: &mut [T], dst_offset
                 block_len,
                 src_stride,
             )
+        }
+        // Scattered blocks (a transposed [B, H, T, D] view, say) are copied one index of the
+        // first dimension per piece, the pieces on rayon's threads.
+        crate::StridedBlocks::MultipleBlocks { .. } if dims.len() > 1 && dims[0] > 1 && copy_in_parallel(count) => {
+            let inner = count / dims[0];
+            dst[dst_offset..dst_offset + count].par_chunks_mut(inner).enumerate().for_each(|(i, d)| {
+                let piece = src_l.narrow(0, i, 1).expect("an index below the dimension's size");
+                copy_strided_src_(src, d, 0, &piece)
+            })
         }
         crate::StridedBlocks::MultipleBlocks {
             block_start_index,
