@@ -20,6 +20,14 @@ nvidia-smi -L | grep -q GPU || fail "nvidia-smi sees no GPU"
 command -v nvcc >/dev/null || fail "the CUDA toolkit is missing (no nvcc): candle's CUDA kernels are compiled at build time"
 command -v cargo >/dev/null || fail "no Rust toolchain (cargo) here"
 nvidia-smi -L
+# cudarc 0.19.10 (candle's CUDA bindings) names the toolkits it knows, up to 13.4, and refuses a
+# newer nvcc ("Unsupported cuda toolkit version"); newer toolkits keep those APIs, so build
+# against 13.4's bindings there (checked with nvcc 13.5: `cargo check --features cuda` passes).
+read -r NVCC_MAJOR NVCC_MINOR < <(nvcc --version | sed -n 's/.*release \([0-9]*\)\.\([0-9]*\).*/\1 \2/p')
+if [ -z "${CUDARC_CUDA_VERSION:-}" ] && { [ "$NVCC_MAJOR" -gt 13 ] || { [ "$NVCC_MAJOR" -eq 13 ] && [ "$NVCC_MINOR" -gt 4 ]; }; }; then
+    echo "nvcc $NVCC_MAJOR.$NVCC_MINOR is newer than cudarc knows: building against CUDA 13.4's bindings"
+    export CUDARC_CUDA_VERSION=13040
+fi
 # candle compiles its kernels for this compute capability (90 on an H100/H200).
 CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)}"
 export CUDA_COMPUTE_CAP

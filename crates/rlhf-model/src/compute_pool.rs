@@ -20,13 +20,15 @@
 //! futex, and the next split has to wake it (a system call, and in a virtual machine an
 //! interrupt to a halted virtual CPU): a reward-model step did about 1,100 such sleeps and
 //! wake-ups on the bench model, and the woken worker came too late for the shorter ops. Kept
-//! awake, the context switches fell from 11,110 to 1,890 over `bench --only rm --repeats 10`, and
-//! the bench's steps ran 2-10% faster (README, "The benchmark"). An idle worker spins briefly,
-//! then offers its core to the OS between polls (`sched_yield`), so other processes on a shared
-//! machine still get the core.
+//! awake, the context switches fell from about 11,300 to 3,300 over `bench --only rm --repeats
+//! 10`, and the bench's steps ran 2-10% faster (README, "The benchmark"). An idle worker spins
+//! briefly, then offers its core to the OS between polls (`sched_yield`), so other processes on a
+//! shared machine still get the core, and after `MAX_IDLE` without a job it goes back to rayon's
+//! own loop.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 /// Runs `work` on a thread of rayon's global pool and returns its result: right here when this
 /// thread already is one, otherwise queued to the pool while this thread waits (once, for the
@@ -84,27 +86,42 @@ fn with_workers_awake<R: Send>(work: impl FnOnce() -> R + Send) -> R {
 }
 
 /// Polls rayon for jobs until `done`: runs any it finds, spins a little when there are none,
-/// then yields the core to the OS between polls.
+/// then yields the core to the OS between polls, and gives up after `MAX_IDLE` without a job.
+///
+/// Giving up is what keeps this safe on pools of three threads or more. There a worker in the
+/// middle of one of the work's jobs can, while that job waits for a part another thread took,
+/// pick up a keep-awake task still queued; spinning until `done`, it would sit on top of a job
+/// the work needs, and `done` would never come. Idle for `MAX_IDLE` (as it is once nothing but
+/// that job is left), it returns and the job goes on. With two threads it cannot happen: the
+/// tasks are the oldest in the owner's queue, so the one other worker takes them first.
 fn keep_awake(done: &AtomicBool) {
     if BUSY.get() {
         return;
     }
     let _busy = Busy::enter();
     let mut idle_polls = 0u32;
+    let mut idle_since = None;
     while !done.load(Ordering::Acquire) {
         if rayon::yield_now() == Some(rayon::Yield::Executed) {
             idle_polls = 0;
+            idle_since = None;
         } else if idle_polls < SPIN_POLLS {
             idle_polls += 1;
             std::hint::spin_loop();
-        } else {
+        } else if idle_since.get_or_insert_with(Instant::now).elapsed() < MAX_IDLE {
             std::thread::yield_now();
+        } else {
+            return;
         }
     }
 }
 
 /// Idle polls before a keep-awake worker starts offering its core to the OS between polls.
 const SPIN_POLLS: u32 = 64;
+/// How long a keep-awake worker waits for a job before it returns to rayon's own loop (which
+/// sleeps): longer than the gaps between a step's parallel ops, short enough that a worker
+/// stuck on top of a job (above) costs little.
+const MAX_IDLE: Duration = Duration::from_millis(20);
 
 #[cfg(test)]
 mod tests {
