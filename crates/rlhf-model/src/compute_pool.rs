@@ -34,7 +34,19 @@ use std::time::{Duration, Instant};
 /// thread already is one, otherwise queued to the pool while this thread waits (once, for the
 /// whole of `work`), with the pool's other workers kept awake until it returns.
 pub fn on_compute_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
-    if rayon::current_thread_index().is_some() { work() } else { rayon::scope(|_| with_workers_awake(work)) }
+    if rayon::current_thread_index().is_some() {
+        return work();
+    }
+    let done = AtomicBool::new(false);
+    rayon::scope(|scope| {
+        // One keep-awake task for each other worker, queued before the work forks anything.
+        for _ in 1..rayon::current_num_threads() {
+            scope.spawn(|_| keep_awake(&done));
+        }
+        let _busy = Busy::enter();
+        let _finish = SetOnDrop(&done);
+        work()
+    })
 }
 
 thread_local! {
@@ -66,23 +78,6 @@ impl Drop for SetOnDrop<'_> {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Release);
     }
-}
-
-/// Runs `work` here with one keep-awake task queued for each other worker of the pool.
-fn with_workers_awake<R: Send>(work: impl FnOnce() -> R + Send) -> R {
-    let others = rayon::current_num_threads().saturating_sub(1);
-    if others == 0 {
-        return work();
-    }
-    let done = AtomicBool::new(false);
-    rayon::in_place_scope(|scope| {
-        for _ in 0..others {
-            scope.spawn(|_| keep_awake(&done));
-        }
-        let _busy = Busy::enter();
-        let _finish = SetOnDrop(&done);
-        work()
-    })
 }
 
 /// Polls rayon for jobs until `done`: runs any it finds, spins a little when there are none,
