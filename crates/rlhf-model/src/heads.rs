@@ -52,7 +52,12 @@ impl RewardHead {
         let last = padding::last_real_index(&padding::mask_rows(attention_mask)?)?;
         let flat: Vec<u32> = last.iter().enumerate().map(|(row, &i)| (row * t + i) as u32).collect();
         let index = Tensor::from_vec(flat, b, hidden.device())?;
-        let last_hidden = hidden.reshape((b * t, h))?.index_select(&index, 0)?;
-        self.linear.forward(&last_hidden)?.squeeze(D::Minus1)
+        self.score(&hidden.reshape((b * t, h))?.index_select(&index, 0)?)
+    }
+
+    /// Rewards `[B]` from the final hidden states at the last real tokens, `[B, hidden]`
+    /// ([`crate::Llama::last_hidden_states`]).
+    pub fn score(&self, last_hidden: &Tensor) -> Result<Tensor> {
+        self.linear.forward(last_hidden)?.squeeze(D::Minus1)
     }
 }

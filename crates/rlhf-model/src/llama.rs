@@ -11,13 +11,18 @@
 //! scoring. [`Kernels::Differentiable`] composes plain ops; tests prove both agree and that every
 //! parameter receives a gradient.
 
-use candle_core::{D, DType, Device, Result, Tensor};
+use candle_core::{D, Device, Result, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
 
 use crate::config::Config;
 use crate::decode_matmul::Projection;
 use crate::embedding::TokenEmbedding;
 use crate::padding;
+
+mod last_token;
+mod rotary;
+
+use rotary::Rotary;
 
 /// Which implementation of the normalisation, softmax and rotary ops a forward pass uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,70 +76,6 @@ impl KvCache {
             }
         }
         Ok(out)
-    }
-}
-
-/// Per-row rotary tables for one forward pass: `[B, T, head_dim / 2]` each.
-struct Rotary {
-    cos: Tensor,
-    sin: Tensor,
-    /// The same values for the fused RoPE, where it runs (f32 on the CPU).
-    fused: Option<crate::fused::RopeTables>,
-}
-
-impl Rotary {
-    /// HF Llama convention: `inv_freq_i = theta^(-2i/d)`, rotation by `rotate_half` (non-interleaved).
-    fn new(cfg: &Config, positions: &[Vec<u32>], dtype: DType, device: &Device) -> Result<Self> {
-        let half = cfg.head_dim() / 2;
-        let inv_freq: Vec<f64> =
-            (0..half).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim() as f64)).collect();
-        let (batch, len) = (positions.len(), positions.first().map_or(0, Vec::len));
-        // Each position's angles once where rows share positions (training batches: the f64
-        // cos and sin of every row's every position were 3% of a reward-model step, on one
-        // thread); a decode step's few scattered positions are computed as they come.
-        let all = || positions.iter().flatten().map(|&p| p as usize);
-        let (first, last) = (all().min().unwrap_or(0), all().max().unwrap_or(0));
-        let span = if last + 1 - first <= batch * len { first..last + 1 } else { 0..0 };
-        let angles = |p: usize, f: &f64| {
-            let angle = p as f64 * f;
-            (angle.cos() as f32, angle.sin() as f32)
-        };
-        let table: Vec<(f32, f32)> = span.clone().flat_map(|p| inv_freq.iter().map(move |f| angles(p, f))).collect();
-        let mut cos = Vec::with_capacity(batch * len * half);
-        let mut sin = Vec::with_capacity(batch * len * half);
-        for p in all() {
-            for (i, f) in inv_freq.iter().enumerate() {
-                let (c, s) = if span.contains(&p) { table[(p - first) * half + i] } else { angles(p, f) };
-                cos.push(c);
-                sin.push(s);
-            }
-        }
-        let cos_t = Tensor::from_slice(&cos, (batch, len, half), device)?.to_dtype(dtype)?;
-        let sin_t = Tensor::from_slice(&sin, (batch, len, half), device)?.to_dtype(dtype)?;
-        let fused = crate::fused::supported(&cos_t).then(|| crate::fused::RopeTables::new(cos, sin));
-        Ok(Rotary { cos: cos_t, sin: sin_t, fused })
-    }
-
-    /// Rotates `x: [B, H, T, head_dim]`.
-    fn apply(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
-        // The same products and sums as candle-nn's rope, so the same bits; candle's CPU loop
-        // indexes its tables per element and does not vectorise (5% of a reward-model stage).
-        if let (Some(tables), Kernels::Differentiable | Kernels::Fused) = (&self.fused, kernels) {
-            return crate::fused::rope_with(x, tables);
-        }
-        match kernels {
-            Kernels::Fused => candle_nn::rotary_emb::rope(&x.contiguous()?, &self.cos, &self.sin),
-            Kernels::Differentiable | Kernels::Composite => {
-                let cos = Tensor::cat(&[&self.cos, &self.cos], D::Minus1)?.unsqueeze(1)?;
-                let sin = Tensor::cat(&[&self.sin, &self.sin], D::Minus1)?.unsqueeze(1)?;
-                let half = x.dim(D::Minus1)? / 2;
-                let rotated = Tensor::cat(
-                    &[&x.narrow(D::Minus1, half, half)?.neg()?, &x.narrow(D::Minus1, 0, half)?],
-                    D::Minus1,
-                )?;
-                x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
-            }
-        }
     }
 }
 
@@ -218,16 +159,43 @@ impl Attention {
         cache: Option<(&mut KvCache, usize)>,
         kernels: Kernels,
     ) -> Result<Tensor> {
-        let (b, tq, _) = x.dims3()?;
-        let heads = |t: Tensor, n: usize| t.reshape((b, tq, n, self.head_dim))?.transpose(1, 2)?.contiguous();
-        let q = rotary.apply(&heads(self.q_proj.forward(x)?, self.num_heads)?, kernels)?;
-        let k = rotary.apply(&heads(self.k_proj.forward(x)?, self.num_kv_heads)?, kernels)?;
-        let v = heads(self.v_proj.forward(x)?, self.num_kv_heads)?;
+        let (k, v) = self.keys_values(x, rotary, kernels)?;
         let cached = cache.is_some();
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, k, v)?,
             None => (k, v),
         };
+        self.attend(x, rotary, &k, &v, bias, cached, kernels)
+    }
+
+    /// `[B, T, hidden]` → `[B, heads, T, head_dim]`.
+    fn split_heads(&self, t: Tensor, heads: usize) -> Result<Tensor> {
+        let (b, len, _) = t.dims3()?;
+        t.reshape((b, len, heads, self.head_dim))?.transpose(1, 2)?.contiguous()
+    }
+
+    /// The rotated keys and the values of `x: [B, T, hidden]`, `[B, n_kv, T, head_dim]` each.
+    fn keys_values(&self, x: &Tensor, rotary: &Rotary, kernels: Kernels) -> Result<(Tensor, Tensor)> {
+        let k = rotary.apply(&self.split_heads(self.k_proj.forward(x)?, self.num_kv_heads)?, kernels)?;
+        let v = self.split_heads(self.v_proj.forward(x)?, self.num_kv_heads)?;
+        Ok((k, v))
+    }
+
+    /// The queries of `x: [B, Tq, hidden]` (at `rotary`'s positions) over keys and values
+    /// `[B, n_kv, Tk, head_dim]` with `bias: [B, 1, Tq, Tk]`, through `o_proj`: `[B, Tq, hidden]`.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        x: &Tensor,
+        rotary: &Rotary,
+        k: &Tensor,
+        v: &Tensor,
+        bias: &Tensor,
+        cached: bool,
+        kernels: Kernels,
+    ) -> Result<Tensor> {
+        let (b, tq, _) = x.dims3()?;
+        let q = rotary.apply(&self.split_heads(self.q_proj.forward(x)?, self.num_heads)?, kernels)?;
         let tk = k.dim(2)?;
         // Grouped-query attention without copying K/V: the `group` query heads that share one
         // key/value head are stacked along the time axis, so one batched matmul serves them all.
@@ -235,10 +203,10 @@ impl Attention {
         let q = q.reshape((b, self.num_kv_heads, group * tq, self.head_dim))?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let out = if kernels == Kernels::Differentiable && !cached && crate::fused::supported(&q) {
-            crate::fused_attention::attention(&q, &k, &v, bias, scale)?
+            crate::fused_attention::attention(&q, k, v, bias, scale)?
         } else {
             let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, self.num_heads, tq, tk))?.broadcast_add(bias)?;
-            softmax(&scores, kernels)?.reshape((b, self.num_kv_heads, group * tq, tk))?.matmul(&v)?
+            softmax(&scores, kernels)?.reshape((b, self.num_kv_heads, group * tq, tk))?.matmul(v)?
         };
         let out = out.reshape((b, self.num_heads, tq, self.head_dim))?;
         let out = out.transpose(1, 2)?.reshape((b, tq, self.num_heads * self.head_dim))?;
@@ -295,6 +263,11 @@ impl DecoderLayer {
             )?,
             mlp: Mlp::new(cfg, vb.pp("mlp"))?,
         })
+    }
+
+    /// The layer's second half on the residual stream `h`: `h + mlp(norm(h))`.
+    fn mlp_block(&self, h: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        h + self.mlp.forward(&self.post_attention_layernorm.forward(h, kernels)?, kernels)?
     }
 }
 
@@ -564,22 +537,34 @@ impl Llama {
 
     fn run_layers_here(
         &self,
-        mut h: Tensor,
+        h: Tensor,
         positions: &[Vec<u32>],
+        bias: &Tensor,
+        range: std::ops::Range<usize>,
+        cache: Option<&mut KvCache>,
+        kernels: Kernels,
+    ) -> Result<Tensor> {
+        let rotary = Rotary::new(&self.config, positions, h.dtype(), h.device())?;
+        let bias = bias.to_dtype(h.dtype())?;
+        self.layers_with(h, &rotary, &bias, range, cache, kernels)
+    }
+
+    /// The decoder layers `range` with the rotary tables and attention bias already built.
+    fn layers_with(
+        &self,
+        mut h: Tensor,
+        rotary: &Rotary,
         bias: &Tensor,
         range: std::ops::Range<usize>,
         mut cache: Option<&mut KvCache>,
         kernels: Kernels,
     ) -> Result<Tensor> {
-        let rotary = Rotary::new(&self.config, positions, h.dtype(), h.device())?;
-        let bias = bias.to_dtype(h.dtype())?;
         for i in range {
             let layer = &self.layers[i];
             let attn_in = layer.input_layernorm.forward(&h, kernels)?;
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
-            h = (&h + layer.self_attn.forward(&attn_in, &rotary, &bias, layer_cache, kernels)?)?;
-            let mlp_in = layer.post_attention_layernorm.forward(&h, kernels)?;
-            h = (&h + layer.mlp.forward(&mlp_in, kernels)?)?;
+            h = (&h + layer.self_attn.forward(&attn_in, rotary, bias, layer_cache, kernels)?)?;
+            h = layer.mlp_block(&h, kernels)?;
         }
         Ok(h)
     }

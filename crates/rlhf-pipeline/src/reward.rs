@@ -218,8 +218,8 @@ fn scores_from_cache(
                 frozen,
             )?,
         };
-        let hidden = model.upper_hidden_states(&lower, &batch.attention_mask, frozen, Kernels::Fused)?;
-        out.push(head.forward(&hidden, &batch.attention_mask)?.detach().to_vec1::<f32>()?);
+        let last = model.upper_last_hidden_states(&lower, &batch.attention_mask, frozen, Kernels::Fused)?;
+        out.push(head.score(&last)?.detach().to_vec1::<f32>()?);
     }
     Ok(out)
 }
@@ -330,7 +330,7 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
                 let (mut grads, mut loss) = (GradSum::default(), 0.0);
                 for (indices, micro) in chunk.chunks(per_micro).zip(group.chunks(per_micro)) {
                     let batch = SequenceBatch::new(&rows(micro, &prompts), task.tokenizer.pad_id, run.device())?;
-                    let hidden = if frozen > 0 {
+                    let last_hidden = if frozen > 0 {
                         let lower = match &lower_cache[indices[0]] {
                             Some(lower) => lower.clone(),
                             None => {
@@ -347,11 +347,16 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
                                 lower
                             }
                         };
-                        model.upper_hidden_states(&lower, &batch.attention_mask, frozen, Kernels::Differentiable)?
+                        model.upper_last_hidden_states(
+                            &lower,
+                            &batch.attention_mask,
+                            frozen,
+                            Kernels::Differentiable,
+                        )?
                     } else {
-                        model.hidden_states(&batch.ids, &batch.attention_mask, Kernels::Differentiable)?
+                        model.last_hidden_states(&batch.ids, &batch.attention_mask, Kernels::Differentiable)?
                     };
-                    let rewards = head.forward(&hidden, &batch.attention_mask)?;
+                    let rewards = head.score(&last_hidden)?;
                     let mut offset = 0;
                     let orders: Vec<Vec<usize>> = micro
                         .iter()

@@ -224,7 +224,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     if wanted(Workload::Rm) {
         let mut m = bench_rm(args, &place, &cfg, &mut rng)?;
-        let flops = training_flops_per_token(&cfg, args.seq_len, false) * m.tokens_per_batch as f64;
+        let flops = reward_flops_per_sequence(&cfg, args.seq_len) * (m.tokens_per_batch / args.seq_len) as f64;
         report_flops(&mut m, flops, peak);
         results.push(Record::Throughput(m));
     }
@@ -427,13 +427,41 @@ fn matmul_peak(args: &BenchArgs, place: &Place) -> Result<f64> {
 /// FLOPs of forward + backward per token: 6 per matmul parameter (the LM head's too when
 /// `lm_head`), plus attention's scores and weighted sums, `12 · layers · hidden · seq_len`.
 fn training_flops_per_token(cfg: &Config, seq_len: usize, lm_head: bool) -> f64 {
-    let (h, i) = (cfg.hidden_size as f64, cfg.intermediate_size as f64);
-    let q = (cfg.num_attention_heads * cfg.head_dim()) as f64;
-    let kv = (cfg.num_kv_heads() * cfg.head_dim()) as f64;
-    let per_layer = h * q + 2.0 * h * kv + q * h + 3.0 * h * i;
+    let h = cfg.hidden_size as f64;
     let head = if lm_head { cfg.vocab_size as f64 * h } else { h };
     let layers = cfg.num_hidden_layers as f64;
-    6.0 * (layers * per_layer + head) + 12.0 * layers * q * seq_len as f64
+    layers * LayerFlops::of(cfg, seq_len).per_token() + 6.0 * head
+}
+
+/// FLOPs of forward + backward of a reward-model sequence of `seq_len` tokens as
+/// [`Llama::last_hidden_states`] runs it: every layer but the last at every token, the last
+/// one's keys and values at every token and the rest of it at the scored token, then the head.
+fn reward_flops_per_sequence(cfg: &Config, seq_len: usize) -> f64 {
+    let layer = LayerFlops::of(cfg, seq_len);
+    let (t, below) = (seq_len as f64, cfg.num_hidden_layers.saturating_sub(1) as f64);
+    below * t * layer.per_token() + t * layer.keys_values + layer.rest + 6.0 * cfg.hidden_size as f64
+}
+
+/// One decoder layer's forward + backward FLOPs for one token: 6 per weight of its
+/// projections (`keys_values` the k and v ones), plus attention's scores and weighted sums over
+/// `seq_len` keys.
+struct LayerFlops {
+    keys_values: f64,
+    rest: f64,
+}
+
+impl LayerFlops {
+    fn of(cfg: &Config, seq_len: usize) -> Self {
+        let (h, i) = (cfg.hidden_size as f64, cfg.intermediate_size as f64);
+        let q = (cfg.num_attention_heads * cfg.head_dim()) as f64;
+        let kv = (cfg.num_kv_heads() * cfg.head_dim()) as f64;
+        let rest = 6.0 * (h * q + q * h + 3.0 * h * i) + 12.0 * q * seq_len as f64;
+        LayerFlops { keys_values: 6.0 * 2.0 * h * kv, rest }
+    }
+
+    fn per_token(&self) -> f64 {
+        self.keys_values + self.rest
+    }
 }
 
 /// Adds the achieved GFLOP/s (and its share of `peak`) to `m` and prints them.
@@ -456,8 +484,7 @@ fn bench_rm(args: &BenchArgs, place: &Place, cfg: &Config, rng: &mut StdRng) -> 
     let mask = place.ones(2 * args.batch, args.seq_len)?;
     let mut opt = AdamW::new(varmap.all_vars(), ParamsAdamW { lr: 1e-5, ..Default::default() })?;
     let mut m = measure(args, place, Workload::Rm, 2 * args.batch * args.seq_len, || {
-        let hidden = backbone.hidden_states(&ids, &mask, Kernels::Differentiable)?;
-        let scores = head.forward(&hidden, &mask)?;
+        let scores = head.score(&backbone.last_hidden_states(&ids, &mask, Kernels::Differentiable)?)?;
         let (chosen, rejected) = (scores.narrow(0, 0, args.batch)?, scores.narrow(0, args.batch, args.batch)?);
         opt.backward_step(&bradley_terry_loss(&chosen, &rejected, None)?)?;
         Ok(())

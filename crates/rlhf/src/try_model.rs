@@ -141,7 +141,7 @@ pub fn score_command(args: &ScoreArgs) -> Result<()> {
     let head = RewardHead::new(ckpt.config.hidden_size, vb)?;
     let input = Tensor::new(ids.as_slice(), &device)?.unsqueeze(0)?;
     let mask = input.ones_like()?;
-    let score = head.forward(&model.hidden_states(&input, &mask, Kernels::Fused)?, &mask)?.to_vec1::<f32>()?[0];
+    let score = head.score(&model.last_hidden_states(&input, &mask, Kernels::Fused)?)?.to_vec1::<f32>()?[0];
     let normalized = ckpt.score_normalizer.map(|n| (score - n.mean) / n.std.max(1e-6));
     if args.json {
         println!("{}", serde_json::to_string(&Scored { score, normalized, tokens: ids.len() })?);

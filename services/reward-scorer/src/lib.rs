@@ -127,9 +127,11 @@ impl RewardScorer {
     /// Raw reward-model scores of (prompt, response) token sequences.
     pub fn raw_scores(&self, rows: &[(&[u32], &[u32])]) -> Result<Vec<f32>> {
         let batch = SequenceBatch::new(rows, self.pad_id, &self.device).map_err(model_error)?;
-        let hidden =
-            self.reward_model.hidden_states(&batch.ids, &batch.attention_mask, Kernels::Fused).map_err(model_error)?;
-        self.reward_head.forward(&hidden, &batch.attention_mask).and_then(|s| s.to_vec1::<f32>()).map_err(model_error)
+        let last = self
+            .reward_model
+            .last_hidden_states(&batch.ids, &batch.attention_mask, Kernels::Fused)
+            .map_err(model_error)?;
+        self.reward_head.score(&last).and_then(|s| s.to_vec1::<f32>()).map_err(model_error)
     }
 
     /// Scores and reference log-probs for a batch of rollouts.

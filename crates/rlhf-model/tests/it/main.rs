@@ -6,6 +6,7 @@ mod candle_patches;
 mod fused;
 mod gradients;
 mod helpers;
+mod last_token;
 mod losses;
 mod model;
 mod sampling;
