@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::VarMap;
-use rlhf_model::{Config, Llama, seeded_var_builder};
+use rlhf_model::{Config, Llama, RewardHead, seeded_var_builder};
 
 pub fn t1(values: &[f64]) -> Tensor {
     Tensor::new(values, &Device::Cpu).unwrap().to_dtype(DType::F32).unwrap()
@@ -72,6 +72,15 @@ pub fn tiny_model(cfg: &Config, seed: u64, dtype: DType) -> (VarMap, Llama) {
     let vb = seeded_var_builder(&varmap, seed, dtype, &Device::Cpu);
     let model = Llama::new(cfg, vb).unwrap();
     (varmap, model)
+}
+
+/// A reward model: a seeded backbone and its score head.
+pub fn tiny_reward_model(cfg: &Config, seed: u64, dtype: DType) -> (VarMap, Llama, RewardHead) {
+    let varmap = VarMap::new();
+    let vb = seeded_var_builder(&varmap, seed, dtype, &Device::Cpu);
+    let model = Llama::backbone(cfg, vb.clone()).unwrap();
+    let head = RewardHead::new(cfg.hidden_size, vb).unwrap();
+    (varmap, model, head)
 }
 
 /// `[B, T]` ids and mask for rows padded on the left (`left = true`) or the right.

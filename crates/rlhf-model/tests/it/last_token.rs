@@ -3,7 +3,6 @@
 //! forward and backward, with padding on either side and grouped-query attention.
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarMap;
 use rlhf_model::*;
 
 use crate::helpers::*;
@@ -57,10 +56,7 @@ fn last_hidden_states_are_hidden_states_at_the_last_real_token() {
 #[test]
 fn the_reward_gradients_equal_the_whole_forward_passes() {
     let cfg = tiny_config(17);
-    let varmap = VarMap::new();
-    let vb = seeded_var_builder(&varmap, 8, DType::F32, &Device::Cpu);
-    let model = Llama::backbone(&cfg, vb.clone()).unwrap();
-    let head = RewardHead::new(cfg.hidden_size, vb).unwrap();
+    let (varmap, model, head) = tiny_reward_model(&cfg, 8, DType::F32);
     let rows: Vec<Vec<u32>> = ROWS.iter().map(|r| r.to_vec()).collect();
     for left in [true, false] {
         let (ids, mask) = padded(&rows, 0, left);
@@ -89,11 +85,7 @@ fn the_reward_gradients_equal_the_whole_forward_passes() {
 /// stream entering the last layer matches finite differences (f64, composite kernels).
 #[test]
 fn the_last_layer_shortcut_gradient_matches_finite_differences() {
-    let cfg = Config::tiny(11, 8, 2, 2, 1);
-    let varmap = VarMap::new();
-    let vb = seeded_var_builder(&varmap, 6, DType::F64, &Device::Cpu);
-    let model = Llama::backbone(&cfg, vb.clone()).unwrap();
-    let head = RewardHead::new(cfg.hidden_size, vb).unwrap();
+    let (_vars, model, head) = tiny_reward_model(&Config::tiny(11, 8, 2, 2, 1), 6, DType::F64);
     let (_ids, mask) = padded(&[vec![1, 2, 3], vec![4, 5], vec![6]], 0, false);
     let lower0 =
         (Tensor::arange(0f64, 72.0, &Device::Cpu).unwrap() * 0.37).unwrap().sin().unwrap().reshape((3, 3, 8)).unwrap();
