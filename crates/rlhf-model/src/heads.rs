@@ -50,8 +50,7 @@ impl RewardHead {
     pub fn forward(&self, hidden: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
         let (b, t, h) = hidden.dims3()?;
         let last = padding::last_real_index(&padding::mask_rows(attention_mask)?)?;
-        let flat: Vec<u32> = last.iter().enumerate().map(|(row, &i)| (row * t + i) as u32).collect();
-        let index = Tensor::from_vec(flat, b, hidden.device())?;
+        let index = padding::grid_index(&last, t, hidden.device())?;
         self.score(&hidden.reshape((b * t, h))?.index_select(&index, 0)?)
     }
 

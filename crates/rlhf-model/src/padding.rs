@@ -59,6 +59,13 @@ pub fn attention_bias(key_mask: &[Vec<bool>], num_queries: usize, device: &Devic
     Tensor::from_vec(bias, (batch, 1, num_queries, num_keys), device)
 }
 
+/// `index_select` indices of one column per row (`columns[row]`) in the flattened `[B · width]`
+/// grid of a batch: where the reward head reads, from [`last_real_index`].
+pub fn grid_index(columns: &[usize], width: usize, device: &Device) -> Result<Tensor> {
+    let flat: Vec<u32> = columns.iter().enumerate().map(|(row, &col)| (row * width + col) as u32).collect();
+    Tensor::from_vec(flat, columns.len(), device)
+}
+
 /// Index of the last real token of every row (the reward head reads there).
 pub fn last_real_index(mask: &[Vec<bool>]) -> Result<Vec<usize>> {
     mask.iter()

@@ -35,8 +35,7 @@ impl Llama {
         let (b, t, _) = h.dims3()?;
         let mask = padding::mask_rows(attention_mask)?;
         let last = padding::last_real_index(&mask)?;
-        let flat: Vec<u32> = last.iter().enumerate().map(|(row, &i)| (row * t + i) as u32).collect();
-        let index = Tensor::from_vec(flat, b, h.device())?;
+        let index = padding::grid_index(&last, t, h.device())?;
         // `[B, T, C]` → `[B, 1, C]` at the scored positions.
         let gather = |x: &Tensor| -> Result<Tensor> { x.flatten_to(1)?.index_select(&index, 0)?.unsqueeze(1) };
         let layers = self.layers.len();
