@@ -219,7 +219,7 @@ impl PpoLearner {
         let old_values = if cfg.epochs > 0 && micro >= mb {
             let order = self.epoch_order(n, 0);
             let pass = self.forward(&batch, &order[..mb], cfg.temperature)?;
-            let mut values = vec![pass.values.detach()];
+            let mut values = vec![pass.values.detach().pad_with_zeros(1, pass.start, 0)?];
             if mb < n {
                 values.push(self.old_values(&batch, &order[mb..], micro)?);
             }
@@ -279,7 +279,6 @@ impl PpoLearner {
                         grid(&pick(&old_logp)?)?,
                         grid(&pick(&old_values)?)?,
                     );
-                    let values = grid(&values)?;
                     let pl = policy_loss(&logp, &old_lp, &adv, m, clip)?;
                     let vl = value_loss(&values, &old_v, &ret, m, cfg.value_clip)?;
                     let loss = (&pl.loss + (&vl.loss * cfg.value_coef)?)?;
@@ -343,10 +342,13 @@ impl PpoLearner {
         // Only grid columns from the shortest prompt's last token on can hold response tokens:
         // the vocabulary head (the largest activations by far with a real vocabulary) runs on
         // those alone, and every grid quantity is cut to match.
-        let start = sub.prompt_lens.iter().min().copied().unwrap_or(1) - 1;
+        // The last layer likewise runs only there (`hidden_states_in`).
+        let start = first_read_column(&sub);
         let cols = width - 1 - start;
-        let hidden = self.policy.hidden_states(&sub.ids, &sub.attention_mask, Kernels::Differentiable)?;
-        let logits = self.policy.lm_head(&hidden.narrow(1, start, cols)?)?;
+        let read = start..width - 1;
+        let hidden =
+            self.policy.hidden_states_in(&sub.ids, &sub.attention_mask, read.clone(), Kernels::Differentiable)?;
+        let logits = self.policy.lm_head(&hidden)?;
         let targets = sub.ids.narrow(1, start + 1, cols)?;
         let logp = tempered_logprobs(&logits, &targets, temperature)?;
         // The head critic reads the policy's features without training them: a shared backbone
@@ -354,14 +356,15 @@ impl PpoLearner {
         // separate critic trains its own.
         let features = match &self.critic {
             None => hidden.detach(),
-            Some(critic) => critic.hidden_states(&sub.ids, &sub.attention_mask, Kernels::Differentiable)?,
+            Some(critic) => critic.hidden_states_in(&sub.ids, &sub.attention_mask, read, Kernels::Differentiable)?,
         };
-        let values = self.value.forward(&features)?.narrow(1, 0, width - 1)?;
+        let values = self.value.forward(&features)?;
         Ok(Forward { sub, start, logits, logp, values })
     }
 
     /// The critic's values on the next-token grid for `rows` of `batch`, in that order, `micro`
-    /// rollouts at a time, no gradient kept.
+    /// rollouts at a time, no gradient kept. Columns before a micro-batch's first response
+    /// token hold zeros: nothing reads them (GAE and the value loss skip prompt positions).
     fn old_values(&self, batch: &SequenceBatch, rows: &[usize], micro: usize) -> Result<Tensor> {
         let width = batch.ids.dim(1)?;
         // The weights are variables, so this forward records a graph holding every layer's
@@ -372,17 +375,23 @@ impl PpoLearner {
             .map(|rows| {
                 let sub = batch.select(rows)?;
                 let features = self.critic.as_ref().unwrap_or(&self.policy);
-                let hidden = features.hidden_states(&sub.ids, &sub.attention_mask, Kernels::Fused)?;
-                Ok(self.value.forward(&hidden)?.narrow(1, 0, width - 1)?.detach())
+                let start = first_read_column(&sub);
+                let hidden = features.hidden_states_in(&sub.ids, &sub.attention_mask, start..width - 1, Kernels::Fused)?;
+                Ok(self.value.forward(&hidden)?.detach().pad_with_zeros(1, start, 0)?)
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::cat(&values, 0)?)
     }
 }
 
+/// The first next-token grid column that can hold a response token: the shortest prompt's last
+/// token.
+fn first_read_column(batch: &SequenceBatch) -> usize {
+    batch.prompt_lens.iter().min().copied().unwrap_or(1) - 1
+}
+
 /// One differentiable forward pass over some rollouts: the policy's tempered log-probs (and the
-/// logits behind them) from grid column `start` on, and the critic's values on the whole
-/// next-token grid.
+/// logits behind them) and the critic's values, on the next-token grid from column `start` on.
 struct Forward {
     sub: SequenceBatch,
     start: usize,

@@ -153,14 +153,16 @@ impl RewardScorer {
             rollouts.iter().map(|r| (r.prompt_tokens.as_slice(), r.response_tokens.as_slice())).collect();
         let raw = self.raw_scores(&rows)?;
         let batch = SequenceBatch::new(&rows, self.pad_id, &self.device).map_err(model_error)?;
-        let hidden =
-            self.reference.hidden_states(&batch.ids, &batch.attention_mask, Kernels::Fused).map_err(model_error)?;
-        // Only grid columns from the shortest prompt's last token on hold response tokens.
+        // Only grid columns from the shortest prompt's last token on hold response tokens: the
+        // last layer and the vocabulary head run there alone.
         let width = batch.ids.dim(1).map_err(model_error)?;
         let start = batch.prompt_lens.iter().min().copied().unwrap_or(1) - 1;
         let cols = width - 1 - start;
-        let logits =
-            self.reference.lm_head(&hidden.narrow(1, start, cols).map_err(model_error)?).map_err(model_error)?;
+        let hidden = self
+            .reference
+            .hidden_states_in(&batch.ids, &batch.attention_mask, start..width - 1, Kernels::Fused)
+            .map_err(model_error)?;
+        let logits = self.reference.lm_head(&hidden).map_err(model_error)?;
         let targets = batch.ids.narrow(1, start + 1, cols).map_err(model_error)?;
         let logp = tempered_logprobs(&logits, &targets, self.temperature)
             .and_then(|t| t.to_dtype(DType::F32)?.to_vec2::<f32>())

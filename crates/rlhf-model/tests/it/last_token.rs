@@ -1,6 +1,7 @@
-//! The reward model's shortcut, `last_hidden_states`: the final hidden state at each row's last
-//! real token without the last layer's work elsewhere. It must equal `hidden_states` read there,
-//! forward and backward, with padding on either side and grouped-query attention.
+//! The shortcuts that skip the last layer's work where nothing reads it: the reward model's
+//! `last_hidden_states` (each row's last real token) and the PPO learner's `hidden_states_in` (a
+//! band of columns). Each must equal `hidden_states` read there, forward and backward, with
+//! padding on either side and grouped-query attention.
 
 use candle_core::{DType, Device, Tensor};
 use rlhf_model::*;
@@ -19,6 +20,9 @@ fn at_last_real_token(hidden: &Tensor, mask: &Tensor) -> Tensor {
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims());
+    if a.elem_count() == 0 {
+        return 0.0;
+    }
     scalar(&(a - b).unwrap().abs().unwrap().max_all().unwrap())
 }
 
@@ -97,4 +101,59 @@ fn the_last_layer_shortcut_gradient_matches_finite_differences() {
         },
         1e-6,
     );
+}
+
+/// The PPO learner's shortcut, `hidden_states_in`: the final hidden states in a band of grid
+/// columns equal `hidden_states` narrowed to it, for bands at either end, in the middle and the
+/// whole grid, with padding on either side and every kernel set.
+#[test]
+fn hidden_states_in_a_band_are_hidden_states_narrowed_to_it() {
+    let cfg = tiny_config(17);
+    let (_vars, model) = tiny_model(&cfg, 5, DType::F32);
+    let rows: Vec<Vec<u32>> = ROWS.iter().map(|r| r.to_vec()).collect();
+    for left in [true, false] {
+        let (ids, mask) = padded(&rows, 0, left);
+        for kernels in [Kernels::Differentiable, Kernels::Composite, Kernels::Fused] {
+            let whole = model.hidden_states(&ids, &mask, kernels).unwrap();
+            for band in [0..6, 2..5, 5..6, 0..1, 3..3] {
+                let part = model.hidden_states_in(&ids, &mask, band.clone(), kernels).unwrap();
+                let diff = max_abs_diff(&whole.narrow(1, band.start, band.len()).unwrap(), &part);
+                assert!(diff < 1e-5, "left padding {left}, {kernels:?}, columns {band:?}: differs by {diff}");
+            }
+        }
+    }
+    let (ids, mask) = padded(&rows, 0, true);
+    assert!(model.hidden_states_in(&ids, &mask, 4..7, Kernels::Fused).is_err());
+}
+
+/// Every parameter's gradient of a loss on the band's hidden states (the policy's log-probs and
+/// a value read of them, as the PPO learner's loss reads them) equals the one through the whole
+/// forward pass narrowed (fused f32 kernels).
+#[test]
+fn the_band_gradients_equal_the_whole_forward_passes() {
+    let cfg = tiny_config(17);
+    let (varmap, model) = tiny_model(&cfg, 9, DType::F32);
+    let rows: Vec<Vec<u32>> = ROWS.iter().map(|r| r.to_vec()).collect();
+    let band = 2..5;
+    for left in [true, false] {
+        let (ids, mask) = padded(&rows, 0, left);
+        let targets = ids.narrow(1, band.start + 1, band.len()).unwrap();
+        let loss = |hidden: Tensor| {
+            let logp = tempered_logprobs(&model.lm_head(&hidden).unwrap(), &targets, 0.7).unwrap();
+            let read = hidden.sin().unwrap().sum_all().unwrap();
+            (logp.sum_all().unwrap() + read).unwrap()
+        };
+        let whole = model.hidden_states(&ids, &mask, Kernels::Differentiable).unwrap();
+        let whole = loss(whole.narrow(1, band.start, band.len()).unwrap()).backward().unwrap();
+        let part = loss(model.hidden_states_in(&ids, &mask, band.clone(), Kernels::Differentiable).unwrap())
+            .backward()
+            .unwrap();
+        for (name, var) in varmap.data().lock().unwrap().iter() {
+            let (g_whole, g_part) = (whole.get(var.as_tensor()).unwrap(), part.get(var.as_tensor()).unwrap());
+            let scale = scalar(&g_whole.abs().unwrap().max_all().unwrap());
+            let diff = max_abs_diff(g_whole, g_part);
+            assert!(scale > 0.0, "{name} got a zero gradient");
+            assert!(diff <= 1e-5 * (1.0 + scale), "{name}: gradients differ by {diff} (largest {scale})");
+        }
+    }
 }
