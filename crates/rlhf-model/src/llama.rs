@@ -367,7 +367,7 @@ impl Llama {
     }
 
     /// The same model (the same weights and gradients) with every projection, the LM head's too,
-    /// multiplied on AMX in mixed precision ([`crate::amx`]): operands rounded to bf16 and sums in
+    /// multiplied in mixed precision ([`crate::amx`]: on AMX, or AVX512-BF16 on AMD): operands rounded to bf16 and sums in
     /// f32, forward and backward, as `torch.autocast` trains; norms, attention, softmax, losses
     /// and the optimizer stay f32. Sampling copies ([`Llama::into_decode_layout`]) stay f32.
     pub fn with_bf16_matmuls(mut self) -> Result<Self> {
@@ -375,7 +375,9 @@ impl Llama {
             candle_core::bail!("bf16 matmuls run on the CPU's AMX unit: they need f32 weights on the CPU");
         }
         if !crate::amx::available() {
-            candle_core::bail!("bf16 matmuls on the CPU need AMX-BF16 (Intel Xeon 4th generation or later)");
+            candle_core::bail!(
+                "bf16 matmuls on the CPU need AMX-BF16 (Intel Xeon 4th generation or later) or AVX512-BF16 on AMD (Zen 4 or later)"
+            );
         }
         for layer in &mut self.layers {
             let attn = &mut layer.self_attn;

@@ -101,7 +101,8 @@ pub struct BenchArgs {
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
     /// bf16: on a GPU, weights and activations; on a CPU with AMX (Intel Xeon 4th generation or
-    /// later), the projections' products in mixed precision (bf16 operands, f32 sums).
+    /// later) or AVX512-BF16 on AMD (Zen 4 or later), the projections' products in mixed precision
+    /// (bf16 operands, f32 sums).
     #[arg(long)]
     bf16: bool,
 }
@@ -121,7 +122,7 @@ impl Place {
         let mixed_bf16 = args.bf16 && device.is_cpu();
         anyhow::ensure!(
             !mixed_bf16 || rlhf_model::amx::available(),
-            "--bf16 on the CPU needs AMX-BF16 (Intel Xeon 4th generation or later); elsewhere it needs --device cuda"
+            "--bf16 on the CPU needs AMX-BF16 (Intel Xeon 4th generation or later) or AVX512-BF16 on AMD (Zen 4 or later); elsewhere it needs --device cuda"
         );
         let dtype = compute_dtype(&device, args.bf16);
         Ok(Place { device, dtype, mixed_bf16 })
@@ -199,7 +200,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         cfg.vocab_size,
         params as f64 / 1e6,
         place.dtype,
-        if place.mixed_bf16 { " (bf16 matmuls on AMX)" } else { "" },
+        if place.mixed_bf16 { bf16_unit_note() } else { "" },
         args.device
     );
     let elementwise = std::env::var("CANDLE_NUM_THREADS").unwrap_or_else(|_| "unset".into());
@@ -253,6 +254,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&results)?);
     }
     Ok(())
+}
+
+/// The model line's note under `--bf16` on a CPU: which unit multiplies.
+fn bf16_unit_note() -> &'static str {
+    match rlhf_model::amx::unit() {
+        Some(rlhf_model::amx::Unit::Amx) => " (bf16 matmuls on AMX)",
+        Some(rlhf_model::amx::Unit::Avx512Bf16) => " (bf16 matmuls on AVX512-BF16)",
+        None => "",
+    }
 }
 
 fn random_model(args: &BenchArgs, place: &Place) -> Result<(Config, VarMap)> {

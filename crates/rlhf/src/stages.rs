@@ -34,7 +34,8 @@ pub struct RunArgs {
     #[arg(long)]
     save_dtype: Option<rlhf_data::SaveDtype>,
     /// Train every stage with the projections' products in bf16 (f32 sums, f32 weights) on
-    /// Intel AMX (Xeon 4th generation or later): about twice the training speed there; the run's
+    /// Intel AMX (Xeon 4th generation or later; about twice the training speed there) or on AMD's
+    /// AVX512-BF16 (Zen 4 or later); the run's
     /// figures move by the rounding (sets model.bf16_matmuls).
     #[arg(long)]
     bf16_matmuls: bool,

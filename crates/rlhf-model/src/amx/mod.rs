@@ -3,10 +3,14 @@
 //! A Sapphire Rapids core does 512 bf16 multiply-adds a cycle in its tile unit (`tdpbf16ps`),
 //! sixteen times the 32 of its two AVX-512 f32 FMA ports (a 2-core Xeon here: about 1 TFLOP/s a
 //! core measured on one tile loop, against an fp32 gemm peak near 150). This is what `torch.autocast("cpu", bf16)` runs
-//! through oneDNN on such a machine: the same rounding of the operands, f32 sums. Elsewhere
-//! (`available()` false) callers keep the f32 path.
+//! through oneDNN on such a machine: the same rounding of the operands, f32 sums. AMD's Zen 4
+//! and later have no tile unit but multiply bf16 pairs (`vdpbf16ps`) at twice the rate of f32
+//! FMAs; there the same packed operands go through that instruction ([`Unit::Avx512Bf16`]).
+//! Elsewhere (`available()` false) callers keep the f32 path.
 #![allow(unsafe_code)]
 
+#[cfg(target_arch = "x86_64")]
+mod dpbf16;
 #[cfg(target_arch = "x86_64")]
 mod kernel;
 mod linear;
@@ -43,15 +47,62 @@ impl<'a> MatrixRef<'a> {
     }
 }
 
-/// Whether this CPU has AMX-BF16 and the OS lets this process use it (Linux asks each process to
-/// request the tile state first: `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`).
-pub fn available() -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(detect)
+/// What multiplies the bf16 operands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    /// Intel's tile unit (`tdpbf16ps`), Xeon 4th generation (Sapphire Rapids) and later.
+    Amx,
+    /// AVX512-BF16's `vdpbf16ps` on AMD (Zen 4 and later). Intel's cores run it at half the f32
+    /// FMA's multiply-adds (measured on an Emerald Rapids without AMX), so there it is not used.
+    Avx512Bf16,
 }
 
+/// The unit mixed-precision products run on here, if any: AMX where the CPU has it and the OS
+/// lets this process use it, otherwise AVX512-BF16 on an AMD CPU.
+pub fn unit() -> Option<Unit> {
+    static UNIT: OnceLock<Option<Unit>> = OnceLock::new();
+    *UNIT.get_or_init(|| {
+        if amx_usable() {
+            Some(Unit::Amx)
+        } else if avx512_bf16() && amd() {
+            Some(Unit::Avx512Bf16)
+        } else {
+            None
+        }
+    })
+}
+
+/// Whether mixed-precision products can run here ([`unit`]).
+pub fn available() -> bool {
+    unit().is_some()
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx512_bf16() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bf16")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx512_bf16() -> bool {
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+fn amd() -> bool {
+    let leaf0 = std::arch::x86_64::__cpuid(0);
+    let vendor: Vec<u8> = [leaf0.ebx, leaf0.edx, leaf0.ecx].iter().flat_map(|r| r.to_le_bytes()).collect();
+    vendor == b"AuthenticAMD"
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn amd() -> bool {
+    false
+}
+
+/// Whether this CPU has AMX-BF16 and the OS lets this process use it (Linux asks each process to
+/// request the tile state first: `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`).
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-fn detect() -> bool {
+fn amx_usable() -> bool {
     const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
     const XFEATURE_XTILEDATA: libc::c_long = 18;
     let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
@@ -66,7 +117,7 @@ fn detect() -> bool {
 }
 
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
-fn detect() -> bool {
+fn amx_usable() -> bool {
     false
 }
 
@@ -87,8 +138,17 @@ const COLUMNS_PER_PASS: usize = 256;
 /// When `a.cols != b.rows`, or when `available()` is false.
 #[cfg(target_arch = "x86_64")]
 pub fn matmul(a: MatrixRef<'_>, b: MatrixRef<'_>) -> Vec<f32> {
+    matmul_on(unit().expect("amx::matmul without a bf16 unit"), a, b)
+}
+
+/// [`matmul`] on `unit`, which the CPU must have.
+#[cfg(target_arch = "x86_64")]
+fn matmul_on(unit: Unit, a: MatrixRef<'_>, b: MatrixRef<'_>) -> Vec<f32> {
     assert_eq!(a.cols, b.rows, "amx::matmul: {}×{} by {}×{}", a.rows, a.cols, b.rows, b.cols);
-    assert!(available(), "amx::matmul without AMX");
+    let block = match unit {
+        Unit::Amx => kernel::block_32x32 as unsafe fn(*const u32, *const u32, *const u32, *const u32, usize, *mut f32, usize),
+        Unit::Avx512Bf16 => dpbf16::block_32x32,
+    };
     let (m, n, k) = (a.rows, b.cols, a.cols);
     if m == 0 || n == 0 || k == 0 {
         return vec![0f32; m * n];
@@ -104,19 +164,21 @@ pub fn matmul(a: MatrixRef<'_>, b: MatrixRef<'_>) -> Vec<f32> {
         c.par_chunks_mut(32 * n).enumerate().for_each(|(band, out)| {
             let rows = out.len() / n;
             let mut scratch = [0f32; 32 * 32];
-            // SAFETY: `available()` holds; the A and B pointers each start `chunks` tiles inside
+            // SAFETY: the CPU has `unit`; the A and B pointers each start `chunks` tiles inside
             // their packed buffers (strips are padded to pairs); full blocks are written inside
             // `out` (32 rows of `n`, columns below `n`), the rest through `scratch`.
             unsafe {
-                kernel::configure();
+                if unit == Unit::Amx {
+                    kernel::configure();
+                }
                 let a0 = pa.as_ptr().add(2 * band * strip);
                 for j in (first_col..first_col + cols).step_by(32) {
                     let b0 = pb.as_ptr().add(j / 16 * strip);
                     if rows == 32 && j + 32 <= n {
                         let at = out.as_mut_ptr().add(j).cast::<f32>();
-                        kernel::block_32x32(a0, a0.add(strip), b0, b0.add(strip), chunks, at, 4 * n);
+                        block(a0, a0.add(strip), b0, b0.add(strip), chunks, at, 4 * n);
                     } else {
-                        kernel::block_32x32(a0, a0.add(strip), b0, b0.add(strip), chunks, scratch.as_mut_ptr(), 128);
+                        block(a0, a0.add(strip), b0, b0.add(strip), chunks, scratch.as_mut_ptr(), 128);
                         let w = 32.min(n - j);
                         for r in 0..rows {
                             for (o, &v) in out[r * n + j..r * n + j + w].iter_mut().zip(&scratch[r * 32..]) {
@@ -125,7 +187,9 @@ pub fn matmul(a: MatrixRef<'_>, b: MatrixRef<'_>) -> Vec<f32> {
                         }
                     }
                 }
-                kernel::release();
+                if unit == Unit::Amx {
+                    kernel::release();
+                }
             }
         });
     }

@@ -7,9 +7,25 @@ use super::*;
 fn amx_or_skip(test: &str) -> bool {
     let here = available();
     if !here {
-        eprintln!("{test}: skipped, this CPU or OS gives no AMX-BF16");
+        eprintln!("{test}: skipped, this CPU or OS gives no AMX-BF16 and no AMD AVX512-BF16");
     }
     here
+}
+
+/// Every unit this CPU can run, whether or not `unit()` picks it: AVX512-BF16's kernel is also
+/// checked on Intel CPUs that have the instruction.
+fn units_here(test: &str) -> Vec<Unit> {
+    let mut units = vec![];
+    if amx_usable() {
+        units.push(Unit::Amx);
+    }
+    if avx512_bf16() {
+        units.push(Unit::Avx512Bf16);
+    }
+    if units.is_empty() {
+        eprintln!("{test}: skipped, this CPU or OS gives neither AMX-BF16 nor AVX512-BF16");
+    }
+    units
 }
 
 fn rounded(x: f32) -> f32 {
@@ -50,9 +66,12 @@ fn reference(a: MatrixRef<'_>, b: MatrixRef<'_>) -> (Vec<f64>, Vec<f64>) {
 
 #[test]
 fn products_match_f64_sums_of_the_rounded_operands() {
-    if !amx_or_skip("products_match_f64_sums_of_the_rounded_operands") {
-        return;
+    for unit in units_here("products_match_f64_sums_of_the_rounded_operands") {
+        products_match_on(unit);
     }
+}
+
+fn products_match_on(unit: Unit) {
     let mut rng = StdRng::seed_from_u64(11);
     // Edges of every kind: below one tile, not a multiple of 16/32, several column passes.
     for (m, k, n) in [(1, 1, 1), (37, 70, 45), (64, 32, 96), (33, 100, 17), (5, 300, 530)] {
@@ -69,14 +88,14 @@ fn products_match_f64_sums_of_the_rounded_operands() {
             } else {
                 MatrixRef::new(&b_data, k, n, n, 1).unwrap()
             };
-            let c = matmul(a, b);
+            let c = matmul_on(unit, a, b);
             let (want, scale) = reference(a, b);
             assert_eq!(c.len(), m * n);
             for (idx, ((&got, &want), &scale)) in c.iter().zip(&want).zip(&scale).enumerate() {
                 let tolerance = 1e-6 * scale * (k as f64).sqrt() + 1e-30;
                 assert!(
                     (got as f64 - want).abs() <= tolerance,
-                    "{m}×{k}·{k}×{n} (a_t {a_t}, b_t {b_t}) at {idx}: {got} vs {want} (± {tolerance:e})"
+                    "{unit:?}: {m}×{k}·{k}×{n} (a_t {a_t}, b_t {b_t}) at {idx}: {got} vs {want} (± {tolerance:e})"
                 );
             }
         }
