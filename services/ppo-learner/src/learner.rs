@@ -376,7 +376,8 @@ impl PpoLearner {
                 let sub = batch.select(rows)?;
                 let features = self.critic.as_ref().unwrap_or(&self.policy);
                 let start = first_read_column(&sub);
-                let hidden = features.hidden_states_in(&sub.ids, &sub.attention_mask, start..width - 1, Kernels::Fused)?;
+                let hidden =
+                    features.hidden_states_in(&sub.ids, &sub.attention_mask, start..width - 1, Kernels::Fused)?;
                 Ok(self.value.forward(&hidden)?.detach().pad_with_zeros(1, start, 0)?)
             })
             .collect::<Result<Vec<_>>>()?;

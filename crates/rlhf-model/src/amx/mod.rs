@@ -146,7 +146,9 @@ pub fn matmul(a: MatrixRef<'_>, b: MatrixRef<'_>) -> Vec<f32> {
 fn matmul_on(unit: Unit, a: MatrixRef<'_>, b: MatrixRef<'_>) -> Vec<f32> {
     assert_eq!(a.cols, b.rows, "amx::matmul: {}×{} by {}×{}", a.rows, a.cols, b.rows, b.cols);
     let block = match unit {
-        Unit::Amx => kernel::block_32x32 as unsafe fn(*const u32, *const u32, *const u32, *const u32, usize, *mut f32, usize),
+        Unit::Amx => {
+            kernel::block_32x32 as unsafe fn(*const u32, *const u32, *const u32, *const u32, usize, *mut f32, usize)
+        }
         Unit::Avx512Bf16 => dpbf16::block_32x32,
     };
     let (m, n, k) = (a.rows, b.cols, a.cols);
