@@ -3,7 +3,9 @@
 //! band of columns). Each must equal `hidden_states` read there, forward and backward, with
 //! padding on either side and grouped-query attention.
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
 use rlhf_model::*;
 
 use crate::helpers::*;
@@ -24,6 +26,17 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
         return 0.0;
     }
     scalar(&(a - b).unwrap().abs().unwrap().max_all().unwrap())
+}
+
+/// Every variable of `varmap` has a nonzero gradient in `whole`, and `shortcut`'s equals it.
+fn assert_same_gradients(varmap: &VarMap, whole: &GradStore, shortcut: &GradStore) {
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        let (g_whole, g_short) = (whole.get(var.as_tensor()).unwrap(), shortcut.get(var.as_tensor()).unwrap());
+        let scale = scalar(&g_whole.abs().unwrap().max_all().unwrap());
+        let diff = max_abs_diff(g_whole, g_short);
+        assert!(scale > 0.0, "{name} got a zero gradient");
+        assert!(diff <= 1e-5 * (1.0 + scale), "{name}: gradients differ by {diff} (largest {scale})");
+    }
 }
 
 const ROWS: [&[u32]; 4] = [&[3, 1, 4, 1, 5, 9], &[2, 6, 5], &[8], &[5, 3, 5, 8, 9]];
@@ -75,13 +88,7 @@ fn the_reward_gradients_equal_the_whole_forward_passes() {
         let last = loss(head.score(&model.last_hidden_states(&ids, &mask, Kernels::Differentiable).unwrap()).unwrap())
             .backward()
             .unwrap();
-        for (name, var) in varmap.data().lock().unwrap().iter() {
-            let (g_whole, g_last) = (whole.get(var.as_tensor()).unwrap(), last.get(var.as_tensor()).unwrap());
-            let scale = scalar(&g_whole.abs().unwrap().max_all().unwrap());
-            let diff = max_abs_diff(g_whole, g_last);
-            assert!(scale > 0.0, "{name} got a zero gradient");
-            assert!(diff <= 1e-5 * (1.0 + scale), "{name}: gradients differ by {diff} (largest {scale})");
-        }
+        assert_same_gradients(&varmap, &whole, &last);
     }
 }
 
@@ -148,12 +155,6 @@ fn the_band_gradients_equal_the_whole_forward_passes() {
         let part = loss(model.hidden_states_in(&ids, &mask, band.clone(), Kernels::Differentiable).unwrap())
             .backward()
             .unwrap();
-        for (name, var) in varmap.data().lock().unwrap().iter() {
-            let (g_whole, g_part) = (whole.get(var.as_tensor()).unwrap(), part.get(var.as_tensor()).unwrap());
-            let scale = scalar(&g_whole.abs().unwrap().max_all().unwrap());
-            let diff = max_abs_diff(g_whole, g_part);
-            assert!(scale > 0.0, "{name} got a zero gradient");
-            assert!(diff <= 1e-5 * (1.0 + scale), "{name}: gradients differ by {diff} (largest {scale})");
-        }
+        assert_same_gradients(&varmap, &whole, &part);
     }
 }
