@@ -43,7 +43,8 @@ pub struct EvalPoint {
     pub mean_length: f64,
     /// Share of each answer type.
     pub answer_types: BTreeMap<String, f64>,
-    /// A few responses to read.
+    /// A few responses to read (left out of `metrics.jsonl`'s records, so absent there).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub samples: Vec<Sample>,
 }
 

@@ -25,6 +25,7 @@ pub mod config;
 pub mod eval;
 pub mod gold_pairs;
 pub mod memory;
+pub mod metric;
 pub mod pipeline;
 pub mod ppo;
 pub mod preference_files;

@@ -32,11 +32,11 @@ use rlhf_model::Config;
 use rlhf_proto::judges::{Judges, ModelWeights};
 use rlhf_queue::{EntryId, Queue};
 use rlhf_types::{GenerateRequest, Rollout, ScoredRollout, ScoringRequest};
-use serde_json::json;
 
 use crate::collect::sft_generator;
 use crate::config::PipelineConfig;
 use crate::eval::{EvalPoint, EvalSet, Evaluator, check_alarms, final_alarms};
+use crate::metric::Metric;
 use crate::progress::bar;
 use crate::run_dir::{PpoProgress, PpoResult, RunDir};
 use crate::task::Task;
@@ -257,7 +257,7 @@ pub fn run_with(
     };
     if evals.is_empty() {
         evals.push(evaluate(&learner, 0)?);
-        run.metric(&eval_record(&evals[0]))?;
+        run.metric(&Metric::eval(&evals[0]))?;
     }
     // The chosen policy is written after the evaluation that chose it is recorded; a run that
     // stopped in between resumes from exactly that policy (`ppo/`), so it is written again here.
@@ -288,23 +288,20 @@ pub fn run_with(
         backend.publish(learner.version(), &weights, learner.model_config(), pad)?;
         drop(weights);
         board.record(&stats);
-        let mut record = serde_json::to_value(&stats).map_err(|e| Error::Io(e.to_string()))?;
-        record["stage"] = json!("ppo");
-        record["rollout_seconds"] = json!(rollout_seconds);
-        record["step_seconds"] = json!(step_started.elapsed().as_secs_f64());
-        rlhf_rpc::metrics::learner().step_seconds.observe(step_started.elapsed().as_secs_f64());
-        run.metric(&record)?;
+        let step_seconds = step_started.elapsed().as_secs_f64();
+        rlhf_rpc::metrics::learner().step_seconds.observe(step_seconds);
+        run.metric(&Metric::Ppo { stats: &stats, rollout_seconds, step_seconds })?;
         progress.set_message(format!("reward {:.2} kl {:.2}", stats.reward, stats.kl));
         progress.inc(1);
 
         let step = learner.step();
         if step % config.ppo.eval_every as u64 == 0 || step == steps || board.checkpoint_wanted() {
             let point = evaluate(&learner, step)?;
-            run.metric(&eval_record(&point))?;
+            run.metric(&Metric::eval(&point))?;
             evals.push(point);
             for alarm in check_alarms(&config.monitor, &evals) {
                 progress.suspend(|| eprintln!("reward-hacking alarm: {alarm}"));
-                run.metric(&json!({"stage": "alarm", "step": step, "message": alarm}))?;
+                run.metric(&Metric::Alarm { step, message: &alarm })?;
                 alarms.push(alarm);
                 rlhf_rpc::metrics::learner().alarm.set(1);
             }
@@ -329,7 +326,7 @@ pub fn run_with(
     let chosen = evals[selected(&evals, config.monitor.kl_band)].clone();
     for alarm in final_alarms(&config.monitor, &chosen) {
         eprintln!("alarm: {alarm}");
-        run.metric(&json!({"stage": "alarm", "step": chosen.step, "message": alarm}))?;
+        run.metric(&Metric::Alarm { step: chosen.step, message: &alarm })?;
         alarms.push(alarm);
         rlhf_rpc::metrics::learner().alarm.set(1);
     }
@@ -377,13 +374,4 @@ pub fn selected(evals: &[EvalPoint], kl_band: [f64; 2]) -> usize {
     };
     let bar = win(best) - best.validation_win_se.unwrap_or(0.0);
     candidates().filter(|(_, e)| win(e) >= bar).map(|(i, _)| i).next_back().unwrap_or(evals.len().saturating_sub(1))
-}
-
-fn eval_record(point: &EvalPoint) -> serde_json::Value {
-    let mut v = serde_json::to_value(point).unwrap_or_default();
-    v["stage"] = json!("eval");
-    if let Some(o) = v.as_object_mut() {
-        o.remove("samples");
-    }
-    v
 }

@@ -21,10 +21,10 @@ use rlhf_data::{ModelKind, SaveOptions, ScoreNormalizer, varmap_tensors};
 use rlhf_model::{AdamW, Kernels, Llama, RewardHead, SequenceBatch, ranking_loss, seeded_var_builder};
 use rlhf_types::Ranking;
 use rlhf_world::{Split, gold};
-use serde_json::json;
 
 use crate::collect::open_store;
 use crate::config::{MIN_GOLD_PAIRS, PipelineConfig};
+use crate::metric::Metric;
 use crate::progress::bar;
 use crate::run_dir::{RewardModelResult, RunDir};
 use crate::task::Task;
@@ -380,7 +380,7 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
                 Ok(loss)
             })?;
             step += 1;
-            run.metric(&json!({"stage": "rm", "step": step, "loss": loss}))?;
+            run.metric(&Metric::Rm { step: step as u64, loss })?;
             progress.set_message(format!("loss {loss:.3}"));
             progress.inc(1);
         }
@@ -433,8 +433,13 @@ pub fn run_with(run: &RunDir, config: &PipelineConfig, store: &dyn PreferenceSto
         &run.path("rm"),
         ScoreNormalizer { mean: mean as f32, std: std as f32 },
     )?;
-    run.metric(&json!({"stage": "rm_eval", "heldout_accuracy": heldout_accuracy, "noise_ceiling": noise_ceiling,
-                       "train_accuracy": train_accuracy, "gold_pairs": gold_pairs, "best_of_k": best_of_k}))?;
+    run.metric(&Metric::RmEval {
+        heldout_accuracy,
+        noise_ceiling,
+        train_accuracy,
+        gold_pairs: &gold_pairs,
+        best_of_k: best_of_k.as_ref(),
+    })?;
     Ok(RewardModelResult {
         heldout_accuracy,
         noise_ceiling,

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::PipelineConfig;
 use crate::eval::EvalPoint;
+use crate::metric::Metric;
 use crate::{Error, Result};
 
 /// Results of the stages that finished, persisted after each one.
@@ -239,7 +240,7 @@ impl RunDir {
     }
 
     /// Appends one metrics record (a JSON object with at least `stage`).
-    pub fn metric(&self, record: &serde_json::Value) -> Result<()> {
+    pub fn metric(&self, record: &Metric<'_>) -> Result<()> {
         Ok(rlhf_data::jsonl::append(&self.path("metrics.jsonl"), record)?)
     }
 
@@ -298,7 +299,7 @@ pub struct RunLock {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use ppo_learner::StepStats;
 
     use super::*;
 
@@ -306,19 +307,38 @@ mod tests {
     fn a_resumed_stage_forgets_only_the_records_it_will_write_again() {
         let dir = tempfile::tempdir().unwrap();
         let run = RunDir::create(&dir.path().join("run"), &PipelineConfig::default()).unwrap();
+        let stats: Vec<StepStats> = (1..=3).map(|step| StepStats { step, ..StepStats::default() }).collect();
+        let eval = |step| EvalPoint {
+            step,
+            gold_win_rate: 0.5,
+            gold_win_se: 0.1,
+            validation_win_rate: None,
+            validation_win_se: None,
+            proxy_reward: 0.0,
+            kl_to_sft: 1.0,
+            mean_length: 8.0,
+            answer_types: Default::default(),
+            samples: vec![],
+        };
+        let ppo = |i: usize| Metric::Ppo { stats: &stats[i], rollout_seconds: 0.1, step_seconds: 0.2 };
         let records = [
-            json!({"stage": "sft", "step": 9}),
-            json!({"stage": "eval", "step": 0}),
-            json!({"stage": "ppo", "step": 1}),
-            json!({"stage": "ppo", "step": 2}),
-            json!({"stage": "eval", "step": 2}),
-            json!({"stage": "ppo", "step": 3}),
-            json!({"stage": "alarm", "step": 3}),
+            Metric::Sft { step: 9, loss: 1.5 },
+            Metric::eval(&eval(0)),
+            ppo(0),
+            ppo(1),
+            Metric::eval(&eval(2)),
+            ppo(2),
+            Metric::Alarm { step: 3, message: "verbosity" },
         ];
+        let values: Vec<serde_json::Value> = records.iter().map(|r| serde_json::to_value(r).unwrap()).collect();
+        assert_eq!(values[2]["stage"], "ppo");
+        assert_eq!(values[2]["step"], 1);
+        assert_eq!(values[2]["step_seconds"], 0.2);
+        assert_eq!(values[6]["message"], "verbosity");
         records.iter().for_each(|r| run.metric(r).unwrap());
         run.forget_metrics_after(&["ppo", "eval", "alarm"], Some(2)).unwrap();
-        assert_eq!(run.metrics().unwrap(), records[..5].to_vec());
+        assert_eq!(run.metrics().unwrap(), values[..5].to_vec());
         run.forget_metrics_after(&["ppo", "eval", "alarm"], None).unwrap();
-        assert_eq!(run.metrics().unwrap(), vec![records[0].clone()]);
+        assert_eq!(run.metrics().unwrap(), vec![values[0].clone()]);
     }
 }

@@ -17,9 +17,9 @@ use rlhf_model::{
 use rlhf_world::Split;
 use rlhf_world::gold::{self, AnswerType};
 use rlhf_world::responses::sft_data;
-use serde_json::json;
 
 use crate::config::PipelineConfig;
+use crate::metric::Metric;
 use crate::progress::bar;
 use crate::run_dir::{RunDir, SftResult};
 use crate::task::Task;
@@ -78,7 +78,7 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<SftResult> {
     let model = Llama::new(&model_config, VarBuilder::from_tensors(frozen, DType::F32, run.device()))?;
     let greedy_train = greedy_answer_types(&task, &model, Split::Train, config.ppo.max_new_tokens)?;
     let greedy_heldout = greedy_answer_types(&task, &model, Split::HeldOut, config.ppo.max_new_tokens)?;
-    run.metric(&json!({"stage": "sft_eval", "greedy_train": greedy_train, "greedy_heldout": greedy_heldout}))?;
+    run.metric(&Metric::SftEval { greedy_train: &greedy_train, greedy_heldout: &greedy_heldout })?;
     Ok(SftResult {
         final_loss,
         examples,
@@ -125,7 +125,7 @@ fn train(
             step += 1;
             if step % 10 == 0 || step == total {
                 last = recent.iter().sum::<f64>() / recent.len() as f64;
-                run.metric(&json!({"stage": "sft", "step": step, "loss": last}))?;
+                run.metric(&Metric::Sft { step: step as u64, loss: last })?;
                 progress.set_message(format!("loss {last:.3}"));
                 recent.clear();
             }
