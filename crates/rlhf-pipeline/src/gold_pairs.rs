@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GoldPairAccuracy {
     /// The kind the gold preference puts first.
-    pub better: String,
-    pub worse: String,
+    pub better: AnswerType,
+    pub worse: AnswerType,
     pub pairs: usize,
     /// Share of those pairs the reward model scores the gold way (ties count half).
     pub accuracy: f64,
@@ -58,8 +58,8 @@ pub fn gold_pair_accuracy(world: &World, rankings: &[&Ranking], scores: &[Vec<f3
     tally
         .into_iter()
         .map(|((better, worse), (pairs, agreed))| GoldPairAccuracy {
-            better: AnswerType::ALL[better].name().into(),
-            worse: AnswerType::ALL[worse].name().into(),
+            better: AnswerType::ALL[better],
+            worse: AnswerType::ALL[worse],
             pairs,
             accuracy: agreed / pairs as f64,
         })
@@ -154,11 +154,10 @@ mod tests {
         // correct with off-topic.
         let scores = vec![vec![1.0f32, 2.0, 1.0]];
         let table = gold_pair_accuracy(&world, &[&r], &scores);
-        let get =
-            |b: &str, w: &str| table.iter().find(|p| p.better == b && p.worse == w).map(|p| (p.pairs, p.accuracy));
-        assert_eq!(get("correct", "wrong"), Some((1, 0.0)));
-        assert_eq!(get("correct", "off_topic"), Some((1, 0.5)));
-        assert_eq!(get("wrong", "off_topic"), Some((1, 1.0)));
+        let get = |b, w| table.iter().find(|p| p.better == b && p.worse == w).map(|p| (p.pairs, p.accuracy));
+        assert_eq!(get(AnswerType::Correct, AnswerType::Wrong), Some((1, 0.0)));
+        assert_eq!(get(AnswerType::Correct, AnswerType::OffTopic), Some((1, 0.5)));
+        assert_eq!(get(AnswerType::Wrong, AnswerType::OffTopic), Some((1, 1.0)));
         assert_eq!(table.len(), 3);
         // The reward model picks the wrong answer: it beats off-topic, ties itself, loses to
         // correct: (0 + 0.5 + 1) / 3. The gold pick beats both others and ties itself.

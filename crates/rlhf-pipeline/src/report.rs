@@ -117,8 +117,8 @@ fn gold_pairs_table(pairs: &[crate::gold_pairs::GoldPairAccuracy]) -> String {
     for p in pairs {
         out.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td></tr>",
-            escape(&p.better),
-            escape(&p.worse),
+            p.better.name(),
+            p.worse.name(),
             p.pairs,
             p.accuracy
         ));
