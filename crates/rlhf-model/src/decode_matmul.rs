@@ -224,7 +224,7 @@ impl CustomOp1 for PackedMatmul<'_> {
 }
 
 /// A projection `y = x Wᵀ (+ b)`: candle's `Linear` for training, packed for sampling on the CPU,
-/// or through AMX in mixed precision ([`crate::amx`]) when the model was asked to train that way.
+/// or in mixed precision ([`crate::amx`]: AMX or AVX512-BF16) when the model was asked to train that way.
 #[derive(Debug, Clone)]
 pub(crate) enum Projection {
     Plain(Linear),
@@ -274,7 +274,7 @@ impl Projection {
         Ok(Projection::Plain(Linear::new(transposed, bias)))
     }
 
-    /// The same projection (same weight tensors) multiplied on AMX in mixed precision.
+    /// The same projection (same weight tensors) multiplied in mixed precision.
     pub(crate) fn mixed_bf16(&self) -> Projection {
         match self {
             Projection::Plain(linear) => Projection::MixedBf16(linear.clone()),

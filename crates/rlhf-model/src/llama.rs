@@ -372,7 +372,7 @@ impl Llama {
     /// and the optimizer stay f32. Sampling copies ([`Llama::into_decode_layout`]) stay f32.
     pub fn with_bf16_matmuls(mut self) -> Result<Self> {
         if !crate::fused::supported(&self.norm.weight) {
-            candle_core::bail!("bf16 matmuls run on the CPU's AMX unit: they need f32 weights on the CPU");
+            candle_core::bail!("bf16 matmuls run on the CPU's bf16 unit: they need f32 weights on the CPU");
         }
         if !crate::amx::available() {
             candle_core::bail!(

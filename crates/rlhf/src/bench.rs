@@ -21,7 +21,7 @@
 //! `--device cuda` runs it on a GPU (a build with the `cuda` feature; `deploy/gpu-check.sh`),
 //! with `--bf16` for the bf16 weights and activations PyTorch's GPU figures use; every timed step
 //! waits for the GPU to finish. The PPO iteration runs on the CPU only for now. On a CPU, `--bf16`
-//! trains in mixed precision on AMX (`rlhf_model::amx`): f32 weights, every projection's operands
+//! trains in mixed precision on AMX or AMD's AVX512-BF16 (`rlhf_model::amx`): f32 weights, every projection's operands
 //! rounded to bf16 with f32 sums, as `torch.autocast` does; the FLOP fractions stay against the
 //! fp32 peak, and sampling stays f32.
 //!
@@ -112,7 +112,7 @@ pub struct BenchArgs {
 struct Place {
     device: Device,
     dtype: DType,
-    /// f32 weights whose projections multiply on AMX in mixed precision (`--bf16` on a CPU).
+    /// f32 weights whose projections multiply in mixed precision (`--bf16` on a CPU).
     mixed_bf16: bool,
 }
 
@@ -176,7 +176,7 @@ struct Measurement {
     gflops_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     peak_fraction: Option<f64>,
-    /// Whether the measured work multiplied its projections on AMX in mixed precision (`--bf16`
+    /// Whether the measured work multiplied its projections in mixed precision (`--bf16`
     /// on a CPU; sampling stays f32 regardless).
     bf16_matmuls: bool,
 }

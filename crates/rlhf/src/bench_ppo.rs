@@ -40,7 +40,7 @@ impl Phases {
 pub struct PpoMeasurement {
     pub workload: &'static str,
     pub critic: ppo_learner::Critic,
-    /// Whether the learner multiplied on AMX in mixed precision (`--bf16` on a CPU).
+    /// Whether the learner multiplied in mixed precision (`--bf16` on a CPU).
     pub bf16_matmuls: bool,
     pub seconds_per_iteration: f64,
     pub phases: Phases,

@@ -62,7 +62,7 @@ fn the_reward_model_bench_reports_pairs_and_its_share_of_the_matmul_peak() {
 }
 
 /// A build without the `cuda` feature refuses `--device cuda` saying how to get one, and `--bf16`
-/// on a CPU without AMX, before any work; the GPU check refuses a machine without a GPU.
+/// on a CPU without AMX or AMD's AVX512-BF16, before any work; the GPU check refuses a machine without a GPU.
 #[test]
 fn the_gpu_paths_refuse_clearly_where_there_is_no_gpu() {
     let tiny = ["--layers", "1", "--hidden", "32", "--intermediate", "64", "--repeats", "1"];

@@ -118,7 +118,7 @@ fn same_update_in_pieces(critic: Critic, minibatch: usize) {
     }
 }
 
-/// With `bf16_matmuls` (where the CPU has AMX) the learner takes the f32 learner's step up to
+/// With `bf16_matmuls` (where the CPU has AMX or AMD's AVX512-BF16) the learner takes the f32 learner's step up to
 /// bf16's rounding of the products' operands: its losses, entropy and gradient norm agree to
 /// about a percent, and it moves the weights.
 #[test]
