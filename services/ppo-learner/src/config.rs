@@ -50,9 +50,9 @@ pub struct PpoConfig {
     pub critic: Critic,
     /// Train with every projection's products in mixed precision on AMX or AMD's AVX512-BF16
     /// (bf16 operands, f32 sums; `rlhf_model::amx`): about twice the update's speed on an Intel
-    /// Xeon of the 4th generation or later, 1.4–1.6× on an AMD Zen 4, an error elsewhere. The rollouts' behaviour log-probs stay f32, so the
-    /// first epoch's ratios differ from 1 by the rounding (as with any bf16 learner beside an f32
-    /// or vLLM sampler).
+    /// Xeon of the 4th generation or later, 1.4–1.6× on an AMD Zen 4, an error elsewhere. The
+    /// rollouts' behaviour log-probs stay f32, so the first epoch's ratios differ from 1 by the
+    /// rounding (as with any bf16 learner beside an f32 or vLLM sampler).
     pub bf16_matmuls: bool,
 }
 
