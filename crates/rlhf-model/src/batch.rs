@@ -62,6 +62,12 @@ impl SequenceBatch {
         self.prompt_lens.is_empty()
     }
 
+    /// The first next-token grid column that can hold a response token (the shortest prompt's
+    /// last token): log-probs and values are only read from there on.
+    pub fn first_response_column(&self) -> usize {
+        self.prompt_lens.iter().min().copied().unwrap_or(1) - 1
+    }
+
     /// Per-response-token values (one `Vec` per row, response order) placed on the grid, 0 elsewhere.
     pub fn to_grid(&self, rows: &[Vec<f32>]) -> Result<Tensor> {
         let cols = self.width - 1;

@@ -343,7 +343,7 @@ impl PpoLearner {
         // the vocabulary head (the largest activations by far with a real vocabulary) runs on
         // those alone, and every grid quantity is cut to match.
         // The last layer likewise runs only there (`hidden_states_in`).
-        let start = first_read_column(&sub);
+        let start = sub.first_response_column();
         let cols = width - 1 - start;
         let read = start..width - 1;
         let hidden =
@@ -375,7 +375,7 @@ impl PpoLearner {
             .map(|rows| {
                 let sub = batch.select(rows)?;
                 let features = self.critic.as_ref().unwrap_or(&self.policy);
-                let start = first_read_column(&sub);
+                let start = sub.first_response_column();
                 let hidden =
                     features.hidden_states_in(&sub.ids, &sub.attention_mask, start..width - 1, Kernels::Fused)?;
                 Ok(self.value.forward(&hidden)?.detach().pad_with_zeros(1, start, 0)?)
@@ -383,12 +383,6 @@ impl PpoLearner {
             .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::cat(&values, 0)?)
     }
-}
-
-/// The first next-token grid column that can hold a response token: the shortest prompt's last
-/// token.
-fn first_read_column(batch: &SequenceBatch) -> usize {
-    batch.prompt_lens.iter().min().copied().unwrap_or(1) - 1
 }
 
 /// One differentiable forward pass over some rollouts: the policy's tempered log-probs (and the

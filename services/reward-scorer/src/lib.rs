@@ -156,7 +156,7 @@ impl RewardScorer {
         // Only grid columns from the shortest prompt's last token on hold response tokens: the
         // last layer and the vocabulary head run there alone.
         let width = batch.ids.dim(1).map_err(model_error)?;
-        let start = batch.prompt_lens.iter().min().copied().unwrap_or(1) - 1;
+        let start = batch.first_response_column();
         let cols = width - 1 - start;
         let hidden = self
             .reference
