@@ -136,13 +136,16 @@ impl RewardScorer {
 
     /// Scores and reference log-probs for a batch of rollouts.
     pub fn score(&self, rollouts: &[Rollout]) -> Result<Vec<ScoredRollout>> {
-        let mut out = Vec::with_capacity(rollouts.len());
-        // A part at a time: the reference's vocabulary logits of a whole evaluation (400 answers
-        // of a 49k-token vocabulary) would take gigabytes.
-        for part in rollouts.chunks(SCORE_ROWS) {
-            out.extend(self.score_part(part)?);
-        }
-        Ok(out)
+        // Pure compute: on the pool, its matrix products fork there instead of handing off to it.
+        rlhf_model::on_compute_pool(|| {
+            let mut out = Vec::with_capacity(rollouts.len());
+            // A part at a time: the reference's vocabulary logits of a whole evaluation (400
+            // answers of a 49k-token vocabulary) would take gigabytes.
+            for part in rollouts.chunks(SCORE_ROWS) {
+                out.extend(self.score_part(part)?);
+            }
+            Ok(out)
+        })
     }
 
     fn score_part(&self, rollouts: &[Rollout]) -> Result<Vec<ScoredRollout>> {
@@ -151,22 +154,23 @@ impl RewardScorer {
         }
         let rows: Vec<(&[u32], &[u32])> =
             rollouts.iter().map(|r| (r.prompt_tokens.as_slice(), r.response_tokens.as_slice())).collect();
-        let raw = self.raw_scores(&rows)?;
         let batch = SequenceBatch::new(&rows, self.pad_id, &self.device).map_err(model_error)?;
         // Only grid columns from the shortest prompt's last token on hold response tokens: the
         // last layer and the vocabulary head run there alone.
         let width = batch.ids.dim(1).map_err(model_error)?;
         let start = batch.first_response_column();
         let cols = width - 1 - start;
-        let hidden = self
-            .reference
-            .hidden_states_in(&batch.ids, &batch.attention_mask, start..width - 1, Kernels::Fused)
-            .map_err(model_error)?;
-        let logits = self.reference.lm_head(&hidden).map_err(model_error)?;
-        let targets = batch.ids.narrow(1, start + 1, cols).map_err(model_error)?;
-        let logp = tempered_logprobs(&logits, &targets, self.temperature)
-            .and_then(|t| t.to_dtype(DType::F32)?.to_vec2::<f32>())
-            .map_err(model_error)?;
+        let reference_logprobs = || -> candle_core::Result<Vec<Vec<f32>>> {
+            let hidden =
+                self.reference.hidden_states_in(&batch.ids, &batch.attention_mask, start..width - 1, Kernels::Fused)?;
+            let logits = self.reference.lm_head(&hidden)?;
+            let targets = batch.ids.narrow(1, start + 1, cols)?;
+            tempered_logprobs(&logits, &targets, self.temperature)?.to_dtype(DType::F32)?.to_vec2::<f32>()
+        };
+        // The two judges' passes are independent: side by side, each on its own core where
+        // there are two, rather than every op of both split between the cores.
+        let (raw, logp) = rayon::join(|| self.raw_scores(&rows), reference_logprobs);
+        let (raw, logp) = (raw?, logp.map_err(model_error)?);
         let (mean, std) = self.normaliser;
         rollouts
             .iter()
