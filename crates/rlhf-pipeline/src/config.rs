@@ -56,7 +56,8 @@ pub struct ModelConfig {
     /// Train every stage (SFT, reward model, PPO) with the projections' products in mixed
     /// precision on AMX or AMD's AVX512-BF16: bf16 operands, f32 sums, as `torch.autocast`
     /// trains; weights, norms, attention, losses and the optimizer stay f32, and so does sampling.
-    /// Needs an Intel Xeon of the 4th generation or later, or an AMD Zen 4 or later; the figures
+    /// PPO's reward model scores likewise; the reference model's log-probs (the KL penalty) stay
+    /// f32. Needs an Intel Xeon of the 4th generation or later, or an AMD Zen 4 or later; the figures
     /// of a run move by the rounding.
     pub bf16_matmuls: bool,
     /// Size of a model trained from scratch (ignored with `path`).

@@ -107,9 +107,12 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<PpoResult> {
     run_with(run, config, scorer, &mut backend, &StatusBoard::default())
 }
 
-/// The reward model and reference policy, normalised and tempered as this run needs them.
+/// The reward model and reference policy, normalised and tempered as this run needs them (the
+/// reward model in mixed precision when the run's products are).
 pub fn prepared_scorer(run: &RunDir, config: &PipelineConfig) -> Result<RewardScorer> {
-    Ok(RewardScorer::from_judges(run.device(), 0, judges(run, config)?)?)
+    let scorer = RewardScorer::from_judges(run.device(), 0, judges(run, config)?)?;
+    let bf16 = config.model.bf16_matmuls || config.ppo.algorithm.bf16_matmuls;
+    Ok(if bf16 { scorer.with_bf16_reward_model()? } else { scorer })
 }
 
 /// The judges of this run's PPO stage: the reward model with the normaliser of the SFT

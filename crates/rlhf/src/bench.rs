@@ -23,7 +23,8 @@
 //! waits for the GPU to finish. The PPO iteration runs on the CPU only for now. On a CPU, `--bf16`
 //! trains in mixed precision on AMX or AMD's AVX512-BF16 (`rlhf_model::amx`): f32 weights, every projection's operands
 //! rounded to bf16 with f32 sums, as `torch.autocast` does; the FLOP fractions stay against the
-//! fp32 peak, and sampling stays f32.
+//! fp32 peak, and sampling stays f32. In the PPO iteration that covers the learner and the
+//! reward model's scoring; the reference's log-probs stay f32.
 //!
 //! Figures are tokens per second of wall time, the median of the timed repetitions after one
 //! warm-up. The thread count is `RAYON_NUM_THREADS` (set to the physical core count at start-up

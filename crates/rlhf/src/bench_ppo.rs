@@ -71,6 +71,7 @@ pub fn bench_ppo(
     Llama::backbone(cfg, vb.clone())?;
     RewardHead::new(cfg.hidden_size, vb)?;
     let scorer = reward_scorer::RewardScorer::new(device, cfg, tensors(&judges), cfg, policy.clone(), 0)?;
+    let scorer = if bf16_matmuls { scorer.with_bf16_reward_model()? } else { scorer };
     let generator = policy_generator::PolicyGenerator::new(device, "bench", cfg.clone(), 0, policy.clone(), 0)?;
     // TRL's defaults, whitened advantages and the k1 KL estimator included: the same work as
     // the iteration it is timed against.

@@ -109,6 +109,14 @@ impl RewardScorer {
         Ok(scorer)
     }
 
+    /// The reward model's products in mixed precision (bf16 operands, f32 sums:
+    /// [`Llama::with_bf16_matmuls`]), as a bf16 run of TRL scores under autocast. The reference
+    /// stays f32: its log-probs feed the KL penalty, where bf16 does not belong.
+    pub fn with_bf16_reward_model(mut self) -> Result<Self> {
+        self.reward_model = self.reward_model.with_bf16_matmuls().map_err(model_error)?;
+        Ok(self)
+    }
+
     /// The judges version stamped on what this scorer scores.
     pub fn version(&self) -> u64 {
         self.version

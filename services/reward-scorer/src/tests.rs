@@ -179,3 +179,25 @@ fn a_batch_kept_alive_is_not_taken_over_however_long_it_takes() {
     std::thread::sleep(Duration::from_millis(1_100));
     assert_eq!(queue.claim_stale("scorer-b", idle, 10).unwrap().len(), 2);
 }
+
+#[test]
+fn a_mixed_precision_reward_model_scores_within_bf16_rounding_and_leaves_the_reference_alone() {
+    if !rlhf_model::amx::available() {
+        eprintln!("skipped: this CPU has no bf16 unit (AMX, or AVX512-BF16 on AMD)");
+        return;
+    }
+    let (rm_cfg, rm) = model(1, true);
+    let (ref_cfg, reference) = model(2, false);
+    let full = RewardScorer::new(&Device::Cpu, &rm_cfg, rm.clone(), &ref_cfg, reference.clone(), 0).unwrap();
+    let mixed =
+        RewardScorer::new(&Device::Cpu, &rm_cfg, rm, &ref_cfg, reference, 0).unwrap().with_bf16_reward_model().unwrap();
+    let rollouts: Vec<Rollout> = (0..6u32)
+        .map(|i| rollout(&format!("r{i}"), (1..3 + i % 3).collect(), (4..6 + i % 4).map(|t| t % 20).collect()))
+        .collect();
+    let (f, m) = (full.score(&rollouts).unwrap(), mixed.score(&rollouts).unwrap());
+    for (f, m) in f.iter().zip(&m) {
+        assert_eq!(f.reference_logprobs, m.reference_logprobs, "the reference's log-probs stay f32");
+        assert!((f.score - m.score).abs() <= 0.05 * f.score.abs().max(1.0), "{} vs {}", f.score, m.score);
+    }
+    assert!(f.iter().zip(&m).any(|(f, m)| f.score != m.score), "the reward model's products were not rounded");
+}
