@@ -24,7 +24,11 @@ fn main() {
     for (m, k, n, a_transposed) in shapes {
         let a: Vec<f32> = (0..m * k).map(|i| (i * 7 % 13) as f32 * 0.1).collect();
         let b: Vec<f32> = (0..k * n).map(|i| (i * 5 % 11) as f32 * 0.1).collect();
-        let a = if a_transposed { MatrixRef::new(&a, k, m, m, 1).unwrap().t() } else { MatrixRef::new(&a, m, k, k, 1).unwrap() };
+        let a = if a_transposed {
+            MatrixRef::new(&a, k, m, m, 1).unwrap().t()
+        } else {
+            MatrixRef::new(&a, m, k, k, 1).unwrap()
+        };
         let b = MatrixRef::new(&b, k, n, n, 1).unwrap();
         std::hint::black_box(matmul(a, b));
         let repeats = 20;

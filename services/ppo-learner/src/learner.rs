@@ -372,8 +372,12 @@ impl PpoLearner {
             }
             Some(critic) => {
                 let critic = || -> Result<Tensor> {
-                    let features =
-                        critic.hidden_states_in(&sub.ids, &sub.attention_mask, read.clone(), Kernels::Differentiable)?;
+                    let features = critic.hidden_states_in(
+                        &sub.ids,
+                        &sub.attention_mask,
+                        read.clone(),
+                        Kernels::Differentiable,
+                    )?;
                     Ok(self.value.forward(&features)?)
                 };
                 let (policy, values) = rayon::join(policy, critic);
