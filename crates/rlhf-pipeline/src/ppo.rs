@@ -107,16 +107,14 @@ pub fn run(run: &RunDir, config: &PipelineConfig) -> Result<PpoResult> {
     run_with(run, config, scorer, &mut backend, &StatusBoard::default())
 }
 
-/// The reward model and reference policy, normalised and tempered as this run needs them (the
-/// reward model in mixed precision when the run's products are).
+/// The reward model and reference policy, normalised and tempered as this run needs them.
 pub fn prepared_scorer(run: &RunDir, config: &PipelineConfig) -> Result<RewardScorer> {
-    let scorer = RewardScorer::from_judges(run.device(), 0, judges(run, config)?)?;
-    let bf16 = config.model.bf16_matmuls || config.ppo.algorithm.bf16_matmuls;
-    Ok(if bf16 { scorer.with_bf16_reward_model()? } else { scorer })
+    Ok(RewardScorer::from_judges(run.device(), 0, judges(run, config)?)?)
 }
 
 /// The judges of this run's PPO stage: the reward model with the normaliser of the SFT
-/// policy's scores, the SFT model as reference, at the policy's sampling temperature.
+/// policy's scores (in mixed precision when the run's products are), the SFT model as reference,
+/// at the policy's sampling temperature.
 pub fn judges(run: &RunDir, config: &PipelineConfig) -> Result<Judges> {
     let rm = run.state()?.reward_model.ok_or(Error::MissingStage { stage: "ppo", missing: "rm" })?;
     for (stage, dir) in [("sft", "sft"), ("rm", "rm")] {
@@ -133,6 +131,9 @@ pub fn judges(run: &RunDir, config: &PipelineConfig) -> Result<Judges> {
         score_mean: rm.score_mean,
         score_std: rm.score_std,
         temperature: config.ppo.algorithm.temperature,
+        // The reward model scores in mixed precision when the run's products are, in one
+        // process or on a scorer service alike.
+        bf16_reward_model: config.model.bf16_matmuls || config.ppo.algorithm.bf16_matmuls,
     })
 }
 

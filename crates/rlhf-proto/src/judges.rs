@@ -30,6 +30,9 @@ pub struct Judges {
     pub score_std: f32,
     /// The temperature the reference log-probs are taken at (the policy's sampling temperature).
     pub temperature: f64,
+    /// Whether the reward model scores with its products in mixed precision, as the run's
+    /// learner trains (`bf16_matmuls`); the reference is always f32.
+    pub bf16_reward_model: bool,
 }
 
 /// `judges` as the chunks of `version`: the reward model's, then the reference's.
@@ -45,6 +48,7 @@ pub fn encode_judges(version: u64, judges: &Judges) -> Result<Vec<JudgesChunk>, 
                 score_mean: if first { judges.score_mean } else { 0.0 },
                 score_std: if first { judges.score_std } else { 0.0 },
                 temperature: if first { judges.temperature } else { 0.0 },
+                bf16_reward_model: first && judges.bf16_reward_model,
             });
         }
     }
@@ -55,7 +59,7 @@ pub fn encode_judges(version: u64, judges: &Judges) -> Result<Vec<JudgesChunk>, 
 #[derive(Debug, Default)]
 pub struct JudgesAssembler {
     version: Option<u64>,
-    first: Option<(f32, f32, f64)>,
+    first: Option<(f32, f32, f64, bool)>,
     reward_model: Assembler,
     reference: Assembler,
 }
@@ -65,7 +69,7 @@ impl JudgesAssembler {
         match self.version {
             None => {
                 self.version = Some(chunk.judges_version);
-                self.first = Some((chunk.score_mean, chunk.score_std, chunk.temperature));
+                self.first = Some((chunk.score_mean, chunk.score_std, chunk.temperature, chunk.bf16_reward_model));
             }
             Some(v) if v != chunk.judges_version => {
                 return Err(BadWeights(format!("one judges stream mixes versions {v} and {}", chunk.judges_version)));
@@ -83,7 +87,7 @@ impl JudgesAssembler {
     /// The version and the checked judges, or why they are refused.
     pub fn finish(self) -> Result<(u64, Judges), BadWeights> {
         let version = self.version.ok_or_else(|| BadWeights("empty judges stream".into()))?;
-        let (score_mean, score_std, temperature) = self.first.unwrap_or((0.0, 1.0, 1.0));
+        let (score_mean, score_std, temperature, bf16_reward_model) = self.first.unwrap_or((0.0, 1.0, 1.0, false));
         if !(score_mean.is_finite() && score_std.is_finite() && score_std > 0.0 && temperature > 0.0) {
             return Err(BadWeights(format!(
                 "judges normaliser ({score_mean}, {score_std}) or temperature {temperature} is not usable"
@@ -96,7 +100,7 @@ impl JudgesAssembler {
         };
         let (reward_model, pad_id) = model(self.reward_model, "reward model")?;
         let (reference, _) = model(self.reference, "reference")?;
-        Ok((version, Judges { reward_model, reference, pad_id, score_mean, score_std, temperature }))
+        Ok((version, Judges { reward_model, reference, pad_id, score_mean, score_std, temperature, bf16_reward_model }))
     }
 }
 
@@ -120,6 +124,7 @@ mod tests {
             score_mean: 0.5,
             score_std: 2.0,
             temperature: 0.7,
+            bf16_reward_model: true,
         }
     }
 
@@ -136,7 +141,10 @@ mod tests {
         let sent = judges();
         let (version, got) = assemble(encode_judges(42, &sent).unwrap()).unwrap();
         assert_eq!(version, 42);
-        assert_eq!((got.pad_id, got.score_mean, got.score_std, got.temperature), (3, 0.5, 2.0, 0.7));
+        assert_eq!(
+            (got.pad_id, got.score_mean, got.score_std, got.temperature, got.bf16_reward_model),
+            (3, 0.5, 2.0, 0.7, true)
+        );
         for (a, b) in [(&sent.reward_model, &got.reward_model), (&sent.reference, &got.reference)] {
             assert_eq!(a.config, b.config);
             for (name, t) in &a.tensors {

@@ -94,7 +94,7 @@ impl RewardScorer {
 
     /// The judges the learner announced as `version`, normalised and tempered as it says, on `device`.
     pub fn from_judges(device: &Device, version: u64, judges: Judges) -> Result<Self> {
-        let Judges { reward_model, reference, pad_id, score_mean, score_std, temperature } = judges;
+        let Judges { reward_model, reference, pad_id, score_mean, score_std, temperature, bf16_reward_model } = judges;
         let mut scorer = RewardScorer::new(
             device,
             &reward_model.config,
@@ -106,7 +106,7 @@ impl RewardScorer {
         scorer.set_normaliser(score_mean, score_std);
         scorer.set_temperature(temperature);
         scorer.version = version;
-        Ok(scorer)
+        if bf16_reward_model { scorer.with_bf16_reward_model() } else { Ok(scorer) }
     }
 
     /// The reward model's products in mixed precision (bf16 operands, f32 sums:

@@ -50,6 +50,7 @@ fn judges(seed: u64) -> Judges {
         score_mean: 0.0,
         score_std: 1.0,
         temperature: 1.0,
+        bf16_reward_model: false,
     }
 }
 
@@ -200,4 +201,9 @@ fn a_mixed_precision_reward_model_scores_within_bf16_rounding_and_leaves_the_ref
         assert!((f.score - m.score).abs() <= 0.05 * f.score.abs().max(1.0), "{} vs {}", f.score, m.score);
     }
     assert!(f.iter().zip(&m).any(|(f, m)| f.score != m.score), "the reward model's products were not rounded");
+    // Judges that ask for it (a bf16 run's learner sends them so) give the same scorer.
+    let asked = Judges { bf16_reward_model: true, ..judges(1) };
+    let via_judges = RewardScorer::from_judges(&Device::Cpu, 0, asked).unwrap().score(&rollouts).unwrap();
+    let scores = |s: &[ScoredRollout]| s.iter().map(|r| r.score).collect::<Vec<_>>();
+    assert_eq!(scores(&via_judges), scores(&m));
 }
