@@ -283,13 +283,10 @@ impl PpoLearner {
                     let vl = value_loss(&values, &old_v, &ret, m, cfg.value_clip)?;
                     // The policy's loss and the critic's share no variable (the head critic reads
                     // detached features), so their gradients are back-propagated side by side.
-                    let weight = if micro.len() == chunk.len() { 1.0 } else { share };
-                    let (policy_part, value_part) = if weight == 1.0 {
-                        (pl.loss.clone(), (&vl.loss * cfg.value_coef)?)
-                    } else {
-                        ((&pl.loss * weight)?, ((&vl.loss * cfg.value_coef)? * weight)?)
-                    };
-                    grads.add_disjoint(&policy_part, &value_part, &vars)?;
+                    let whole = micro.len() == chunk.len();
+                    let weighted = |loss: Tensor| if whole { Ok(loss) } else { loss * share };
+                    let value_part = weighted((&vl.loss * cfg.value_coef)?)?;
+                    grads.add_disjoint(&weighted(pl.loss.clone())?, &value_part, &vars)?;
                     if epoch == 0 {
                         let h = masked_mean(&entropy(&(logits.detach() / cfg.temperature)?)?, m)?;
                         sums.entropy += h.to_dtype(DType::F64)?.to_scalar::<f64>()? * share * chunk.len() as f64;
