@@ -76,3 +76,36 @@ fn copies_split_among_rayon_threads_put_every_element_in_place() {
         assert_eq!(copied.flatten_all().unwrap().to_vec1::<u32>().unwrap(), want, "{name}");
     }
 }
+
+/// A batch of small products runs one product per rayon thread: every product must equal the
+/// same product computed alone (one product: gemm's own split), and both a plain f64 sum.
+#[test]
+fn batched_small_products_split_among_rayon_threads_equal_each_product_alone() {
+    let dev = Device::Cpu;
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+    let (b, m, k, n) = (7, 33, 20, 45);
+    let value = |i: usize, s: f32| ((i * 37 % 101) as f32 - 50.0) * s;
+    let lhs = Tensor::from_vec((0..b * m * k).map(|i| value(i, 0.013)).collect::<Vec<_>>(), (b, m, k), &dev).unwrap();
+    let rhs =
+        Tensor::from_vec((0..b * k * n).map(|i| value(i + 3, 0.021)).collect::<Vec<_>>(), (b, k, n), &dev).unwrap();
+    // Also with a transposed right-hand side, as attention's q·kᵀ has it.
+    let rhs_t = rhs.transpose(1, 2).unwrap().contiguous().unwrap().transpose(1, 2).unwrap();
+    for (name, rhs) in [("row-major", &rhs), ("transposed", &rhs_t)] {
+        let batched = pool.install(|| lhs.matmul(rhs).unwrap());
+        for i in 0..b {
+            let (l, r) = (lhs.i(i).unwrap(), rhs.i(i).unwrap());
+            let alone = pool.install(|| l.matmul(&r).unwrap());
+            let got = batched.i(i).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(got, alone.flatten_all().unwrap().to_vec1::<f32>().unwrap(), "{name}, product {i}");
+            let (l, r) = (l.to_vec2::<f32>().unwrap(), r.to_vec2::<f32>().unwrap());
+            for (at, g) in got.iter().enumerate() {
+                let (row, col) = (at / n, at % n);
+                let want: f64 = (0..k).map(|j| l[row][j] as f64 * r[j][col] as f64).sum();
+                assert!(
+                    (*g as f64 - want).abs() < 1e-4 * want.abs().max(1.0),
+                    "{name} {i} ({row}, {col}): {g} vs {want}"
+                );
+            }
+        }
+    }
+}

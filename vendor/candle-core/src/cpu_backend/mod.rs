@@ -1499,6 +1499,10 @@ impl Map2 for ConvTranspose2D<'_> {
     }
 }
 
+/// Multiply-adds up to which a batch's products each run on one thread (rlhf patch): a product
+/// this small is over before splitting it between threads pays.
+const SMALL_PRODUCT: usize = 1 << 22;
+
 struct MatMul((usize, usize, usize, usize));
 
 impl MatMul {
@@ -1602,9 +1606,17 @@ impl Map2 for MatMul {
             // over itself, so a stride-zero batch on lhs goes through the loop below.
             (b, m, n, k)
         };
-        for step in 0..b {
+        // rlhf patch: many small products (attention's, one per batch and head: 96 × 96 × 64 on
+        // the bench model) go to the threads a product each, each product on one thread. Split
+        // by gemm instead, every one of them was a fork and a join over the threads for a few
+        // microseconds of work. Each product is computed as before, so the result is the same.
+        let per_batch_threads = num_threads > 1 && b >= num_threads && m * n * k <= SMALL_PRODUCT;
+        let parallelism = if per_batch_threads { Parallelism::None } else { parallelism };
+        let dst_addr = dst_ptr as usize;
+        let one = |step: usize| {
             let lhs_p = &lhs[step * a_skip..];
             let rhs_p = &rhs[step * b_skip..];
+            let dst_ptr = dst_addr as *mut T;
             unsafe {
                 gemm(
                     /* m: usize = */ m,
@@ -1628,6 +1640,11 @@ impl Map2 for MatMul {
                     parallelism,
                 )
             }
+        };
+        if per_batch_threads {
+            (0..b).into_par_iter().for_each(one);
+        } else {
+            (0..b).for_each(one);
         }
         // SAFETY: the gemm calls above wrote all `b * m * n` elements.
         unsafe { dst.set_len(len) };
