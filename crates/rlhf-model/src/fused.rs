@@ -279,6 +279,29 @@ impl WithSimd for SoftmaxBackwardRow<'_> {
     }
 }
 
+/// One row of [`SoftmaxBackward`] in place: `g` holds ∂y and becomes ∂x.
+pub(crate) fn softmax_backward_in_place(g: &mut [f32], y: &[f32], scale: f32) {
+    simd_math::vectorized(SoftmaxBackwardInPlace { g, y, scale })
+}
+
+struct SoftmaxBackwardInPlace<'a> {
+    g: &'a mut [f32],
+    y: &'a [f32],
+    scale: f32,
+}
+
+impl WithSimd for SoftmaxBackwardInPlace<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        let dot = simd_math::dot(self.y, self.g);
+        for (g, &y) in self.g.iter_mut().zip(self.y) {
+            *g = (y * (*g - dot)) * self.scale;
+        }
+    }
+}
+
 impl CustomOp2 for SoftmaxBackward {
     fn name(&self) -> &'static str {
         "fused-softmax-backward"

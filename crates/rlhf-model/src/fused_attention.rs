@@ -9,7 +9,11 @@
 //! composite path's to the last bit.
 //!
 //! f32 on the CPU only; callers check [`crate::fused::supported`] and keep the composite path
-//! otherwise (and for decoding, whose keys come from the KV cache).
+//! otherwise (and for decoding, whose keys come from the KV cache). [`attention_mixed`] runs the
+//! four products of the backward pass and the two of the forward in mixed precision ([`mixed`]).
+
+mod mixed;
+mod visible;
 
 use std::sync::Mutex;
 
@@ -22,15 +26,32 @@ use crate::fused::{SoftmaxBackward, rows_mut, softmax_in_place};
 /// key/value head stacked along time), `k, v: [B, Hkv, Tk, D]` and `bias: [B, 1, Tq, Tk]`;
 /// returns `[B, Hkv, G·Tq, D]`, differentiable in `q`, `k` and `v`.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
+    apply(q, k, v, bias, scale, false)
+}
+
+/// [`attention`] with its products in mixed precision: operands rounded to bf16, sums in f32
+/// (the scale, bias and softmax stay f32). Needs the CPU's bf16 unit ([`crate::amx::available`]).
+pub fn attention_mixed(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
+    if !crate::amx::available() {
+        candle_core::bail!("fused-attention: mixed precision needs AMX-BF16 or AVX512-BF16 on AMD");
+    }
+    apply(q, k, v, bias, scale, true)
+}
+
+fn apply(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, scale: f64, mixed: bool) -> Result<Tensor> {
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
     let bias = bias.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-    let op = Attention { bias, scale: scale as f32, probs: Mutex::new(None) };
+    let op = Attention { bias, scale: scale as f32, mixed, dims: Mutex::new(None), probs: Mutex::new(None) };
     if q.track_op() || k.track_op() || v.track_op() { q.apply_op3(&k, &v, op) } else { q.apply_op3_no_bwd(&k, &v, &op) }
 }
 
 struct Attention {
     bias: Vec<f32>,
     scale: f32,
+    /// Products in mixed precision ([`mixed`]) rather than candle's f32 matmul.
+    mixed: bool,
+    /// The shapes of the last forward pass, for the mixed backward pass.
+    dims: Mutex<Option<mixed::Dims>>,
     /// The softmax probabilities of the last forward pass, for the backward pass.
     probs: Mutex<Option<Tensor>>,
 }
@@ -64,6 +85,15 @@ impl CustomOp3 for Attention {
                 lk.dims()
             );
         }
+        if self.mixed {
+            let slice = |s, l| crate::fused::slice(s, l, "fused-attention");
+            let dims = mixed::Dims { heads, rows, tq, tk, d };
+            let (out, p) = mixed::forward(slice(sq, lq)?, slice(sk, lk)?, slice(sv, lv)?, &self.bias, dims, self.scale);
+            *self.dims.lock().expect("no panic holds this lock") = Some(dims);
+            *self.probs.lock().expect("no panic holds this lock") =
+                Some(Tensor::from_vec(p, (b, heads, rows, tk), &Device::Cpu)?);
+            return Ok((CpuStorage::F32(out), Shape::from((b, heads, rows, d))));
+        }
         // The same batched matmuls the composite path runs, on the raw storages.
         let mut scores = sq.matmul(sk, (b * heads, rows, tk, d), lq, &lk.transpose(2, 3)?)?;
         let CpuStorage::F32(s) = &mut scores else { candle_core::bail!("fused-attention: f32 only") };
@@ -95,12 +125,79 @@ impl CustomOp3 for Attention {
         let probs = self.probs.lock().expect("no panic holds this lock").clone();
         let Some(p) = probs else { candle_core::bail!("fused-attention: backward before forward") };
         let (q, k, v, dout) = (q.detach(), k.detach(), v.detach(), dout.detach());
+        if self.mixed {
+            return self.mixed_backward(&q, &k, &v, &p, &dout.contiguous()?);
+        }
         // As candle differentiates the composite path: out = p·v, s = (q·kᵀ)·scale + bias.
         let dp = dout.matmul(&v.t()?)?;
         let ds = p.apply_op2_no_bwd(&dp, &SoftmaxBackward { scale: self.scale })?;
         let dq = ds.matmul(&k)?;
         let dk = q.t()?.matmul(&ds)?.t()?;
         let dv = p.t()?.matmul(&dout)?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
+/// The mixed backward pass as an op on `(q, k, v)`: candle hands it their storage, and it reads
+/// the probabilities and `∂out` it holds. Its one output is `∂q`, `∂k` and `∂v` back to back.
+struct MixedBackward<'a> {
+    attention: &'a Attention,
+    dims: mixed::Dims,
+    probs: Tensor,
+    dout: Tensor,
+}
+
+impl CustomOp3 for MixedBackward<'_> {
+    fn name(&self) -> &'static str {
+        "fused-attention-mixed-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sq: &CpuStorage,
+        lq: &Layout,
+        sk: &CpuStorage,
+        lk: &Layout,
+        sv: &CpuStorage,
+        lv: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let ((probs, lp), (dout, ld)) = (self.probs.storage_and_layout(), self.dout.storage_and_layout());
+        let (candle_core::Storage::Cpu(probs), candle_core::Storage::Cpu(dout)) = (&*probs, &*dout) else {
+            candle_core::bail!("{name}: CPU tensors only")
+        };
+        let saved = mixed::Saved {
+            q: crate::fused::slice(sq, lq, name)?,
+            k: crate::fused::slice(sk, lk, name)?,
+            v: crate::fused::slice(sv, lv, name)?,
+            probs: crate::fused::slice(probs, lp, name)?,
+            dout: crate::fused::slice(dout, ld, name)?,
+        };
+        let grads = mixed::backward(saved, &self.attention.bias, self.dims, self.attention.scale);
+        let len = grads.len();
+        Ok((CpuStorage::F32(grads), Shape::from(len)))
+    }
+}
+
+impl Attention {
+    /// [`mixed::backward`] through [`MixedBackward`], split into `(∂q, ∂k, ∂v)`.
+    fn mixed_backward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        probs: &Tensor,
+        dout: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Some(dims) = *self.dims.lock().expect("no panic holds this lock") else {
+            candle_core::bail!("fused-attention: backward before forward")
+        };
+        let op = MixedBackward { attention: self, dims, probs: probs.clone(), dout: dout.clone() };
+        let grads = q.apply_op3_no_bwd(k, v, &op)?;
+        let (nq, nk) = (q.elem_count(), k.elem_count());
+        let dq = grads.narrow(0, 0, nq)?.reshape(q.shape())?;
+        let dk = grads.narrow(0, nq, nk)?.reshape(k.shape())?;
+        let dv = grads.narrow(0, nq + nk, v.elem_count())?.reshape(v.shape())?;
         Ok((Some(dq), Some(dk), Some(dv)))
     }
 }

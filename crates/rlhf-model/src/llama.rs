@@ -133,6 +133,8 @@ struct Attention {
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
+    /// Whether attention's products run in mixed precision, as the projections do.
+    mixed_bf16: bool,
 }
 
 impl Attention {
@@ -147,6 +149,7 @@ impl Attention {
             num_heads: cfg.num_attention_heads,
             num_kv_heads: kv,
             head_dim: d,
+            mixed_bf16: false,
         })
     }
 
@@ -202,7 +205,10 @@ impl Attention {
         let group = self.num_heads / self.num_kv_heads;
         let q = q.reshape((b, self.num_kv_heads, group * tq, self.head_dim))?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let out = if kernels == Kernels::Differentiable && !cached && crate::fused::supported(&q) {
+        let fused = !cached && crate::fused::supported(&q);
+        let out = if fused && self.mixed_bf16 && kernels != Kernels::Composite {
+            crate::fused_attention::attention_mixed(&q, k, v, bias, scale)?
+        } else if fused && kernels == Kernels::Differentiable {
             crate::fused_attention::attention(&q, k, v, bias, scale)?
         } else {
             let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, self.num_heads, tq, tk))?.broadcast_add(bias)?;
@@ -341,6 +347,7 @@ impl Llama {
             own(&mut layer.input_layernorm)?;
             own(&mut layer.post_attention_layernorm)?;
             let attn = &mut layer.self_attn;
+            attn.mixed_bf16 = false;
             for proj in [&mut attn.q_proj, &mut attn.k_proj, &mut attn.v_proj, &mut attn.o_proj] {
                 *proj = proj.for_decoding()?;
             }
@@ -368,8 +375,10 @@ impl Llama {
 
     /// The same model (the same weights and gradients) with every projection, the LM head's too,
     /// multiplied in mixed precision ([`crate::amx`]: on AMX, or AVX512-BF16 on AMD): operands rounded to bf16 and sums in
-    /// f32, forward and backward, as `torch.autocast` trains; norms, attention, softmax, losses
-    /// and the optimizer stay f32. Sampling copies ([`Llama::into_decode_layout`]) stay f32.
+    /// f32, forward and backward, as `torch.autocast` trains; so are attention's products over a
+    /// whole sequence ([`crate::fused_attention::attention_mixed`]). Norms, softmax, losses and the
+    /// optimizer stay f32. Sampling copies ([`Llama::into_decode_layout`]) and decoding steps over
+    /// the KV cache stay f32.
     pub fn with_bf16_matmuls(mut self) -> Result<Self> {
         if !crate::fused::supported(&self.norm.weight) {
             candle_core::bail!("bf16 matmuls run on the CPU's bf16 unit: they need f32 weights on the CPU");
@@ -381,6 +390,7 @@ impl Llama {
         }
         for layer in &mut self.layers {
             let attn = &mut layer.self_attn;
+            attn.mixed_bf16 = true;
             for proj in [&mut attn.q_proj, &mut attn.k_proj, &mut attn.v_proj, &mut attn.o_proj] {
                 *proj = proj.mixed_bf16();
             }

@@ -10,6 +10,8 @@
 #![allow(unsafe_code)]
 
 #[cfg(target_arch = "x86_64")]
+mod blocks;
+#[cfg(target_arch = "x86_64")]
 mod dpbf16;
 #[cfg(target_arch = "x86_64")]
 mod kernel;
@@ -17,6 +19,8 @@ mod linear;
 #[cfg(target_arch = "x86_64")]
 mod pack;
 
+#[cfg(target_arch = "x86_64")]
+pub use blocks::{BLOCK, matmul_here};
 pub use linear::linear;
 
 use std::sync::OnceLock;
@@ -127,6 +131,21 @@ pub fn matmul(a: MatrixRef<'_>, b: MatrixRef<'_>) -> Vec<f32> {
     panic!("amx::matmul without AMX ({}×{} by {}×{})", a.rows, a.cols, b.rows, b.cols)
 }
 
+/// Rows and columns of [`matmul_here`]'s output blocks.
+#[cfg(not(target_arch = "x86_64"))]
+pub const BLOCK: usize = 32;
+
+/// Where there is no AMX (`available()` is false, so nothing calls it).
+#[cfg(not(target_arch = "x86_64"))]
+pub fn matmul_here(
+    a: MatrixRef<'_>,
+    b: MatrixRef<'_>,
+    _chunks: impl Fn(usize, usize) -> std::ops::Range<usize>,
+    _out: &mut [f32],
+) {
+    panic!("amx::matmul_here without AMX ({}×{} by {}×{})", a.rows, a.cols, b.rows, b.cols)
+}
+
 /// Output columns one pass of the kernel keeps hot: their packed B (16 tiles of 1 KiB per
 /// K-chunk) stays in L2 while every row band streams past it.
 #[cfg(target_arch = "x86_64")]
@@ -158,8 +177,10 @@ fn matmul_on(unit: Unit, a: MatrixRef<'_>, b: MatrixRef<'_>) -> Vec<f32> {
     // Not zeroed: every element is stored below (a full block's tiles, or an edge's copy).
     let mut c = Box::<[f32]>::new_uninit_slice(m * n);
     let chunks = k.div_ceil(32);
-    let (pa, pb) =
-        rayon::join(|| pack::pack_a(&a, 2 * m.div_ceil(32), chunks), || pack::pack_b(&b, 2 * n.div_ceil(32), chunks));
+    let (pa, pb) = rayon::join(
+        || pack::pack_a(&a, 2 * m.div_ceil(32), chunks, pack::Threads::Pool),
+        || pack::pack_b(&b, 2 * n.div_ceil(32), chunks, pack::Threads::Pool),
+    );
     let strip = chunks * kernel::TILE_PAIRS;
     for first_col in (0..n).step_by(COLUMNS_PER_PASS) {
         let cols = COLUMNS_PER_PASS.min(n - first_col);

@@ -84,29 +84,46 @@ fn zeroed(tile: &mut [MaybeUninit<u32>]) -> &mut [u32] {
     unsafe { &mut *(tile as *mut [MaybeUninit<u32>] as *mut [u32]) }
 }
 
+/// Whether packing splits its strips among rayon's threads or runs on the calling thread (a
+/// product that is itself one of many running side by side, as attention's per-head ones).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Threads {
+    Pool,
+    Here,
+}
+
 /// `strips` strips of `chunks` tiles, each written by `tile(strip, chunk, tile)`. Not zeroed
 /// first: every tile function writes all of its tile (the zero fill was 3% of a training step).
-fn packed(strips: usize, chunks: usize, tile: impl Fn(usize, usize, &mut [MaybeUninit<u32>]) + Sync) -> Vec<u32> {
+fn packed(
+    strips: usize,
+    chunks: usize,
+    threads: Threads,
+    tile: impl Fn(usize, usize, &mut [MaybeUninit<u32>]) + Sync,
+) -> Vec<u32> {
     let mut out = Box::<[u32]>::new_uninit_slice(strips * chunks * TILE_PAIRS);
-    out.par_chunks_mut(chunks * TILE_PAIRS).enumerate().for_each(|(strip, dst)| {
+    let fill = |(strip, dst): (usize, &mut [MaybeUninit<u32>])| {
         for (kk, t) in dst.chunks_mut(TILE_PAIRS).enumerate() {
             tile(strip, kk, t);
         }
-    });
+    };
+    match threads {
+        Threads::Pool => out.par_chunks_mut(chunks * TILE_PAIRS).enumerate().for_each(fill),
+        Threads::Here => out.chunks_mut(chunks * TILE_PAIRS).enumerate().for_each(fill),
+    }
     // SAFETY: the chunks cover `out`, and every tile function writes its whole tile.
     unsafe { out.assume_init() }.into_vec()
 }
 
 /// A's rows as `strips` strips of 16 rows, `chunks` K-chunks of 32 each.
-pub(super) fn pack_a(a: &MatrixRef<'_>, strips: usize, chunks: usize) -> Vec<u32> {
+pub(super) fn pack_a(a: &MatrixRef<'_>, strips: usize, chunks: usize, threads: Threads) -> Vec<u32> {
     // SAFETY: every machine with AMX has AVX-512 F (checked in `available`).
-    packed(strips, chunks, |strip, kk, tile| unsafe { tile_of_pairs(a, strip * 16, kk * 32, false, tile) })
+    packed(strips, chunks, threads, |strip, kk, tile| unsafe { tile_of_pairs(a, strip * 16, kk * 32, false, tile) })
 }
 
 /// B's columns as `strips` strips of 16 columns, `chunks` K-chunks of 32 (16 pairs) each.
-pub(super) fn pack_b(b: &MatrixRef<'_>, strips: usize, chunks: usize) -> Vec<u32> {
+pub(super) fn pack_b(b: &MatrixRef<'_>, strips: usize, chunks: usize, threads: Threads) -> Vec<u32> {
     // SAFETY: as in `pack_a`.
-    packed(strips, chunks, |strip, kk, tile| unsafe { tile_of_pairs(&b.t(), strip * 16, kk * 32, true, tile) })
+    packed(strips, chunks, threads, |strip, kk, tile| unsafe { tile_of_pairs(&b.t(), strip * 16, kk * 32, true, tile) })
 }
 
 /// The 16 × 16 pairs `P[x][q] = (M[x0 + x][k0 + 2q], M[x0 + x][k0 + 2q + 1])`, or their transpose

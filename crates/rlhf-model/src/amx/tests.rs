@@ -173,7 +173,7 @@ fn packed_tiles_hold_every_value_rounded_where_the_kernel_reads_it() {
         };
         let value = |i: usize, j: usize| data[i * m.row_stride + j * m.col_stride];
         let chunks = m.cols.div_ceil(32);
-        let a = pack::pack_a(&m, 2 * m.rows.div_ceil(32), chunks);
+        let a = pack::pack_a(&m, 2 * m.rows.div_ceil(32), chunks, pack::Threads::Pool);
         for i in 0..m.rows {
             for k in 0..m.cols {
                 let at = ((i / 16) * chunks + k / 32) * 256 + (i % 16) * 16 + (k % 32) / 2;
@@ -181,7 +181,7 @@ fn packed_tiles_hold_every_value_rounded_where_the_kernel_reads_it() {
             }
         }
         let chunks = m.rows.div_ceil(32);
-        let b = pack::pack_b(&m, 2 * m.cols.div_ceil(32), chunks);
+        let b = pack::pack_b(&m, 2 * m.cols.div_ceil(32), chunks, pack::Threads::Here);
         for k in 0..m.rows {
             for j in 0..m.cols {
                 let at = ((j / 16) * chunks + k / 32) * 256 + (k % 32 / 2) * 16 + j % 16;
@@ -192,6 +192,47 @@ fn packed_tiles_hold_every_value_rounded_where_the_kernel_reads_it() {
         if m.rows % 16 != 0 {
             let at = ((m.rows / 16) * m.cols.div_ceil(32)) * 256 + (m.rows % 16) * 16;
             assert_eq!(a[at], 0, "A padding");
+        }
+    }
+}
+
+/// `matmul_here` on one thread is the pool's product to the last bit (the same kernel sums the
+/// same chunks in the same order), and leaving out chunks whose terms are all zero changes no
+/// bit either: A is block lower-triangular (zero beyond the diagonal chunk, as attention's
+/// probabilities), and block (band, column) sums chunks `0..=band` only. A block given no chunk
+/// is zeros.
+#[test]
+fn products_here_match_the_pool_and_skip_zero_chunks_exactly() {
+    if !amx_or_skip("products_here_match_the_pool_and_skip_zero_chunks_exactly") {
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(5);
+    for (m, k, n) in [(1, 1, 1), (96, 96, 64), (70, 70, 45), (33, 100, 17)] {
+        let mut a_data: Vec<f32> = (0..m * k).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let b_data: Vec<f32> = (0..k * n).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let b = MatrixRef::new(&b_data, k, n, n, 1).unwrap();
+        let full = |a: MatrixRef<'_>| {
+            let mut c = vec![f32::NAN; m * n];
+            matmul_here(a, b, |_, _| 0..usize::MAX, &mut c);
+            c
+        };
+        let a = MatrixRef::new(&a_data, m, k, k, 1).unwrap();
+        assert_eq!(full(a), matmul(a, b), "{m}×{k}·{k}×{n}: one thread against the pool");
+        for i in 0..m {
+            for kk in (i / BLOCK + 1) * BLOCK..k {
+                a_data[i * k + kk] = 0.0;
+            }
+        }
+        let a = MatrixRef::new(&a_data, m, k, k, 1).unwrap();
+        let mut skipped = vec![f32::NAN; m * n];
+        matmul_here(a, b, |band, _| 0..band + 1, &mut skipped);
+        assert_eq!(skipped, full(a), "{m}×{k}·{k}×{n}: skipping zero chunks");
+        let mut none = vec![f32::NAN; m * n];
+        matmul_here(a, b, |band, column| if (band + column) % 2 == 0 { 0..0 } else { 0..band + 1 }, &mut none);
+        for (idx, (&got, &want)) in none.iter().zip(&skipped).enumerate() {
+            let (band, column) = (idx / n / BLOCK, idx % n / BLOCK);
+            let want = if (band + column) % 2 == 0 { 0.0 } else { want };
+            assert_eq!(got.to_bits(), want.to_bits(), "{m}×{k}·{k}×{n} at {idx}: a block given no chunk");
         }
     }
 }

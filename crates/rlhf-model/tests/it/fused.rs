@@ -198,3 +198,60 @@ fn fused_attention_matches_the_composite_path_bit_for_bit() {
     let wrong = padding::attention_bias(&[vec![true; 3]], 3, &Device::Cpu).unwrap();
     assert!(fused_attention::attention(&q, &k, &k, &wrong, 0.5).is_err());
 }
+
+/// The mixed-precision attention op against the composite expression with every product's
+/// operands rounded to bf16 where the op rounds them (q, k, p, v forward; ∂out, v, ∂s, k, q, p
+/// backward): values and gradients agree to f32 rounding, apart from the rare probability or
+/// ∂s that the sums' different order carries across a bf16 rounding boundary. Grouped-query,
+/// causal with left padding (rows of 0, 5 and 40 padding keys), lengths on and off the 32-blocks
+/// the op skips.
+#[test]
+fn mixed_attention_matches_the_composite_path_on_bf16_operands() {
+    if !amx::available() {
+        eprintln!("mixed_attention_matches_the_composite_path_on_bf16_operands: skipped, no bf16 unit");
+        return;
+    }
+    let round = |t: &Tensor| t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
+    for (b, kv_heads, group, t, d) in [(3, 2, 2, 70, 16), (2, 1, 1, 96, 64)] {
+        let key_mask: Vec<Vec<bool>> = [0, 5, 40][..b].iter().map(|&pad| (0..t).map(|j| j >= pad).collect()).collect();
+        let bias = padding::attention_bias(&key_mask, t, &Device::Cpu).unwrap();
+        let scale = 1.0 / (d as f64).sqrt();
+        let q = Var::from_tensor(&random(&[b, kv_heads, group * t, d], 21)).unwrap();
+        let k = Var::from_tensor(&random(&[b, kv_heads, t, d], 22)).unwrap();
+        let v = Var::from_tensor(&random(&[b, kv_heads, t, d], 23)).unwrap();
+        let dout = random(&[b, kv_heads, group * t, d], 24);
+        let out = fused_attention::attention_mixed(&q, &k, &v, &bias, scale).unwrap();
+        let grads = (&out * &dout).unwrap().sum_all().unwrap().backward().unwrap();
+        let got = [&out, grads.get(&q).unwrap(), grads.get(&k).unwrap(), grads.get(&v).unwrap()];
+
+        let (q, k, v) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
+        let scores = (round(q).matmul(&round(k).t().unwrap()).unwrap() * scale).unwrap();
+        let scores = scores.reshape((b, kv_heads * group, t, t)).unwrap().broadcast_add(&bias).unwrap();
+        let p = candle_nn::ops::softmax_last_dim(&scores).unwrap().reshape((b, kv_heads, group * t, t)).unwrap();
+        let want_out = round(&p).matmul(&round(v)).unwrap();
+        let dp = round(&dout).matmul(&round(v).t().unwrap()).unwrap();
+        let dot = (&p * &dp).unwrap().sum_keepdim(D::Minus1).unwrap();
+        let ds = ((&p * dp.broadcast_sub(&dot).unwrap()).unwrap() * scale).unwrap();
+        let want_dq = round(&ds).matmul(&round(k)).unwrap();
+        let want_dk = round(&ds).t().unwrap().matmul(&round(q)).unwrap();
+        let want_dv = round(&p).t().unwrap().matmul(&round(&dout)).unwrap();
+        let want = [&want_out, &want_dq, &want_dk, &want_dv];
+        for ((name, got), want) in ["out", "dq", "dk", "dv"].iter().zip(got).zip(want) {
+            let (got, want) = (
+                got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let diffs: Vec<f32> = got.iter().zip(&want).map(|(g, w)| (g - w).abs() / scale).collect();
+            let worst = diffs.iter().fold(0f32, |m, &x| m.max(x));
+            let close = diffs.iter().filter(|&&x| x < 1e-5).count();
+            eprintln!("{name} B {b} T {t}: worst {worst:e}, {close} of {} within 1e-5", diffs.len());
+            assert!(worst < 1e-3, "{name}, B {b}, T {t}: off by {worst} of the largest value");
+            assert!(
+                close * 100 >= diffs.len() * 99,
+                "{name}, B {b}, T {t}: only {close} of {} within f32 rounding",
+                diffs.len()
+            );
+        }
+    }
+}
