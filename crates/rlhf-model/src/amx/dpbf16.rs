@@ -59,13 +59,49 @@ unsafe fn band_8x32(a: *const u32, b0: *const u32, b1: *const u32, chunks: usize
         for kk in 0..chunks {
             let (a, b0, b1) = (a.add(kk * TILE_PAIRS), b0.add(kk * TILE_PAIRS), b1.add(kk * TILE_PAIRS));
             for q in 0..16 {
-                let x0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b0.add(q * 16).cast()));
-                let x1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b1.add(q * 16).cast()));
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let pair: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(r * 16 + q) as i32));
-                    acc[0] = _mm512_dpbf16_ps(acc[0], pair, x0);
-                    acc[1] = _mm512_dpbf16_ps(acc[1], pair, x1);
-                }
+                let x0 = _mm512_loadu_ps(b0.add(q * 16).cast());
+                let x1 = _mm512_loadu_ps(b1.add(q * 16).cast());
+                // Row r's pair q is 64·r bytes past row 0's, broadcast by the load itself
+                // (`{1to16}`): written as a broadcast then a product, it took a shuffle µop that
+                // competed with the products for the FP pipes.
+                std::arch::asm!(
+                    "vdpbf16ps {c00}, {x0}, dword ptr [{a}]{{1to16}}",
+                    "vdpbf16ps {c01}, {x1}, dword ptr [{a}]{{1to16}}",
+                    "vdpbf16ps {c10}, {x0}, dword ptr [{a} + 64]{{1to16}}",
+                    "vdpbf16ps {c11}, {x1}, dword ptr [{a} + 64]{{1to16}}",
+                    "vdpbf16ps {c20}, {x0}, dword ptr [{a} + 128]{{1to16}}",
+                    "vdpbf16ps {c21}, {x1}, dword ptr [{a} + 128]{{1to16}}",
+                    "vdpbf16ps {c30}, {x0}, dword ptr [{a} + 192]{{1to16}}",
+                    "vdpbf16ps {c31}, {x1}, dword ptr [{a} + 192]{{1to16}}",
+                    "vdpbf16ps {c40}, {x0}, dword ptr [{a} + 256]{{1to16}}",
+                    "vdpbf16ps {c41}, {x1}, dword ptr [{a} + 256]{{1to16}}",
+                    "vdpbf16ps {c50}, {x0}, dword ptr [{a} + 320]{{1to16}}",
+                    "vdpbf16ps {c51}, {x1}, dword ptr [{a} + 320]{{1to16}}",
+                    "vdpbf16ps {c60}, {x0}, dword ptr [{a} + 384]{{1to16}}",
+                    "vdpbf16ps {c61}, {x1}, dword ptr [{a} + 384]{{1to16}}",
+                    "vdpbf16ps {c70}, {x0}, dword ptr [{a} + 448]{{1to16}}",
+                    "vdpbf16ps {c71}, {x1}, dword ptr [{a} + 448]{{1to16}}",
+                    a = in(reg) a.add(q),
+                    x0 = in(zmm_reg) x0,
+                    x1 = in(zmm_reg) x1,
+                    c00 = inout(zmm_reg) acc[0][0],
+                    c01 = inout(zmm_reg) acc[0][1],
+                    c10 = inout(zmm_reg) acc[1][0],
+                    c11 = inout(zmm_reg) acc[1][1],
+                    c20 = inout(zmm_reg) acc[2][0],
+                    c21 = inout(zmm_reg) acc[2][1],
+                    c30 = inout(zmm_reg) acc[3][0],
+                    c31 = inout(zmm_reg) acc[3][1],
+                    c40 = inout(zmm_reg) acc[4][0],
+                    c41 = inout(zmm_reg) acc[4][1],
+                    c50 = inout(zmm_reg) acc[5][0],
+                    c51 = inout(zmm_reg) acc[5][1],
+                    c60 = inout(zmm_reg) acc[6][0],
+                    c61 = inout(zmm_reg) acc[6][1],
+                    c70 = inout(zmm_reg) acc[7][0],
+                    c71 = inout(zmm_reg) acc[7][1],
+                    options(nostack, readonly, preserves_flags),
+                );
             }
         }
         for (r, acc) in acc.iter().enumerate() {
