@@ -50,8 +50,13 @@ pub(super) fn forward(q: &[f32], k: &[f32], v: &[f32], bias: &[f32], dims: Dims,
         let (k, v) = (&k[item * tk * d..][..tk * d], &v[item * tk * d..][..tk * d]);
         let all = 0..d.div_ceil(BLOCK);
         matmul_here(q, matrix(k, tk, d).t(), |band, chunk| if seen.sees(band, chunk) { all.clone() } else { 0..0 }, p);
+        // The softmax over the keys each row sees; the rest (half of a causal mask's) are 0.
         for (r, row) in p.chunks_mut(tk).enumerate() {
-            let bias = &bias[(sequence * tq + r % tq) * tk..][..tk];
+            let keys = seen.keys_of_row(r);
+            let bias = &bias[(sequence * tq + r % tq) * tk..][keys.clone()];
+            row[..keys.start].fill(0.0);
+            row[keys.end..].fill(0.0);
+            let row = &mut row[keys];
             for (x, &m) in row.iter_mut().zip(bias) {
                 *x = *x * scale + m;
             }
@@ -90,8 +95,11 @@ pub(super) fn backward(saved: Saved<'_>, bias: &[f32], dims: Dims, scale: f32) -
         let mut ds = vec![0f32; rows * tk];
         let all = 0..d.div_ceil(BLOCK);
         matmul_here(dout, v.t(), |band, chunk| if seen.sees(band, chunk) { all.clone() } else { 0..0 }, &mut ds);
-        for (g, y) in ds.chunks_mut(tk).zip(p.chunks(tk)) {
-            softmax_backward_in_place(g, y, scale);
+        for (r, (g, y)) in ds.chunks_mut(tk).zip(p.chunks(tk)).enumerate() {
+            let keys = seen.keys_of_row(r);
+            g[..keys.start].fill(0.0);
+            g[keys.end..].fill(0.0);
+            softmax_backward_in_place(&mut g[keys.clone()], &y[keys], scale);
         }
         let (ds, p) = (matrix(&ds, rows, tk), matrix(p, rows, tk));
         matmul_here(ds, k, |band, _| seen.keys_of_band(band), dq);

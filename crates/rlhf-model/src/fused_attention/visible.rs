@@ -9,6 +9,9 @@ use crate::padding::MASKED;
 
 /// For one sequence of `rows` stacked query rows (`G` heads × `Tq` queries) over `Tk` keys.
 pub(super) struct Visible {
+    /// Per query (row `r` of the stack is query `r % Tq`): the keys from its first seen to its
+    /// last seen.
+    per_query: Vec<Range<usize>>,
     /// Per band of 32 rows: the key chunks of 32 its rows see.
     keys_of_band: Vec<Range<usize>>,
     /// Per chunk of 32 keys: the row bands that see one of them.
@@ -53,7 +56,13 @@ impl Visible {
                 }
             })
             .collect();
-        Self { keys_of_band, bands_of_keys }
+        Self { per_query, keys_of_band, bands_of_keys }
+    }
+
+    /// The keys stacked row `row` sees, from the first to the last: every probability outside
+    /// is exactly 0.
+    pub(super) fn keys_of_row(&self, row: usize) -> Range<usize> {
+        self.per_query[row % self.per_query.len()].clone()
     }
 
     /// The key chunks whose probabilities in row band `band` can be non-zero.
@@ -101,6 +110,7 @@ mod tests {
         let v = Visible::new(&causal(96, 40), 96, 96, 96);
         assert_eq!((0..3).map(|b| v.keys_of_band(b)).collect::<Vec<_>>(), [0..1, 1..2, 1..3]);
         assert_eq!((0..3).map(|c| v.bands_of_keys(c)).collect::<Vec<_>>(), [0..1, 1..3, 2..3]);
+        assert_eq!([v.keys_of_row(35), v.keys_of_row(50), v.keys_of_row(95)], [35..36, 40..51, 40..96]);
     }
 
     #[test]
@@ -109,6 +119,7 @@ mod tests {
         let v = Visible::new(&causal(40, 0), 40, 40, 80);
         assert_eq!((0..3).map(|b| v.keys_of_band(b)).collect::<Vec<_>>(), [0..1, 0..2, 0..2]);
         assert_eq!((0..2).map(|c| v.bands_of_keys(c)).collect::<Vec<_>>(), [0..3, 1..3]);
+        assert_eq!([v.keys_of_row(5), v.keys_of_row(45)], [0..6, 0..6]);
     }
 
     #[test]
