@@ -5,8 +5,8 @@
 //!
 //! An A tile is 16 rows × 16 bf16 pairs and a B tile 16 pairs × 16 columns, both as u32, so one
 //! step of K (a pair) is one broadcast A pair per row times one B tile row per 16 columns. The
-//! block goes through in four bands of 8 rows: 16 accumulators, two B rows and a broadcast fit
-//! the 32 vector registers.
+//! block goes through in four bands of 8 rows: 16 accumulators and two B rows in registers, each
+//! A pair broadcast by the product's own memory operand.
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::*;
