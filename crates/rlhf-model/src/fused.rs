@@ -259,26 +259,6 @@ pub(crate) struct SoftmaxBackward {
     pub(crate) scale: f32,
 }
 
-/// One row of [`SoftmaxBackward`].
-struct SoftmaxBackwardRow<'a> {
-    dx: &'a mut [f32],
-    y: &'a [f32],
-    dy: &'a [f32],
-    scale: f32,
-}
-
-impl WithSimd for SoftmaxBackwardRow<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: Simd>(self, _: S) {
-        let dot = simd_math::dot(self.y, self.dy);
-        for ((dx, &y), &g) in self.dx.iter_mut().zip(self.y).zip(self.dy) {
-            *dx = (y * (g - dot)) * self.scale;
-        }
-    }
-}
-
 /// One row of [`SoftmaxBackward`] in place: `g` holds ∂y and becomes ∂x.
 pub(crate) fn softmax_backward_in_place(g: &mut [f32], y: &[f32], scale: f32) {
     simd_math::vectorized(SoftmaxBackwardInPlace { g, y, scale })
@@ -312,8 +292,8 @@ impl CustomOp2 for SoftmaxBackward {
         let d = *l1.dims().last().unwrap_or(&1);
         let mut out = zeroed(y.len());
         rows_mut(&mut out, d.max(1), |dx, i| {
-            let (y, dy) = (&y[i * d..(i + 1) * d], &dy[i * d..(i + 1) * d]);
-            simd_math::vectorized(SoftmaxBackwardRow { dx, y, dy, scale: self.scale })
+            dx.copy_from_slice(&dy[i * d..(i + 1) * d]);
+            softmax_backward_in_place(dx, &y[i * d..(i + 1) * d], self.scale)
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
