@@ -11,7 +11,7 @@
 use std::ops::Range;
 
 use super::kernel::TILE_PAIRS;
-use super::{MatrixRef, Unit, dpbf16, kernel, pack};
+use super::{MatrixRef, Unit, kernel, pack};
 
 /// Rows and columns of an output block, and K values per chunk.
 pub const BLOCK: usize = 32;
@@ -31,12 +31,7 @@ pub fn matmul_here(a: MatrixRef<'_>, b: MatrixRef<'_>, chunks: impl Fn(usize, us
     if m == 0 || n == 0 {
         return;
     }
-    let block = match unit {
-        Unit::Amx => {
-            kernel::block_32x32 as unsafe fn(*const u32, *const u32, *const u32, *const u32, usize, *mut f32, usize)
-        }
-        Unit::Avx512Bf16 => dpbf16::block_32x32,
-    };
+    let block = super::block_kernel(unit);
     let total = k.div_ceil(BLOCK);
     let pa = pack::pack_a(&a, 2 * m.div_ceil(BLOCK), total, pack::Threads::Here);
     let pb = pack::pack_b(&b, 2 * n.div_ceil(BLOCK), total, pack::Threads::Here);

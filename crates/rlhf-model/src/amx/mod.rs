@@ -160,16 +160,24 @@ pub fn matmul(a: MatrixRef<'_>, b: MatrixRef<'_>) -> Vec<f32> {
     matmul_on(unit().expect("amx::matmul without a bf16 unit"), a, b)
 }
 
+/// A 32 × 32 block kernel: `(a0, a1, b0, b1, chunks, c, ldc)` as [`kernel::block_32x32`].
+#[cfg(target_arch = "x86_64")]
+type BlockKernel = unsafe fn(*const u32, *const u32, *const u32, *const u32, usize, *mut f32, usize);
+
+/// The block kernel of `unit`.
+#[cfg(target_arch = "x86_64")]
+fn block_kernel(unit: Unit) -> BlockKernel {
+    match unit {
+        Unit::Amx => kernel::block_32x32,
+        Unit::Avx512Bf16 => dpbf16::block_32x32,
+    }
+}
+
 /// [`matmul`] on `unit`, which the CPU must have.
 #[cfg(target_arch = "x86_64")]
 fn matmul_on(unit: Unit, a: MatrixRef<'_>, b: MatrixRef<'_>) -> Vec<f32> {
     assert_eq!(a.cols, b.rows, "amx::matmul: {}×{} by {}×{}", a.rows, a.cols, b.rows, b.cols);
-    let block = match unit {
-        Unit::Amx => {
-            kernel::block_32x32 as unsafe fn(*const u32, *const u32, *const u32, *const u32, usize, *mut f32, usize)
-        }
-        Unit::Avx512Bf16 => dpbf16::block_32x32,
-    };
+    let block = block_kernel(unit);
     let (m, n, k) = (a.rows, b.cols, a.cols);
     if m == 0 || n == 0 || k == 0 {
         return vec![0f32; m * n];
