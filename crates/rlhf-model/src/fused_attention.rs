@@ -86,6 +86,9 @@ impl CustomOp3 for Attention {
             );
         }
         if self.mixed {
+            if d == 0 {
+                candle_core::bail!("fused-attention: a head dimension of 0");
+            }
             let slice = |s, l| crate::fused::slice(s, l, "fused-attention");
             let dims = mixed::Dims { heads, rows, tq, tk, d };
             let (out, p) = mixed::forward(slice(sq, lq)?, slice(sk, lk)?, slice(sv, lv)?, &self.bias, dims, self.scale);
