@@ -18,6 +18,8 @@ mod kernel;
 mod linear;
 #[cfg(target_arch = "x86_64")]
 mod pack;
+#[cfg(target_arch = "x86_64")]
+mod projection;
 
 #[cfg(target_arch = "x86_64")]
 pub use blocks::{BLOCK, matmul_here};
@@ -177,19 +179,35 @@ fn block_kernel(unit: Unit) -> BlockKernel {
 #[cfg(target_arch = "x86_64")]
 fn matmul_on(unit: Unit, a: MatrixRef<'_>, b: MatrixRef<'_>) -> Vec<f32> {
     assert_eq!(a.cols, b.rows, "amx::matmul: {}×{} by {}×{}", a.rows, a.cols, b.rows, b.cols);
-    let block = block_kernel(unit);
     let (m, n, k) = (a.rows, b.cols, a.cols);
     if m == 0 || n == 0 || k == 0 {
         return vec![0f32; m * n];
     }
-    // Not zeroed: every element is stored below (a full block's tiles, or an edge's copy).
-    let mut c = Box::<[f32]>::new_uninit_slice(m * n);
     let chunks = k.div_ceil(32);
     let (pa, pb) = rayon::join(
         || pack::pack_a(&a, 2 * m.div_ceil(32), chunks, pack::Threads::Pool),
         || pack::pack_b(&b, 2 * n.div_ceil(32), chunks, pack::Threads::Pool),
     );
+    multiply(unit, &pa, &pb, m, n, chunks)
+}
+
+/// The `m × n` product of packed operands of `chunks` K-chunks each (A: `2·⌈m/32⌉` strips, B:
+/// `2·⌈n/32⌉`), on `unit`, which the CPU must have.
+#[cfg(target_arch = "x86_64")]
+fn multiply(unit: Unit, pa: &[u32], pb: &[u32], m: usize, n: usize, chunks: usize) -> Vec<f32> {
+    let block = block_kernel(unit);
     let strip = chunks * kernel::TILE_PAIRS;
+    assert!(
+        pa.len() == 2 * m.div_ceil(32) * strip && pb.len() == 2 * n.div_ceil(32) * strip,
+        "amx: packed operands of {} and {} values for {m} × {n} over {chunks} chunks",
+        pa.len(),
+        pb.len()
+    );
+    if m == 0 || n == 0 || chunks == 0 {
+        return vec![0f32; m * n];
+    }
+    // Not zeroed: every element is stored below (a full block's tiles, or an edge's copy).
+    let mut c = Box::<[f32]>::new_uninit_slice(m * n);
     for first_col in (0..n).step_by(COLUMNS_PER_PASS) {
         let cols = COLUMNS_PER_PASS.min(n - first_col);
         c.par_chunks_mut(32 * n).enumerate().for_each(|(band, out)| {

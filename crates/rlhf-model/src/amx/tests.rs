@@ -236,3 +236,64 @@ fn products_here_match_the_pool_and_skip_zero_chunks_exactly() {
         }
     }
 }
+
+/// Both packings of one pass are the separate packings to the bit, for every pairing of
+/// operands, on shapes with edge tiles on both axes and a NaN among the values.
+#[test]
+fn packing_twice_in_one_pass_gives_the_two_packings() {
+    if !amx_or_skip("packing_twice_in_one_pass_gives_the_two_packings") {
+        return;
+    }
+    use pack::Operand;
+    let mut rng = StdRng::seed_from_u64(11);
+    for (rows, cols) in [(40, 70), (64, 96), (7, 33), (96, 16)] {
+        let mut data: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-2.0..2.0)).collect();
+        data[rows * cols / 2] = f32::NAN;
+        let m = MatrixRef::new(&data, rows, cols, cols, 1).unwrap();
+        let (strips_r, strips_c) = (2 * rows.div_ceil(32), 2 * cols.div_ceil(32));
+        let (chunks_r, chunks_c) = (rows.div_ceil(32), cols.div_ceil(32));
+        for first in [Operand::A, Operand::B] {
+            for second in [Operand::A, Operand::B] {
+                let (one, two) = pack::pack_twice(&m, first, second);
+                let want_one = match first {
+                    Operand::A => pack::pack_a(&m, strips_r, chunks_c, pack::Threads::Pool),
+                    Operand::B => pack::pack_b(&m.t(), strips_r, chunks_c, pack::Threads::Pool),
+                };
+                let want_two = match second {
+                    Operand::A => pack::pack_a(&m.t(), strips_c, chunks_r, pack::Threads::Pool),
+                    Operand::B => pack::pack_b(&m, strips_c, chunks_r, pack::Threads::Pool),
+                };
+                assert!(one == want_one, "{rows}×{cols}: the first packing differs");
+                assert!(two == want_two, "{rows}×{cols}: the second packing differs");
+            }
+        }
+    }
+}
+
+/// A projection that keeps its packings for the backward pass gives the products of one that
+/// packs afresh, to the bit: the forward of constants (nothing kept) against the forward of
+/// variables, and a second backward pass (the first took what was kept) against the first.
+#[test]
+fn kept_packings_give_the_fresh_products_exactly() -> candle_core::Result<()> {
+    if !amx_or_skip("kept_packings_give_the_fresh_products_exactly") {
+        return Ok(());
+    }
+    let dev = Device::Cpu;
+    let mut rng = StdRng::seed_from_u64(13);
+    let mut values = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
+    let (rows, k, n) = (70, 45, 38);
+    let x = Var::from_vec(values(rows * k), (rows, k), &dev)?;
+    let w = Var::from_vec(values(n * k), (n, k), &dev)?;
+    let g = Tensor::from_vec(values(rows * n), (rows, n), &dev)?;
+    let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+    let y = linear(&x, &w)?;
+    let constant = linear(&x.as_tensor().detach(), &w.as_tensor().detach())?;
+    assert!(!constant.track_op());
+    assert_eq!(flat(&y)?, flat(&constant)?);
+    let loss = (&y * &g)?.sum_all()?;
+    let (once, twice) = (loss.backward()?, loss.backward()?);
+    for var in [&x, &w] {
+        assert_eq!(flat(once.get(var).unwrap())?, flat(twice.get(var).unwrap())?);
+    }
+    Ok(())
+}
