@@ -297,3 +297,53 @@ fn kept_packings_give_the_fresh_products_exactly() -> candle_core::Result<()> {
     }
     Ok(())
 }
+
+/// Projections reading the same activation share its packing (q, k and v do); they give what
+/// projections packing it afresh give, to the bit, forward and backward; an activation of the
+/// same shape but other values is packed anew.
+#[test]
+fn projections_of_one_activation_share_its_packing_exactly() -> candle_core::Result<()> {
+    if !amx_or_skip("projections_of_one_activation_share_its_packing_exactly") {
+        return Ok(());
+    }
+    let dev = Device::Cpu;
+    let mut rng = StdRng::seed_from_u64(17);
+    let mut values = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
+    let (rows, k, n) = (66, 40, 35);
+    let x = Var::from_vec(values(rows * k), (rows, k), &dev)?;
+    let (w1, w2) = (Var::from_vec(values(n * k), (n, k), &dev)?, Var::from_vec(values(n * k), (n, k), &dev)?);
+    let (g1, g2) =
+        (Tensor::from_vec(values(rows * n), (rows, n), &dev)?, Tensor::from_vec(values(rows * n), (rows, n), &dev)?);
+    let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+    // `shared`: both projections read one activation; `apart`: each its own (equal values).
+    let run = |shared: bool| -> candle_core::Result<Vec<Vec<f32>>> {
+        let act = x.as_tensor().tanh()?;
+        let other = if shared { act.clone() } else { x.as_tensor().tanh()? };
+        let (y1, y2) = (linear(&act, &w1)?, linear(&other, &w2)?);
+        let loss = ((&y1 * &g1)?.sum_all()? + (&y2 * &g2)?.sum_all()?)?;
+        let grads = loss.backward()?;
+        Ok(vec![
+            flat(&y1)?,
+            flat(&y2)?,
+            flat(grads.get(&x).unwrap())?,
+            flat(grads.get(&w1).unwrap())?,
+            flat(grads.get(&w2).unwrap())?,
+        ])
+    };
+    let (shared, apart) = (run(true)?, run(false)?);
+    for (i, name) in ["y1", "y2"].iter().enumerate().chain([(3, &"dw1"), (4, &"dw2")]) {
+        assert!(shared[i] == apart[i], "{name} differs");
+    }
+    // ∂x sums the two projections' shares in another order when they meet at one tanh.
+    let worst = shared[2].iter().zip(&apart[2]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst < 1e-5, "dx differs by {worst}");
+    // Same shape, other values, right after: not the packing of the first.
+    let act = x.as_tensor().tanh()?;
+    let first = linear(&act, &w1)?;
+    let doubled = (&act * 2.0)?;
+    let second = linear(&doubled, &w1)?;
+    let want = linear(&doubled.detach(), &w1.as_tensor().detach())?;
+    assert!(flat(&second)? == flat(&want)?, "the doubled activation's product is not its own");
+    assert!(flat(&second)? != flat(&first)?);
+    Ok(())
+}
