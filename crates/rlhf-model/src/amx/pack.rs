@@ -129,6 +129,9 @@ fn packed(
     threads: Threads,
     tile: impl Fn(usize, usize, &mut [MaybeUninit<u32>]) + Sync,
 ) -> Vec<u32> {
+    if strips == 0 || chunks == 0 {
+        return vec![];
+    }
     let mut out = Box::<[u32]>::new_uninit_slice(strips * chunks * TILE_PAIRS);
     let fill = |(strip, dst): (usize, &mut [MaybeUninit<u32>])| {
         for (kk, t) in dst.chunks_mut(TILE_PAIRS).enumerate() {
@@ -225,6 +228,9 @@ unsafe impl Sync for SharedTiles {}
 /// packed both ways while it is in L1.
 pub(super) fn pack_twice(m: &MatrixRef<'_>, first: Operand, second: Operand) -> (Vec<u32>, Vec<u32>) {
     let (blocks, column_chunks) = (m.rows.div_ceil(32), m.cols.div_ceil(32));
+    if blocks == 0 || column_chunks == 0 {
+        return (vec![], vec![]);
+    }
     let mut one = Box::<[u32]>::new_uninit_slice(2 * blocks * column_chunks * TILE_PAIRS);
     let mut two = Box::<[u32]>::new_uninit_slice(2 * column_chunks * blocks * TILE_PAIRS);
     let shared = SharedTiles(two.as_mut_ptr());
