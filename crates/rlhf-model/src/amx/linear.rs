@@ -50,8 +50,9 @@ mod x86 {
     }
 
     /// `flat` (`x` as rows × in, contiguous) packed, or the packing of `x` made for an earlier
-    /// projection. Only results of ops are looked up: ids are never reused and such a tensor's
-    /// values never change (a variable's, or a tensor sharing its storage, can).
+    /// projection. Only results of ops are looked up: candle never reuses an id, and nothing
+    /// writes into such a tensor once it is made (this crate's in-place writes are the
+    /// optimizer's, into variables, whose values do change and are never looked up).
     fn packed_input(x: &Tensor, flat: &Tensor) -> Result<Arc<PackedInput>> {
         let (rows, cols) = flat.dims2()?;
         let key = (x.track_op() && !x.is_variable()).then(|| x.id());
