@@ -410,18 +410,19 @@ fn bench_score(args: &BenchArgs, place: &Place, vocab: usize, model: &Llama, rng
     })
 }
 
+/// Products the yardstick takes the best of, at least: the best of three was still up to a third
+/// below the machine's best on a noisy one; twenty cost about a quarter of a second on the CPU.
+const PEAK_PRODUCTS: usize = 20;
+
 /// The fp32 matmul FLOP/s of this machine as candle reaches it: a 1024 × 1024 by 1024 × 1024
-/// product, the fastest of twenty or more (a peak, so the best seen; the median moved by a
-/// third between runs on a busy machine). The yardstick for the training figures.
+/// product, the fastest of `PEAK_PRODUCTS` or more (a peak, so the best seen; the median moved
+/// by a third between runs on a busy machine). The yardstick for the training figures.
 ///
-/// Each product runs on rayon's pool, as the training steps do (`measure`). Called from the
-/// main thread instead, every split of the product was a hand-off to the pool and back: on a
-/// 2-core Zen 3 the yardstick read 89–131 GFLOP/s where the same product on the pool reaches
-/// about 170, and training came out at up to 143% of its "peak".
+/// The products run on rayon's pool, as the training steps do (`measure`): from the main thread
+/// every split of a product is a hand-off to the pool and back. On a 2-core Zen 3 the old way
+/// (main thread, best of three) read 89–131 GFLOP/s over a sitting, less than training itself
+/// reached; alternating with it, this one read 134–166 where it read 113–125.
 fn matmul_peak(args: &BenchArgs, place: &Place) -> Result<f64> {
-    // The best of three was still a third below the machine's best on a noisy one (90–178
-    // GFLOP/s over runs); twenty cost about a quarter of a second on the CPU.
-    const PEAK_PRODUCTS: usize = 20;
     // A GPU needs a larger product to reach its peak.
     let n: usize = if place.device.is_cpu() { 1024 } else { 8192 };
     let a = Tensor::randn(0f32, 1.0, (n, n), &place.device)?.to_dtype(place.dtype)?;
