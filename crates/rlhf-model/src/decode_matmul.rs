@@ -7,7 +7,7 @@
 //! apart, each on a page of its own: a profile of SmolLM2-135M's shape at batch 16 put 55% of the
 //! projection's time on the loads of those pieces, and gemm (which reads `[in, out]` the same
 //! way) did no better. Packed, the same tile is one contiguous run that the prefetcher follows.
-//! One pass over a tile serves `ROW_BLOCK` rows from registers, and bands of tiles go to
+//! One pass over a tile serves `ROW_BLOCK` rows (6 on AVX2) from registers, and bands of tiles go to
 //! different threads when the weight is large enough to share.
 //!
 //! No backward pass: these weights are for sampling. f32 on the CPU; on another device
@@ -23,8 +23,13 @@ use rayon::prelude::*;
 /// Output columns per tile: two AVX-512 vectors, four AVX2 ones.
 const TILE: usize = 32;
 /// Rows whose sums one pass over a tile keeps in registers: 8 rows × 2 vectors is 16 of
-/// AVX-512's 32 registers.
+/// AVX-512's 32 registers. AVX2 has 16: 8 × 2 sums there left the compiler keeping some on the
+/// stack (a store and a reload around multiply-adds of the inner loop), so AVX2 takes 6 rows at a
+/// time (12 sums, two weight vectors and a broadcast value: 15 registers): a prefill's products
+/// ran at about twice the GFLOP/s on a Zen 3 core (`examples/packed_matmul.rs`; README, "The
+/// benchmark").
 const ROW_BLOCK: usize = 8;
+const ROW_BLOCK_AVX2: usize = 6;
 /// Tiles per task when the work is shared between threads.
 const TILES_PER_BAND: usize = 8;
 /// Weights smaller than this are multiplied on the calling thread: handing a band to another
@@ -63,13 +68,22 @@ impl PackedWeight {
 
     /// `x [m, in] · W → [m, out]`, row-major.
     pub fn matmul_rows(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let arch = pulp::Arch::new();
+        self.matmul_rows_by(arch, arch.dispatch(RowBlock), x, m)
+    }
+
+    /// [`Self::matmul_rows`] with `row_block` rows (1 to [`ROW_BLOCK`]) per pass over a tile.
+    /// Every output is the same sum in the same order whatever the block, so the bits do not
+    /// depend on it (tested).
+    fn matmul_rows_by(&self, arch: pulp::Arch, row_block: usize, x: &[f32], m: usize) -> Vec<f32> {
+        assert!((1..=ROW_BLOCK).contains(&row_block), "packed-matmul: a row block of {row_block}");
         let (k, n) = (self.k, self.n);
-        // x by columns, ROW_BLOCK rows at a time: one step of the inner loop reads its rows' k-th
-        // values side by side.
+        // x by columns, `row_block` rows at a time: one step of the inner loop reads its rows'
+        // k-th values side by side.
         let blocks: Vec<Vec<f32>> = (0..m)
-            .step_by(ROW_BLOCK)
+            .step_by(row_block)
             .map(|r0| {
-                let rows = ROW_BLOCK.min(m - r0);
+                let rows = row_block.min(m - r0);
                 let mut t = vec![0f32; k * rows];
                 for r in 0..rows {
                     for (kk, &v) in x[(r0 + r) * k..(r0 + r + 1) * k].iter().enumerate() {
@@ -79,11 +93,10 @@ impl PackedWeight {
                 t
             })
             .collect();
-        let arch = pulp::Arch::new();
         let tiles_n = n.div_ceil(TILE);
         let band = |first: usize| -> Vec<f32> {
             let tiles = first..(first + TILES_PER_BAND).min(tiles_n);
-            arch.dispatch(Band { blocks: &blocks, packed: &self.tiles, m, k, tiles })
+            arch.dispatch(Band { blocks: &blocks, row_block, packed: &self.tiles, m, k, tiles })
         };
         let firsts: Vec<usize> = (0..tiles_n).step_by(TILES_PER_BAND).collect();
         let bands: Vec<Vec<f32>> = if k * n * 4 >= PARALLEL_WEIGHT_BYTES && rayon::current_num_threads() > 1 {
@@ -105,9 +118,22 @@ impl PackedWeight {
     }
 }
 
+/// The rows per block of a product of more than [`ROW_BLOCK`] rows with this instruction set.
+struct RowBlock;
+
+impl WithSimd for RowBlock {
+    type Output = usize;
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _simd: S) -> usize {
+        if S::F32_LANES >= 16 { ROW_BLOCK } else { ROW_BLOCK_AVX2 }
+    }
+}
+
 /// Tiles `tiles` of the product, as `[m, tiles × TILE]`.
 struct Band<'a> {
     blocks: &'a [Vec<f32>],
+    row_block: usize,
     packed: &'a [f32],
     m: usize,
     k: usize,
@@ -119,7 +145,7 @@ impl WithSimd for Band<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) -> Vec<f32> {
-        let Band { blocks, packed, m, k, tiles } = self;
+        let Band { blocks, row_block, packed, m, k, tiles } = self;
         let width = tiles.len() * TILE;
         let mut out = vec![0f32; m * width];
         // Two vectors per pass: 32 columns in one pass with AVX-512, two passes with AVX2.
@@ -128,7 +154,7 @@ impl WithSimd for Band<'_> {
             let data = &packed[tile * k * TILE..(tile + 1) * k * TILE];
             for part in (0..TILE).step_by(step) {
                 for (b, block) in blocks.iter().enumerate() {
-                    let at = Place { row: b * ROW_BLOCK, col: t * TILE + part, width };
+                    let at = Place { row: b * row_block, col: t * TILE + part, width };
                     match block.len() / k.max(1) {
                         1 => tile_rows::<S, 1>(simd, block, data, part, at, &mut out),
                         2 => tile_rows::<S, 2>(simd, block, data, part, at, &mut out),
@@ -137,7 +163,7 @@ impl WithSimd for Band<'_> {
                         5 => tile_rows::<S, 5>(simd, block, data, part, at, &mut out),
                         6 => tile_rows::<S, 6>(simd, block, data, part, at, &mut out),
                         7 => tile_rows::<S, 7>(simd, block, data, part, at, &mut out),
-                        _ => tile_rows::<S, ROW_BLOCK>(simd, block, data, part, at, &mut out),
+                        _ => tile_rows::<S, 8>(simd, block, data, part, at, &mut out),
                     }
                 }
             }
@@ -321,6 +347,24 @@ mod tests {
                 for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                     assert!((g - e).abs() <= 1e-4 * (1.0 + e.abs()), "m {m} k {k} n {n} at {i}: {g} vs {e}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn the_row_block_does_not_change_a_bit() {
+        let dev = candle_core::Device::Cpu;
+        let (k, n) = (300, 200);
+        let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+        let packed = PackedWeight::pack(&w).unwrap();
+        let arch = pulp::Arch::new();
+        for m in [1, 5, 8, 13, 40] {
+            let x: Vec<f32> = Tensor::randn(0f32, 1.0, m * k, &dev).unwrap().to_vec1().unwrap();
+            let want = packed.matmul_rows_by(arch, ROW_BLOCK, &x, m);
+            for row_block in 1..ROW_BLOCK {
+                let got = packed.matmul_rows_by(arch, row_block, &x, m);
+                let same = got.iter().zip(&want).all(|(g, e)| g.to_bits() == e.to_bits());
+                assert!(same, "m {m}: a block of {row_block} rows gave other bits than {ROW_BLOCK}");
             }
         }
     }
