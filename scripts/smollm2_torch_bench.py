@@ -5,7 +5,7 @@ exactly 64 new tokens, sampling, KV cache). Prints medians and every repeat.
 Run it with the TRL bench's environment (`../shared/peers/setup_venv.sh`), nothing else on the
 machine (PyTorch's OpenMP threads spin and collapse under contention):
 
-    $HOME/trl-bench/.venv/bin/python scripts/smollm2_torch_bench.py [--repeats 5]
+    $HOME/trl-bench/.venv/bin/python scripts/smollm2_torch_bench.py [--repeats 5] [--only train|generate]
 
 and compare with
     rlhf bench --layers 30 --hidden 576 --heads 9 --kv-heads 3 --intermediate 1536 \\
@@ -39,13 +39,21 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", choices=["train", "generate"], help="run one of the two measurements")
     a = ap.parse_args()
     torch.manual_seed(a.seed)
     model = LlamaForCausalLM(LlamaConfig(**SMOLLM2, attn_implementation="sdpa")).float()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
 
-    # Training: 8 x 256, next-token loss, AdamW.
+    if a.only != "generate":
+        train(model, a.repeats)
+    if a.only != "train":
+        sample(model, a.repeats)
+
+
+def train(model, repeats):
+    """Training: 8 x 256, next-token loss, AdamW."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     ids = torch.randint(0, SMOLLM2["vocab_size"], (8, 256))
     model.train()
@@ -58,14 +66,17 @@ def main():
 
     train_step()  # warm-up
     times = []
-    for _ in range(a.repeats):
+    for _ in range(repeats):
         t = time.perf_counter()
         train_step()
         times.append(time.perf_counter() - t)
     rates = [ids.numel() / s for s in times]
     print(f"train   8 x 256: median {statistics.median(rates):,.0f} tok/s  ({', '.join(f'{r:,.0f}' for r in rates)})")
 
-    # Sampling: batch 16, prompt 32, exactly 64 new tokens.
+
+
+def sample(model, repeats):
+    """Sampling: batch 16, prompt 32, exactly 64 new tokens."""
     model.eval()
     prompt = torch.randint(0, SMOLLM2["vocab_size"], (16, 32))
 
@@ -84,7 +95,7 @@ def main():
 
     generate()  # warm-up
     times = []
-    for _ in range(a.repeats):
+    for _ in range(repeats):
         t = time.perf_counter()
         out = generate()
         times.append(time.perf_counter() - t)
