@@ -26,7 +26,7 @@ const TILE: usize = 32;
 /// AVX-512's 32 registers. AVX2 has 16: 8 × 2 sums there left the compiler keeping some on the
 /// stack (a store and a reload around multiply-adds of the inner loop), so AVX2 takes 6 rows at a
 /// time (12 sums, two weight vectors and a broadcast value: 15 registers): a prefill's products
-/// ran at about twice the GFLOP/s on a Zen 3 core (`examples/packed_matmul.rs`; README, "The
+/// ran at up to 80 GFLOP/s on a Zen 3 core against 49 (`examples/packed_matmul.rs`; README, "The
 /// benchmark").
 const ROW_BLOCK: usize = 8;
 const ROW_BLOCK_AVX2: usize = 6;
@@ -118,7 +118,7 @@ impl PackedWeight {
     }
 }
 
-/// The rows per block of a product of more than [`ROW_BLOCK`] rows with this instruction set.
+/// The rows per pass over a tile with this instruction set.
 struct RowBlock;
 
 impl WithSimd for RowBlock {
