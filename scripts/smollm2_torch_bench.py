@@ -74,7 +74,6 @@ def train(model, repeats):
     print(f"train   8 x 256: median {statistics.median(rates):,.0f} tok/s  ({', '.join(f'{r:,.0f}' for r in rates)})")
 
 
-
 def sample(model, repeats):
     """Sampling: batch 16, prompt 32, exactly 64 new tokens."""
     model.eval()
