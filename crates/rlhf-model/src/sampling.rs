@@ -85,11 +85,14 @@ fn sample(
             return Ok(None);
         }
         let mut next = vec![pad_id; batch];
-        for (b, row) in rows.iter().enumerate() {
-            if out[b].finished {
-                continue;
-            }
-            let (token, logprob) = pick(row, params, &mut rng)?;
+        // One uniform draw per unfinished row, in row order, whether or not the rows are then
+        // picked side by side: the tokens do not depend on the thread count.
+        let draws: Vec<Option<f64>> = out
+            .iter()
+            .map(|g| (!g.finished).then(|| if params.temperature == 0.0 { 0.0 } else { rng.random::<f64>() }))
+            .collect();
+        for (b, picked) in pick_rows(&rows, &draws, params)?.into_iter().enumerate() {
+            let Some((token, logprob)) = picked else { continue };
             out[b].tokens.push(token);
             out[b].logprobs.push(logprob);
             out[b].finished = params.stop_tokens.contains(&token);
@@ -154,7 +157,26 @@ fn validate(model: &Llama, prompts: &[Vec<u32>], params: &SamplingParams) -> Res
 /// draw falls back to the full order in the rare case the nucleus or the draw reaches past them,
 /// so the token drawn is the one the full sort would give. Without top-k and top-p the draw walks
 /// the vocabulary in its own order: the same distribution, no sort.
-fn pick(logits: &[f32], params: &SamplingParams, rng: &mut StdRng) -> Result<(u32, f32)> {
+/// Logits in a step (rows × vocabulary) from which the rows are picked on rayon's threads: below
+/// it (the bench model's 16 × 512) the split costs more than it saves; at SmolLM2-135M's 16 ×
+/// 49,152 each row's f64 softmax is work enough to share.
+const PARALLEL_PICK_LOGITS: usize = 1 << 16;
+
+/// [`pick`] for every row that has a draw (`None`: the row has finished), on rayon's threads when
+/// the step's logits are many.
+fn pick_rows(rows: &[Vec<f32>], draws: &[Option<f64>], params: &SamplingParams) -> Result<Vec<Option<(u32, f32)>>> {
+    let one = |(row, draw): (&Vec<f32>, &Option<f64>)| draw.map(|u| pick(row, params, u)).transpose();
+    let logits: usize = rows.iter().map(Vec::len).sum();
+    if logits >= PARALLEL_PICK_LOGITS && rayon::current_num_threads() > 1 {
+        rows.par_iter().zip(draws).map(one).collect()
+    } else {
+        rows.iter().zip(draws).map(one).collect()
+    }
+}
+
+/// One token from a row's logits and its log-prob; `u` is a uniform draw in [0, 1), unused when
+/// decoding greedily.
+fn pick(logits: &[f32], params: &SamplingParams, u: f64) -> Result<(u32, f32)> {
     let temperature = if params.temperature == 0.0 { 1.0 } else { params.temperature };
     let scaled: Vec<f64> = logits.iter().map(|&l| l as f64 / temperature).collect();
     let max = scaled.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -169,7 +191,6 @@ fn pick(logits: &[f32], params: &SamplingParams, rng: &mut StdRng) -> Result<(u3
         let best = (0..scaled.len()).fold(0, |best, i| if scaled[i] > scaled[best] { i } else { best });
         return Ok((best as u32, logprob(best)));
     }
-    let u = rng.random::<f64>();
     if params.top_k.is_none() && params.top_p >= 1.0 {
         // The whole distribution: no order is needed, the vocabulary's own will do.
         let mut target = u * weights.iter().sum::<f64>();

@@ -3,7 +3,7 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{SamplingParams, pick};
+use super::{PARALLEL_PICK_LOGITS, SamplingParams, pick, pick_rows};
 
 /// The sampler as it was: every token sorted by probability, then top-k, then top-p.
 fn pick_by_full_sort(logits: &[f32], params: &SamplingParams, rng: &mut StdRng) -> (u32, f32) {
@@ -69,7 +69,7 @@ fn the_partial_sort_draws_what_the_full_sort_draws() {
             let seed = (s * 1000 + row) as u64;
             let (mut fast, mut full) = (StdRng::seed_from_u64(seed), StdRng::seed_from_u64(seed));
             for _ in 0..25 {
-                let got = pick(&row_logits, params, &mut fast).unwrap();
+                let got = pick(&row_logits, params, fast.random()).unwrap();
                 assert_eq!(got, pick_by_full_sort(&row_logits, params, &mut full), "{params:?}, row {row}");
                 draws += 1;
             }
@@ -86,7 +86,7 @@ fn without_top_k_or_top_p_tokens_come_at_their_probabilities() {
     let mut rng = StdRng::seed_from_u64(3);
     let mut counts = [0usize; 4];
     for _ in 0..40_000 {
-        let (token, logprob) = pick(&logits, &params, &mut rng).unwrap();
+        let (token, logprob) = pick(&logits, &params, rng.random()).unwrap();
         assert!((logprob - logits[token as usize]).abs() < 1e-6);
         counts[token as usize] += 1;
     }
@@ -94,5 +94,27 @@ fn without_top_k_or_top_p_tokens_come_at_their_probabilities() {
         // Three standard deviations of a binomial count.
         let sd = (40_000.0 * p * (1.0 - p)).sqrt();
         assert!((*count as f64 - 40_000.0 * p).abs() < 3.0 * sd, "{counts:?}");
+    }
+}
+
+/// Rows picked on several threads get what one thread picks row by row, finished rows nothing.
+#[test]
+fn rows_picked_side_by_side_get_what_each_row_gets_alone() {
+    let mut data = StdRng::seed_from_u64(11);
+    let rows: Vec<Vec<f32>> = (0..16).map(|r| logits(&mut data, 4096, [1.0, 30.0][r % 2])).collect();
+    assert!(rows.len() * 4096 >= PARALLEL_PICK_LOGITS, "the rows are enough to be shared");
+    let draws: Vec<Option<f64>> = (0..16).map(|r| (r % 5 != 3).then(|| data.random())).collect();
+    for params in [
+        SamplingParams { temperature: 0.8, top_p: 0.9, ..Default::default() },
+        SamplingParams { temperature: 1.0, top_p: 1.0, ..Default::default() },
+        SamplingParams { temperature: 0.0, ..Default::default() },
+    ] {
+        let alone: Vec<Option<(u32, f32)>> =
+            rows.iter().zip(&draws).map(|(row, d)| d.map(|u| pick(row, &params, u).unwrap())).collect();
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let shared = pool.install(|| pick_rows(&rows, &draws, &params).unwrap());
+            assert_eq!(shared, alone, "{threads} threads, {params:?}");
+        }
     }
 }
