@@ -388,18 +388,17 @@ mod tests {
 
     #[test]
     fn a_short_last_row_block_shares_rows_with_the_one_before() {
-        let blocks = |m, most| row_blocks(m, most);
-        assert_eq!(blocks(8, 6), [0..4, 4..8]);
-        assert_eq!(blocks(7, 6), [0..4, 4..7]);
-        assert_eq!(blocks(16, 6), [0..6, 6..12, 12..16]);
-        assert_eq!(blocks(14, 6), [0..6, 6..10, 10..14]);
-        assert_eq!(blocks(2, 6).len(), 1, "2 rows are one block");
-        assert_eq!(blocks(40, 8), [0..8, 8..16, 16..24, 24..32, 32..40]);
-        assert_eq!(blocks(0, 6), Vec::<std::ops::Range<usize>>::new());
+        assert_eq!(row_blocks(8, 6), [0..4, 4..8]);
+        assert_eq!(row_blocks(7, 6), [0..4, 4..7]);
+        assert_eq!(row_blocks(16, 6), [0..6, 6..12, 12..16]);
+        assert_eq!(row_blocks(14, 6), [0..6, 6..10, 10..14]);
+        assert_eq!(row_blocks(2, 6).len(), 1, "2 rows are one block");
+        assert_eq!(row_blocks(40, 8), [0..8, 8..16, 16..24, 24..32, 32..40]);
+        assert_eq!(row_blocks(0, 6), Vec::<std::ops::Range<usize>>::new());
         // Whatever the sizes, the blocks cover every row once, in order, none empty or too big.
         for most in 1..=ROW_BLOCK {
             for m in 0..50 {
-                let got = blocks(m, most);
+                let got = row_blocks(m, most);
                 let mut next = 0;
                 for b in &got {
                     assert!(b.start == next && !b.is_empty() && b.len() <= most, "m {m} most {most}: {got:?}");

@@ -148,15 +148,6 @@ fn validate(model: &Llama, prompts: &[Vec<u32>], params: &SamplingParams) -> Res
     Ok(())
 }
 
-/// Draws one token from one row of logits; returns it with its log-prob under the
-/// temperature-scaled full distribution.
-///
-/// Top-k and top-p need the tokens in descending probability, but a real vocabulary has tens of
-/// thousands of entries and a sort of all of them per row per step cost as much as the forward
-/// pass of a 135M model. Only the tokens within [`TAIL_LOGIT_GAP`] of the best are sorted; the
-/// draw falls back to the full order in the rare case the nucleus or the draw reaches past them,
-/// so the token drawn is the one the full sort would give. Without top-k and top-p the draw walks
-/// the vocabulary in its own order: the same distribution, no sort.
 /// Logits in a step (rows × vocabulary) from which the rows are picked on rayon's threads: below
 /// it (the bench model's 16 × 512) the split costs more than it saves; at SmolLM2-135M's 16 ×
 /// 49,152 each row's f64 softmax is work enough to share.
@@ -174,8 +165,17 @@ fn pick_rows(rows: &[Vec<f32>], draws: &[Option<f64>], params: &SamplingParams) 
     }
 }
 
-/// One token from a row's logits and its log-prob; `u` is a uniform draw in [0, 1), unused when
-/// decoding greedily.
+/// Draws one token from one row of logits; returns it with its log-prob under the
+/// temperature-scaled full distribution.
+///
+/// Top-k and top-p need the tokens in descending probability, but a real vocabulary has tens of
+/// thousands of entries and a sort of all of them per row per step cost as much as the forward
+/// pass of a 135M model. Only the tokens within [`TAIL_LOGIT_GAP`] of the best are sorted; the
+/// draw falls back to the full order in the rare case the nucleus or the draw reaches past them,
+/// so the token drawn is the one the full sort would give. Without top-k and top-p the draw walks
+/// the vocabulary in its own order: the same distribution, no sort.
+///
+/// `u` is the row's uniform draw in [0, 1), unused when decoding greedily.
 fn pick(logits: &[f32], params: &SamplingParams, u: f64) -> Result<(u32, f32)> {
     let temperature = if params.temperature == 0.0 { 1.0 } else { params.temperature };
     let scaled: Vec<f64> = logits.iter().map(|&l| l as f64 / temperature).collect();
