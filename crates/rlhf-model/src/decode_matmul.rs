@@ -239,7 +239,7 @@ const PREFETCH_ROWS: usize = 16;
 /// the safetensors mmap).
 #[inline(always)]
 #[allow(unsafe_code)]
-fn prefetch(row: &[f32]) {
+pub(crate) fn prefetch(row: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     for line in row.chunks(16) {
         // SAFETY: `_mm_prefetch` only hints the cache; the pointer is never dereferenced.

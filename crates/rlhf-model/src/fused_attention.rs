@@ -9,11 +9,15 @@
 //! composite path's to the last bit.
 //!
 //! f32 on the CPU only; callers check [`crate::fused::supported`] and keep the composite path
-//! otherwise (and for decoding, whose keys come from the KV cache). [`attention_mixed`] runs the
-//! four products of the backward pass and the two of the forward in mixed precision ([`mixed`]).
+//! otherwise (decoding, whose keys come from the KV cache, takes [`cached_attention`], without a
+//! gradient). [`attention_mixed`] runs the four products of the backward pass and the two of the
+//! forward in mixed precision ([`mixed`]).
 
+mod cached;
 mod mixed;
 mod visible;
+
+pub use cached::cached_attention;
 
 use std::sync::Mutex;
 

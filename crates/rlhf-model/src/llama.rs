@@ -210,6 +210,8 @@ impl Attention {
             crate::fused_attention::attention_mixed(&q, k, v, bias, scale)?
         } else if fused && kernels == Kernels::Differentiable {
             crate::fused_attention::attention(&q, k, v, bias, scale)?
+        } else if cached && kernels == Kernels::Fused && crate::fused::supported(&q) {
+            crate::fused_attention::cached_attention(&q, k, v, bias, scale)?
         } else {
             let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, self.num_heads, tq, tk))?.broadcast_add(bias)?;
             softmax(&scores, kernels)?.reshape((b, self.num_kv_heads, group * tq, tk))?.matmul(v)?

@@ -1,0 +1,272 @@
+//! Attention over the KV cache, as decoding runs it: `softmax(q·kᵀ·scale + bias)·v` in one op,
+//! reading the keys and values where the cache holds them. No gradient (sampling only).
+//!
+//! The composite path ran two of candle's batched matmuls, a scale, a bias add and a softmax for
+//! every layer of every decode step. With one query per row (a few for a prompt), each product is
+//! a few thousand multiply-adds, and gemm packed its operands first, among them the cached keys
+//! and values (a strided view of the preallocated cache), the whole cache again every step: a
+//! `perf` profile of SmolLM2's shape sampling 256 new tokens at batch 16 put 12.6% of the time in
+//! gemm, most of it in that packing. Here each (row, key/value head) item reads its keys in place,
+//! takes dot products in [`simd_math::dot`]'s fixed order, the softmax of [`softmax_in_place`],
+//! and sums the values weighted by the probabilities, position by position (keys of probability
+//! exactly 0, masked or underflowed, add nothing and are skipped).
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use pulp::{Simd, WithSimd};
+use rayon::prelude::*;
+
+use crate::decode_matmul::prefetch;
+use crate::fused::softmax_in_place;
+use crate::simd_math;
+
+/// Multiply-adds (queries × keys × head dimension, over all items) from which the items are
+/// shared between rayon's threads: a prompt's pass. A decode step stays on its calling thread,
+/// which is already one of the sampler's shards, one per thread.
+const PARALLEL_WORK: usize = 1 << 21;
+
+/// `softmax(q·kᵀ·scale + bias)·v` for `q: [B, Hkv, G·Tq, D]` (the `G` query heads sharing a
+/// key/value head stacked along time, as [`super::attention`] takes them), `k, v: [B, Hkv, Tk, D]`
+/// (any strides with each key's `D` values contiguous, as a view of the cache is) and
+/// `bias: [B, 1, Tq, Tk]`; returns `[B, Hkv, G·Tq, D]`, with no autograd parents. f32 on the CPU:
+/// callers check [`crate::fused::supported`].
+pub fn cached_attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
+    let bias = bias.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    q.contiguous()?.apply_op3_no_bwd(k, v, &CachedAttention { bias, scale: scale as f32 })
+}
+
+struct CachedAttention {
+    bias: Vec<f32>,
+    scale: f32,
+}
+
+/// Where a `[B, Hkv, Tk, D]` operand's values are: item `(b, h)`'s key `t` starts at
+/// `start + b·s0 + h·s1 + t·s2`, its `D` values contiguous.
+struct Strided<'a> {
+    data: &'a [f32],
+    start: usize,
+    strides: [usize; 3],
+    heads: usize,
+    d: usize,
+}
+
+impl<'a> Strided<'a> {
+    fn new(storage: &'a CpuStorage, layout: &Layout, name: &str) -> Result<Self> {
+        let (&[_, heads, _, d], &[s0, s1, s2, s3]) = (layout.dims(), layout.stride()) else {
+            candle_core::bail!("cached-attention: {name} must be 4-d, got {:?}", layout.dims())
+        };
+        if s3 != 1 && d > 1 {
+            candle_core::bail!("cached-attention: {name}'s last dimension must be contiguous (stride {s3})");
+        }
+        Ok(Strided { data: storage.as_slice::<f32>()?, start: layout.start_offset(), strides: [s0, s1, s2], heads, d })
+    }
+
+    /// Key `t` of item `item` (`b · Hkv + h`).
+    fn row(&self, item: usize, t: usize) -> &'a [f32] {
+        let (b, h) = (item / self.heads, item % self.heads);
+        let at = self.start + b * self.strides[0] + h * self.strides[1] + t * self.strides[2];
+        &self.data[at..at + self.d]
+    }
+}
+
+impl CustomOp3 for CachedAttention {
+    fn name(&self) -> &'static str {
+        "cached-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sq: &CpuStorage,
+        lq: &Layout,
+        sk: &CpuStorage,
+        lk: &Layout,
+        sv: &CpuStorage,
+        lv: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (&[b, heads, rows, d], &[_, _, tk, _]) = (lq.dims(), lk.dims()) else {
+            candle_core::bail!("cached-attention: q and k must be 4-d, got {:?} and {:?}", lq.dims(), lk.dims())
+        };
+        if lk.dims() != lv.dims() || lk.dims()[..2] != [b, heads] || lk.dims()[3] != d {
+            candle_core::bail!("cached-attention: q {:?}, k {:?}, v {:?} do not fit", lq.dims(), lk.dims(), lv.dims());
+        }
+        let tq = self.bias.len() / (b * tk).max(1);
+        if self.bias.len() != b * tq * tk || tq == 0 || rows % tq != 0 {
+            candle_core::bail!(
+                "cached-attention: a bias of {} values for q {:?}, k {:?}",
+                self.bias.len(),
+                lq.dims(),
+                lk.dims()
+            );
+        }
+        let q = crate::fused::slice(sq, lq, self.name())?;
+        let (k, v) = (Strided::new(sk, lk, "k")?, Strided::new(sv, lv, "v")?);
+        let mut out = vec![0f32; q.len()];
+        let item = |(item, out): (usize, &mut [f32])| {
+            let sequence = item / heads;
+            let bias = &self.bias[sequence * tq * tk..][..tq * tk];
+            let q = &q[item * rows * d..][..rows * d];
+            simd_math::vectorized(Item { q, k: &k, v: &v, item, bias, tk, d, scale: self.scale, out });
+        };
+        let per_item = (rows * d).max(1);
+        if out.len() * tk >= PARALLEL_WORK {
+            out.par_chunks_mut(per_item).enumerate().for_each(item);
+        } else {
+            out.chunks_mut(per_item).enumerate().for_each(item);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, heads, rows, d))))
+    }
+}
+
+/// How many keys ahead the first query's pass asks for the keys it will read (and for the values,
+/// which the weighted sum reads next).
+const PREFETCH_KEYS: usize = 8;
+
+/// Output columns summed in registers at a time: four AVX-512 vectors, a head of 64 in one pass.
+const BLOCK: usize = 64;
+
+/// One (sequence, key/value head) item: all its query rows against all its keys.
+struct Item<'a> {
+    q: &'a [f32],
+    k: &'a Strided<'a>,
+    v: &'a Strided<'a>,
+    item: usize,
+    /// The sequence's `[Tq, Tk]` bias; query row `j` takes row `j % Tq` (its position).
+    bias: &'a [f32],
+    tk: usize,
+    d: usize,
+    scale: f32,
+    out: &'a mut [f32],
+}
+
+impl WithSimd for Item<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        let Item { q, k, v, item, bias, tk, d, scale, out } = self;
+        let tq = bias.len() / tk.max(1);
+        let mut p = vec![0f32; tk];
+        for (j, (q, out)) in q.chunks_exact(d).zip(out.chunks_exact_mut(d)).enumerate() {
+            let bias = &bias[(j % tq) * tk..][..tk];
+            for (t, (s, &m)) in p.iter_mut().zip(bias).enumerate() {
+                if j == 0 {
+                    if t + PREFETCH_KEYS < tk {
+                        prefetch(k.row(item, t + PREFETCH_KEYS));
+                    }
+                    prefetch(v.row(item, t));
+                }
+                // Scaled, then biased: the composite path's two roundings.
+                *s = simd_math::dot(q, k.row(item, t)) * scale + m;
+            }
+            softmax_in_place(&mut p);
+            // Σ_t p_t·v_t, position by position, [`BLOCK`] columns at a time held in registers
+            // (summed through memory, each key's multiply-add waited on the last one's store).
+            let mut start = 0;
+            while start < d {
+                let width = BLOCK.min(d - start);
+                let out = &mut out[start..start + width];
+                if width == BLOCK {
+                    let mut acc = [0f32; BLOCK];
+                    for (t, &w) in p.iter().enumerate() {
+                        if w != 0.0 {
+                            let x: &[f32; BLOCK] =
+                                v.row(item, t)[start..start + BLOCK].try_into().expect("BLOCK values");
+                            for (a, &x) in acc.iter_mut().zip(x) {
+                                *a = w.mul_add(x, *a);
+                            }
+                        }
+                    }
+                    out.copy_from_slice(&acc);
+                } else {
+                    for (t, &w) in p.iter().enumerate() {
+                        if w != 0.0 {
+                            for (o, &x) in out.iter_mut().zip(&v.row(item, t)[start..]) {
+                                *o = w.mul_add(x, *o);
+                            }
+                        }
+                    }
+                }
+                start += width;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{D, Device, Tensor};
+
+    use super::cached_attention;
+
+    /// The composite expression `attend` runs without the op: two batched matmuls, the scale, the
+    /// bias broadcast over the query heads, candle's softmax.
+    fn composite(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, heads: usize, scale: f64) -> Tensor {
+        let (b, kv, rows, d) = q.dims4().unwrap();
+        let (tq, tk) = (rows * kv / heads, k.dim(2).unwrap());
+        let scores = (q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
+        let scores = scores.reshape((b, heads, tq, tk)).unwrap().broadcast_add(bias).unwrap();
+        let p = candle_nn::ops::softmax(&scores, D::Minus1).unwrap().reshape((b, kv, rows, tk)).unwrap();
+        p.matmul(&v.contiguous().unwrap()).unwrap().reshape((b, kv, rows, d)).unwrap()
+    }
+
+    /// Keys and values as decoding sees them: the first `tk` positions of a cache with room for
+    /// more (a strided view), grouped-query heads, a left-padded row, `tq` queries per row, heads
+    /// of `d` values.
+    fn case(tq: usize, tk: usize, d: usize) -> (Tensor, Tensor, Tensor, Tensor, usize) {
+        let dev = Device::Cpu;
+        let (b, heads, kv, capacity) = (3, 6, 2, tk + 5);
+        let q = Tensor::randn(0f32, 1.0, (b, kv, heads / kv * tq, d), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (b, kv, capacity, d), &dev).unwrap().narrow(2, 0, tk).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (b, kv, capacity, d), &dev).unwrap().narrow(2, 0, tk).unwrap();
+        assert!(!k.is_contiguous());
+        // Row 1 is left-padded by 2 positions; every query sees the keys up to its own position.
+        let mut bias = vec![0f32; b * tq * tk];
+        for row in 0..b {
+            for r in 0..tq {
+                for t in 0..tk {
+                    let masked = t > tk - tq + r || (row == 1 && t < 2);
+                    bias[(row * tq + r) * tk + t] = if masked { f32::MIN } else { 0.0 };
+                }
+            }
+        }
+        let bias = Tensor::from_vec(bias, (b, 1, tq, tk), &dev).unwrap();
+        (q, k, v, bias, heads)
+    }
+
+    /// Heads of 40 values (all in the partial column block), 64 (one whole block), 80 and 128.
+    #[test]
+    fn cached_attention_matches_the_composite_path() {
+        for d in [40, 64, 80, 128] {
+            for (tq, tk) in [(1, 1), (1, 37), (4, 9), (16, 16)] {
+                let (q, k, v, bias, heads) = case(tq, tk, d);
+                let scale = 1.0 / (d as f64).sqrt();
+                let fused = cached_attention(&q, &k, &v, &bias, scale).unwrap();
+                let reference = composite(&q, &k, &v, &bias, heads, scale);
+                assert_eq!(fused.dims(), reference.dims());
+                let diff = (fused - reference).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+                let diff = diff.to_scalar::<f32>().unwrap();
+                assert!(diff < 1e-5, "d {d}, tq {tq}, tk {tk}: off by {diff}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_long_cache_takes_the_parallel_path_with_the_same_result() {
+        // 3 × 2 items of 3 × 16 rows over 700 keys: past the threshold for rayon's threads.
+        let (q, k, v, bias, heads) = case(16, 700, 64);
+        let scale = 0.125;
+        let fused = cached_attention(&q, &k, &v, &bias, scale).unwrap();
+        let reference = composite(&q, &k, &v, &bias, heads, scale);
+        let diff = (fused - reference).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+    }
+
+    #[test]
+    fn mismatched_shapes_are_refused() {
+        let (q, k, v, bias, _) = case(1, 8, 40);
+        let short_bias = bias.narrow(3, 0, 7).unwrap();
+        let err = cached_attention(&q, &k, &v, &short_bias, 1.0).unwrap_err().to_string();
+        assert!(err.contains("bias"), "{err}");
+        let err = cached_attention(&q, &k, &v.narrow(3, 0, 39).unwrap(), &bias, 1.0).unwrap_err().to_string();
+        assert!(err.contains("do not fit"), "{err}");
+    }
+}
