@@ -60,10 +60,27 @@ impl<'a> Strided<'a> {
         Ok(Strided { data: storage.as_slice::<f32>()?, start: layout.start_offset(), strides: [s0, s1, s2], heads, d })
     }
 
-    /// Key `t` of item `item` (`b · Hkv + h`).
-    fn row(&self, item: usize, t: usize) -> &'a [f32] {
+    /// The keys (or values) of item `item` (`b · Hkv + h`).
+    fn item(&self, item: usize) -> Rows<'a> {
         let (b, h) = (item / self.heads, item % self.heads);
-        let at = self.start + b * self.strides[0] + h * self.strides[1] + t * self.strides[2];
+        let first = self.start + b * self.strides[0] + h * self.strides[1];
+        Rows { data: self.data, first, step: self.strides[2], d: self.d }
+    }
+}
+
+/// One item's keys (or values): key `t` is `data[first + t·step..][..d]`.
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    data: &'a [f32],
+    first: usize,
+    step: usize,
+    d: usize,
+}
+
+impl<'a> Rows<'a> {
+    #[inline(always)]
+    fn row(&self, t: usize) -> &'a [f32] {
+        let at = self.first + t * self.step;
         &self.data[at..at + self.d]
     }
 }
@@ -104,7 +121,8 @@ impl CustomOp3 for CachedAttention {
             let sequence = item / heads;
             let bias = &self.bias[sequence * tq * tk..][..tq * tk];
             let q = &q[item * rows * d..][..rows * d];
-            simd_math::vectorized(Item { q, k: &k, v: &v, item, bias, tk, d, scale: self.scale, out });
+            let (k, v) = (k.item(item), v.item(item));
+            simd_math::vectorized(Item { q, k, v, bias, tk, d, scale: self.scale, out });
         };
         let per_item = (rows * d).max(1);
         if out.len() * tk >= PARALLEL_WORK {
@@ -116,8 +134,8 @@ impl CustomOp3 for CachedAttention {
     }
 }
 
-/// How many keys ahead the first query's pass asks for the keys it will read (and for the values,
-/// which the weighted sum reads next).
+/// How many keys ahead the scores' pass asks for the keys it will read (and for the values, which
+/// the weighted sum reads next).
 const PREFETCH_KEYS: usize = 8;
 
 /// Output columns summed in registers at a time: four AVX-512 vectors, a head of 64 in one pass.
@@ -126,9 +144,8 @@ const BLOCK: usize = 64;
 /// One (sequence, key/value head) item: all its query rows against all its keys.
 struct Item<'a> {
     q: &'a [f32],
-    k: &'a Strided<'a>,
-    v: &'a Strided<'a>,
-    item: usize,
+    k: Rows<'a>,
+    v: Rows<'a>,
     /// The sequence's `[Tq, Tk]` bias; query row `j` takes row `j % Tq` (its position).
     bias: &'a [f32],
     tk: usize,
@@ -142,22 +159,24 @@ impl WithSimd for Item<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, _: S) {
-        let Item { q, k, v, item, bias, tk, d, scale, out } = self;
+        let Item { q, k, v, bias, tk, d, scale, out } = self;
         let tq = bias.len() / tk.max(1);
-        let mut p = vec![0f32; tk];
-        for (j, (q, out)) in q.chunks_exact(d).zip(out.chunks_exact_mut(d)).enumerate() {
-            let bias = &bias[(j % tq) * tk..][..tk];
-            for (t, (s, &m)) in p.iter_mut().zip(bias).enumerate() {
-                if j == 0 {
-                    if t + PREFETCH_KEYS < tk {
-                        prefetch(k.row(item, t + PREFETCH_KEYS));
-                    }
-                    prefetch(v.row(item, t));
-                }
-                // Scaled, then biased: the composite path's two roundings.
-                *s = simd_math::dot(q, k.row(item, t)) * scale + m;
+        // The scores of every query row, key by key: each key is read once for all the rows of
+        // its key/value head (a grouped-query model's query heads, a prompt's positions).
+        let mut scores = vec![0f32; q.len() / d.max(1) * tk];
+        for t in 0..tk {
+            if t + PREFETCH_KEYS < tk {
+                prefetch(k.row(t + PREFETCH_KEYS));
             }
-            softmax_in_place(&mut p);
+            prefetch(v.row(t));
+            let key = k.row(t);
+            for (j, q) in q.chunks_exact(d).enumerate() {
+                // Scaled, then biased: the composite path's two roundings.
+                scores[j * tk + t] = simd_math::dot(q, key) * scale + bias[(j % tq) * tk + t];
+            }
+        }
+        for (p, out) in scores.chunks_exact_mut(tk.max(1)).zip(out.chunks_exact_mut(d)) {
+            softmax_in_place(p);
             // Σ_t p_t·v_t, position by position, [`BLOCK`] columns at a time held in registers
             // (summed through memory, each key's multiply-add waited on the last one's store).
             let mut start = 0;
@@ -168,8 +187,7 @@ impl WithSimd for Item<'_> {
                     let mut acc = [0f32; BLOCK];
                     for (t, &w) in p.iter().enumerate() {
                         if w != 0.0 {
-                            let x: &[f32; BLOCK] =
-                                v.row(item, t)[start..start + BLOCK].try_into().expect("BLOCK values");
+                            let x: &[f32; BLOCK] = v.row(t)[start..start + BLOCK].try_into().expect("BLOCK values");
                             for (a, &x) in acc.iter_mut().zip(x) {
                                 *a = w.mul_add(x, *a);
                             }
@@ -179,7 +197,7 @@ impl WithSimd for Item<'_> {
                 } else {
                     for (t, &w) in p.iter().enumerate() {
                         if w != 0.0 {
-                            for (o, &x) in out.iter_mut().zip(&v.row(item, t)[start..]) {
+                            for (o, &x) in out.iter_mut().zip(&v.row(t)[start..]) {
                                 *o = w.mul_add(x, *o);
                             }
                         }
