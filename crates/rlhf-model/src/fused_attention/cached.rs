@@ -105,6 +105,9 @@ impl CustomOp3 for CachedAttention {
         if lk.dims() != lv.dims() || lk.dims()[..2] != [b, heads] || lk.dims()[3] != d {
             candle_core::bail!("cached-attention: q {:?}, k {:?}, v {:?} do not fit", lq.dims(), lk.dims(), lv.dims());
         }
+        if d == 0 {
+            candle_core::bail!("cached-attention: a head dimension of 0");
+        }
         let tq = self.bias.len() / (b * tk).max(1);
         if self.bias.len() != b * tq * tk || tq == 0 || rows % tq != 0 {
             candle_core::bail!(
@@ -286,5 +289,8 @@ mod tests {
         assert!(err.contains("bias"), "{err}");
         let err = cached_attention(&q, &k, &v.narrow(3, 0, 39).unwrap(), &bias, 1.0).unwrap_err().to_string();
         assert!(err.contains("do not fit"), "{err}");
+        let empty = |t: &Tensor| t.narrow(3, 0, 0).unwrap();
+        let err = cached_attention(&empty(&q), &empty(&k), &empty(&v), &bias, 1.0).unwrap_err().to_string();
+        assert!(err.contains("head dimension of 0"), "{err}");
     }
 }
