@@ -119,6 +119,12 @@ fn the_gpu_paths_refuse_clearly_where_there_is_no_gpu() {
         assert!(text.contains("(bf16 matmuls on "), "{text}");
         let records: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
         assert_eq!(records[0]["bf16_matmuls"], true, "{text}");
+        // Two yardsticks: fp32's and the mixed-precision product's own, which is the faster one
+        // (the bf16 unit multiplies at least as fast as fp32), so its share is the smaller.
+        assert!(text.contains("bf16 × bf16 → f32 matmul"), "{text}");
+        let (fp32, mixed) =
+            (records[0]["peak_fraction"].as_f64().unwrap(), records[0]["mixed_peak_fraction"].as_f64().unwrap());
+        assert!(mixed > 0.0 && mixed < fp32, "{text}");
     } else {
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains("--bf16 on the CPU needs AMX-BF16"));
