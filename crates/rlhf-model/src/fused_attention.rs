@@ -44,9 +44,30 @@ pub fn attention_mixed(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, scale:
 
 fn apply(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, scale: f64, mixed: bool) -> Result<Tensor> {
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-    let bias = bias.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let bias = bias_values(bias)?;
     let op = Attention { bias, scale: scale as f32, mixed, dims: Mutex::new(None), probs: Mutex::new(None) };
     if q.track_op() || k.track_op() || v.track_op() { q.apply_op3(&k, &v, op) } else { q.apply_op3_no_bwd(&k, &v, &op) }
+}
+
+/// The shapes of `q: [B, Hkv, G·Tq, D]`, `k, v: [B, Hkv, Tk, D]` and a `[B, 1, Tq, Tk]` bias of
+/// `bias` values, checked to fit one another: `B` and the rest.
+fn shapes(op: &str, lq: &Layout, lk: &Layout, lv: &Layout, bias: usize) -> Result<(usize, mixed::Dims)> {
+    let (&[b, heads, rows, d], &[_, _, tk, _]) = (lq.dims(), lk.dims()) else {
+        candle_core::bail!("{op}: q and k must be 4-d, got {:?} and {:?}", lq.dims(), lk.dims())
+    };
+    if lk.dims() != lv.dims() || lk.dims()[..2] != [b, heads] || lk.dims()[3] != d {
+        candle_core::bail!("{op}: q {:?}, k {:?}, v {:?} do not fit", lq.dims(), lk.dims(), lv.dims());
+    }
+    let tq = bias / (b * tk).max(1);
+    if bias != b * tq * tk || tq == 0 || rows % tq != 0 {
+        candle_core::bail!("{op}: a bias of {bias} values for q {:?}, k {:?}", lq.dims(), lk.dims());
+    }
+    Ok((b, mixed::Dims { heads, rows, tq, tk, d }))
+}
+
+/// A `[B, 1, Tq, Tk]` bias as the ops keep it, its values in order.
+fn bias_values(bias: &Tensor) -> Result<Vec<f32>> {
+    bias.contiguous()?.flatten_all()?.to_vec1::<f32>()
 }
 
 struct Attention {
@@ -74,27 +95,13 @@ impl CustomOp3 for Attention {
         sv: &CpuStorage,
         lv: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (&[b, heads, rows, d], &[_, _, tk, _]) = (lq.dims(), lk.dims()) else {
-            candle_core::bail!("fused-attention: q and k must be 4-d, got {:?} and {:?}", lq.dims(), lk.dims())
-        };
-        if lk.dims() != lv.dims() || lk.dims()[..2] != [b, heads] || lk.dims()[3] != d {
-            candle_core::bail!("fused-attention: q {:?}, k {:?}, v {:?} do not fit", lq.dims(), lk.dims(), lv.dims());
-        }
-        let tq = self.bias.len() / (b * tk).max(1);
-        if self.bias.len() != b * tq * tk || tq == 0 || rows % tq != 0 {
-            candle_core::bail!(
-                "fused-attention: a bias of {} values for q {:?}, k {:?}",
-                self.bias.len(),
-                lq.dims(),
-                lk.dims()
-            );
-        }
+        let (b, dims) = shapes(self.name(), lq, lk, lv, self.bias.len())?;
+        let mixed::Dims { heads, rows, tq, tk, d } = dims;
         if self.mixed {
             if d == 0 {
                 candle_core::bail!("fused-attention: a head dimension of 0");
             }
             let slice = |s, l| crate::fused::slice(s, l, "fused-attention");
-            let dims = mixed::Dims { heads, rows, tq, tk, d };
             let (out, p) = mixed::forward(slice(sq, lq)?, slice(sk, lk)?, slice(sv, lv)?, &self.bias, dims, self.scale);
             *self.dims.lock().expect("no panic holds this lock") = Some(dims);
             *self.probs.lock().expect("no panic holds this lock") =

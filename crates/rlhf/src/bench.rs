@@ -206,7 +206,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         cfg.vocab_size,
         params as f64 / 1e6,
         place.dtype,
-        if place.mixed_bf16 { bf16_unit_note() } else { "" },
+        if place.mixed_bf16 { bf16_unit_note() } else { String::new() },
         args.device
     );
     let elementwise = std::env::var("CANDLE_NUM_THREADS").unwrap_or_else(|_| "unset".into());
@@ -269,12 +269,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 }
 
 /// The model line's note under `--bf16` on a CPU: which unit multiplies.
-fn bf16_unit_note() -> &'static str {
-    match rlhf_model::amx::unit() {
-        Some(rlhf_model::amx::Unit::Amx) => " (bf16 matmuls on AMX)",
-        Some(rlhf_model::amx::Unit::Avx512Bf16) => " (bf16 matmuls on AVX512-BF16)",
-        None => "",
-    }
+fn bf16_unit_note() -> String {
+    bf16_unit().map_or(String::new(), |unit| format!(" (bf16 matmuls on {unit})"))
+}
+
+/// The CPU's bf16 unit, by name.
+fn bf16_unit() -> Option<&'static str> {
+    rlhf_model::amx::unit().map(|unit| match unit {
+        rlhf_model::amx::Unit::Amx => "AMX",
+        rlhf_model::amx::Unit::Avx512Bf16 => "AVX512-BF16",
+    })
 }
 
 fn random_model(args: &BenchArgs, place: &Place) -> Result<(Config, VarMap)> {
@@ -439,19 +443,10 @@ fn matmul_peak(args: &BenchArgs, place: &Place) -> Result<f64> {
     let n: usize = if place.device.is_cpu() { 1024 } else { 8192 };
     let a = Tensor::randn(0f32, 1.0, (n, n), &place.device)?.to_dtype(place.dtype)?;
     let b = Tensor::randn(0f32, 1.0, (n, n), &place.device)?.to_dtype(place.dtype)?;
-    let product = || rlhf_model::on_compute_pool(|| a.matmul(&b));
-    product()?;
-    place.device.synchronize()?;
-    let mut times: Vec<f64> = (0..args.repeats.max(PEAK_PRODUCTS))
-        .map(|_| {
-            let start = Instant::now();
-            product()?;
-            place.device.synchronize()?;
-            Ok(start.elapsed().as_secs_f64())
-        })
-        .collect::<candle_core::Result<_>>()?;
-    times.sort_by(f64::total_cmp);
-    let gflops = 2.0 * (n * n * n) as f64 / times[0] / 1e9;
+    let gflops = square_product_peak(args, n, || {
+        rlhf_model::on_compute_pool(|| a.matmul(&b))?;
+        place.device.synchronize()
+    })?;
     let precision = if place.dtype == DType::BF16 { "bf16" } else { "fp32" };
     println!("peak     {gflops:>9.1} GFLOP/s {precision} matmul ({n}³, the yardstick for train and rm)");
     Ok(gflops)
@@ -468,24 +463,28 @@ fn mixed_matmul_peak(args: &BenchArgs) -> Result<f64> {
     let b: Vec<f32> = (0..n * n).map(|i| (i * 5 % 11) as f32 * 0.1).collect();
     let square = |data| MatrixRef::new(data, n, n, n, 1).expect("n × n values");
     let (a, b) = (square(&a), square(&b));
-    let product = || rlhf_model::on_compute_pool(|| std::hint::black_box(matmul(a, b)));
-    product();
+    let gflops = square_product_peak(args, n, || {
+        rlhf_model::on_compute_pool(|| std::hint::black_box(matmul(a, b)));
+        Ok(())
+    })?;
+    let unit = bf16_unit().map_or(String::new(), |unit| format!(" on {unit}"));
+    println!("peak     {gflops:>9.1} GFLOP/s bf16 × bf16 → f32 matmul ({n}³{unit}, the yardstick for --bf16)");
+    Ok(gflops)
+}
+
+/// GFLOP/s of `product`, an `n × n` by `n × n` matmul that has finished when it returns: the
+/// fastest of [`PEAK_PRODUCTS`] or more, after one untimed.
+fn square_product_peak(args: &BenchArgs, n: usize, product: impl Fn() -> candle_core::Result<()>) -> Result<f64> {
+    product()?;
     let mut times: Vec<f64> = (0..args.repeats.max(PEAK_PRODUCTS))
         .map(|_| {
             let start = Instant::now();
-            product();
-            start.elapsed().as_secs_f64()
+            product()?;
+            Ok(start.elapsed().as_secs_f64())
         })
-        .collect();
+        .collect::<candle_core::Result<_>>()?;
     times.sort_by(f64::total_cmp);
-    let gflops = 2.0 * (n * n * n) as f64 / times[0] / 1e9;
-    let unit = match rlhf_model::amx::unit() {
-        Some(rlhf_model::amx::Unit::Amx) => " on AMX",
-        Some(rlhf_model::amx::Unit::Avx512Bf16) => " on AVX512-BF16",
-        None => "",
-    };
-    println!("peak     {gflops:>9.1} GFLOP/s bf16 × bf16 → f32 matmul ({n}³{unit}, the yardstick for --bf16)");
-    Ok(gflops)
+    Ok(2.0 * (n * n * n) as f64 / times[0] / 1e9)
 }
 
 /// The yardsticks the training figures are shares of.

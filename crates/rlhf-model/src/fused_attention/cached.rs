@@ -15,6 +15,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
+use super::{bias_values, shapes};
 use crate::decode_matmul::prefetch;
 use crate::fused::softmax_in_place;
 use crate::simd_math;
@@ -30,7 +31,7 @@ const PARALLEL_WORK: usize = 1 << 21;
 /// `bias: [B, 1, Tq, Tk]`; returns `[B, Hkv, G·Tq, D]`, with no autograd parents. f32 on the CPU:
 /// callers check [`crate::fused::supported`].
 pub fn cached_attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
-    let bias = bias.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let bias = bias_values(bias)?;
     q.contiguous()?.apply_op3_no_bwd(k, v, &CachedAttention { bias, scale: scale as f32 })
 }
 
@@ -99,23 +100,9 @@ impl CustomOp3 for CachedAttention {
         sv: &CpuStorage,
         lv: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (&[b, heads, rows, d], &[_, _, tk, _]) = (lq.dims(), lk.dims()) else {
-            candle_core::bail!("cached-attention: q and k must be 4-d, got {:?} and {:?}", lq.dims(), lk.dims())
-        };
-        if lk.dims() != lv.dims() || lk.dims()[..2] != [b, heads] || lk.dims()[3] != d {
-            candle_core::bail!("cached-attention: q {:?}, k {:?}, v {:?} do not fit", lq.dims(), lk.dims(), lv.dims());
-        }
+        let (b, super::mixed::Dims { heads, rows, tq, tk, d }) = shapes(self.name(), lq, lk, lv, self.bias.len())?;
         if d == 0 {
             candle_core::bail!("cached-attention: a head dimension of 0");
-        }
-        let tq = self.bias.len() / (b * tk).max(1);
-        if self.bias.len() != b * tq * tk || tq == 0 || rows % tq != 0 {
-            candle_core::bail!(
-                "cached-attention: a bias of {} values for q {:?}, k {:?}",
-                self.bias.len(),
-                lq.dims(),
-                lk.dims()
-            );
         }
         let q = crate::fused::slice(sq, lq, self.name())?;
         let (k, v) = (Strided::new(sk, lk, "k")?, Strided::new(sv, lv, "v")?);
