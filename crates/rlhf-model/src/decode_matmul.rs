@@ -30,11 +30,42 @@ const TILE: usize = 32;
 /// benchmark").
 const ROW_BLOCK: usize = 8;
 const ROW_BLOCK_AVX2: usize = 6;
-/// Tiles per task when the work is shared between threads.
+/// Tiles per task, at most about, when the work is shared between threads ([`band_tiles`]).
 const TILES_PER_BAND: usize = 8;
 /// Weights smaller than this are multiplied on the calling thread: handing a band to another
-/// thread would cost more than it saves (a small model's sampler shares rows out instead).
+/// thread would cost more than it saves (a small model's sampler shares rows out instead),
+/// unless the weight was packed to be split ([`PackedWeight::split_between_threads`]).
 const PARALLEL_WEIGHT_BYTES: usize = 1 << 20;
+/// Projection weights (LM head included) past which a decode step reads them from memory, not
+/// from cache: more than a 2-core machine's share of its last-level cache (Zen 4: 32 MB in all).
+/// A model this big decodes as one shard whose every product is split between the threads
+/// ([`streams_weights`]); one shard per thread would read every weight once per thread. The
+/// bench model (14 MB) fits; SmolLM2-135M (540 MB) does not.
+const STREAMED_WEIGHT_BYTES: usize = 64 << 20;
+
+/// Whether a decode step of a model of `config` streams its weights from memory
+/// ([`STREAMED_WEIGHT_BYTES`]). On SmolLM2-135M's shape at batch 16, one shard of 16 rows with
+/// every product split decoded 281–286 new tokens/s against two shards' 264–265 (Emerald Rapids).
+pub(crate) fn streams_weights(config: &crate::Config) -> bool {
+    let projections: usize = config
+        .expected_shapes()
+        .iter()
+        .filter(|(name, shape)| name.ends_with("proj.weight") && shape.len() == 2)
+        .map(|(_, shape)| shape[0] * shape[1])
+        .sum();
+    let head = config.vocab_size * config.hidden_size;
+    (projections + head) * std::mem::size_of::<f32>() > STREAMED_WEIGHT_BYTES
+}
+
+/// Tiles per band when `tiles` tiles are split between `threads`: a multiple of `threads`
+/// bands, as even as the tiles allow, of about [`TILES_PER_BAND`]. Bands of a fixed 8 tiles left
+/// SmolLM2's 18-tile projections (576 columns) as 8 + 8 + 2, one thread doing 10 while the
+/// other did 8.
+fn band_tiles(tiles: usize, threads: usize) -> usize {
+    let threads = threads.max(1);
+    let bands = threads * (tiles / (threads * TILES_PER_BAND)).max(1);
+    tiles.div_ceil(bands).max(1)
+}
 
 /// A `[in, out]` weight packed by tiles of output columns; the last tile is padded with zeros.
 #[derive(Clone)]
@@ -42,6 +73,8 @@ pub struct PackedWeight {
     tiles: Arc<Vec<f32>>,
     k: usize,
     n: usize,
+    /// Shared between threads whatever its size (a model that streams its weights).
+    split: bool,
 }
 
 impl std::fmt::Debug for PackedWeight {
@@ -63,7 +96,14 @@ impl PackedWeight {
                 tiles[(tile * k + kk) * TILE + j] = v;
             }
         }
-        Ok(PackedWeight { tiles: Arc::new(tiles), k, n })
+        Ok(PackedWeight { tiles: Arc::new(tiles), k, n, split: false })
+    }
+
+    /// The same weight, its products split between rayon's threads even below
+    /// [`PARALLEL_WEIGHT_BYTES`]: for a model decoded as one shard ([`streams_weights`]), whose
+    /// k and v projections (442 KB in SmolLM2-135M) would otherwise leave a thread idle.
+    pub fn split_between_threads(self) -> Self {
+        Self { split: true, ..self }
     }
 
     /// `x [m, in] · W → [m, out]`, row-major.
@@ -93,20 +133,20 @@ impl PackedWeight {
             })
             .collect();
         let tiles_n = n.div_ceil(TILE);
+        let threads = rayon::current_num_threads();
+        let parallel = threads > 1 && (self.split || k * n * 4 >= PARALLEL_WEIGHT_BYTES);
+        let per_band = if parallel { band_tiles(tiles_n, threads) } else { TILES_PER_BAND };
         let band = |first: usize| -> Vec<f32> {
-            let tiles = first..(first + TILES_PER_BAND).min(tiles_n);
+            let tiles = first..(first + per_band).min(tiles_n);
             arch.dispatch(Band { blocks: &blocks, packed: &self.tiles, m, k, tiles })
         };
-        let firsts: Vec<usize> = (0..tiles_n).step_by(TILES_PER_BAND).collect();
-        let bands: Vec<Vec<f32>> = if k * n * 4 >= PARALLEL_WEIGHT_BYTES && rayon::current_num_threads() > 1 {
-            firsts.into_par_iter().map(band).collect()
-        } else {
-            firsts.into_iter().map(band).collect()
-        };
+        let firsts: Vec<usize> = (0..tiles_n).step_by(per_band).collect();
+        let bands: Vec<Vec<f32>> =
+            if parallel { firsts.into_par_iter().map(band).collect() } else { firsts.into_iter().map(band).collect() };
         // Each band is [m, its tiles × TILE]; the padding past `n` is dropped here.
         let mut out = vec![0f32; m * n];
         for (b, band) in bands.iter().enumerate() {
-            let c0 = b * TILES_PER_BAND * TILE;
+            let c0 = b * per_band * TILE;
             let width = band.len() / m.max(1);
             let keep = width.min(n - c0);
             for r in 0..m {
@@ -304,14 +344,17 @@ impl Projection {
     }
 
     /// The same projection for a model that only samples or scores, in storage of its own
-    /// (detached from any gradient graph): packed where the kernel runs (f32 on the CPU),
+    /// (detached from any gradient graph): packed where the kernel runs (f32 on the CPU), its
+    /// products split between threads when `split` ([`PackedWeight::split_between_threads`]);
     /// otherwise `W` stored transposed, the operand gemm or cuBLAS reads in place.
-    pub(crate) fn for_decoding(&self) -> Result<Projection> {
+    pub(crate) fn for_decoding(&self, split: bool) -> Result<Projection> {
         let (Projection::Plain(linear) | Projection::MixedBf16(linear)) = self else { return Ok(self.clone()) };
         let bias = linear.bias().map(|b| Ok::<_, candle_core::Error>(b.copy()?.detach())).transpose()?;
         let w = linear.weight();
         if crate::fused::supported(w) {
-            return Ok(Projection::Packed { weight: PackedWeight::pack(w)?, bias });
+            let weight = PackedWeight::pack(w)?;
+            let weight = if split { weight.split_between_threads() } else { weight };
+            return Ok(Projection::Packed { weight, bias });
         }
         let transposed = crate::embedding::fresh_contiguous(&w.t()?)?.t()?;
         Ok(Projection::Plain(Linear::new(transposed, bias)))
@@ -387,6 +430,57 @@ mod tests {
     }
 
     #[test]
+    fn splitting_a_product_between_threads_does_not_change_a_bit() {
+        let dev = candle_core::Device::Cpu;
+        // 18 tiles (SmolLM2's 576 columns), 6 (its k and v), a ragged one, and one past a band.
+        for (k, n) in [(64, 576), (48, 192), (33, 300), (40, 1100)] {
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            let whole = PackedWeight::pack(&w).unwrap();
+            let split = whole.clone().split_between_threads();
+            for threads in [2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                for m in [1, 8, 16, 21] {
+                    let x: Vec<f32> = Tensor::randn(0f32, 1.0, m * k, &dev).unwrap().to_vec1().unwrap();
+                    let want = whole.matmul_rows(&x, m);
+                    let got = pool.install(|| split.matmul_rows(&x, m));
+                    let same =
+                        got.len() == want.len() && got.iter().zip(&want).all(|(g, e)| g.to_bits() == e.to_bits());
+                    assert!(same, "{k} → {n}, {m} rows on {threads} threads: other bits than on one");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bands_share_the_tiles_evenly_between_threads() {
+        // (tiles, threads) → tiles per band.
+        for ((tiles, threads), want) in
+            [((18, 2), 9), ((48, 2), 8), ((6, 2), 3), ((1536, 2), 8), ((1, 2), 1), ((18, 1), 9)]
+        {
+            assert_eq!(band_tiles(tiles, threads), want, "{tiles} tiles on {threads} threads");
+        }
+        for threads in 1..5 {
+            for tiles in 1..100 {
+                let per = band_tiles(tiles, threads);
+                let bands = tiles.div_ceil(per);
+                assert!(per >= 1 && per <= TILES_PER_BAND.max(tiles.div_ceil(threads)), "{tiles} on {threads}: {per}");
+                // Past one band per thread, the bands come in whole rounds of the threads or
+                // differ by at most one tile.
+                assert!(bands * per >= tiles && (bands - 1) * per < tiles, "{tiles} on {threads}: {bands} × {per}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_model_streams_its_weights_past_the_cache() {
+        let bench = crate::Config::tiny(512, 256, 4, 4, 4);
+        assert!(!streams_weights(&bench), "the bench model's 14 MB fit in cache");
+        let mut smollm2 = crate::Config::tiny(49152, 576, 30, 9, 3);
+        smollm2.intermediate_size = 1536;
+        assert!(streams_weights(&smollm2), "SmolLM2-135M's 540 MB do not");
+    }
+
+    #[test]
     fn a_short_last_row_block_shares_rows_with_the_one_before() {
         assert_eq!(row_blocks(8, 6), [0..4, 4..8]);
         assert_eq!(row_blocks(7, 6), [0..4, 4..7]);
@@ -416,7 +510,7 @@ mod tests {
         let w = Tensor::randn(0f32, 1.0, (100, 64), &dev).unwrap();
         let b = Tensor::randn(0f32, 1.0, 100, &dev).unwrap();
         let plain = Projection::Plain(Linear::new(w, Some(b)));
-        let packed = plain.for_decoding().unwrap();
+        let packed = plain.for_decoding(false).unwrap();
         assert!(matches!(packed, Projection::Packed { .. }));
         let (want, got) = (plain.forward(&x).unwrap(), packed.forward(&x).unwrap());
         assert_eq!(got.dims(), &[4, 3, 100]);

@@ -325,6 +325,13 @@ impl Llama {
         &self.config
     }
 
+    /// Whether a decode step reads this model's weights from memory rather than cache (past
+    /// 64 MiB of projections): the sampler then decodes it as one shard whose products are split
+    /// between threads, so each weight is read once a step, not once per thread.
+    pub fn streams_weights(&self) -> bool {
+        crate::decode_matmul::streams_weights(&self.config)
+    }
+
     /// The same model for a copy that only samples or scores: on the CPU every projection is
     /// packed by tiles of output columns ([`crate::decode_matmul`]); on a GPU its weight is stored
     /// transposed (`[in, out]` row-major behind the same `[out, in]` shape).
@@ -340,6 +347,7 @@ impl Llama {
     /// weights), it used to record every op of every decode step for a backward pass that never
     /// comes.
     pub fn into_decode_layout(mut self) -> Result<Self> {
+        let split = self.streams_weights();
         let own = |norm: &mut RmsNorm| -> Result<()> {
             norm.weight = norm.weight.copy()?.detach();
             Ok(())
@@ -351,11 +359,11 @@ impl Llama {
             let attn = &mut layer.self_attn;
             attn.mixed_bf16 = false;
             for proj in [&mut attn.q_proj, &mut attn.k_proj, &mut attn.v_proj, &mut attn.o_proj] {
-                *proj = proj.for_decoding()?;
+                *proj = proj.for_decoding(split)?;
             }
             let mlp = &mut layer.mlp;
             for proj in [&mut mlp.gate_proj, &mut mlp.up_proj, &mut mlp.down_proj] {
-                *proj = proj.for_decoding()?;
+                *proj = proj.for_decoding(split)?;
             }
         }
         if self.config.tie_word_embeddings && !crate::fused::supported(&self.norm.weight) {
@@ -369,7 +377,7 @@ impl Llama {
             // table (113 MB for SmolLM2-135M) for a head that streams like every other weight.
             self.embed_tokens = self.embed_tokens.copy()?;
             if let Some(head) = &self.lm_head {
-                self.lm_head = Some(head.for_decoding()?);
+                self.lm_head = Some(head.for_decoding(split)?);
             }
         }
         Ok(self)

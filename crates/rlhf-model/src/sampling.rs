@@ -113,9 +113,11 @@ fn sample(
 }
 
 /// How many shards to decode a batch in: one per rayon thread on the CPU, at most one per row.
-/// A GPU runs a whole batch at once, so it gets one.
+/// A GPU runs a whole batch at once, so it gets one; so does a model whose weights a step
+/// streams from memory ([`Llama::streams_weights`]): its products are split between the
+/// threads instead, and each weight is read once a step rather than once per shard.
 fn shard_count(model: &Llama, batch: usize) -> usize {
-    if model.device().is_cpu() { rayon::current_num_threads().min(batch).max(1) } else { 1 }
+    if model.device().is_cpu() && !model.streams_weights() { rayon::current_num_threads().min(batch).max(1) } else { 1 }
 }
 
 /// `f` over each item on rayon's threads, results in item order. One item runs right here: a
