@@ -135,6 +135,9 @@ struct Attention {
     head_dim: usize,
     /// Whether attention's products run in mixed precision, as the projections do.
     mixed_bf16: bool,
+    /// Whether decoding shares even one step's attention between threads: a model decoded as one
+    /// shard ([`Llama::streams_weights`]).
+    split_decode: bool,
 }
 
 impl Attention {
@@ -150,6 +153,7 @@ impl Attention {
             num_kv_heads: kv,
             head_dim: d,
             mixed_bf16: false,
+            split_decode: false,
         })
     }
 
@@ -211,7 +215,7 @@ impl Attention {
         } else if fused && kernels == Kernels::Differentiable {
             crate::fused_attention::attention(&q, k, v, bias, scale)?
         } else if cached && kernels == Kernels::Fused && crate::fused::supported(&q) {
-            crate::fused_attention::cached_attention(&q, k, v, bias, scale)?
+            crate::fused_attention::cached_attention(&q, k, v, bias, scale, self.split_decode)?
         } else {
             let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, self.num_heads, tq, tk))?.broadcast_add(bias)?;
             softmax(&scores, kernels)?.reshape((b, self.num_kv_heads, group * tq, tk))?.matmul(v)?
@@ -358,6 +362,7 @@ impl Llama {
             own(&mut layer.post_attention_layernorm)?;
             let attn = &mut layer.self_attn;
             attn.mixed_bf16 = false;
+            attn.split_decode = split;
             for proj in [&mut attn.q_proj, &mut attn.k_proj, &mut attn.v_proj, &mut attn.o_proj] {
                 *proj = proj.for_decoding(split)?;
             }

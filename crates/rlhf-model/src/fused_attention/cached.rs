@@ -22,22 +22,25 @@ use crate::simd_math;
 
 /// Multiply-adds (queries × keys × head dimension, over all items) from which the items are
 /// shared between rayon's threads: a prompt's pass. A decode step stays on its calling thread,
-/// which is already one of the sampler's shards, one per thread.
+/// which is already one of the sampler's shards, one per thread (unless asked to split).
 const PARALLEL_WORK: usize = 1 << 21;
 
 /// `softmax(q·kᵀ·scale + bias)·v` for `q: [B, Hkv, G·Tq, D]` (the `G` query heads sharing a
 /// key/value head stacked along time, as [`super::attention`] takes them), `k, v: [B, Hkv, Tk, D]`
 /// (any strides with each key's `D` values contiguous, as a view of the cache is) and
 /// `bias: [B, 1, Tq, Tk]`; returns `[B, Hkv, G·Tq, D]`, with no autograd parents. f32 on the CPU:
-/// callers check [`crate::fused::supported`].
-pub fn cached_attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
+/// callers check [`crate::fused::supported`]. `split` shares the items between rayon's threads
+/// however little work they are: for a model decoded as one shard ([`crate::Llama::streams_weights`]),
+/// where the other threads would otherwise wait (7% of SmolLM2-135M's decode step at batch 16).
+pub fn cached_attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, scale: f64, split: bool) -> Result<Tensor> {
     let bias = bias_values(bias)?;
-    q.contiguous()?.apply_op3_no_bwd(k, v, &CachedAttention { bias, scale: scale as f32 })
+    q.contiguous()?.apply_op3_no_bwd(k, v, &CachedAttention { bias, scale: scale as f32, split })
 }
 
 struct CachedAttention {
     bias: Vec<f32>,
     scale: f32,
+    split: bool,
 }
 
 /// Where a `[B, Hkv, Tk, D]` operand's values are: item `(b, h)`'s key `t` starts at
@@ -115,7 +118,7 @@ impl CustomOp3 for CachedAttention {
             simd_math::vectorized(Item { q, k, v, bias, tk, d, scale: self.scale, out });
         };
         let per_item = (rows * d).max(1);
-        if out.len() * tk >= PARALLEL_WORK {
+        if (self.split || out.len() * tk >= PARALLEL_WORK) && rayon::current_num_threads() > 1 {
             out.par_chunks_mut(per_item).enumerate().for_each(item);
         } else {
             out.chunks_mut(per_item).enumerate().for_each(item);
@@ -247,9 +250,15 @@ mod tests {
             for (tq, tk) in [(1, 1), (1, 37), (4, 9), (16, 16)] {
                 let (q, k, v, bias, heads) = case(tq, tk, d);
                 let scale = 1.0 / (d as f64).sqrt();
-                let fused = cached_attention(&q, &k, &v, &bias, scale).unwrap();
+                let fused = cached_attention(&q, &k, &v, &bias, scale, false).unwrap();
                 let reference = composite(&q, &k, &v, &bias, heads, scale);
                 assert_eq!(fused.dims(), reference.dims());
+                // Split between threads, every item is the same sum in the same order.
+                let split = cached_attention(&q, &k, &v, &bias, scale, true).unwrap();
+                let bits = |t: &Tensor| -> Vec<u32> {
+                    t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()
+                };
+                assert_eq!(bits(&split), bits(&fused), "d {d}, tq {tq}, tk {tk}: split between threads");
                 let diff = (fused - reference).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
                 let diff = diff.to_scalar::<f32>().unwrap();
                 assert!(diff < 1e-5, "d {d}, tq {tq}, tk {tk}: off by {diff}");
@@ -262,7 +271,7 @@ mod tests {
         // 3 × 2 items of 3 × 16 rows over 700 keys: past the threshold for rayon's threads.
         let (q, k, v, bias, heads) = case(16, 700, 64);
         let scale = 0.125;
-        let fused = cached_attention(&q, &k, &v, &bias, scale).unwrap();
+        let fused = cached_attention(&q, &k, &v, &bias, scale, false).unwrap();
         let reference = composite(&q, &k, &v, &bias, heads, scale);
         let diff = (fused - reference).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
@@ -272,12 +281,12 @@ mod tests {
     fn mismatched_shapes_are_refused() {
         let (q, k, v, bias, _) = case(1, 8, 40);
         let short_bias = bias.narrow(3, 0, 7).unwrap();
-        let err = cached_attention(&q, &k, &v, &short_bias, 1.0).unwrap_err().to_string();
+        let err = cached_attention(&q, &k, &v, &short_bias, 1.0, false).unwrap_err().to_string();
         assert!(err.contains("bias"), "{err}");
-        let err = cached_attention(&q, &k, &v.narrow(3, 0, 39).unwrap(), &bias, 1.0).unwrap_err().to_string();
+        let err = cached_attention(&q, &k, &v.narrow(3, 0, 39).unwrap(), &bias, 1.0, false).unwrap_err().to_string();
         assert!(err.contains("do not fit"), "{err}");
         let empty = |t: &Tensor| t.narrow(3, 0, 0).unwrap();
-        let err = cached_attention(&empty(&q), &empty(&k), &empty(&v), &bias, 1.0).unwrap_err().to_string();
+        let err = cached_attention(&empty(&q), &empty(&k), &empty(&v), &bias, 1.0, false).unwrap_err().to_string();
         assert!(err.contains("head dimension of 0"), "{err}");
     }
 }
