@@ -118,7 +118,7 @@ impl CustomOp3 for CachedAttention {
             simd_math::vectorized(Item { q, k, v, bias, tk, d, scale: self.scale, out });
         };
         let per_item = (rows * d).max(1);
-        if (self.split || out.len() * tk >= PARALLEL_WORK) && rayon::current_num_threads() > 1 {
+        if self.split || out.len() * tk >= PARALLEL_WORK {
             out.par_chunks_mut(per_item).enumerate().for_each(item);
         } else {
             out.chunks_mut(per_item).enumerate().for_each(item);
