@@ -214,3 +214,30 @@ fn a_batch_split_over_threads_samples_what_one_batch_samples() {
         }
     }
 }
+
+/// A model past the cache (`Llama::streams_weights`: here a 66,000-token head of 68 MB) decodes as
+/// one shard whose products and cached attention are split between threads: it must sample what
+/// it samples on one thread, and what its training layout samples, with the same log-probs.
+#[test]
+fn a_model_that_streams_its_weights_samples_the_same_on_any_thread_count() {
+    let mut cfg = Config::tiny(66_000, 256, 1, 4, 2);
+    cfg.initializer_range = 0.3;
+    let (_vars, model) = tiny_model(&cfg, 31, DType::F32);
+    let decoder = model.clone().into_decode_layout().unwrap();
+    assert!(decoder.streams_weights() && !tiny_model(&tiny_config(41), 1, DType::F32).1.streams_weights());
+    let prompts: Vec<Vec<u32>> = prompts().into_iter().chain([vec![65_999, 2, 9], vec![11, 4, 1, 30, 8]]).collect();
+    let params = SamplingParams { temperature: 0.9, top_p: 0.95, max_new_tokens: 6, seed: 5, ..Default::default() };
+    let on_threads = |model: &Llama, threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| generate(model, &prompts, &params, PAD).unwrap())
+    };
+    let whole = on_threads(&decoder, 1);
+    for (name, other) in [("2 threads", on_threads(&decoder, 2)), ("training layout", on_threads(&model, 2))] {
+        for (row, (a, b)) in whole.iter().zip(&other).enumerate() {
+            assert_eq!(a.tokens, b.tokens, "{name}, row {row}");
+            for (x, y) in a.logprobs.iter().zip(&b.logprobs) {
+                assert!((x - y).abs() < 1e-4, "{name}, row {row}: {x} vs {y}");
+            }
+        }
+    }
+}
