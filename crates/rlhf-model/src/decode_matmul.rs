@@ -143,14 +143,20 @@ impl PackedWeight {
         let firsts: Vec<usize> = (0..tiles_n).step_by(per_band).collect();
         let bands: Vec<Vec<f32>> =
             if parallel { firsts.into_par_iter().map(band).collect() } else { firsts.into_iter().map(band).collect() };
-        // Each band is [m, its tiles × TILE]; the padding past `n` is dropped here.
-        let mut out = vec![0f32; m * n];
-        for (b, band) in bands.iter().enumerate() {
-            let c0 = b * per_band * TILE;
-            let width = band.len() / m.max(1);
-            let keep = width.min(n - c0);
-            for r in 0..m {
-                out[r * n + c0..r * n + c0 + keep].copy_from_slice(&band[r * width..r * width + keep]);
+        // Each band is [m, its tiles × TILE]; the padding past `n` is dropped here. One band as
+        // wide as the output is the output; otherwise rows are put together band by band, each
+        // value written once (a zeroed output and copies into it were 2–4% of a decode step).
+        if let [band] = bands.as_slice()
+            && band.len() == m * n
+        {
+            return bands.into_iter().next().unwrap_or_default();
+        }
+        let mut out = Vec::with_capacity(m * n);
+        for r in 0..m {
+            for (b, band) in bands.iter().enumerate() {
+                let width = band.len() / m.max(1);
+                let keep = width.min(n - b * per_band * TILE);
+                out.extend_from_slice(&band[r * width..r * width + keep]);
             }
         }
         out
