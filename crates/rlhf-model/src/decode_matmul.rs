@@ -470,8 +470,7 @@ mod tests {
                 let per = band_tiles(tiles, threads);
                 let bands = tiles.div_ceil(per);
                 assert!(per >= 1 && per <= TILES_PER_BAND.max(tiles.div_ceil(threads)), "{tiles} on {threads}: {per}");
-                // Past one band per thread, the bands come in whole rounds of the threads or
-                // differ by at most one tile.
+                // The bands cover every tile, and the last of them is not empty.
                 assert!(bands * per >= tiles && (bands - 1) * per < tiles, "{tiles} on {threads}: {bands} × {per}");
             }
         }
