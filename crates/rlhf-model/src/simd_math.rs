@@ -50,9 +50,9 @@ pub(crate) fn exp(x: f32) -> f32 {
     p = p.mul_add(r, 0.5);
     let er = p.mul_add(r * r, r) + 1.0;
     // n is within [-151, 129]: each half of it is a normal power of two.
-    let n = n as i32;
-    let (half, rest) = (n >> 1, n - (n >> 1));
-    let pow2 = |k: i32| f32::from_bits(((k + 127) as u32) << 23);
+    let n = whole(n);
+    let (half, rest) = (n >> 1, n.wrapping_sub(n >> 1));
+    let pow2 = |k: i32| f32::from_bits((k.wrapping_add(127) as u32) << 23);
     let y = er * pow2(half) * pow2(rest);
     if x < EXP_UNDERFLOW {
         0.0
@@ -61,6 +61,17 @@ pub(crate) fn exp(x: f32) -> f32 {
     } else {
         y
     }
+}
+
+/// The integer of a whole `n` of magnitude below 2²², read off the bits of `n + 1.5·2²³` (whose
+/// mantissa holds it exactly) rather than by `n as i32`: Rust's cast saturates and maps NaN to 0,
+/// and the compiler did that lane by lane in scalar code (a conversion, two compares and
+/// conditional moves per value), which made [`exp`] loops half scalar. For a NaN the bits are
+/// arbitrary; [`exp`] then returns NaN whatever they are.
+#[inline(always)]
+fn whole(n: f32) -> i32 {
+    const SHIFTER: f32 = 12_582_912.0;
+    ((n + SHIFTER).to_bits() as i32).wrapping_sub(SHIFTER.to_bits() as i32)
 }
 
 /// The largest value of `xs` (−∞ for none); NaNs are skipped, as `f32::max` skips them.
@@ -193,6 +204,15 @@ mod tests {
         let (worst, at) =
             xs.iter().zip(&ys).map(|(&x, &y)| (ulps(y, (x as f64).exp()), x)).max_by_key(|w| w.0).unwrap();
         assert!(worst <= 1, "{worst} ulp at {at}");
+    }
+
+    #[test]
+    fn whole_numbers_are_read_exactly() {
+        // Every n `exp` can meet, and the edges of the range the trick holds for.
+        for n in (-151..=129).chain([-(1 << 22) + 1, -4096, 4096, (1 << 22) - 1]) {
+            assert_eq!(whole(n as f32), n, "at {n}");
+        }
+        assert_eq!(whole(-0.0), 0);
     }
 
     #[test]
