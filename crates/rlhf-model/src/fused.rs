@@ -335,6 +335,35 @@ struct Rope {
     sin_sign: f32,
 }
 
+/// One row of [`Rope`]. Run through [`simd_math::vectorized`]: as a plain closure the loop
+/// compiled to 4-wide SSE (1.4% of a mixed-precision PPO iteration's samples).
+struct RopeRow<'a> {
+    y: &'a mut [f32],
+    x: &'a [f32],
+    cos: &'a [f32],
+    sin: &'a [f32],
+    sin_sign: f32,
+}
+
+impl WithSimd for RopeRow<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        let half = self.cos.len();
+        let (x1, x2) = self.x.split_at(half);
+        let (y1, y2) = self.y.split_at_mut(half);
+        let angles = self.cos.iter().zip(self.sin);
+        for (((y1, y2), (&x1, &x2)), (&cos, &sin)) in
+            y1.iter_mut().zip(y2.iter_mut()).zip(x1.iter().zip(x2)).zip(angles)
+        {
+            let sin = sin * self.sin_sign;
+            *y1 = x1 * cos - x2 * sin;
+            *y2 = x2 * cos + x1 * sin;
+        }
+    }
+}
+
 impl CustomOp1 for Rope {
     fn name(&self) -> &'static str {
         "fused-rope"
@@ -360,14 +389,7 @@ impl CustomOp1 for Rope {
             let (batch, pos) = (i / (h * t), i % t);
             let at = (batch * t + pos) * half;
             let (cos, sin) = (&all_cos[at..at + half], &all_sin[at..at + half]);
-            let row = &x[i * d..(i + 1) * d];
-            let (x1, x2) = row.split_at(half);
-            let (y1, y2) = y.split_at_mut(half);
-            for j in 0..half {
-                let sin = sin[j] * self.sin_sign;
-                y1[j] = x1[j] * cos[j] - x2[j] * sin;
-                y2[j] = x2[j] * cos[j] + x1[j] * sin;
-            }
+            simd_math::vectorized(RopeRow { y, x: &x[i * d..(i + 1) * d], cos, sin, sin_sign: self.sin_sign });
         });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
