@@ -15,6 +15,8 @@
 
 mod cached;
 mod mixed;
+#[cfg(target_arch = "x86_64")]
+mod sixteen_keys;
 mod visible;
 
 pub use cached::cached_attention;

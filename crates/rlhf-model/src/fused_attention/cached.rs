@@ -15,6 +15,8 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::sixteen_keys;
 use super::{bias_values, shapes};
 use crate::decode_matmul::prefetch;
 use crate::fused::softmax_in_place;
@@ -34,13 +36,14 @@ const PARALLEL_WORK: usize = 1 << 21;
 /// where the other threads would otherwise wait (7% of SmolLM2-135M's decode step at batch 16).
 pub fn cached_attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, scale: f64, split: bool) -> Result<Tensor> {
     let bias = bias_values(bias)?;
-    q.contiguous()?.apply_op3_no_bwd(k, v, &CachedAttention { bias, scale: scale as f32, split })
+    q.contiguous()?.apply_op3_no_bwd(k, v, &CachedAttention { bias, scale: scale as f32, split, wide: Wide::new() })
 }
 
 struct CachedAttention {
     bias: Vec<f32>,
     scale: f32,
     split: bool,
+    wide: Wide,
 }
 
 /// Where a `[B, Hkv, Tk, D]` operand's values are: item `(b, h)`'s key `t` starts at
@@ -110,12 +113,13 @@ impl CustomOp3 for CachedAttention {
         let q = crate::fused::slice(sq, lq, self.name())?;
         let (k, v) = (Strided::new(sk, lk, "k")?, Strided::new(sv, lv, "v")?);
         let mut out = vec![0f32; q.len()];
+        let wide = self.wide;
         let item = |(item, out): (usize, &mut [f32])| {
             let sequence = item / heads;
             let bias = &self.bias[sequence * tq * tk..][..tq * tk];
             let q = &q[item * rows * d..][..rows * d];
             let (k, v) = (k.item(item), v.item(item));
-            simd_math::vectorized(Item { q, k, v, bias, tk, d, scale: self.scale, out });
+            simd_math::vectorized(Item { q, k, v, bias, tk, d, scale: self.scale, wide, out });
         };
         let per_item = (rows * d).max(1);
         if self.split || out.len() * tk >= PARALLEL_WORK {
@@ -144,7 +148,69 @@ struct Item<'a> {
     tk: usize,
     d: usize,
     scale: f32,
+    wide: Wide,
     out: &'a mut [f32],
+}
+
+/// AVX-512, where the CPU has it: the scores pass then takes sixteen keys at a time.
+#[derive(Clone, Copy)]
+struct Wide(#[cfg(target_arch = "x86_64")] Option<pulp::x86::V4>);
+
+impl Wide {
+    fn new() -> Self {
+        Wide(
+            #[cfg(target_arch = "x86_64")]
+            pulp::x86::V4::try_new(),
+        )
+    }
+
+    /// Key by key on every CPU: the reference the sixteen-key passes are checked against.
+    #[cfg(test)]
+    fn never() -> Self {
+        Wide(
+            #[cfg(target_arch = "x86_64")]
+            None,
+        )
+    }
+
+    /// Scores keys from `first` on in passes of [`sixteen_keys::KEYS`] where the CPU has AVX-512
+    /// and the head is a multiple of that; returns where it stopped, for the key-by-key loop.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn scores(
+        self,
+        q: &[f32],
+        k: Rows<'_>,
+        v: Rows<'_>,
+        bias: &[f32],
+        tk: usize,
+        scale: f32,
+        scores: &mut [f32],
+    ) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(simd) = self.0.filter(|_| k.d % sixteen_keys::KEYS == 0) {
+            use sixteen_keys::KEYS;
+            let (d, tq) = (k.d, bias.len() / tk);
+            let mut first = 0;
+            while first + KEYS <= tk {
+                for t in first..first + KEYS {
+                    if t + KEYS < tk {
+                        prefetch(k.row(t + KEYS));
+                    }
+                    prefetch(v.row(t));
+                }
+                for (j, q) in q.chunks_exact(d).enumerate() {
+                    let bias = bias[(j % tq) * tk + first..][..KEYS].try_into().expect("KEYS biases");
+                    let scores = (&mut scores[j * tk + first..][..KEYS]).try_into().expect("KEYS scores");
+                    sixteen_keys::scores(simd, q, |t| k.row(first + t), scale, bias, scores);
+                }
+                first += KEYS;
+            }
+            return first;
+        }
+        let _ = (q, k, v, bias, tk, scale, scores);
+        0
+    }
 }
 
 impl WithSimd for Item<'_> {
@@ -152,12 +218,13 @@ impl WithSimd for Item<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, _: S) {
-        let Item { q, k, v, bias, tk, d, scale, out } = self;
+        let Item { q, k, v, bias, tk, d, scale, wide, out } = self;
         let tq = bias.len() / tk.max(1);
         // The scores of every query row, key by key: each key is read once for all the rows of
         // its key/value head (a grouped-query model's query heads, a prompt's positions).
         let mut scores = vec![0f32; q.len() / d.max(1) * tk];
-        for t in 0..tk {
+        let first = if tk == 0 { 0 } else { wide.scores(q, k, v, bias, tk, scale, &mut scores) };
+        for t in first..tk {
             if t + PREFETCH_KEYS < tk {
                 prefetch(k.row(t + PREFETCH_KEYS));
             }
@@ -206,7 +273,8 @@ impl WithSimd for Item<'_> {
 mod tests {
     use candle_core::{D, Device, Tensor};
 
-    use super::cached_attention;
+    use super::{CachedAttention, Wide, cached_attention};
+    use crate::fused_attention::bias_values;
 
     /// The composite expression `attend` runs without the op: two batched matmuls, the scale, the
     /// bias broadcast over the query heads, candle's softmax.
@@ -263,6 +331,21 @@ mod tests {
                 let diff = diff.to_scalar::<f32>().unwrap();
                 assert!(diff < 1e-5, "d {d}, tq {tq}, tk {tk}: off by {diff}");
             }
+        }
+    }
+
+    /// On a CPU with AVX-512 the scores are taken sixteen keys at a time: the same sums in the same
+    /// order as key by key, so the same bits, whole passes and a remainder alike.
+    #[test]
+    fn sixteen_keys_at_a_time_give_the_key_by_key_bits() {
+        for (tq, tk, d) in [(1, 16, 64), (1, 37, 64), (1, 96, 64), (4, 50, 128), (16, 33, 80), (2, 700, 64)] {
+            let (q, k, v, bias, _) = case(tq, tk, d);
+            let run = |wide: Wide| {
+                let op = CachedAttention { bias: bias_values(&bias).unwrap(), scale: 0.125, split: false, wide };
+                let out = q.apply_op3_no_bwd(&k, &v, &op).unwrap();
+                out.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            };
+            assert_eq!(run(Wide::new()), run(Wide::never()), "tq {tq}, tk {tk}, d {d}");
         }
     }
 
