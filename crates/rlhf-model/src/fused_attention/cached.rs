@@ -188,7 +188,7 @@ impl Wide {
         scores: &mut [f32],
     ) -> usize {
         #[cfg(target_arch = "x86_64")]
-        if let Some(simd) = self.0.filter(|_| k.d % sixteen_keys::KEYS == 0) {
+        if let Some(simd) = self.0.filter(|_| k.d.is_multiple_of(sixteen_keys::KEYS)) {
             use sixteen_keys::KEYS;
             let (d, tq) = (k.d, bias.len() / tk);
             let mut first = 0;
