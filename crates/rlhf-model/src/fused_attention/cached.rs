@@ -152,29 +152,31 @@ struct Item<'a> {
     out: &'a mut [f32],
 }
 
-/// AVX-512, where the CPU has it: the scores pass then takes sixteen keys at a time.
+/// The widest vectors the CPU has: the scores pass then takes sixteen keys at a time (AVX-512)
+/// or eight (AVX2), otherwise key by key.
 #[derive(Clone, Copy)]
-struct Wide(#[cfg(target_arch = "x86_64")] Option<pulp::x86::V4>);
+enum Wide {
+    #[cfg(target_arch = "x86_64")]
+    Avx512(pulp::x86::V4),
+    #[cfg(target_arch = "x86_64")]
+    Avx2(pulp::x86::V3),
+    KeyByKey,
+}
 
 impl Wide {
     fn new() -> Self {
-        Wide(
-            #[cfg(target_arch = "x86_64")]
-            pulp::x86::V4::try_new(),
-        )
+        #[cfg(target_arch = "x86_64")]
+        if let Some(simd) = pulp::x86::V4::try_new() {
+            return Wide::Avx512(simd);
+        } else if let Some(simd) = pulp::x86::V3::try_new() {
+            return Wide::Avx2(simd);
+        }
+        Wide::KeyByKey
     }
 
-    /// Key by key on every CPU: the reference the sixteen-key passes are checked against.
-    #[cfg(test)]
-    fn never() -> Self {
-        Wide(
-            #[cfg(target_arch = "x86_64")]
-            None,
-        )
-    }
-
-    /// Scores keys from `first` on in passes of [`sixteen_keys::KEYS`] where the CPU has AVX-512
-    /// and the head is a multiple of that; returns where it stopped, for the key-by-key loop.
+    /// Scores keys from the first on in passes of several keys where the CPU has AVX-512 or
+    /// AVX2 and the head is a multiple of sixteen values; returns where it stopped, for the
+    /// key-by-key loop.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn scores(
@@ -187,29 +189,40 @@ impl Wide {
         scale: f32,
         scores: &mut [f32],
     ) -> usize {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(simd) = self.0.filter(|_| k.d.is_multiple_of(sixteen_keys::KEYS)) {
-            use sixteen_keys::KEYS;
-            let (d, tq) = (k.d, bias.len() / tk);
-            let mut first = 0;
-            while first + KEYS <= tk {
-                for t in first..first + KEYS {
-                    if t + KEYS < tk {
-                        prefetch(k.row(t + KEYS));
-                    }
-                    prefetch(v.row(t));
-                }
-                for (j, q) in q.chunks_exact(d).enumerate() {
-                    let bias = bias[(j % tq) * tk + first..][..KEYS].try_into().expect("KEYS biases");
-                    let scores = (&mut scores[j * tk + first..][..KEYS]).try_into().expect("KEYS scores");
-                    sixteen_keys::scores(simd, q, |t| k.row(first + t), scale, bias, scores);
-                }
-                first += KEYS;
-            }
-            return first;
+        let keys = match self {
+            #[cfg(target_arch = "x86_64")]
+            Wide::Avx512(_) => sixteen_keys::KEYS,
+            #[cfg(target_arch = "x86_64")]
+            Wide::Avx2(_) => sixteen_keys::KEYS_AVX2,
+            Wide::KeyByKey => return 0,
+        };
+        if !k.d.is_multiple_of(sixteen_keys::KEYS) {
+            return 0;
         }
-        let _ = (q, k, v, bias, tk, scale, scores);
-        0
+        let (d, tq) = (k.d, bias.len() / tk);
+        let mut first = 0;
+        while first + keys <= tk {
+            for t in first..first + keys {
+                if t + keys < tk {
+                    prefetch(k.row(t + keys));
+                }
+                prefetch(v.row(t));
+            }
+            for (j, q) in q.chunks_exact(d).enumerate() {
+                let bias = &bias[(j % tq) * tk + first..][..keys];
+                let scores = &mut scores[j * tk + first..][..keys];
+                let key = |t| k.row(first + t);
+                match self {
+                    #[cfg(target_arch = "x86_64")]
+                    Wide::Avx512(simd) => sixteen_keys::scores(simd, q, key, scale, bias, scores),
+                    #[cfg(target_arch = "x86_64")]
+                    Wide::Avx2(simd) => sixteen_keys::scores_avx2(simd, q, key, scale, bias, scores),
+                    Wide::KeyByKey => {}
+                }
+            }
+            first += keys;
+        }
+        first
     }
 }
 
@@ -334,8 +347,9 @@ mod tests {
         }
     }
 
-    /// On a CPU with AVX-512 the scores are taken sixteen keys at a time: the same sums in the same
-    /// order as key by key, so the same bits, whole passes and a remainder alike.
+    /// On a CPU with AVX-512 the scores are taken sixteen keys at a time, with AVX2 eight: the
+    /// same sums in the same order as key by key, so the same bits, whole passes and a remainder
+    /// alike.
     #[test]
     fn sixteen_keys_at_a_time_give_the_key_by_key_bits() {
         for (tq, tk, d) in [(1, 16, 64), (1, 37, 64), (1, 96, 64), (4, 50, 128), (16, 33, 80), (2, 700, 64)] {
@@ -345,7 +359,13 @@ mod tests {
                 let out = q.apply_op3_no_bwd(&k, &v, &op).unwrap();
                 out.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>()
             };
-            assert_eq!(run(Wide::new()), run(Wide::never()), "tq {tq}, tk {tk}, d {d}");
+            let want = run(Wide::KeyByKey);
+            assert_eq!(run(Wide::new()), want, "tq {tq}, tk {tk}, d {d}");
+            // Eight keys at a time, as a CPU with AVX2 and no AVX-512 takes them.
+            #[cfg(target_arch = "x86_64")]
+            if let Some(simd) = pulp::x86::V3::try_new() {
+                assert_eq!(run(Wide::Avx2(simd)), want, "tq {tq}, tk {tk}, d {d}: AVX2");
+            }
         }
     }
 
