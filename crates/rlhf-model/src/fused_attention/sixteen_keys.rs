@@ -180,11 +180,7 @@ mod tests {
         };
         let rows: [[f32; KEYS]; KEYS] = std::array::from_fn(|r| std::array::from_fn(|c| (r * KEYS + c) as f32));
         let out: [[f32; KEYS]; KEYS] = pulp::Simd::vectorize(simd, Transpose(rows.map(pulp::cast))).map(pulp::cast);
-        for (i, row) in out.iter().enumerate() {
-            for (j, &x) in row.iter().enumerate() {
-                assert_eq!(x, rows[j][i], "output {i}, lane {j}");
-            }
-        }
+        assert_transposed(&rows, &out);
     }
 
     #[test]
@@ -197,6 +193,11 @@ mod tests {
             std::array::from_fn(|r| std::array::from_fn(|c| (r * KEYS_AVX2 + c) as f32));
         let out: [[f32; KEYS_AVX2]; KEYS_AVX2] =
             pulp::Simd::vectorize(simd, Transpose8(rows.map(pulp::cast))).map(pulp::cast);
+        assert_transposed(&rows, &out);
+    }
+
+    /// Lane `j` of output `i` is lane `i` of input `j`, for every lane.
+    fn assert_transposed<const N: usize>(rows: &[[f32; N]; N], out: &[[f32; N]; N]) {
         for (i, row) in out.iter().enumerate() {
             for (j, &x) in row.iter().enumerate() {
                 assert_eq!(x, rows[j][i], "output {i}, lane {j}");
