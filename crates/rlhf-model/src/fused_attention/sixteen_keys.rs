@@ -12,7 +12,8 @@
 //! the bench model's shape and 22% at SmolLM2's (three query heads to a key/value head); the rest
 //! of it there is reading the cache from memory. With AVX2 each key's sixteen sums are two
 //! vectors, and eight keys go at a time through two 8 × 8 transposes: compiled for AVX2 on the
-//! same Xeon, 76 → 70 µs a call at the bench model's shape and 125 → 103 at SmolLM2's.
+//! same Xeon, 76 → 70 µs a call at the bench model's shape and 125 → 103 at SmolLM2's; on a Zen 3
+//! (AVX2 only), 106 → 88 and 157 → 128 (`examples/cached_attention.rs`, best of 60).
 //!
 //! [`simd_math::dot`]: crate::simd_math::dot
 
