@@ -9,6 +9,7 @@
 //! - [`device`]: `DeviceChoice`, `--device cpu|cuda[:N]` opened with an error that says what is missing.
 //! - [`llama`]: the decoder (`Llama`), differentiable for training and fused for inference.
 //! - [`heads`]: `ValueHead` (PPO critic) and `RewardHead` (reward model score).
+//! - [`multiply_add_peak`]: the vector units' own f32 rate, the ceiling the bench's figures sit under.
 //! - [`init`]: `seeded_var_builder`, reproducible fresh weights (candle's CPU RNG has no seed).
 //! - [`padding`]: padding masks → positions and attention bias, shared by all forward passes.
 //! - [`sampling`]: `generate`, batched sampling that also returns behaviour log-probs.
@@ -34,6 +35,7 @@ pub mod fused_swiglu;
 pub mod heads;
 pub mod init;
 pub mod llama;
+pub mod multiply_add_peak;
 pub mod padding;
 pub mod rl;
 pub mod sampling;

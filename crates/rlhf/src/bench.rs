@@ -47,6 +47,8 @@ use rlhf_model::{
 };
 use serde::Serialize;
 
+use crate::bench_flops::{self, FlopRate, Peaks};
+
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Bench a real model instead of a random one (Hugging Face folder, .gguf file or a run's
@@ -174,14 +176,9 @@ struct Measurement {
     tokens_per_batch: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pairs_per_s: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    gflops_per_s: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    peak_fraction: Option<f64>,
-    /// Under `--bf16` on a CPU: the share of the mixed-precision product's own peak
-    /// ([`mixed_matmul_peak`]), where `peak_fraction` (against fp32's) runs past 1.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    mixed_peak_fraction: Option<f64>,
+    /// Training and the reward-model step only.
+    #[serde(flatten)]
+    flops: FlopRate,
     /// Whether the measured work multiplied its projections in mixed precision (`--bf16`
     /// on a CPU; sampling stays f32 regardless).
     bf16_matmuls: bool,
@@ -222,23 +219,24 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let wanted = |w: Workload| {
         args.only.map_or(!matches!(w, Workload::Ppo) && (w != Workload::Forward || args.model.is_some()), |o| o == w)
     };
-    let peaks = if wanted(Workload::Train) || wanted(Workload::Rm) {
+    let peaks = if wanted(Workload::Train) || wanted(Workload::Rm) || wanted(Workload::Ppo) {
         let fp32 = matmul_peak(args, &place)?;
         let mixed = if place.mixed_bf16 { Some(mixed_matmul_peak(args)?) } else { None };
-        Some(Peaks { fp32, mixed })
+        let ceiling = place.device.is_cpu().then(|| multiply_add_ceiling(fp32));
+        Some(Peaks { fp32, mixed, ceiling })
     } else {
         None
     };
     if wanted(Workload::Train) {
         let mut m = bench_train(args, &place, vocab, &model, &varmap, &mut rng)?;
-        let flops = training_flops_per_token(&cfg, args.seq_len, true) * m.tokens_per_batch as f64;
-        report_flops(&mut m, flops, peaks);
+        let flops = bench_flops::training_per_token(&cfg, args.seq_len, true) * m.tokens_per_batch as f64;
+        m.flops = FlopRate::reported(flops, m.seconds_per_batch, peaks, "");
         results.push(Record::Throughput(m));
     }
     if wanted(Workload::Rm) {
         let mut m = bench_rm(args, &place, &cfg, &mut rng)?;
-        let flops = reward_flops_per_sequence(&cfg, args.seq_len) * (m.tokens_per_batch / args.seq_len) as f64;
-        report_flops(&mut m, flops, peaks);
+        let flops = bench_flops::reward_per_sequence(&cfg, args.seq_len) * (m.tokens_per_batch / args.seq_len) as f64;
+        m.flops = FlopRate::reported(flops, m.seconds_per_batch, peaks, "");
         results.push(Record::Throughput(m));
     }
     if wanted(Workload::Forward) {
@@ -257,7 +255,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             CriticArg::Separate => ppo_learner::Critic::Separate,
         };
         let learner = (critic, place.mixed_bf16);
-        results.push(Record::Ppo(crate::bench_ppo::bench_ppo(&place.device, &cfg, &varmap, shape, learner, &mut rng)?));
+        results.push(Record::Ppo(crate::bench_ppo::bench_ppo(
+            &place.device,
+            &cfg,
+            &varmap,
+            shape,
+            learner,
+            peaks,
+            &mut rng,
+        )?));
     }
     if let Some(peak) = memory_kib("VmHWM") {
         println!("peak resident memory: {:.0} MiB", peak as f64 / 1024.0);
@@ -348,9 +354,7 @@ fn measure(
         seconds_per_batch: seconds,
         tokens_per_batch,
         pairs_per_s: None,
-        gflops_per_s: None,
-        peak_fraction: None,
-        mixed_peak_fraction: None,
+        flops: FlopRate::default(),
         bf16_matmuls: place.mixed_bf16 && workload != Workload::Sample,
     };
     println!(
@@ -448,8 +452,21 @@ fn matmul_peak(args: &BenchArgs, place: &Place) -> Result<f64> {
         place.device.synchronize()
     })?;
     let precision = if place.dtype == DType::BF16 { "bf16" } else { "fp32" };
-    println!("peak     {gflops:>9.1} GFLOP/s {precision} matmul ({n}³, the yardstick for train and rm)");
+    println!(
+        "peak     {gflops:>9.1} GFLOP/s {precision} matmul ({n}³, the yardstick for train, rm and the PPO update)"
+    );
     Ok(gflops)
+}
+
+/// The CPU's own f32 multiply-add rate, from registers on every thread (the best of
+/// [`PEAK_PRODUCTS`] passes): what no product can pass, printed beside the yardstick `peak`.
+fn multiply_add_ceiling(peak: f64) -> f64 {
+    let ceiling = rlhf_model::on_compute_pool(|| rlhf_model::multiply_add_peak::multiply_add_peak(PEAK_PRODUCTS));
+    println!(
+        "ceiling  {ceiling:>9.1} GFLOP/s fp32 multiply-adds in registers (every thread; the peak is {:.0}% of it)",
+        100.0 * peak / ceiling
+    );
+    ceiling
 }
 
 /// The mixed-precision product's GFLOP/s on this CPU's bf16 unit (`rlhf_model::amx::matmul`,
@@ -485,67 +502,6 @@ fn square_product_peak(args: &BenchArgs, n: usize, product: impl Fn() -> candle_
         .collect::<candle_core::Result<_>>()?;
     times.sort_by(f64::total_cmp);
     Ok(2.0 * (n * n * n) as f64 / times[0] / 1e9)
-}
-
-/// The yardsticks the training figures are shares of.
-#[derive(Clone, Copy)]
-struct Peaks {
-    fp32: f64,
-    /// Under `--bf16` on a CPU.
-    mixed: Option<f64>,
-}
-
-/// FLOPs of forward + backward per token: 6 per matmul parameter (the LM head's too when
-/// `lm_head`), plus attention's scores and weighted sums, `12 · layers · hidden · seq_len`.
-fn training_flops_per_token(cfg: &Config, seq_len: usize, lm_head: bool) -> f64 {
-    let h = cfg.hidden_size as f64;
-    let head = if lm_head { cfg.vocab_size as f64 * h } else { h };
-    let layers = cfg.num_hidden_layers as f64;
-    layers * LayerFlops::of(cfg, seq_len).per_token() + 6.0 * head
-}
-
-/// FLOPs of forward + backward of a reward-model sequence of `seq_len` tokens as
-/// [`Llama::last_hidden_states`] runs it: every layer but the last at every token, the last
-/// one's keys and values at every token and the rest of it at the scored token, then the head.
-fn reward_flops_per_sequence(cfg: &Config, seq_len: usize) -> f64 {
-    let layer = LayerFlops::of(cfg, seq_len);
-    let (t, below) = (seq_len as f64, cfg.num_hidden_layers.saturating_sub(1) as f64);
-    below * t * layer.per_token() + t * layer.keys_values + layer.rest + 6.0 * cfg.hidden_size as f64
-}
-
-/// One decoder layer's forward + backward FLOPs for one token: 6 per weight of its
-/// projections (`keys_values` the k and v ones), plus attention's scores and weighted sums over
-/// `seq_len` keys.
-struct LayerFlops {
-    keys_values: f64,
-    rest: f64,
-}
-
-impl LayerFlops {
-    fn of(cfg: &Config, seq_len: usize) -> Self {
-        let (h, i) = (cfg.hidden_size as f64, cfg.intermediate_size as f64);
-        let q = (cfg.num_attention_heads * cfg.head_dim()) as f64;
-        let kv = (cfg.num_kv_heads() * cfg.head_dim()) as f64;
-        let rest = 6.0 * (h * q + q * h + 3.0 * h * i) + 12.0 * q * seq_len as f64;
-        LayerFlops { keys_values: 6.0 * 2.0 * h * kv, rest }
-    }
-
-    fn per_token(&self) -> f64 {
-        self.keys_values + self.rest
-    }
-}
-
-/// Adds the achieved GFLOP/s (and its shares of the peaks) to `m` and prints them.
-fn report_flops(m: &mut Measurement, flops_per_batch: f64, peaks: Option<Peaks>) {
-    let gflops = flops_per_batch / m.seconds_per_batch / 1e9;
-    m.gflops_per_s = Some(gflops);
-    m.peak_fraction = peaks.map(|p| gflops / p.fp32);
-    m.mixed_peak_fraction = peaks.and_then(|p| p.mixed).map(|p| gflops / p);
-    let mut share = m.peak_fraction.map_or(String::new(), |f| format!(", {:.0}% of the fp32 peak", f * 100.0));
-    if let Some(f) = m.mixed_peak_fraction {
-        share += &format!(", {:.0}% of the bf16 one", f * 100.0);
-    }
-    println!("         {gflops:>9.1} GFLOP/s{share}");
 }
 
 /// One reward-model step on `--batch` pairs: chosen and rejected through a backbone and the

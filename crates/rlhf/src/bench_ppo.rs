@@ -20,6 +20,8 @@ use rlhf_model::{Config, Llama, RewardHead, seeded_var_builder};
 use rlhf_types::{GenerateRequest, PromptTokens, SamplingParams};
 use serde::Serialize;
 
+use crate::bench_flops::{self, FlopRate, Peaks};
+
 /// Seconds of one iteration's phases.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Phases {
@@ -44,7 +46,14 @@ pub struct PpoMeasurement {
     pub bf16_matmuls: bool,
     pub seconds_per_iteration: f64,
     pub phases: Phases,
+    /// The update phase's (the learner's training): rollout and scoring are forward passes
+    /// bound by reading weights and caches, not by the products' multiply-adds.
+    #[serde(flatten)]
+    pub flops: FlopRate,
 }
+
+/// TRL's default PPO epochs per batch.
+const EPOCHS: usize = 4;
 
 fn tensors(varmap: &VarMap) -> HashMap<String, Tensor> {
     let data = varmap.data().lock().expect("VarMap lock");
@@ -63,6 +72,7 @@ pub fn bench_ppo(
     varmap: &VarMap,
     (batch, prompt_len, new_tokens, repeats, seed): (usize, usize, usize, usize, u64),
     (critic, bf16_matmuls): (ppo_learner::Critic, bool),
+    peaks: Option<Peaks>,
     rng: &mut StdRng,
 ) -> Result<PpoMeasurement> {
     let policy = tensors(varmap);
@@ -76,7 +86,7 @@ pub fn bench_ppo(
     // TRL's defaults, whitened advantages and the k1 KL estimator included: the same work as
     // the iteration it is timed against.
     let config = ppo_learner::PpoConfig {
-        epochs: 4,
+        epochs: EPOCHS,
         minibatch_size: batch,
         critic,
         bf16_matmuls,
@@ -126,16 +136,12 @@ pub fn bench_ppo(
         update: median(runs.iter().map(|p| p.update).collect()),
         publish: median(runs.iter().map(|p| p.publish).collect()),
     };
-    let m = PpoMeasurement {
-        workload: "ppo",
-        critic,
-        bf16_matmuls,
-        seconds_per_iteration: median(runs.iter().map(Phases::total).collect()),
-        phases,
-    };
+    let seconds_per_iteration = median(runs.iter().map(Phases::total).collect());
     println!(
-        "ppo      {:>9.3} s per iteration ({:?} critic): rollout {:.3}, scoring {:.3}, update {:.3} (advantages and 4 epochs), publish {:.3}",
-        m.seconds_per_iteration, critic, phases.rollout, phases.scoring, phases.update, phases.publish
+        "ppo      {:>9.3} s per iteration ({:?} critic): rollout {:.3}, scoring {:.3}, update {:.3} (advantages and {EPOCHS} epochs), publish {:.3}",
+        seconds_per_iteration, critic, phases.rollout, phases.scoring, phases.update, phases.publish
     );
-    Ok(m)
+    let update_flops = bench_flops::ppo_update(cfg, (batch, prompt_len, new_tokens), EPOCHS, critic);
+    let flops = FlopRate::reported(update_flops, phases.update, peaks, " in the update");
+    Ok(PpoMeasurement { workload: "ppo", critic, bf16_matmuls, seconds_per_iteration, phases, flops })
 }

@@ -3,6 +3,7 @@
 mod allocator;
 mod annotators;
 mod bench;
+mod bench_flops;
 mod bench_ppo;
 mod preference_data;
 mod serve;

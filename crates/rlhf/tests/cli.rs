@@ -59,6 +59,16 @@ fn the_reward_model_bench_reports_pairs_and_its_share_of_the_matmul_peak() {
     let (pairs, seconds) = (rm["pairs_per_s"].as_f64().unwrap(), rm["seconds_per_batch"].as_f64().unwrap());
     assert!((pairs * seconds - 2.0).abs() < 1e-6, "{rm}");
     assert!(rm["gflops_per_s"].as_f64().unwrap() > 0.0 && rm["peak_fraction"].as_f64().unwrap() > 0.0, "{rm}");
+    // The shares are of the two rates printed first: the 1024³ product's and the multiply-adds'.
+    let printed = |label: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(label)).unwrap_or_else(|| panic!("no {label} line: {text}"));
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let gflops = rm["gflops_per_s"].as_f64().unwrap();
+    for (label, share) in [("peak ", "peak_fraction"), ("ceiling ", "ceiling_fraction")] {
+        let implied = gflops / rm[share].as_f64().unwrap();
+        assert!((implied - printed(label)).abs() <= 0.05 + 1e-9 * implied, "{share}: {rm}\n{text}");
+    }
 }
 
 /// A build without the `cuda` feature refuses `--device cuda` saying how to get one, and `--bf16`
@@ -145,7 +155,15 @@ fn the_gpu_paths_refuse_clearly_where_there_is_no_gpu() {
 fn the_ppo_bench_times_one_iteration_and_its_phases() {
     let tiny = ["--layers", "1", "--hidden", "32", "--intermediate", "64", "--batch", "4"];
     let shape = ["--prompt-len", "8", "--new-tokens", "8", "--repeats", "1", "--json"];
-    for critic in ["head", "separate"] {
+    // The update's FLOPs for this shape (`bench_flops` has the arithmetic): hidden 32 in 4 heads
+    // of 8, intermediate 64, vocabulary 512, 4 rollouts of 8 + 8 tokens read at 8, 4 epochs. The
+    // one layer: k and v 6·2·32·32 at 16 tokens, the rest 6·(2·32·32 + 3·32·64) + 12·32·16 at 8,
+    // 638,976; the vocabulary head 6·512·32·8; the separate critic's head 6·32·8, the head
+    // critic's 4·32·8.
+    let body = 16.0 * 12_288.0 + 8.0 * 55_296.0;
+    let policy = body + 786_432.0;
+    let update_flops = [("head", 16.0 * (policy + 1024.0)), ("separate", 16.0 * (policy + body + 1536.0))];
+    for (critic, flops) in update_flops {
         let out = rlhf().args(["bench", "--only", "ppo", "--critic", critic]).args(tiny).args(shape).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let text = String::from_utf8_lossy(&out.stdout);
@@ -158,6 +176,13 @@ fn the_ppo_bench_times_one_iteration_and_its_phases() {
         assert!(phases.iter().all(|&s| s > 0.0), "{ppo}");
         let total = ppo["seconds_per_iteration"].as_f64().unwrap();
         assert!(total > 0.0 && total >= phases.iter().copied().fold(0.0, f64::max), "{ppo}");
+        // The FLOP rate is the update's: its FLOPs over its seconds.
+        let gflops = ppo["gflops_per_s"].as_f64().unwrap();
+        assert!((gflops * 1e9 * phases[2] / flops - 1.0).abs() < 1e-9, "{ppo}");
+        assert!(
+            ppo["peak_fraction"].as_f64().unwrap() > 0.0 && ppo["ceiling_fraction"].as_f64().unwrap() > 0.0,
+            "{ppo}"
+        );
     }
 }
 
