@@ -8,10 +8,11 @@
 //! - rm: one reward-model step, `--batch` preference pairs of `--seq-len` tokens (both responses
 //!   through the backbone and the scalar head, Bradley–Terry loss, backward, AdamW), in pairs/s.
 //!
-//! Training and the reward-model step also print the FLOP/s they achieve (6 FLOPs per matmul
-//! parameter per token, plus attention's `12 · layers · hidden · seq_len`) and that as a fraction
-//! of the fp32 matmul peak the bench measures first on this machine (a 1024³ matmul), so figures
-//! from machines with other SIMD (AVX2, AVX-512) compare as fractions.
+//! Training, the reward-model step and the PPO update also print the FLOP/s they achieve (counted
+//! as rlhf runs them, `bench_flops`) and that as a fraction of the fp32 matmul peak the bench
+//! measures first on this machine (a 1024³ matmul), so figures from machines with other SIMD
+//! (AVX2, AVX-512) compare as fractions; on a CPU also as a fraction of the multiply-add ceiling
+//! (`rlhf_model::multiply_add_peak`), the rate no kernel can pass.
 //!
 //! With `--model PATH` the model is a real checkpoint (Hugging Face folder, GGUF or run stage)
 //! instead of a random one of the given size: the bench then also reports the load time and
