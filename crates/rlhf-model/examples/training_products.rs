@@ -8,7 +8,10 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 
-fn rate(name: &str, flops: f64, f: impl Fn() -> candle_core::Result<Tensor>) -> candle_core::Result<()> {
+/// The median and best GFLOP/s of 15 runs of the product `f`, on rayon's pool as the training
+/// step's products run.
+fn rate(name: &str, flops: f64, f: impl Fn() -> candle_core::Result<Tensor> + Sync) -> candle_core::Result<()> {
+    let f = || rlhf_model::on_compute_pool(&f);
     f()?;
     let mut times = Vec::new();
     for _ in 0..15 {
@@ -27,17 +30,15 @@ fn main() -> candle_core::Result<()> {
     let d = Device::Cpu;
     let t = 4096;
     let big = Tensor::randn(0f32, 1.0, (1024, 1024), &d)?;
-    rate("1024³ (the yardstick)", 2.0 * 1024f64.powi(3), || rlhf_model::on_compute_pool(|| big.matmul(&big)))?;
+    rate("1024³ (the yardstick)", 2.0 * 1024f64.powi(3), || big.matmul(&big))?;
     for (k, n) in [(256usize, 256usize), (256, 688), (688, 256)] {
         let x = Tensor::randn(0f32, 1.0, (t, k), &d)?;
         let w = Tensor::randn(0f32, 1.0, (n, k), &d)?;
         let dy = Tensor::randn(0f32, 1.0, (t, n), &d)?;
         let fl = 2.0 * (t * k * n) as f64;
-        // Products run on rayon's pool, as the training step's do.
-        let on_pool = |f: &(dyn Fn() -> candle_core::Result<Tensor> + Sync)| rlhf_model::on_compute_pool(f);
-        rate(&format!("x[{t},{k}] · wᵀ[{k},{n}]"), fl, || on_pool(&|| x.matmul(&w.t()?)))?;
-        rate(&format!("dy[{t},{n}] · w[{n},{k}]"), fl, || on_pool(&|| dy.matmul(&w)))?;
-        rate(&format!("dyᵀ[{n},{t}] · x[{t},{k}]"), fl, || on_pool(&|| dy.t()?.matmul(&x)))?;
+        rate(&format!("x[{t},{k}] · wᵀ[{k},{n}]"), fl, || x.matmul(&w.t()?))?;
+        rate(&format!("dy[{t},{n}] · w[{n},{k}]"), fl, || dy.matmul(&w))?;
+        rate(&format!("dyᵀ[{n},{t}] · x[{t},{k}]"), fl, || dy.t()?.matmul(&x))?;
     }
     Ok(())
 }
